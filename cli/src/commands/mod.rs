@@ -1,0 +1,7 @@
+//! One module per subcommand group.
+
+pub mod image;
+pub mod kernel;
+pub mod network;
+pub mod services;
+pub mod vm;

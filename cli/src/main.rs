@@ -1,0 +1,74 @@
+//! `banger`: the user's command. Orchestrates the banger services over their
+//! gRPC sockets; every subcommand lives in its own module under `commands/`.
+
+mod commands;
+mod context;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::context::{Context, GlobalArgs};
+
+/// OCI images to SSH-able microVMs, in seconds.
+#[derive(Debug, Parser)]
+#[command(name = "banger", version = banger_proto::VERSION, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the four banger services on this home's run dir (dev mode).
+    Up(commands::services::UpArgs),
+    /// Stop the services started by `banger up`.
+    Down(commands::services::DownArgs),
+    /// Show each service: socket, pid, version, health.
+    Status(commands::services::StatusArgs),
+    /// Guest kernels: list, pull, import, show, rm.
+    #[command(subcommand)]
+    Kernel(commands::kernel::KernelCommand),
+    /// OCI images: pull, list, show, rm, import, prune.
+    #[command(subcommand)]
+    Image(commands::image::ImageCommand),
+    /// Host networking (read-only views).
+    #[command(subcommand)]
+    Network(commands::network::NetworkCommand),
+    /// Virtual machines.
+    #[command(subcommand)]
+    Vm(commands::vm::VmCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("banger: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let ctx = match Context::new(cli.global) {
+            Ok(ctx) => ctx,
+            Err(e) => return output::fail(&e),
+        };
+        let result = match cli.command {
+            Command::Up(args) => commands::services::up(&ctx, args).await,
+            Command::Down(args) => commands::services::down(&ctx, args).await,
+            Command::Status(args) => commands::services::status(&ctx, args).await,
+            Command::Kernel(cmd) => commands::kernel::run(&ctx, cmd).await,
+            Command::Image(cmd) => commands::image::run(&ctx, cmd).await,
+            Command::Network(cmd) => commands::network::run(&ctx, cmd).await,
+            Command::Vm(cmd) => commands::vm::run(&ctx, cmd).await,
+        };
+        match result {
+            Ok(code) => code,
+            Err(e) => output::fail(&e),
+        }
+    })
+}

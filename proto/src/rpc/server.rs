@@ -1,0 +1,210 @@
+//! Serving tonic routes on a unix socket.
+
+use std::future::Future;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::net::UnixListener;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use super::RuntimeError;
+use crate::runtime::v1::info_server::{Info, InfoServer};
+use crate::runtime::v1::{GetInfoRequest, ServiceInfo};
+
+/// What to serve and where.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Socket path.
+    pub socket: PathBuf,
+    /// Group that owns the socket, if not the process's own.
+    pub socket_group: Option<String>,
+    /// File to hold the process id while serving (removed on exit).
+    pub pid_file: Option<PathBuf>,
+    /// Binary name, e.g. `banger-netd`.
+    pub name: String,
+    /// Fully qualified banger APIs served, e.g. `banger.netd.v1.Netd`;
+    /// each is marked SERVING in `grpc.health.v1`.
+    pub services: Vec<String>,
+}
+
+/// A socket bound and ready for [`BoundSocket::serve`]. Binding first lets
+/// `main` report readiness (systemd) only once clients can connect.
+#[derive(Debug)]
+pub struct BoundSocket {
+    listener: UnixListener,
+    options: ServeOptions,
+}
+
+impl BoundSocket {
+    /// Binds the socket: recovers a stale socket left by a crash (nothing
+    /// answers on it), refuses one a live process serves, sets mode 0660 and
+    /// the configured group, and writes the pid file.
+    pub async fn bind(options: ServeOptions) -> Result<BoundSocket, RuntimeError> {
+        let path = options.socket.clone();
+        let bind_err = |source| RuntimeError::Bind {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(bind_err)?;
+        }
+        remove_stale_socket(&path).await?;
+        let listener = UnixListener::bind(&path).map_err(bind_err)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
+            .map_err(bind_err)?;
+        if let Some(group) = &options.socket_group {
+            let gid = nix::unistd::Group::from_name(group)
+                .map_err(|e| bind_err(e.into()))?
+                .ok_or_else(|| RuntimeError::NoSuchGroup {
+                    group: group.clone(),
+                })?
+                .gid;
+            nix::unistd::chown(&path, None, Some(gid)).map_err(|e| bind_err(e.into()))?;
+        }
+        if let Some(pid_file) = &options.pid_file {
+            crate::fsutil::write_atomic(pid_file, format!("{}\n", std::process::id()).as_bytes())
+                .map_err(|source| RuntimeError::PidFile {
+                path: pid_file.clone(),
+                source,
+            })?;
+        }
+        tracing::info!(socket = %path.display(), "listening");
+        Ok(BoundSocket { listener, options })
+    }
+
+    /// The bound socket path.
+    pub fn path(&self) -> &Path {
+        &self.options.socket
+    }
+
+    /// Serves `routes` plus health, reflection and `banger.runtime.v1.Info`
+    /// until `shutdown` resolves; in-flight calls then drain, and the socket
+    /// and pid file are removed.
+    pub async fn serve(
+        self,
+        routes: Routes,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), RuntimeError> {
+        let BoundSocket { listener, options } = self;
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        health_reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        for service in &options.services {
+            health_reporter
+                .set_service_status(service, ServingStatus::Serving)
+                .await;
+        }
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .expect("embedded descriptor sets are valid");
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .expect("embedded descriptor sets are valid");
+        let info = InfoServer::new(InfoService {
+            info: ServiceInfo {
+                name: options.name.clone(),
+                version: crate::VERSION.to_owned(),
+                pid: std::process::id(),
+                started_unix: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or_default(),
+                services: options.services.clone(),
+            },
+        });
+        let routes = routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(info);
+
+        let result = Server::builder()
+            .trace_fn(super::trace_context::server_span)
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                shutdown.await;
+                tracing::info!("shutting down: draining in-flight calls");
+                health_reporter
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
+            })
+            .await;
+        let _ = std::fs::remove_file(&options.socket);
+        if let Some(pid_file) = &options.pid_file {
+            let _ = std::fs::remove_file(pid_file);
+        }
+        result.map_err(|source| RuntimeError::Serve {
+            path: options.socket.clone(),
+            source,
+        })
+    }
+}
+
+async fn remove_stale_socket(path: &Path) -> Result<(), RuntimeError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(RuntimeError::Bind {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(RuntimeError::NotASocket {
+            path: path.to_path_buf(),
+        });
+    }
+    match tokio::net::UnixStream::connect(path).await {
+        Ok(_) => Err(RuntimeError::AlreadyServing {
+            path: path.to_path_buf(),
+        }),
+        Err(_) => {
+            tracing::warn!(socket = %path.display(), "removing stale socket left by a previous run");
+            std::fs::remove_file(path).map_err(|source| RuntimeError::Bind {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we can only run until killed.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+struct InfoService {
+    info: ServiceInfo,
+}
+
+#[tonic::async_trait]
+impl Info for InfoService {
+    async fn get_info(
+        &self,
+        _request: tonic::Request<GetInfoRequest>,
+    ) -> Result<tonic::Response<ServiceInfo>, tonic::Status> {
+        Ok(tonic::Response::new(self.info.clone()))
+    }
+}

@@ -1,0 +1,27 @@
+//! Domain errors become gRPC statuses with one precise code per variant.
+
+use tonic::{Code, Status};
+
+/// Implemented by each layer's error enum: which gRPC code each variant is.
+/// The status message is the error's `Display`, which must say what to do.
+pub trait GrpcError: std::error::Error {
+    /// The one gRPC code for this error.
+    fn grpc_code(&self) -> Code;
+}
+
+/// Converts a domain error into a status; services call this from their
+/// `impl From<Error> for tonic::Status`.
+pub fn to_status<E: GrpcError>(err: &E) -> Status {
+    let code = err.grpc_code();
+    if matches!(code, Code::Internal | Code::Unknown) {
+        tracing::error!(error = %err, "internal error");
+    }
+    Status::new(code, err.to_string())
+}
+
+/// Answer for an RPC whose capability is not built yet.
+pub fn unimplemented(capability: &str) -> Status {
+    Status::unimplemented(format!(
+        "{capability} is not implemented in this version of banger"
+    ))
+}

@@ -1,0 +1,16 @@
+//! `banger-imagestore`: serves the image store on `$RUN/imagestore.sock`.
+
+use std::process::ExitCode;
+
+use banger_imagestore::ImageStoreService;
+use banger_proto::config::Service;
+use banger_proto::imagestore::v1::image_store_server::ImageStoreServer;
+use tonic::service::Routes;
+
+fn main() -> ExitCode {
+    banger_proto::daemon::main(Service::ImageStore, |config| async move {
+        Ok(Routes::new(ImageStoreServer::new(ImageStoreService::new(
+            &config,
+        ))))
+    })
+}
