@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything banger's build and tests need on a fresh Debian 12
+# machine, then builds the workspace. Idempotent.
+#   scripts/setup.sh          packages + tools + build
+#   scripts/setup.sh --deps   packages + tools only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
+
+packages=$(cat scripts/deps/*.apt | sed 's/#.*//' | tr -s ' \n' '\n' | sed '/^$/d' | sort -u)
+missing=()
+for p in $packages; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  log "installing ${missing[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Tools from crates.io that Debian does not package, each listed as
+# `crate version binary` in scripts/deps/*.cargo.
+for f in scripts/deps/*.cargo; do
+  [ -e "$f" ] || continue
+  sed 's/#.*//' "$f" | while read -r crate version binary; do
+    [ -n "${crate:-}" ] || continue
+    if ! command -v "$binary" >/dev/null 2>&1; then
+      log "cargo install $crate@$version"
+      cargo install --locked --quiet "$crate@$version"
+    fi
+  done
+done
+
+[ "${1:-}" = "--deps" ] && exit 0
+log "building the workspace"
+cargo build --workspace --locked

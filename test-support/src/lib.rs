@@ -1,0 +1,40 @@
+//! Real components for banger's tests, shared by every crate's test tier:
+//! private network namespaces, a Debian `docker-registry` bound to
+//! 127.0.0.1, and the fixtures in `../shared/fixtures`.
+//!
+//! A test that needs something missing panics with what to install; it never
+//! passes silently.
+
+pub mod fixtures;
+pub mod netns;
+pub mod registry;
+
+use std::path::Path;
+
+/// Panics with an install hint unless `program` is on PATH.
+pub fn require_program(program: &str, debian_package: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        || Path::new(program).is_file();
+    assert!(
+        found,
+        "this test needs `{program}`: install it with `apt-get install {debian_package}` \
+         (scripts/setup.sh does this)"
+    );
+}
+
+/// Panics unless the test runs as root (privileged tier).
+pub fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this privileged test must run as root (scripts/test.sh runs the suite as root in CI)"
+    );
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port on 127.0.0.1")
+}
