@@ -31,6 +31,10 @@ pub struct ServeOptions {
     pub services: Vec<String>,
 }
 
+/// How long in-flight calls may take to finish after shutdown begins;
+/// shorter than `banger down`'s patience, so a service always exits by itself.
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A socket bound and ready for [`BoundSocket::serve`]. Binding first lets
 /// `main` report readiness (systemd) only once clients can connect.
 #[derive(Debug)]
@@ -127,7 +131,8 @@ impl BoundSocket {
             .add_service(reflection_v1alpha)
             .add_service(info);
 
-        let result = Server::builder()
+        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
             .trace_fn(super::trace_context::server_span)
             .add_routes(routes)
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
@@ -136,8 +141,23 @@ impl BoundSocket {
                 health_reporter
                     .set_service_status("", ServingStatus::NotServing)
                     .await;
-            })
-            .await;
+                let _ = draining_tx.send(());
+            });
+        // A client that never closes its connection must not keep the
+        // process alive forever: drain for a bounded time, then exit.
+        let drain_timeout = DRAIN_TIMEOUT;
+        let result = tokio::select! {
+            result = server => result,
+            () = async {
+                if draining_rx.await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(drain_timeout).await;
+            } => {
+                tracing::warn!(timeout = ?drain_timeout, "in-flight calls did not finish; exiting anyway");
+                Ok(())
+            }
+        };
         let _ = std::fs::remove_file(&options.socket);
         if let Some(pid_file) = &options.pid_file {
             let _ = std::fs::remove_file(pid_file);

@@ -1,0 +1,175 @@
+//! `banger up` / `status` / `down` with the real service binaries in a temp
+//! home, inside a private network namespace (netd owns a bridge there), and
+//! each socket checked through server reflection alone.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use banger_test_support::netns::in_new_netns;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+const SERVICES: [(&str, &str); 4] = [
+    ("kernelcat", "banger.kernelcat.v1.KernelCat"),
+    ("imagestore", "banger.imagestore.v1.ImageStore"),
+    ("netd", "banger.netd.v1.Netd"),
+    ("vmm", "banger.vmm.v1.Vmm"),
+];
+
+fn banger() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_banger"));
+    let dir = exe.parent().unwrap();
+    for (name, _) in SERVICES {
+        let bin = dir.join(format!("banger-{name}"));
+        assert!(
+            bin.is_file(),
+            "{} is missing: build every binary first (`cargo build --workspace`; scripts/test.sh does)",
+            bin.display()
+        );
+    }
+    exe
+}
+
+fn run(home: &Path, args: &[&str]) -> Output {
+    Command::new(banger())
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("BANGER_HOME")
+        .output()
+        .expect("run banger")
+}
+
+fn ok(home: &Path, args: &[&str]) -> Output {
+    let out = run(home, args);
+    assert!(
+        out.status.success(),
+        "banger {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn status_json(home: &Path) -> (bool, serde_json::Value) {
+    let out = run(home, &["--json", "status"]);
+    let value = serde_json::from_slice(&out.stdout).expect("status --json prints JSON");
+    (out.status.success(), value)
+}
+
+async fn reflected_services(socket: &Path) -> Vec<String> {
+    let channel = banger_proto::rpc::connect(socket).await.expect("connect");
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection answers")
+        .into_inner();
+    let response = stream.message().await.unwrap().expect("a response");
+    match response.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection response {other:?}"),
+    }
+}
+
+#[test]
+fn up_status_down_in_a_temp_home() {
+    in_new_netns(|| {
+        let home = tempfile::tempdir().unwrap();
+        let home = home.path();
+
+        let (all_up, _) = status_json(home);
+        assert!(!all_up, "status must fail while nothing runs");
+
+        ok(home, &["up"]);
+        let (all_up, statuses) = status_json(home);
+        assert!(all_up, "status after up: {statuses:#}");
+        let statuses = statuses.as_array().unwrap();
+        assert_eq!(statuses.len(), 4);
+        for s in statuses {
+            assert_eq!(s["health"], "serving", "{s}");
+            assert_eq!(s["version"], banger_proto::VERSION, "{s}");
+            assert!(s["pid"].as_u64().is_some(), "{s}");
+        }
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for (name, api) in SERVICES {
+            let socket = home.join("run").join(format!("{name}.sock"));
+            let services = rt.block_on(reflected_services(&socket));
+            assert!(
+                services.iter().any(|s| s == api),
+                "{name}: {api} not in {services:?}"
+            );
+            assert!(
+                services.iter().any(|s| s == "grpc.health.v1.Health"),
+                "{services:?}"
+            );
+        }
+        // Close our connections, as a well-behaved client does before `down`.
+        drop(rt);
+
+        // `up` again is harmless: same pids.
+        let pids = |v: &serde_json::Value| -> Vec<u64> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["pid"].as_u64().unwrap())
+                .collect()
+        };
+        let before = pids(&status_json(home).1);
+        ok(home, &["up"]);
+        assert_eq!(
+            pids(&status_json(home).1),
+            before,
+            "second up restarted services"
+        );
+
+        // A crashed service leaves a stale socket and pid file; `up` recovers.
+        let netd_pid = before[2] as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(netd_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        while std::fs::read_to_string(format!("/proc/{netd_pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z"))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(
+            home.join("run/netd.sock").exists(),
+            "SIGKILL leaves the socket behind"
+        );
+        let (all_up, _) = status_json(home);
+        assert!(!all_up, "status must notice the dead netd");
+        ok(home, &["up"]);
+        let (all_up, statuses) = status_json(home);
+        assert!(all_up, "after recovery: {statuses:#}");
+        assert_ne!(pids(&statuses)[2], before[2], "netd was restarted");
+
+        ok(home, &["down"]);
+        for (name, _) in SERVICES {
+            assert!(
+                !home.join(format!("run/{name}.sock")).exists(),
+                "{name} socket left"
+            );
+            assert!(
+                !home.join(format!("run/{name}.pid")).exists(),
+                "{name} pid file left"
+            );
+        }
+        let (all_up, _) = status_json(home);
+        assert!(!all_up);
+        ok(home, &["down"]);
+    });
+}
