@@ -29,6 +29,8 @@ enum Command {
     Down(commands::services::DownArgs),
     /// Show each service: socket, pid, version, health.
     Status(commands::services::StatusArgs),
+    /// Check this host for what VM creation needs, and how to fix it.
+    Doctor(commands::doctor::DoctorArgs),
     /// Guest kernels: list, pull, import, show, rm.
     #[command(subcommand)]
     Kernel(commands::kernel::KernelCommand),
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
             Command::Up(args) => commands::services::up(&ctx, args).await,
             Command::Down(args) => commands::services::down(&ctx, args).await,
             Command::Status(args) => commands::services::status(&ctx, args).await,
+            Command::Doctor(args) => commands::doctor::doctor(&ctx, args).await,
             Command::Kernel(cmd) => commands::kernel::run(&ctx, cmd).await,
             Command::Image(cmd) => commands::image::run(&ctx, cmd).await,
             Command::Network(cmd) => commands::network::run(&ctx, cmd).await,

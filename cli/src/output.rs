@@ -3,7 +3,7 @@
 
 use std::process::ExitCode;
 
-use comfy_table::{Table, presets::NOTHING};
+use comfy_table::{ContentArrangement, Table, presets::NOTHING};
 
 /// A borderless table with the given header.
 pub fn table<I, S>(header: I) -> Table
@@ -12,7 +12,9 @@ where
     S: Into<comfy_table::Cell>,
 {
     let mut t = Table::new();
-    t.load_preset(NOTHING).set_header(header);
+    t.load_preset(NOTHING)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header);
     t
 }
 
@@ -34,7 +36,6 @@ pub fn fail(err: &anyhow::Error) -> ExitCode {
 }
 
 /// Human-readable byte size, e.g. `8.0 MiB`.
-#[allow(dead_code)] // kernel and image listings use it as they land
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;

@@ -88,9 +88,33 @@ fn up_status_down_in_a_temp_home() {
         let (all_up, _) = status_json(home);
         assert!(!all_up, "status must fail while nothing runs");
 
+        let doctor = |home: &Path| -> serde_json::Value {
+            let out = run(home, &["--json", "doctor"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("doctor JSON");
+            assert_eq!(v["ok"].as_bool(), Some(out.status.success()), "{v:#}");
+            v
+        };
+        let service_rows = |v: &serde_json::Value| -> Vec<String> {
+            v["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|c| c["check"].as_str().unwrap().starts_with("service "))
+                .map(|c| c["severity"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        let before_up = doctor(home);
+        assert_eq!(before_up["ok"], false, "doctor must fail with no services");
+        assert_eq!(service_rows(&before_up), ["fail"; 4]);
+
         ok(home, &["up"]);
         let (all_up, statuses) = status_json(home);
         assert!(all_up, "status after up: {statuses:#}");
+        assert_eq!(
+            service_rows(&doctor(home)),
+            ["ok"; 4],
+            "doctor sees the services"
+        );
         let statuses = statuses.as_array().unwrap();
         assert_eq!(statuses.len(), 4);
         for s in statuses {

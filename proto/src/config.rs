@@ -133,9 +133,20 @@ impl Paths {
             .join(format!("{}.log", service.short_name()))
     }
 
-    /// The state folder a service alone owns.
+    /// The state folder a service alone owns (DESIGN §2): `kernels`,
+    /// `images` (imagestore also owns [`Paths::blobs`]), `netd`, `vms`.
     pub fn state(&self, service: Service) -> PathBuf {
-        self.state_dir.join(service.short_name())
+        self.state_dir.join(match service {
+            Service::KernelCat => "kernels",
+            Service::ImageStore => "images",
+            Service::Netd => "netd",
+            Service::Vmm => "vms",
+        })
+    }
+
+    /// The content-addressed blob cache, owned by imagestore.
+    pub fn blobs(&self) -> PathBuf {
+        self.state_dir.join("blobs")
     }
 }
 

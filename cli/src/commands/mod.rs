@@ -1,5 +1,6 @@
 //! One module per subcommand group.
 
+pub mod doctor;
 pub mod image;
 pub mod kernel;
 pub mod network;

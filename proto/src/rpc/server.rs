@@ -41,6 +41,9 @@ pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 pub struct BoundSocket {
     listener: UnixListener,
     options: ServeOptions,
+    /// Handed over by systemd (socket activation): systemd owns the path,
+    /// its mode and group, so we neither chmod nor remove it.
+    activated: bool,
 }
 
 impl BoundSocket {
@@ -53,6 +56,14 @@ impl BoundSocket {
             path: path.clone(),
             source,
         };
+        if let Some(listener) = systemd_listener().map_err(bind_err)? {
+            tracing::info!(socket = %path.display(), "listening on the socket systemd passed");
+            return Ok(BoundSocket {
+                listener,
+                options,
+                activated: true,
+            });
+        }
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(bind_err)?;
         }
@@ -77,7 +88,11 @@ impl BoundSocket {
             })?;
         }
         tracing::info!(socket = %path.display(), "listening");
-        Ok(BoundSocket { listener, options })
+        Ok(BoundSocket {
+            listener,
+            options,
+            activated: false,
+        })
     }
 
     /// The bound socket path.
@@ -93,7 +108,12 @@ impl BoundSocket {
         routes: Routes,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), RuntimeError> {
-        let BoundSocket { listener, options } = self;
+        let BoundSocket {
+            listener,
+            options,
+            activated,
+        } = self;
+        notify_systemd("READY=1");
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_service_status("", ServingStatus::Serving)
@@ -138,6 +158,7 @@ impl BoundSocket {
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
                 shutdown.await;
                 tracing::info!("shutting down: draining in-flight calls");
+                notify_systemd("STOPPING=1");
                 health_reporter
                     .set_service_status("", ServingStatus::NotServing)
                     .await;
@@ -158,7 +179,9 @@ impl BoundSocket {
                 Ok(())
             }
         };
-        let _ = std::fs::remove_file(&options.socket);
+        if !activated {
+            let _ = std::fs::remove_file(&options.socket);
+        }
         if let Some(pid_file) = &options.pid_file {
             let _ = std::fs::remove_file(pid_file);
         }
@@ -196,6 +219,53 @@ async fn remove_stale_socket(path: &Path) -> Result<(), RuntimeError> {
                 source,
             })
         }
+    }
+}
+
+/// The listening socket systemd passed (`LISTEN_FDS`/`LISTEN_PID`, fd 3),
+/// if this process was socket-activated.
+fn systemd_listener() -> std::io::Result<Option<UnixListener>> {
+    const SD_LISTEN_FDS_START: std::os::fd::RawFd = 3;
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let count: u32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    if !for_us || count == 0 {
+        return Ok(None);
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: systemd's socket-activation protocol guarantees that fd 3 is an
+    // open listening socket handed to this very process (LISTEN_PID checked
+    // above), and nothing else in the process has taken ownership of it.
+    let std_listener =
+        unsafe { std::os::unix::net::UnixListener::from_raw_fd(SD_LISTEN_FDS_START) };
+    std_listener.set_nonblocking(true)?;
+    UnixListener::from_std(std_listener).map(Some)
+}
+
+/// Sends a state line to systemd (`Type=notify`); a no-op outside systemd.
+fn notify_systemd(state: &str) {
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(socket) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(target.as_os_str());
+    let sent = match bytes.strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name)
+                .and_then(|addr| socket.send_to_addr(state.as_bytes(), &addr))
+        }
+        None => socket.send_to(state.as_bytes(), &target),
+    };
+    if let Err(e) = sent {
+        tracing::warn!("cannot notify systemd ({state}): {e}");
     }
 }
 
