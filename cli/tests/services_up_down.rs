@@ -197,3 +197,89 @@ fn up_status_down_in_a_temp_home() {
         ok(home, &["down"]);
     });
 }
+
+/// One `banger status` is one trace: the CLI's root span is the parent of
+/// every service's server span, across processes, received by a real OTLP
+/// collector.
+#[test]
+fn one_command_is_one_trace_across_processes() {
+    in_new_netns(|| {
+        // Multi-threaded, so the receiver answers while this thread waits
+        // for a command; its threads inherit this thread's namespace.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let collector = rt.block_on(banger_test_support::otlp::Collector::start());
+        let home = tempfile::tempdir().unwrap();
+        let home = home.path();
+        let with_otel = |args: &[&str]| {
+            let out = Command::new(banger())
+                .arg("--home")
+                .arg(home)
+                .args(args)
+                .env_remove("BANGER_HOME")
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint)
+                .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        with_otel(&["up"]);
+        with_otel(&["status"]);
+        // Services export in batches; give them a moment while the receiver runs.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let find = || {
+            let spans = collector.spans();
+            let root = spans
+                .iter()
+                .find(|s| s.service == "banger" && s.name == "banger status")
+                .cloned();
+            (spans, root)
+        };
+        let (mut spans, mut root) = find();
+        while std::time::Instant::now() < deadline {
+            let children = root.as_ref().map_or(0, |r| {
+                spans
+                    .iter()
+                    .filter(|s| s.parent_span_id == r.span_id)
+                    .count()
+            });
+            if children >= 8 {
+                break;
+            }
+            rt.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(200)).await });
+            (spans, root) = find();
+        }
+        let root = root.unwrap_or_else(|| {
+            let names: Vec<_> = spans
+                .iter()
+                .map(|s| format!("{}: {}", s.service, s.name))
+                .collect();
+            panic!("no `banger status` root span among {names:#?}")
+        });
+        for (name, _) in SERVICES {
+            let service = format!("banger-{name}");
+            let children: Vec<_> = spans
+                .iter()
+                .filter(|s| s.service == service && s.parent_span_id == root.span_id)
+                .collect();
+            assert!(
+                children.len() >= 2,
+                "{service}: expected its Info and Health server spans under the CLI root, got {children:#?}"
+            );
+            for child in children {
+                assert_eq!(
+                    child.trace_id, root.trace_id,
+                    "{service} joined another trace"
+                );
+            }
+        }
+        ok(home, &["down"]);
+    });
+}

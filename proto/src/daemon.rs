@@ -34,22 +34,29 @@ where
     Fut: Future<Output = Result<Routes, SetupError>>,
 {
     let args = DaemonArgs::parse();
-    let _telemetry = crate::telemetry::init(service.binary(), "info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
+            eprintln!("{}: cannot start the async runtime: {e}", service.binary());
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(service, args, build)) {
+    // The OTLP exporter's connection lives on this runtime, so telemetry
+    // starts inside it and is flushed before it stops.
+    let telemetry = {
+        let _enter = runtime.enter();
+        crate::telemetry::init(service.binary(), "info")
+    };
+    let code = match runtime.block_on(run(service, args, build)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{}: {e}", service.binary());
             eprintln!("{}: {e}", service.binary());
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(telemetry);
+    code
 }
 
 async fn run<F, Fut>(service: Service, args: DaemonArgs, build: F) -> Result<(), SetupError>

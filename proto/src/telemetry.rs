@@ -6,6 +6,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -68,9 +69,13 @@ pub fn init(service_name: &'static str, default_level: &str) -> TelemetryGuard {
         Ok(provider) => (provider, None),
         Err(e) => (None, Some(e)),
     };
-    let otel_layer = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service_name)));
+    // Export banger's own spans (steps, RPCs), not the transport internals
+    // of h2/tower/hyper, which would bury them.
+    let otel_layer = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service_name))
+            .with_filter(Targets::new().with_target("banger", tracing::Level::INFO))
+    });
     let _ = Registry::default()
         .with(otel_layer)
         .with(fmt_layer.with_filter(filter))

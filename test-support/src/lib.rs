@@ -1,12 +1,13 @@
 //! Real components for banger's tests, shared by every crate's test tier:
 //! private network namespaces, a Debian `docker-registry` bound to
-//! 127.0.0.1, and the fixtures in `../shared/fixtures`.
+//! 127.0.0.1, an OTLP trace receiver, and the fixtures in `../shared/fixtures`.
 //!
 //! A test that needs something missing panics with what to install; it never
 //! passes silently.
 
 pub mod fixtures;
 pub mod netns;
+pub mod otlp;
 pub mod registry;
 
 use std::path::Path;
