@@ -120,12 +120,16 @@ impl NetOps for LinuxOps {
         prefix_len: u8,
     ) -> Result<bool, Error> {
         let mut changed = false;
+        // A bridge without an explicit address takes the lowest of its
+        // ports' and changes it as taps come and go, leaving guests with a
+        // stale gateway MAC; a fixed one derived from the gateway avoids that.
+        let mac = mac_bytes(gateway);
         let link = match self.link_by_name(name).await? {
             Some(link) => link,
             None => {
                 self.handle
                     .link()
-                    .add(LinkBridge::new(name).build())
+                    .add(LinkBridge::new(name).address(mac.to_vec()).build())
                     .execute()
                     .await
                     .map_err(nl(format!("creating bridge {name}")))?;
@@ -143,6 +147,23 @@ impl NetOps for LinuxOps {
             return Err(Error::Config(format!(
                 "{name} exists and is not a bridge; delete it or set another [netd] bridge"
             )));
+        }
+        let has_mac = link
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::Address(m) if m[..] == mac[..]));
+        if !has_mac {
+            self.handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(info.index)
+                        .address(mac.to_vec())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(nl(format!("setting the address of {name}")))?;
+            changed = true;
         }
         let addrs: Vec<_> = self
             .handle
@@ -286,6 +307,12 @@ impl NetOps for LinuxOps {
                 source,
             })
     }
+}
+
+/// The bridge's MAC: the lease MAC scheme applied to the gateway address.
+fn mac_bytes(gateway: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = gateway.octets();
+    [0x02, 0xba, a, b, c, d]
 }
 
 fn element(ip: Ipv4Addr) -> Value {
