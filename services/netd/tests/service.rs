@@ -122,3 +122,87 @@ async fn errors_carry_precise_codes() {
     let err = s.client.allocate(alloc("a/b")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
 }
+
+/// Calls `f` with a client whose socket peer credentials are `uid`/`gid`:
+/// a thread switches only its own credentials (raw syscalls; glibc's
+/// wrappers would switch every thread of the test process) and connects.
+fn as_user<F, Fut, T>(socket: PathBuf, uid: u32, gid: u32, f: F) -> T
+where
+    F: FnOnce(NetdClient<TracedChannel>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    banger_test_support::require_root();
+    std::thread::spawn(move || {
+        // SAFETY: plain setresgid/setresuid system calls with integer
+        // arguments; they change only this thread's credentials, which is
+        // the point, and the thread ends right after the call below.
+        let rc = unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) };
+        assert_eq!(rc, 0, "setresgid");
+        // SAFETY: as above.
+        let rc = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+        assert_eq!(rc, 0, "setresuid");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async move {
+                let channel = banger_proto::rpc::connect(&socket).await.unwrap();
+                f(NetdClient::new(channel)).await
+            })
+    })
+    .join()
+    .unwrap()
+}
+
+/// Serves on a socket other users may dial (the test's stand-in for the
+/// 0660 root:banger socket and group membership).
+async fn serve_open(config: NetdConfig, ops: RecordingOps) -> (Served, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let served = serve(config, ops).await;
+    let dir = served._dir.path().to_path_buf();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.join("netd.sock");
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    (served, socket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_root_and_the_vmm_uid_change_state() {
+    let ops = RecordingOps::default();
+    let cfg = NetdConfig {
+        vmm_uid: Some(4242),
+        ..NetdConfig::default()
+    };
+    let (_served, socket) = serve_open(cfg, ops.clone()).await;
+    let req = |vm: &str| pb::AllocateRequest {
+        vm_id: vm.into(),
+        nat: true,
+        owner_uid: Some(0),
+        owner_gid: Some(0),
+    };
+
+    // A stranger may look but not touch.
+    let r = req("x");
+    let (alloc, release, list) = as_user(socket.clone(), 5555, 5555, move |mut c| async move {
+        (
+            c.allocate(r).await.map(|_| ()),
+            c.release(pb::ReleaseRequest { vm_id: "x".into() })
+                .await
+                .map(|_| ()),
+            c.list_leases(pb::ListLeasesRequest {}).await.map(|_| ()),
+        )
+    });
+    assert_eq!(alloc.unwrap_err().code(), tonic::Code::PermissionDenied);
+    assert_eq!(release.unwrap_err().code(), tonic::Code::PermissionDenied);
+    list.unwrap();
+    assert!(ops.state().taps.is_empty());
+
+    // The vmm uid may; the tap is its own, whatever owner it asks for.
+    let r = req("vm1");
+    let lease = as_user(socket.clone(), 4242, 4343, move |mut c| async move {
+        c.allocate(r).await.unwrap().into_inner()
+    });
+    assert_eq!((lease.owner_uid, lease.owner_gid), (4242, 4343));
+    assert_eq!(ops.state().taps[&lease.tap], (4242, 4343));
+}
