@@ -475,6 +475,12 @@ async fn apply(batch: Value) -> Result<(), Error> {
 
 fn nft_message(e: nftables::helper::NftablesError) -> String {
     match e {
+        nftables::helper::NftablesError::NftFailed { hint, stderr, .. }
+            if stderr.trim().is_empty() =>
+        {
+            // The crate lets `nft` write its reason to our stderr (the log).
+            format!("`nft` failed while {hint} (its message is in the banger-netd log)")
+        }
         nftables::helper::NftablesError::NftFailed { hint, stderr, .. } => {
             format!("`nft` failed while {hint}: {}", stderr.trim())
         }

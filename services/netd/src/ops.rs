@@ -113,14 +113,14 @@ impl RecordingOps {
 #[tonic::async_trait]
 impl NetOps for RecordingOps {
     async fn ensure_bridge(&self, name: &str, _: Ipv4Addr, _: u8) -> Result<bool, Error> {
-        let mut net = self.net.lock().expect("lock");
-        if net.bridge.as_deref() == Some(name) {
-            return Ok(false);
+        {
+            let mut net = self.net.lock().expect("lock");
+            if net.bridge.as_deref() == Some(name) {
+                return Ok(false);
+            }
+            net.bridge = Some(name.into());
         }
-        drop(net);
         self.record(Call::EnsureBridge(name.into()));
-        net = self.net.lock().expect("lock");
-        net.bridge = Some(name.into());
         Ok(true)
     }
 

@@ -45,7 +45,9 @@ pub fn create_persistent_tap(name: &str, uid: u32, gid: u32) -> Result<(), Error
         .custom_flags(libc::O_CLOEXEC)
         .open(TUN_DEVICE)
         .map_err(|e| {
-            err("opening /dev/net/tun")(nix::Error::from_raw(e.raw_os_error().unwrap_or(0)))
+            err("opening /dev/net/tun (netd's user needs read-write access; Debian's udev makes it 0666)")(
+                nix::Error::from_raw(e.raw_os_error().unwrap_or(0)),
+            )
         })?;
     let fd = file.as_raw_fd();
     let mut req = IfReq {
