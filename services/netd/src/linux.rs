@@ -288,6 +288,21 @@ impl NetOps for LinuxOps {
         apply(json!({"nftables": [{"add": element(ip)}, {"delete": element(ip)}]})).await
     }
 
+    async fn foreign_forward_drops(&self) -> Result<Vec<String>, Error> {
+        let out = tokio::task::spawn_blocking(|| {
+            nftables::helper::get_current_ruleset_raw(
+                nftables::helper::DEFAULT_NFT,
+                ["list", "chains"],
+            )
+        })
+        .await
+        .map_err(|e| Error::Nft(format!("listing chains: {e}")))?
+        .map_err(|e| Error::Nft(nft_message(e)))?;
+        let listing: Value = serde_json::from_str(&out)
+            .map_err(|e| Error::Nft(format!("unreadable `nft -j` output: {e}")))?;
+        Ok(forward_drops(&listing))
+    }
+
     async fn ip_forward(&self) -> Result<bool, Error> {
         let text = tokio::fs::read_to_string(IP_FORWARD)
             .await
@@ -437,6 +452,26 @@ pub fn set_elements(listing: &Value) -> BTreeSet<Ipv4Addr> {
         .collect()
 }
 
+/// Forward-hook chains with policy drop outside our table, from
+/// `nft -j list chains`.
+pub fn forward_drops(listing: &Value) -> Vec<String> {
+    let objects = listing["nftables"].as_array().cloned().unwrap_or_default();
+    objects
+        .iter()
+        .map(|o| &o["chain"])
+        .filter(|c| c["hook"] == "forward" && c["policy"] == "drop")
+        .filter(|c| !(c["family"] == "inet" && c["table"] == TABLE))
+        .map(|c| {
+            format!(
+                "{} {} {}",
+                c["family"].as_str().unwrap_or("?"),
+                c["table"].as_str().unwrap_or("?"),
+                c["name"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
 /// `nft -j list table inet banger`, or `None` when the table is absent.
 async fn list_table() -> Result<Option<Value>, Error> {
     let out = tokio::task::spawn_blocking(|| {
@@ -500,6 +535,22 @@ mod tests {
         ] {
             serde_json::from_value::<nftables::schema::Nftables>(batch).unwrap();
         }
+    }
+
+    #[test]
+    fn finds_foreign_forward_drops() {
+        let listing = json!({"nftables": [
+            {"metainfo": {}},
+            {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "hook": "forward", "policy": "drop", "prio": 0, "type": "filter"}},
+            {"chain": {"family": "ip", "table": "filter", "name": "INPUT", "hook": "input", "policy": "drop", "prio": 0, "type": "filter"}},
+            {"chain": {"family": "inet", "table": "banger", "name": "forward", "hook": "forward", "policy": "drop", "prio": 0, "type": "filter"}},
+            {"chain": {"family": "inet", "table": "fw", "name": "fwd", "hook": "forward", "policy": "accept", "prio": 0, "type": "filter"}},
+            {"chain": {"family": "ip", "table": "filter", "name": "DOCKER"}},
+        ]});
+        assert_eq!(
+            forward_drops(&listing),
+            vec!["ip filter FORWARD".to_owned()]
+        );
     }
 
     #[test]

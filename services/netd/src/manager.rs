@@ -353,6 +353,21 @@ impl Manager {
                 Some(_) => {}
             }
         }
+        if cfg.nat {
+            for chain in self.ops.foreign_forward_drops().await? {
+                problems.push(format!(
+                    "forward chain `{chain}` drops by default (Docker or a host firewall?), which drops VM traffic whatever banger's table accepts: \
+                     allow traffic from and to {} there (e.g. `iifname \"{}\" accept` and `oifname \"{}\" ct state established,related accept`)",
+                    cfg.bridge, cfg.bridge, cfg.bridge
+                ));
+            }
+        }
+        for lease in leases.iter().filter(|l| !cfg.subnet.contains(&l.ip)) {
+            problems.push(format!(
+                "VM {} holds {} outside [netd] subnet {}: stop the VM so vmm releases it, then start it again",
+                lease.vm_id, lease.ip, cfg.subnet
+            ));
+        }
         if free_addresses == 0 {
             problems.push(format!(
                 "subnet {} is full: release VMs you no longer need or configure a larger [netd] subnet",
@@ -609,13 +624,20 @@ mod tests {
         {
             let mut net = ops.net.lock().unwrap();
             net.taps.clear();
+            net.foreign_drops.push("ip filter FORWARD".into());
             net.nat_table = false;
             net.ip_forward = false;
             net.others.clear();
         }
         let st = m.status().await.unwrap();
         let all = st.problems.join("\n");
-        for needle in ["bg-a", "NAT rules", "ip_forward", "uplink"] {
+        for needle in [
+            "bg-a",
+            "NAT rules",
+            "ip_forward",
+            "uplink",
+            "ip filter FORWARD",
+        ] {
             assert!(all.contains(needle), "{needle} missing from {all}");
         }
     }

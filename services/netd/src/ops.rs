@@ -53,6 +53,10 @@ pub trait NetOps: Send + Sync + 'static {
     async fn add_nat_source(&self, ip: Ipv4Addr) -> Result<(), Error>;
     /// Removes `ip` from the `nat_sources` set; absent is fine.
     async fn remove_nat_source(&self, ip: Ipv4Addr) -> Result<(), Error>;
+    /// Forward-hook chains of *other* tables whose policy is drop (e.g.
+    /// Docker's `ip filter FORWARD`), as `family table chain`; read only,
+    /// since they drop VM traffic whatever our table accepts.
+    async fn foreign_forward_drops(&self) -> Result<Vec<String>, Error>;
     /// Current `net.ipv4.ip_forward`.
     async fn ip_forward(&self) -> Result<bool, Error>;
     /// Sets `net.ipv4.ip_forward`.
@@ -83,6 +87,8 @@ pub struct FakeNet {
     pub nat_table: bool,
     pub nat_sources: BTreeSet<Ipv4Addr>,
     pub ip_forward: bool,
+    /// Foreign forward chains with policy drop.
+    pub foreign_drops: Vec<String>,
     /// When set, `ensure_tap` fails (to test rollback).
     pub fail_taps: bool,
 }
@@ -228,6 +234,10 @@ impl NetOps for RecordingOps {
         self.record(Call::RemoveNatSource(ip));
         self.net.lock().expect("lock").nat_sources.remove(&ip);
         Ok(())
+    }
+
+    async fn foreign_forward_drops(&self) -> Result<Vec<String>, Error> {
+        Ok(self.net.lock().expect("lock").foreign_drops.clone())
     }
 
     async fn ip_forward(&self) -> Result<bool, Error> {

@@ -183,6 +183,20 @@ fn bridge_and_table_are_idempotent_and_foreign_tables_untouched() {
         let (m, third) = start_manager(test_config("172.30.0.0/24"), dir.path()).await;
         assert!(third.table_changed && !third.bridge_changed, "{third:?}");
         assert!(m.status().await.unwrap().nat_enabled);
+
+        // A foreign forward chain that drops is reported, never changed.
+        run(&[
+            "nft",
+            "add",
+            "chain",
+            "ip",
+            "other",
+            "fwdrop",
+            "{ type filter hook forward priority 20; policy drop; }",
+        ]);
+        let problems = m.status().await.unwrap().problems.join("\n");
+        assert!(problems.contains("`ip other fwdrop` drops"), "{problems}");
+        run(&["nft", "delete", "chain", "ip", "other", "fwdrop"]);
         assert_eq!(
             run(&["nft", "-j", "list", "table", "ip", "other"]),
             other_before,
