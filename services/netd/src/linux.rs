@@ -198,7 +198,12 @@ impl NetOps for LinuxOps {
 
     #[tracing::instrument(skip(self))]
     async fn ensure_tap(&self, tap: &str, uid: u32, gid: u32, bridge: &str) -> Result<(), Error> {
-        crate::tun::create_persistent_tap(tap, uid, gid)?;
+        // An existing tap is left to whoever holds it (a running VM's
+        // hypervisor: TUNSETIFF on it would fail with EBUSY); only its
+        // bridge port and up state are repaired.
+        if self.link_by_name(tap).await?.is_none() {
+            crate::tun::create_persistent_tap(tap, uid, gid)?;
+        }
         let bridge_link = self
             .link_by_name(bridge)
             .await?

@@ -130,8 +130,8 @@ impl Manager {
                 .iter()
                 .find(|l| l.name == lease.tap)
                 .is_some_and(|l| l.up && l.controller.is_some() && l.controller == bridge_index);
-            // ensure_tap is idempotent; calling it for present taps too
-            // re-asserts ownership, which a crash mid-allocation may have left unset.
+            // ensure_tap is idempotent and leaves a tap in use alone; it
+            // repairs a missing tap, a lost bridge port or a downed link.
             self.ops
                 .ensure_tap(&lease.tap, lease.owner_uid, lease.owner_gid, &cfg.bridge)
                 .await?;

@@ -33,8 +33,9 @@ pub trait NetOps: Send + Sync + 'static {
         gateway: Ipv4Addr,
         prefix_len: u8,
     ) -> Result<bool, Error>;
-    /// Makes `tap` a persistent tap owned by `uid`/`gid`, attached to
-    /// `bridge` and up (creating it if missing).
+    /// Makes `tap` a persistent tap owned by `uid`/`gid` (if missing),
+    /// attached to `bridge` and up. An existing tap keeps its owner: it may
+    /// be in use by a running VM.
     async fn ensure_tap(&self, tap: &str, uid: u32, gid: u32, bridge: &str) -> Result<(), Error>;
     /// Deletes `tap`; absent is fine.
     async fn delete_tap(&self, tap: &str) -> Result<(), Error>;

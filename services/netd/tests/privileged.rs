@@ -440,10 +440,14 @@ fn killed_with_sigkill_and_restarted_keeps_exactly_the_leases() {
         for vm in ["a", "b", "c"] {
             c.allocate(alloc(vm, vm != "c", None)).await.unwrap();
         }
+        // A "hypervisor" holds bg-b open across the crash and restart.
+        let vmm_holds_b = banger_netd::tun::attach("bg-b").unwrap();
         d.kill9();
 
-        // Damage while it is down: a lost tap, an orphan tap, a stray element.
+        // Damage while it is down: a lost tap, a tap off the bridge, an
+        // orphan tap, a stray element.
         run(&["ip", "link", "del", "bg-a"]);
+        run(&["ip", "link", "set", "bg-c", "nomaster"]);
         run(&["ip", "tuntap", "add", "dev", "bg-orphan", "mode", "tap"]);
         run(&[
             "nft",
@@ -466,6 +470,7 @@ fn killed_with_sigkill_and_restarted_keeps_exactly_the_leases() {
             log.contains("bg-orphan") && log.contains("bg-a"),
             "reconcile is logged:\n{log}"
         );
+        drop(vmm_holds_b);
 
         // Released, then killed at once: the release sticks.
         c.release(pb::ReleaseRequest { vm_id: "b".into() })
