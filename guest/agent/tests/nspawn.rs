@@ -31,20 +31,28 @@ impl Drop for Reaped {
     }
 }
 
-/// The cached bookworm rootfs, debootstrapped on first use.
-fn bookworm() -> PathBuf {
-    let cache = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-cache");
-    let rootfs = cache.join("bookworm");
-    if rootfs.join("usr/lib/systemd/systemd").exists() {
+fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-cache")
+}
+
+/// A cached bookworm rootfs (`minbase` plus `include`), debootstrapped on
+/// first use into `target/test-cache/<name>`.
+fn debootstrap(name: &str, include: Option<&str>) -> PathBuf {
+    let cache = cache_dir();
+    let rootfs = cache.join(name);
+    if rootfs.join("etc/os-release").exists() {
         return rootfs;
     }
     banger_test_support::require_program("debootstrap", "debootstrap");
-    let partial = cache.join("bookworm.partial");
+    let partial = cache.join(format!("{name}.partial"));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&cache).unwrap();
-    let status = Command::new("nice")
-        .args(["-n", "10", "debootstrap", "--variant=minbase"])
-        .arg("--include=systemd,systemd-sysv,dbus")
+    let mut cmd = Command::new("nice");
+    cmd.args(["-n", "10", "debootstrap", "--variant=minbase"]);
+    if let Some(include) = include {
+        cmd.arg(format!("--include={include}"));
+    }
+    let status = cmd
         .arg("bookworm")
         .arg(&partial)
         .arg("http://deb.debian.org/debian")
@@ -53,6 +61,57 @@ fn bookworm() -> PathBuf {
     assert!(status.success(), "debootstrap failed: {status}");
     std::fs::rename(&partial, &rootfs).unwrap();
     rootfs
+}
+
+/// Bookworm with systemd (the image case "systemd present").
+fn bookworm() -> PathBuf {
+    debootstrap("bookworm", Some("systemd,systemd-sysv,dbus"))
+}
+
+/// A local apt repository (`Packages` + .debs) with everything a minbase
+/// bookworm lacks for `systemd-sysv openssh-server`, built once with
+/// `apt-get install --download-only` in a chroot (the Debian mirror is the
+/// allowed registry) and `dpkg-scanpackages`; the container that installs
+/// from it has no network.
+fn init_repo(minbase: &Path) -> PathBuf {
+    let repo = cache_dir().join("bookworm-init-repo");
+    if repo.join("Packages").exists() {
+        return repo;
+    }
+    banger_test_support::require_program("dpkg-scanpackages", "dpkg-dev");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    copy_tree(minbase, &root);
+    let _ = std::fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf"));
+    let status = Command::new("chroot")
+        .arg(&root)
+        .args([
+            "sh",
+            "-c",
+            "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -q -y \
+             --download-only --no-install-recommends systemd-sysv openssh-server",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "apt-get --download-only failed: {status}");
+    let partial = cache_dir().join("bookworm-init-repo.partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).unwrap();
+    for entry in std::fs::read_dir(root.join("var/cache/apt/archives")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "deb") {
+            std::fs::copy(&path, partial.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let out = Command::new("dpkg-scanpackages")
+        .args([".", "/dev/null"])
+        .current_dir(&partial)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "dpkg-scanpackages failed");
+    std::fs::write(partial.join("Packages"), out.stdout).unwrap();
+    std::fs::rename(&partial, &repo).unwrap();
+    repo
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -84,9 +143,10 @@ const IDENTITY: &str = r#"{
 }
 "#;
 
-fn boot(root: &Path, socks: &Path, console: &Path, machine: &str) -> Reaped {
+fn boot(root: &Path, socks: &Path, console: &Path, machine: &str, extra: &[String]) -> Reaped {
     Reaped(
         Command::new("systemd-nspawn")
+            .args(extra)
             .arg("--quiet")
             .arg("-D")
             .arg(root)
@@ -181,15 +241,13 @@ async fn shutdown(ch: Channel, nspawn: &mut Reaped, console: &Path) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_boot_as_pid1_execs_systemd_with_the_agent_active() {
-    banger_test_support::require_root();
-    banger_test_support::require_program("systemd-nspawn", "systemd-container");
-    let rootfs = bookworm();
+/// Copies `rootfs` to `<dir>/root` and injects the guest bundle the way
+/// imagestore does, plus the test drop-in and an identity; returns the host
+/// dir bind-mounted at /banger-test.
+fn prepare(rootfs: &Path, dir: &Path) -> PathBuf {
     let bundle = guest_bundle::bundle();
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    copy_tree(&rootfs, &root);
+    let root = dir.join("root");
+    copy_tree(rootfs, &root);
     install(
         &root,
         &bundle,
@@ -219,14 +277,24 @@ async fn first_boot_as_pid1_execs_systemd_with_the_agent_active() {
     .unwrap();
     std::fs::create_dir_all(root.join("etc/banger")).unwrap();
     std::fs::write(root.join("etc/banger/identity.json"), IDENTITY).unwrap();
-    let socks = dir.path().join("socks");
+    let socks = dir.join("socks");
     std::fs::create_dir_all(&socks).unwrap();
+    socks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_boot_as_pid1_execs_systemd_with_the_agent_active() {
+    banger_test_support::require_root();
+    banger_test_support::require_program("systemd-nspawn", "systemd-container");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let socks = prepare(&bookworm(), dir.path());
     let sock = socks.join("agent.sock");
     let machine = format!("banger-fb-{}", std::process::id());
 
     // First boot.
     let console = dir.path().join("console-1.log");
-    let mut nspawn = boot(&root, &socks, &console, &machine);
+    let mut nspawn = boot(&root, &socks, &console, &machine, &[]);
     let took = wait_agent(&sock, &mut nspawn, &console).await;
     eprintln!("TIMING: nspawn first boot → agent answered: {took:?}");
     let ch = channel(&sock).await;
@@ -268,7 +336,7 @@ async fn first_boot_as_pid1_execs_systemd_with_the_agent_active() {
     // Second boot: nothing left to do but exec systemd.
     let console = dir.path().join("console-2.log");
     let _ = std::fs::remove_file(&sock);
-    let mut nspawn = boot(&root, &socks, &console, &machine);
+    let mut nspawn = boot(&root, &socks, &console, &machine, &[]);
     let took = wait_agent(&sock, &mut nspawn, &console).await;
     eprintln!("TIMING: nspawn second boot → agent answered: {took:?}");
     let ch = channel(&sock).await;
@@ -279,4 +347,50 @@ async fn first_boot_as_pid1_execs_systemd_with_the_agent_active() {
         "{log}"
     );
     assert!(!log.contains("banger-first-boot: linked"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_boot_installs_systemd_and_ssh_from_apt_when_the_image_has_no_init() {
+    banger_test_support::require_root();
+    banger_test_support::require_program("systemd-nspawn", "systemd-container");
+    let minbase = debootstrap("bookworm-minbase", None);
+    assert!(!minbase.join("usr/lib/systemd/systemd").exists());
+    let repo = init_repo(&minbase);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let socks = prepare(&minbase, dir.path());
+    // The container has no network: apt sees only the local repository.
+    let _ = std::fs::remove_file(root.join("etc/apt/sources.list.d/debian.sources"));
+    std::fs::write(
+        root.join("etc/apt/sources.list"),
+        "deb [trusted=yes] file:/banger-repo ./\n",
+    )
+    .unwrap();
+    let sock = socks.join("agent.sock");
+    let console = dir.path().join("console.log");
+    let machine = format!("banger-fbi-{}", std::process::id());
+    let mut nspawn = boot(
+        &root,
+        &socks,
+        &console,
+        &machine,
+        &[format!("--bind-ro={}:/banger-repo", repo.display())],
+    );
+    let took = wait_agent(&sock, &mut nspawn, &console).await;
+    eprintln!("TIMING: nspawn install boot → agent answered: {took:?}");
+    let ch = channel(&sock).await;
+    let state = run(&ch, "systemctl is-system-running --wait").await;
+    eprintln!("systemctl is-system-running: {state}");
+    assert!(["running", "degraded"].contains(&state.as_str()), "{state}");
+    assert_eq!(run(&ch, "systemctl is-active banger-agent").await, "active");
+    assert_eq!(run(&ch, "systemctl is-active ssh").await, "active");
+    assert_eq!(run(&ch, "cat /proc/1/comm").await, "systemd");
+    shutdown(ch, &mut nspawn, &console).await;
+    let log = std::fs::read_to_string(&console).unwrap();
+    assert!(
+        log.contains(
+            "banger-first-boot: no init in the image; installing one for the debian family"
+        ),
+        "{log}"
+    );
 }
