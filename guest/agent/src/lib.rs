@@ -11,6 +11,8 @@
 //! The binary is statically linked so one build runs on every distro,
 //! busybox-only images included.
 
+#![forbid(unsafe_code)]
+
 pub mod error;
 pub mod exec;
 pub mod power;

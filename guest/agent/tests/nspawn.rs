@@ -144,6 +144,7 @@ const IDENTITY: &str = r#"{
 "#;
 
 fn boot(root: &Path, socks: &Path, console: &Path, machine: &str, extra: &[String]) -> Reaped {
+    let log = std::fs::File::create(console).unwrap();
     Reaped(
         Command::new("systemd-nspawn")
             .args(extra)
@@ -161,8 +162,9 @@ fn boot(root: &Path, socks: &Path, console: &Path, machine: &str, extra: &[Strin
             .arg(format!("--bind={}:/banger-test", socks.display()))
             .arg("/usr/local/libexec/banger-first-boot")
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(console).unwrap())
-            .stderr(std::fs::File::options().append(true).open(console).unwrap())
+            // One open file for both, so they share the offset.
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .expect("start systemd-nspawn"),
     )
