@@ -36,10 +36,10 @@ impl AgentService {
         }
     }
 
-    /// The generated server wrapping this service, with message size limits
-    /// raised for large stdin chunks.
+    /// The generated server wrapping this service; accepts stdin messages
+    /// up to 16 MiB (tonic's default limit is 4 MiB).
     pub fn into_server(self) -> AgentServer<Self> {
-        AgentServer::new(self)
+        AgentServer::new(self).max_decoding_message_size(16 << 20)
     }
 }
 

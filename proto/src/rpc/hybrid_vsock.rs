@@ -11,6 +11,20 @@
 //!
 //! [`connect`] turns that into a tonic [`Channel`]; every (re)connect of the
 //! channel repeats the handshake.
+//!
+//! ```no_run
+//! # async fn boot(uds: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use banger_proto::agent::v1::agent_client::AgentClient;
+//! use banger_proto::rpc::hybrid_vsock::{self, AGENT_PORT};
+//! // Readiness: retries while the guest boots.
+//! let pong = hybrid_vsock::wait_ready(uds, AGENT_PORT, Duration::from_secs(120)).await?;
+//! let channel = hybrid_vsock::connect(uds, AGENT_PORT, Duration::from_secs(5)).await?;
+//! let mut agent = AgentClient::new(channel);
+//! # let _ = (pong, &mut agent);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
