@@ -1,0 +1,398 @@
+//! `banger-first-boot` really as PID 1: a debootstrapped Debian bookworm
+//! (minbase + systemd, cached under `target/test-cache/`) booted by
+//! `systemd-nspawn` with the script as the container's init (nspawn runs
+//! the given program as PID 1 unless `--as-pid2`), which applies the
+//! identity, enables the agent and execs systemd. The static agent inside
+//! listens on a unix socket bind-mounted from the host (a drop-in replaces
+//! its vsock listener: a container shares the host's vsock), and the test
+//! drives it: `systemctl is-system-running` is not `offline`,
+//! `banger-agent` is active, Facts say systemd, Shutdown powers the
+//! container off (nspawn exits 0). A second boot proves idempotence.
+//! `--private-network`: the container has no network at all.
+
+mod common;
+#[path = "common/guest_bundle.rs"]
+mod guest_bundle;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use banger_proto::agent::v1::ShutdownRequest;
+use banger_proto::agent::v1::agent_client::AgentClient;
+use tonic::transport::{Channel, Endpoint};
+
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cache_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-cache")
+}
+
+/// A cached bookworm rootfs (`minbase` plus `include`), debootstrapped on
+/// first use into `target/test-cache/<name>`.
+fn debootstrap(name: &str, include: Option<&str>) -> PathBuf {
+    let cache = cache_dir();
+    let rootfs = cache.join(name);
+    if rootfs.join("etc/os-release").exists() {
+        return rootfs;
+    }
+    banger_test_support::require_program("debootstrap", "debootstrap");
+    let partial = cache.join(format!("{name}.partial"));
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&cache).unwrap();
+    let mut cmd = Command::new("nice");
+    cmd.args(["-n", "10", "debootstrap", "--variant=minbase"]);
+    if let Some(include) = include {
+        cmd.arg(format!("--include={include}"));
+    }
+    let status = cmd
+        .arg("bookworm")
+        .arg(&partial)
+        .arg("http://deb.debian.org/debian")
+        .status()
+        .expect("run debootstrap");
+    assert!(status.success(), "debootstrap failed: {status}");
+    std::fs::rename(&partial, &rootfs).unwrap();
+    rootfs
+}
+
+/// Bookworm with systemd (the image case "systemd present").
+fn bookworm() -> PathBuf {
+    debootstrap("bookworm", Some("systemd,systemd-sysv,dbus"))
+}
+
+/// A local apt repository (`Packages` + .debs) with everything a minbase
+/// bookworm lacks for `systemd-sysv openssh-server`, built once with
+/// `apt-get install --download-only` in a chroot (the Debian mirror is the
+/// allowed registry) and `dpkg-scanpackages`; the container that installs
+/// from it has no network.
+fn init_repo(minbase: &Path) -> PathBuf {
+    let repo = cache_dir().join("bookworm-init-repo");
+    if repo.join("Packages").exists() {
+        return repo;
+    }
+    banger_test_support::require_program("dpkg-scanpackages", "dpkg-dev");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    copy_tree(minbase, &root);
+    let _ = std::fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf"));
+    let status = Command::new("chroot")
+        .arg(&root)
+        .args([
+            "sh",
+            "-c",
+            "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -q -y \
+             --download-only --no-install-recommends systemd-sysv openssh-server",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "apt-get --download-only failed: {status}");
+    let partial = cache_dir().join("bookworm-init-repo.partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).unwrap();
+    for entry in std::fs::read_dir(root.join("var/cache/apt/archives")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "deb") {
+            std::fs::copy(&path, partial.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let out = Command::new("dpkg-scanpackages")
+        .args([".", "/dev/null"])
+        .current_dir(&partial)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "dpkg-scanpackages failed");
+    std::fs::write(partial.join("Packages"), out.stdout).unwrap();
+    std::fs::rename(&partial, &repo).unwrap();
+    repo
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cp -a {} failed", from.display());
+}
+
+fn install(root: &Path, bundle: &Path, from: &str, to: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let dest = root.join(to);
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    std::fs::copy(bundle.join(from), &dest).unwrap();
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+const IDENTITY: &str = r#"{
+  "hostname": "nspawned",
+  "ssh_authorized_keys": [
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST test@banger"
+  ],
+  "dns": [
+    "127.0.0.53"
+  ]
+}
+"#;
+
+fn boot(root: &Path, socks: &Path, console: &Path, machine: &str, extra: &[String]) -> Reaped {
+    let log = std::fs::File::create(console).unwrap();
+    Reaped(
+        Command::new("systemd-nspawn")
+            .args(extra)
+            .arg("--quiet")
+            .arg("-D")
+            .arg(root)
+            .arg(format!("--machine={machine}"))
+            .args([
+                "--register=no",
+                "--keep-unit",
+                "--private-network",
+                "--console=pipe",
+            ])
+            .arg("--kill-signal=SIGRTMIN+3")
+            .arg(format!("--bind={}:/banger-test", socks.display()))
+            .arg("/usr/local/libexec/banger-first-boot")
+            .stdin(Stdio::null())
+            // One open file for both, so they share the offset.
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start systemd-nspawn"),
+    )
+}
+
+async fn try_channel(sock: &Path) -> Result<Channel, tonic::transport::Error> {
+    let sock = sock.to_path_buf();
+    Endpoint::from_static("http://agent.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let sock = sock.clone();
+            async move {
+                tokio::net::UnixStream::connect(sock)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+}
+
+async fn channel(sock: &Path) -> Channel {
+    try_channel(sock).await.expect("connect to the agent")
+}
+
+/// Waits until the agent answers Ping (the container is booting).
+async fn wait_agent(sock: &Path, nspawn: &mut Reaped, console: &Path) -> Duration {
+    let start = Instant::now();
+    for _ in 0..1200 {
+        if let Some(status) = nspawn.0.try_wait().unwrap() {
+            panic!(
+                "systemd-nspawn exited ({status}) before the agent answered\n{}",
+                std::fs::read_to_string(console).unwrap_or_default()
+            );
+        }
+        if sock.exists()
+            && let Ok(Ok(ch)) =
+                tokio::time::timeout(Duration::from_secs(2), try_channel(sock)).await
+            && AgentClient::new(ch)
+                .ping(banger_proto::agent::v1::PingRequest {})
+                .await
+                .is_ok()
+        {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the agent never answered\n{}",
+        std::fs::read_to_string(console).unwrap_or_default()
+    );
+}
+
+async fn run(ch: &Channel, script: &str) -> String {
+    let ran = common::exec(ch.clone(), common::sh(script), vec![]).await;
+    String::from_utf8_lossy(&ran.stdout).trim().to_owned()
+}
+
+async fn shutdown(ch: Channel, nspawn: &mut Reaped, console: &Path) {
+    AgentClient::new(ch)
+        .shutdown(ShutdownRequest { reboot: false })
+        .await
+        .unwrap();
+    for _ in 0..1200 {
+        if let Some(status) = nspawn.0.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "nspawn exit {status}\n{}",
+                std::fs::read_to_string(console).unwrap_or_default()
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "the container did not power off\n{}",
+        std::fs::read_to_string(console).unwrap_or_default()
+    );
+}
+
+/// Copies `rootfs` to `<dir>/root` and injects the guest bundle the way
+/// imagestore does, plus the test drop-in and an identity; returns the host
+/// dir bind-mounted at /banger-test.
+fn prepare(rootfs: &Path, dir: &Path) -> PathBuf {
+    let bundle = guest_bundle::bundle();
+    let root = dir.join("root");
+    copy_tree(rootfs, &root);
+    install(
+        &root,
+        &bundle,
+        "banger-agent",
+        "usr/local/bin/banger-agent",
+        0o755,
+    );
+    install(
+        &root,
+        &bundle,
+        "banger-first-boot",
+        "usr/local/libexec/banger-first-boot",
+        0o755,
+    );
+    install(
+        &root,
+        &bundle,
+        "banger-agent.service",
+        "etc/systemd/system/banger-agent.service",
+        0o644,
+    );
+    std::fs::create_dir_all(root.join("etc/systemd/system/banger-agent.service.d")).unwrap();
+    std::fs::write(
+        root.join("etc/systemd/system/banger-agent.service.d/test.conf"),
+        "[Service]\nExecStart=\nExecStart=/usr/local/bin/banger-agent --listen-unix /banger-test/agent.sock\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("etc/banger")).unwrap();
+    std::fs::write(root.join("etc/banger/identity.json"), IDENTITY).unwrap();
+    let socks = dir.join("socks");
+    std::fs::create_dir_all(&socks).unwrap();
+    socks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_boot_as_pid1_execs_systemd_with_the_agent_active() {
+    banger_test_support::require_root();
+    banger_test_support::require_program("systemd-nspawn", "systemd-container");
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let socks = prepare(&bookworm(), dir.path());
+    let sock = socks.join("agent.sock");
+    let machine = format!("banger-fb-{}", std::process::id());
+
+    // First boot.
+    let console = dir.path().join("console-1.log");
+    let mut nspawn = boot(&root, &socks, &console, &machine, &[]);
+    let took = wait_agent(&sock, &mut nspawn, &console).await;
+    eprintln!("TIMING: nspawn first boot → agent answered: {took:?}");
+    let ch = channel(&sock).await;
+    let state = run(&ch, "systemctl is-system-running --wait").await;
+    eprintln!("systemctl is-system-running: {state}");
+    assert!(
+        ["running", "degraded"].contains(&state.as_str()),
+        "is-system-running: {state}\n{}",
+        run(&ch, "systemctl --failed --no-legend").await
+    );
+    assert_eq!(run(&ch, "systemctl is-active banger-agent").await, "active");
+    assert_eq!(
+        run(&ch, "ps -o comm= -p 1 2>/dev/null || cat /proc/1/comm").await,
+        "systemd"
+    );
+    assert_eq!(run(&ch, "cat /etc/hostname").await, "nspawned");
+    assert_eq!(
+        run(&ch, "stat -c %a /root/.ssh/authorized_keys").await,
+        "600"
+    );
+    assert_eq!(
+        run(&ch, "readlink /etc/systemd/system/dev-vdb.device").await,
+        "/dev/null"
+    );
+    let facts = common::facts(ch.clone()).await;
+    assert_eq!(facts.init_system, "systemd");
+    assert_eq!(
+        facts.os_release.get("ID").map(String::as_str),
+        Some("debian")
+    );
+    shutdown(ch, &mut nspawn, &console).await;
+    let log = std::fs::read_to_string(&console).unwrap();
+    assert!(log.contains("banger-first-boot: identity applied"), "{log}");
+    assert!(
+        log.contains("banger-first-boot: exec /usr/lib/systemd/systemd"),
+        "{log}"
+    );
+
+    // Second boot: nothing left to do but exec systemd.
+    let console = dir.path().join("console-2.log");
+    let _ = std::fs::remove_file(&sock);
+    let mut nspawn = boot(&root, &socks, &console, &machine, &[]);
+    let took = wait_agent(&sock, &mut nspawn, &console).await;
+    eprintln!("TIMING: nspawn second boot → agent answered: {took:?}");
+    let ch = channel(&sock).await;
+    shutdown(ch, &mut nspawn, &console).await;
+    let log = std::fs::read_to_string(&console).unwrap();
+    assert!(
+        log.contains("banger-first-boot: identity already applied"),
+        "{log}"
+    );
+    assert!(!log.contains("banger-first-boot: linked"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_boot_installs_systemd_and_ssh_from_apt_when_the_image_has_no_init() {
+    banger_test_support::require_root();
+    banger_test_support::require_program("systemd-nspawn", "systemd-container");
+    let minbase = debootstrap("bookworm-minbase", None);
+    assert!(!minbase.join("usr/lib/systemd/systemd").exists());
+    let repo = init_repo(&minbase);
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let socks = prepare(&minbase, dir.path());
+    // The container has no network: apt sees only the local repository.
+    let _ = std::fs::remove_file(root.join("etc/apt/sources.list.d/debian.sources"));
+    std::fs::write(
+        root.join("etc/apt/sources.list"),
+        "deb [trusted=yes] file:/banger-repo ./\n",
+    )
+    .unwrap();
+    let sock = socks.join("agent.sock");
+    let console = dir.path().join("console.log");
+    let machine = format!("banger-fbi-{}", std::process::id());
+    let mut nspawn = boot(
+        &root,
+        &socks,
+        &console,
+        &machine,
+        &[format!("--bind-ro={}:/banger-repo", repo.display())],
+    );
+    let took = wait_agent(&sock, &mut nspawn, &console).await;
+    eprintln!("TIMING: nspawn install boot → agent answered: {took:?}");
+    let ch = channel(&sock).await;
+    let state = run(&ch, "systemctl is-system-running --wait").await;
+    eprintln!("systemctl is-system-running: {state}");
+    assert!(["running", "degraded"].contains(&state.as_str()), "{state}");
+    assert_eq!(run(&ch, "systemctl is-active banger-agent").await, "active");
+    assert_eq!(run(&ch, "systemctl is-active ssh").await, "active");
+    assert_eq!(run(&ch, "cat /proc/1/comm").await, "systemd");
+    shutdown(ch, &mut nspawn, &console).await;
+    let log = std::fs::read_to_string(&console).unwrap();
+    assert!(
+        log.contains(
+            "banger-first-boot: no init in the image; installing one for the debian family"
+        ),
+        "{log}"
+    );
+}
