@@ -36,3 +36,5 @@ done
 [ "${1:-}" = "--deps" ] && exit 0
 log "building the workspace"
 cargo build --workspace --locked
+log "building the guest bundle (static banger-agent, first-boot, units) into target/debug/guest"
+scripts/build-guest.sh
