@@ -281,8 +281,9 @@ impl Remote {
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(bytes) => {
-                    let w = &mut writer;
-                    tokio::task::block_in_place(|| w.write(&bytes))?;
+                    // Chunks are small and land in the page cache; the
+                    // fsync happens once, off the async threads, in commit.
+                    writer.write(&bytes)?;
                     if writer.written() - last_report >= 256 << 10 {
                         last_report = writer.written();
                         progress(last_report);
@@ -304,7 +305,9 @@ impl Remote {
             }
         }
         progress(writer.written());
-        tokio::task::block_in_place(|| writer.commit())?;
+        tokio::task::spawn_blocking(move || writer.commit())
+            .await
+            .expect("blob commit task panicked")?;
         Ok(())
     }
 }
