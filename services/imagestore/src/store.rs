@@ -269,14 +269,13 @@ impl Store {
         let same = |r: &Record, digest: &str| {
             r.platform == platform.to_string()
                 && (r.digest == digest || r.index_digest.as_deref() == Some(digest))
-                && (req.kernel_ref.is_empty() || r.default_kernel == req.kernel_ref)
         };
         if !req.force
             && let Some(r) = &existing
             && let Some(d) = &image.digest
             && same(r, d)
         {
-            return Ok(r.clone());
+            return self.reuse(r, &req.kernel_ref).await;
         }
         let remotes = registry::remotes(&self.config, &image, &platform, &req.credentials)?;
         if !req.force
@@ -285,14 +284,14 @@ impl Store {
             && let Some(d) = registry::head_digest(&remotes).await
             && same(r, &d)
         {
-            return Ok(r.clone());
+            return self.reuse(r, &req.kernel_ref).await;
         }
         let resolved = registry::resolve(remotes, &image, &platform).await?;
         if !req.force
             && let Some(r) = &existing
             && same(r, &resolved.digest)
         {
-            return Ok(r.clone());
+            return self.reuse(r, &req.kernel_ref).await;
         }
         let remote = Arc::new(resolved.remote.clone());
         let manifest = &resolved.manifest;
@@ -445,6 +444,19 @@ impl Store {
             phase: "done",
             ..Progress::default()
         });
+        Ok(record)
+    }
+
+    /// Answers a pull with an image already built from the same digest,
+    /// recording a new default kernel if one was asked for.
+    async fn reuse(&self, record: &Record, kernel_ref: &str) -> Result<Record, Error> {
+        if kernel_ref.is_empty() || record.default_kernel == kernel_ref {
+            return Ok(record.clone());
+        }
+        let _records = self.records.lock().await;
+        let mut record = self.get(&record.name)?;
+        record.default_kernel = kernel_ref.to_owned();
+        self.write(&record)?;
         Ok(record)
     }
 

@@ -114,6 +114,44 @@ async fn busybox_pull_list_hold_delete_prune() {
     )
     .await;
     assert_eq!(pinned.unwrap().created_unix, image.created_unix);
+    // A new --kernel-ref on a built digest updates the record, no rebuild.
+    let (_, rekerneled) = pull(
+        &mut client,
+        pb::PullImageRequest {
+            kernel_ref: "other-kernel".into(),
+            ..req(&reference)
+        },
+    )
+    .await;
+    let rekerneled = rekerneled.unwrap();
+    assert_eq!(rekerneled.created_unix, image.created_unix);
+    assert_eq!(rekerneled.default_kernel, "other-kernel");
+    // Two concurrent pulls of the same image under two names share the
+    // cached blobs and both succeed.
+    let mut c2 = client.clone();
+    let (a, b) = tokio::join!(
+        pull(
+            &mut client,
+            pb::PullImageRequest {
+                name: "bb-a".into(),
+                ..req(&reference)
+            }
+        ),
+        pull(
+            &mut c2,
+            pb::PullImageRequest {
+                name: "bb-b".into(),
+                ..req(&reference)
+            }
+        ),
+    );
+    assert_eq!(a.1.unwrap().layers, b.1.unwrap().layers);
+    for name in ["bb-a", "bb-b"] {
+        client
+            .delete_image(pb::DeleteImageRequest { name: name.into() })
+            .await
+            .unwrap();
+    }
 
     // Listed; held images cannot be removed; release, then remove.
     let list = client
