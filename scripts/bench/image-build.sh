@@ -21,7 +21,7 @@ scripts/make-test-image.sh "$kind" - "x:y" >/dev/null
 
 work=$(mktemp -d /tmp/banger-bench.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -n "${BENCH_KEEP:-}" ] && cp "$work/imagestore.log" /tmp/banger-bench-imagestore.log; rm -rf "$work"; }
 trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -338,6 +338,7 @@ impl Store {
             }
         };
 
+        let started = std::time::Instant::now();
         let staging = tempfile::Builder::new()
             .prefix(&format!("{name}-"))
             .tempdir_in(&self.tmp)
@@ -378,6 +379,7 @@ impl Store {
             }
         }
 
+        let unpacked_at = started.elapsed();
         send(Progress {
             phase: "injecting",
             ..Progress::default()
@@ -411,8 +413,11 @@ impl Store {
                 phase: "building",
                 ..Progress::default()
             });
+            let t = std::time::Instant::now();
             let stats = crate::ext4::measure(&rootfs2)?;
+            let measured = t.elapsed();
             let size = crate::ext4::build(&rootfs2, &ext4, &label, stats, headroom, min_headroom)?;
+            tracing::info!(measure_ms = measured.as_millis() as u64, mkfs_and_fsck_ms = t.elapsed().as_millis() as u64, "ext4 built");
             Ok((facts, size, content.max(stats.bytes)))
         })
         .await
@@ -438,8 +443,15 @@ impl Store {
             config_digest: manifest.config.digest.clone(),
         };
         let record = self.install(&out, record).await?;
-        // The staging tree can be large: remove it off the async threads.
-        let _ = tokio::task::spawn_blocking(move || drop(staging)).await;
+        tracing::info!(
+            image = %record.name,
+            download_and_unpack_ms = unpacked_at.as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "image built"
+        );
+        // The staging tree can be large: remove it in the background, after
+        // answering (a crash before it is gone is cleaned up on start).
+        drop(tokio::task::spawn_blocking(move || drop(staging)));
         send(Progress {
             phase: "done",
             ..Progress::default()
