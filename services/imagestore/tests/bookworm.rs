@@ -96,6 +96,34 @@ fn slow_debian_bookworm_via_docker_io_mirror() {
             // A re-pull of the built digest is answered from the record.
             let (_, again) = pull(&mut client, request).await;
             assert_eq!(again.unwrap().created_unix, image.created_unix);
+
+            // A real distro tree flattened by us equals umoci's unpack.
+            let ours = tempfile::tempdir().unwrap();
+            let mut u = banger_imagestore::unpack::Unpacker::new(ours.path(), 16 << 30);
+            for layer in &image.layers {
+                let blob = ts
+                    .state
+                    .path()
+                    .join("blobs/sha256")
+                    .join(layer.trim_start_matches("sha256:"));
+                u.unpack_file(&blob, layer).unwrap();
+            }
+            u.finish().unwrap();
+            let bundle = tempfile::tempdir().unwrap();
+            let layout =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-cache/bookworm/oci");
+            let out = Command::new("umoci")
+                .args(["unpack", "--image"])
+                .arg(format!("{}:latest", layout.display()))
+                .arg(bundle.path().join("b"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "umoci: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_same_tree(ours.path(), &bundle.path().join("b/rootfs"));
         });
     });
 }
