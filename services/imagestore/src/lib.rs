@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod ext4;
 pub mod guest;
+pub mod import;
 pub mod reference;
 pub mod registry;
 pub mod service;

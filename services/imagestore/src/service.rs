@@ -1,12 +1,12 @@
 //! gRPC adapter: `banger.imagestore.v1.ImageStore` over [`Store`]. Proto
 //! types stop here.
 
+use std::io::Write;
 use std::sync::Arc;
 
 use banger_proto::config::{Config, Service};
 use banger_proto::imagestore::v1 as pb;
 use banger_proto::imagestore::v1::image_store_server::ImageStore;
-use banger_proto::rpc::status::unimplemented;
 use tokio::sync::mpsc;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -15,7 +15,7 @@ use crate::config::ImageStoreConfig;
 use crate::error::Error;
 use crate::guest::GuestFacts;
 use crate::registry::Credentials;
-use crate::store::{PullRequest, Record, Store};
+use crate::store::{ImportRequest, PullRequest, Record, Store};
 
 /// The image store service.
 #[derive(Debug, Clone)]
@@ -71,6 +71,33 @@ fn image_pb(r: &Record) -> pb::Image {
     }
 }
 
+/// Progress events from `rx`, then the task's image or error.
+fn progress_stream(
+    mut rx: mpsc::UnboundedReceiver<crate::store::Progress>,
+    task: tokio::task::JoinHandle<Result<Record, Error>>,
+) -> BoxStream<pb::PullImageEvent> {
+    Box::pin(async_stream::stream! {
+        while let Some(p) = rx.recv().await {
+            yield Ok(pb::PullImageEvent {
+                event: Some(pb::pull_image_event::Event::Progress(pb::ImageProgress {
+                    phase: p.phase.into(),
+                    layer: p.layer,
+                    bytes_done: p.done,
+                    bytes_total: p.total,
+                    message: p.message,
+                })),
+            });
+        }
+        match task.await {
+            Ok(Ok(record)) => yield Ok(pb::PullImageEvent {
+                event: Some(pb::pull_image_event::Event::Done(image_pb(&record))),
+            }),
+            Ok(Err(e)) => yield Err(Status::from(e)),
+            Err(e) => yield Err(Status::internal(format!("image task failed: {e}"))),
+        }
+    })
+}
+
 #[tonic::async_trait]
 impl ImageStore for ImageStoreService {
     type PullImageStream = BoxStream<pb::PullImageEvent>;
@@ -98,41 +125,62 @@ impl ImageStore for ImageStoreService {
                 })
                 .collect(),
         };
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         let store = self.store.clone();
         // The pull runs to completion even if the client goes away, so a
         // retry finds its blobs (or the finished image).
         let task = tokio::spawn(async move { store.pull(req, tx).await });
-        let stream = async_stream::stream! {
-            while let Some(p) = rx.recv().await {
-                yield Ok(pb::PullImageEvent {
-                    event: Some(pb::pull_image_event::Event::Progress(pb::ImageProgress {
-                        phase: p.phase.into(),
-                        layer: p.layer,
-                        bytes_done: p.done,
-                        bytes_total: p.total,
-                        message: p.message,
-                    })),
-                });
-            }
-            match task.await {
-                Ok(Ok(record)) => yield Ok(pb::PullImageEvent {
-                    event: Some(pb::pull_image_event::Event::Done(image_pb(&record))),
-                }),
-                Ok(Err(e)) => yield Err(Status::from(e)),
-                Err(e) => yield Err(Status::internal(format!("pull task failed: {e}"))),
-            }
-        };
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(progress_stream(rx, task)))
     }
 
     type ImportImageStream = BoxStream<pb::PullImageEvent>;
 
+    #[tracing::instrument(skip_all)]
     async fn import_image(
         &self,
-        _: Request<Streaming<pb::ImportImageRequest>>,
+        request: Request<Streaming<pb::ImportImageRequest>>,
     ) -> Result<Response<Self::ImportImageStream>, Status> {
-        Err(unimplemented("importing an image"))
+        use pb::import_image_request::Part;
+        let mut parts = request.into_inner();
+        let header = match parts.message().await? {
+            Some(pb::ImportImageRequest {
+                part: Some(Part::Header(h)),
+            }) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "an import stream must start with its header",
+                ));
+            }
+        };
+        let req = ImportRequest {
+            name: header.name,
+            file_name: header.file_name,
+            kernel_ref: header.kernel_ref,
+            platform: header.platform,
+            force: header.force,
+        };
+        banger_proto::names::validate("image", &req.name).map_err(Error::from)?;
+        let mut file = self.store.temp_file()?;
+        while let Some(part) = parts.message().await? {
+            match part.part {
+                Some(Part::Chunk(bytes)) => file
+                    .write_all(&bytes)
+                    .map_err(|e| Error::io("cannot write", file.path())(e))?,
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "only chunks may follow the import header",
+                    ));
+                }
+            }
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let store = self.store.clone();
+        let task = tokio::spawn(async move {
+            let r = store.import(req, file.path(), tx).await;
+            drop(file);
+            r
+        });
+        Ok(Response::new(progress_stream(rx, task)))
     }
 
     #[tracing::instrument(skip_all)]

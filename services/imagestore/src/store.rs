@@ -53,6 +53,17 @@ pub struct PullRequest {
     pub credentials: Vec<Credentials>,
 }
 
+/// What to import (the archive itself comes separately).
+#[derive(Debug, Clone, Default)]
+pub struct ImportRequest {
+    pub name: String,
+    /// Original file name, recorded as `import:<file_name>`.
+    pub file_name: String,
+    pub kernel_ref: String,
+    pub platform: String,
+    pub force: bool,
+}
+
 /// One progress update of a pull.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -62,6 +73,17 @@ pub struct Progress {
     pub done: u64,
     pub total: u64,
     pub message: String,
+}
+
+/// What a built image records besides what the build measures.
+#[derive(Debug, Clone)]
+struct Meta {
+    reference: String,
+    digest: String,
+    index_digest: Option<String>,
+    platform: String,
+    kernel_ref: String,
+    config_digest: String,
 }
 
 /// Sender of progress updates; a closed receiver is ignored.
@@ -332,6 +354,37 @@ impl Store {
                     .await
             }));
         }
+        self.assemble(
+            &name,
+            &manifest.layers,
+            downloads,
+            Meta {
+                reference: image.to_string(),
+                digest: resolved.digest.clone(),
+                index_digest: resolved.index_digest.clone(),
+                platform: platform.to_string(),
+                kernel_ref: req.kernel_ref.clone(),
+                config_digest: manifest.config.digest.clone(),
+            },
+            tx,
+        )
+        .await
+    }
+
+    /// Unpacks `layers` in order, each as soon as its download (or import)
+    /// finished, injects the guest bits, builds the ext4 and installs it.
+    async fn assemble(
+        &self,
+        name: &str,
+        layers: &[oci_client::manifest::OciDescriptor],
+        mut downloads: Vec<tokio::task::JoinHandle<Result<(), Error>>>,
+        meta: Meta,
+        tx: ProgressTx,
+    ) -> Result<Record, Error> {
+        let name = name.to_owned();
+        let send = |p: Progress| {
+            let _ = tx.send(p);
+        };
         let abort_all = |downloads: &[tokio::task::JoinHandle<Result<(), Error>>]| {
             for d in downloads {
                 d.abort();
@@ -346,7 +399,7 @@ impl Store {
         let rootfs = staging.path().join("rootfs");
         std::fs::create_dir(&rootfs).map_err(Error::io("cannot create", &rootfs))?;
         let mut unpacker = Unpacker::new(&rootfs, self.config.max_unpacked_bytes);
-        for (i, layer) in manifest.layers.iter().enumerate() {
+        for (i, layer) in layers.iter().enumerate() {
             let done = match (&mut downloads[i]).await {
                 Ok(r) => r,
                 Err(e) => Err(Error::Download {
@@ -425,22 +478,22 @@ impl Store {
 
         let record = Record {
             name: name.clone(),
-            reference: image.to_string(),
-            digest: resolved.digest.clone(),
-            index_digest: resolved.index_digest.clone(),
-            platform: platform.to_string(),
+            reference: meta.reference,
+            digest: meta.digest,
+            index_digest: meta.index_digest,
+            platform: meta.platform,
             size_bytes: size,
             content_bytes: content,
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs() as i64)
                 .unwrap_or(0),
-            default_kernel: req.kernel_ref.clone(),
+            default_kernel: meta.kernel_ref,
             direct_boot: true,
             guest: facts,
             holders: BTreeSet::new(),
-            layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
-            config_digest: manifest.config.digest.clone(),
+            layers: layers.iter().map(|l| l.digest.clone()).collect(),
+            config_digest: meta.config_digest,
         };
         let record = self.install(&out, record).await?;
         tracing::info!(
@@ -457,6 +510,71 @@ impl Store {
             ..Progress::default()
         });
         Ok(record)
+    }
+
+    /// A temp file for an archive being received.
+    pub fn temp_file(&self) -> Result<tempfile::NamedTempFile, Error> {
+        tempfile::NamedTempFile::new_in(&self.tmp)
+            .map_err(Error::io("cannot create a temp file in", &self.tmp))
+    }
+
+    /// Imports the `docker save` or OCI archive at `archive` as `req.name`.
+    #[tracing::instrument(skip_all, fields(image = %req.name))]
+    pub async fn import(
+        &self,
+        req: ImportRequest,
+        archive: &Path,
+        tx: ProgressTx,
+    ) -> Result<Record, Error> {
+        banger_proto::names::validate("image", &req.name)?;
+        let platform = Platform::parse(&req.platform)?;
+        let lock = self.name_lock(&req.name);
+        let _name = lock.lock().await;
+        let _gate = self.gate.read().await;
+        let _ = tx.send(Progress {
+            phase: "resolving",
+            message: format!("reading {}", req.file_name),
+            ..Progress::default()
+        });
+        let work = tempfile::Builder::new()
+            .prefix("import-")
+            .tempdir_in(&self.tmp)
+            .map_err(Error::io("cannot create a temp dir in", &self.tmp))?;
+        let (archive, blobs, platform2) =
+            (archive.to_path_buf(), self.blobs.clone(), platform.clone());
+        let work_path = work.path().to_path_buf();
+        let found = tokio::task::spawn_blocking(move || {
+            crate::import::read_archive(&archive, &work_path, &platform2, &blobs)
+        })
+        .await
+        .expect("import task panicked")?;
+        drop(tokio::task::spawn_blocking(move || drop(work)));
+        if !req.force
+            && let Some(r) = self.read(&req.name)?
+            && r.digest == found.digest
+        {
+            return self.reuse(&r, &req.kernel_ref).await;
+        }
+        let downloads = found
+            .layers
+            .iter()
+            .map(|_| tokio::spawn(async { Ok(()) }))
+            .collect();
+        self.assemble(
+            &req.name,
+            &found.layers,
+            downloads,
+            Meta {
+                reference: format!("import:{}", req.file_name),
+                digest: found.digest,
+                index_digest: None,
+                platform: platform.to_string(),
+                kernel_ref: req.kernel_ref.clone(),
+                config_digest: found.config_digest,
+            },
+            tx,
+        )
+        .await
     }
 
     /// Answers a pull with an image already built from the same digest,
