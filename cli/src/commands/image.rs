@@ -48,6 +48,22 @@ pub enum ImageCommand {
     Rm { name: String },
     /// Delete cached blobs no image needs.
     Prune,
+    /// Import a `docker save` or OCI archive (streamed to the image store).
+    Import {
+        /// Image name.
+        name: String,
+        /// The archive (`docker save -o FILE.tar`, or an OCI layout as tar).
+        file: PathBuf,
+        /// Kernel to boot the image with by default.
+        #[arg(long)]
+        kernel_ref: Option<String>,
+        /// `os/arch[/variant]` to pick from a multi-platform archive.
+        #[arg(long)]
+        platform: Option<String>,
+        /// Rebuild even if the same image is already built.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// An image as `--json` prints it.
@@ -205,6 +221,68 @@ pub async fn run(ctx: &Context, command: ImageCommand) -> Result<ExitCode> {
                 println!("removed {name}");
             }
         }
+        ImageCommand::Import {
+            name,
+            file,
+            kernel_ref,
+            platform,
+            force,
+        } => {
+            let f = tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("cannot open {}", file.display()))?;
+            let size = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+            let header = pb::ImportImageRequest {
+                part: Some(pb::import_image_request::Part::Header(
+                    pb::ImportImageHeader {
+                        name,
+                        file_name: file
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        kernel_ref: kernel_ref.unwrap_or_default(),
+                        platform: platform.unwrap_or_default(),
+                        force,
+                        size_bytes: size,
+                    },
+                )),
+            };
+            // Read with the user's rights and stream in 1 MiB chunks.
+            let chunks = futures::stream::unfold(f, |mut f| async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 1 << 20];
+                match f.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        Some((
+                            pb::ImportImageRequest {
+                                part: Some(pb::import_image_request::Part::Chunk(buf)),
+                            },
+                            f,
+                        ))
+                    }
+                    Err(e) => {
+                        eprintln!("banger: reading the archive failed: {e}");
+                        None
+                    }
+                }
+            });
+            let stream = futures::StreamExt::chain(futures::stream::iter([header]), chunks);
+            let events = client.import_image(stream).await?.into_inner();
+            let image = follow(ctx, events).await?;
+            if ctx.json {
+                output::print_json(&ImageJson::from(&image))?;
+            } else {
+                println!(
+                    "{} ({}, {}) imported from {}",
+                    image.name,
+                    short_digest(&image.digest),
+                    output::human_bytes(image.size_bytes),
+                    file.display()
+                );
+            }
+        }
         ImageCommand::Prune => {
             let r = client
                 .prune_blobs(pb::PruneBlobsRequest {})
@@ -232,7 +310,15 @@ async fn pull(
     client: &mut ImageStoreClient<banger_proto::rpc::TracedChannel>,
     request: pb::PullImageRequest,
 ) -> Result<pb::Image> {
-    let mut stream = client.pull_image(request).await?.into_inner();
+    let stream = client.pull_image(request).await?.into_inner();
+    follow(ctx, stream).await
+}
+
+/// Draws the progress events of a pull or import until its image arrives.
+async fn follow(
+    ctx: &Context,
+    mut stream: tonic::Streaming<pb::PullImageEvent>,
+) -> Result<pb::Image> {
     let multi = MultiProgress::new();
     if ctx.json {
         multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
