@@ -482,21 +482,35 @@ async fn basic_auth_with_per_request_credentials() {
     assert!(!state.contains("s3cret"));
 }
 
+/// The registry's file holding blob `hex`.
+fn registry_blob(registry: &Registry, hex: &str) -> std::path::PathBuf {
+    registry
+        .storage_root()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn corrupt_blob_is_refused_then_a_retry_succeeds() {
+async fn corrupt_blob_is_refused_then_a_retry_resumes_from_verified_blobs() {
     let registry = Registry::start();
     let src = tempfile::tempdir().unwrap();
+    let mut t = TarBuilder::new();
+    t.file("first", 0o644, 0, 0, b"first layer");
+    let first = gzip_layer(t.finish());
+    let first_hex = common::digest(&first.blob)
+        .trim_start_matches("sha256:")
+        .to_owned();
     let layer = gzip_layer(busybox_layer());
     let hex = common::digest(&layer.blob)
         .trim_start_matches("sha256:")
         .to_owned();
-    registry.push(&layout(src.path(), "latest", &[layer]), "busybox:latest");
-    let data = registry
-        .storage_root()
-        .join("docker/registry/v2/blobs/sha256")
-        .join(&hex[..2])
-        .join(&hex)
-        .join("data");
+    registry.push(
+        &layout(src.path(), "latest", &[first, layer]),
+        "busybox:latest",
+    );
+    let data = registry_blob(&registry, &hex);
     let good = std::fs::read(&data).unwrap();
     let mut bad = good.clone();
     let mid = bad.len() / 2;
@@ -504,7 +518,10 @@ async fn corrupt_blob_is_refused_then_a_retry_succeeds() {
     std::fs::write(&data, &bad).unwrap();
 
     let ts = TestStore::new();
-    let store = ts.open(config(&[&registry.addr]));
+    let mut cfg = config(&[&registry.addr]);
+    // One download at a time, so the good first layer lands before the bad one fails.
+    cfg.max_parallel_layers = 1;
+    let store = ts.open(cfg);
     let pull = || {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
         store.pull(
@@ -521,9 +538,17 @@ async fn corrupt_blob_is_refused_then_a_retry_succeeds() {
         "{err}"
     );
     assert!(err.to_string().contains(&hex), "{err}");
-    // Nothing half-built: no image, no bad blob, no leftovers.
+    // Nothing half-built: no image, no bad blob, no leftovers; the verified
+    // first layer is kept.
     assert!(store.list().unwrap().is_empty());
     assert!(!ts.state.path().join("blobs/sha256").join(&hex).exists());
+    assert!(
+        ts.state
+            .path()
+            .join("blobs/sha256")
+            .join(&first_hex)
+            .exists()
+    );
     assert_eq!(
         std::fs::read_dir(ts.state.path().join("blobs/tmp"))
             .unwrap()
@@ -531,9 +556,34 @@ async fn corrupt_blob_is_refused_then_a_retry_succeeds() {
         0
     );
 
+    // The retry needs only the missing blob: the registry no longer even
+    // has the first one.
     std::fs::write(&data, &good).unwrap();
+    std::fs::remove_file(registry_blob(&registry, &first_hex)).unwrap();
     let record = pull().await.unwrap();
-    assert_eq!(record.layers, [format!("sha256:{hex}")]);
+    assert_eq!(
+        record.layers,
+        [format!("sha256:{first_hex}"), format!("sha256:{hex}")]
+    );
+    assert_eq!(
+        debugfs_cat(&store.ext4_path(&record.name), "/first"),
+        b"first layer"
+    );
+
+    // A second image sharing those layers is built without fetching them.
+    std::fs::remove_file(&data).unwrap();
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    store
+        .pull(
+            banger_imagestore::store::PullRequest {
+                reference: format!("{}/busybox:latest", registry.addr),
+                name: "shared".into(),
+                ..Default::default()
+            },
+            tx,
+        )
+        .await
+        .unwrap();
 }
 
 #[test]
