@@ -134,7 +134,10 @@ impl Unpacker {
         if let Some(name) = &name
             && let Some(target) = name.strip_prefix(WHITEOUT_PREFIX)
         {
-            let parent = resolve(&self.root, &parent_rel, true)?;
+            // A whiteout in a directory that does not exist hides nothing.
+            let Ok(parent) = resolve(&self.root, &parent_rel, false) else {
+                return Ok(());
+            };
             if name == OPAQUE {
                 opaque(&parent, &parent_rel, touched)?;
             } else if !target.is_empty() && target != "." && target != ".." {

@@ -267,7 +267,9 @@ fn tricky_layers() -> Vec<Vec<u8>> {
         .file("y", 0o600, 0, 0, b"now a file")
         // Through the `bin -> usr/bin` symlink: lands in usr/bin.
         .file("bin/newtool", 0o755, 0, 0, b"new")
-        .file("home/user/file", 0o640, 1000, 100, b"changed");
+        .file("home/user/file", 0o640, 1000, 100, b"changed")
+        // A whiteout of something that never existed.
+        .file("a/.wh.never", 0o644, 0, 0, b"");
     vec![l1.finish(), l2.finish()]
 }
 
