@@ -5,9 +5,9 @@
 //! lock, so the second waits and then finds the blob cached.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -81,9 +81,10 @@ impl BlobCache {
         Ok(BlobWriter {
             digest: digest.to_owned(),
             target,
-            file,
+            file: Some(file),
             hasher: Sha256::new(),
             written: 0,
+            live: None,
         })
     }
 
@@ -113,19 +114,28 @@ impl BlobCache {
 pub struct BlobWriter {
     digest: String,
     target: PathBuf,
-    file: tempfile::NamedTempFile,
+    file: Option<tempfile::NamedTempFile>,
     hasher: Sha256,
     written: u64,
+    live: Option<Arc<LiveBlob>>,
 }
 
 impl BlobWriter {
+    fn file(&self) -> &tempfile::NamedTempFile {
+        self.file.as_ref().expect("file present until commit")
+    }
+
     /// Appends bytes.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), Error> {
         self.hasher.update(bytes);
         self.written += bytes.len() as u64;
-        self.file
-            .write_all(bytes)
-            .map_err(Error::io("cannot write", self.file.path().to_path_buf()))
+        let file = self.file.as_mut().expect("file present until commit");
+        file.write_all(bytes)
+            .map_err(Error::io("cannot write", file.path().to_path_buf()))?;
+        if let Some(live) = &self.live {
+            live.update(self.written, None);
+        }
+        Ok(())
     }
 
     /// Bytes written so far.
@@ -138,25 +148,136 @@ impl BlobWriter {
         format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
     }
 
+    /// A handle to read the blob while it is being written.
+    pub fn live(&mut self) -> Result<Arc<LiveBlob>, Error> {
+        if let Some(live) = &self.live {
+            return Ok(live.clone());
+        }
+        // Opened now, while the temp file exists: it is renamed or removed
+        // when the writer ends, possibly before a reader starts.
+        let path = self.file().path().to_path_buf();
+        let file = std::fs::File::open(&path).map_err(Error::io("cannot open", path))?;
+        let live = Arc::new(LiveBlob {
+            file,
+            state: Mutex::new((self.written, None)),
+            cond: Condvar::new(),
+        });
+        self.live = Some(live.clone());
+        Ok(live)
+    }
+
     /// Verifies the digest and renames the blob into place; on mismatch the
     /// temp file is dropped and nothing is kept.
-    pub fn commit(self) -> Result<PathBuf, Error> {
+    pub fn commit(mut self) -> Result<PathBuf, Error> {
         let actual = self.actual_digest();
         if actual != self.digest {
             return Err(Error::DigestMismatch {
-                digest: self.digest,
+                digest: self.digest.clone(),
                 actual,
             });
         }
-        self.file
-            .as_file()
+        if let Some(live) = &self.live {
+            live.update(self.written, Some(true));
+        }
+        let file = self.file.take().expect("file present until commit");
+        file.as_file()
             .sync_all()
-            .map_err(Error::io("cannot sync", self.file.path().to_path_buf()))?;
-        let target = self.target;
-        self.file
-            .persist(&target)
+            .map_err(Error::io("cannot sync", file.path().to_path_buf()))?;
+        let target = self.target.clone();
+        file.persist(&target)
             .map_err(|e| Error::io("cannot store blob", target.clone())(e.error))?;
         Ok(target)
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        // A writer dropped before a verified commit (error, abort) fails its readers.
+        if let Some(live) = &self.live {
+            live.update(self.written, Some(false));
+        }
+    }
+}
+
+/// How a layer's bytes become available to the unpacker.
+#[derive(Debug)]
+pub enum Started {
+    /// Already verified in the cache.
+    Cached,
+    /// Being downloaded; readable as it grows.
+    Live(Arc<LiveBlob>),
+}
+
+/// A blob still being downloaded, readable as it grows, so unpacking runs
+/// concurrently with the download. Its readers end when the writer
+/// verified it, and fail when the writer was dropped without verifying;
+/// whoever reads must still check the download's result.
+#[derive(Debug)]
+pub struct LiveBlob {
+    file: std::fs::File,
+    /// Bytes written, and how it ended (`Some(true)` verified).
+    state: Mutex<(u64, Option<bool>)>,
+    cond: Condvar,
+}
+
+impl LiveBlob {
+    fn update(&self, written: u64, end: Option<bool>) {
+        let mut state = self.state.lock().expect("live blob state poisoned");
+        state.0 = written;
+        if state.1.is_none() {
+            state.1 = end;
+        }
+        self.cond.notify_all();
+    }
+
+    /// A blocking reader from the start of the blob.
+    pub fn reader(self: &Arc<Self>) -> FollowReader {
+        FollowReader {
+            live: self.clone(),
+            pos: 0,
+        }
+    }
+}
+
+/// Reads a [`LiveBlob`], waiting for bytes the download has not written yet.
+#[derive(Debug)]
+pub struct FollowReader {
+    live: Arc<LiveBlob>,
+    pos: u64,
+}
+
+impl Read for FollowReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let mut state = self.live.state.lock().expect("live blob state poisoned");
+        loop {
+            let available = state.0.saturating_sub(self.pos);
+            if available > 0 {
+                drop(state);
+                let want = buf
+                    .len()
+                    .min(usize::try_from(available).unwrap_or(usize::MAX));
+                let n = std::os::unix::fs::FileExt::read_at(
+                    &self.live.file,
+                    &mut buf[..want],
+                    self.pos,
+                )?;
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            match state.1 {
+                Some(true) => return Ok(0),
+                Some(false) => {
+                    return Err(std::io::Error::other("the layer download failed"));
+                }
+                None => {
+                    state = self
+                        .live
+                        .cond
+                        .wait(state)
+                        .expect("live blob state poisoned");
+                }
+            }
+        }
     }
 }
 
@@ -192,5 +313,37 @@ mod tests {
         assert!(sha256_hex("sha256:../../etc").is_err());
         assert!(sha256_hex("md5:abc").is_err());
         assert!(sha256_hex(&format!("sha256:{}", "a".repeat(64))).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod live_tests {
+    use super::*;
+
+    #[test]
+    fn live_readers_follow_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = BlobCache::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(&data)));
+        let mut w = cache.writer(&digest).unwrap();
+        let mut reader = w.live().unwrap().reader();
+        let consumer = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            reader.read_to_end(&mut got).map(|_| got)
+        });
+        for chunk in data.chunks(7000) {
+            w.write(chunk).unwrap();
+        }
+        w.commit().unwrap();
+        assert_eq!(consumer.join().unwrap().unwrap(), data);
+
+        // A writer dropped half-way fails its reader instead of hanging it.
+        let mut w = cache.writer(&format!("sha256:{}", "1".repeat(64))).unwrap();
+        let mut reader = w.live().unwrap().reader();
+        w.write(b"partial").unwrap();
+        drop(w);
+        let mut got = Vec::new();
+        assert!(reader.read_to_end(&mut got).is_err());
     }
 }

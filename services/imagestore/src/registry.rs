@@ -13,7 +13,7 @@ use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
-use crate::blobs::BlobCache;
+use crate::blobs::{BlobCache, Started};
 use crate::config::{Endpoint, ImageStoreConfig};
 use crate::error::Error;
 use crate::reference::ImageRef;
@@ -255,22 +255,26 @@ impl Remote {
         Ok(out)
     }
 
-    /// Streams blob `desc` into the cache, verifying it; `progress(done)`
-    /// is called as bytes arrive. Returns at once when already cached.
+    /// Streams blob `desc` into the cache, verifying it; `on_start` learns
+    /// where its bytes can be read while they arrive, `progress(done)` is
+    /// called as they do. Returns at once when already cached.
     #[tracing::instrument(skip_all, fields(digest = %desc.digest))]
     pub async fn fetch_blob(
         &self,
         cache: &BlobCache,
         desc: &OciDescriptor,
+        on_start: impl FnOnce(Started),
         mut progress: impl FnMut(u64),
     ) -> Result<(), Error> {
         let lock = cache.lock(&desc.digest);
         let _guard = lock.lock().await;
         if cache.has(&desc.digest) {
+            on_start(Started::Cached);
             progress(desc.size.max(0) as u64);
             return Ok(());
         }
         let mut writer = cache.writer(&desc.digest)?;
+        on_start(Started::Live(writer.live()?));
         // oci-client verifies too; we hash ourselves to name the actual digest.
         let mut stream = self
             .client

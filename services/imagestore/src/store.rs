@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, Semaphore, mpsc};
 
-use crate::blobs::BlobCache;
+use crate::blobs::{BlobCache, Started};
 use crate::config::ImageStoreConfig;
 use crate::error::Error;
 use crate::guest::{self, GuestFacts};
@@ -85,6 +85,13 @@ struct Meta {
     kernel_ref: String,
     config_digest: String,
 }
+
+/// A layer download: where its bytes can be read once it started, and
+/// its verified result.
+type Download = (
+    tokio::sync::oneshot::Receiver<Started>,
+    tokio::task::JoinHandle<Result<(), Error>>,
+);
 
 /// Sender of progress updates; a closed receiver is ignored.
 pub type ProgressTx = mpsc::UnboundedSender<Progress>;
@@ -337,22 +344,33 @@ impl Store {
                 tx.clone(),
                 layer.clone(),
             );
-            downloads.push(tokio::spawn(async move {
-                let _permit = sem.acquire_owned().await.expect("semaphore never closed");
-                let total = u64::try_from(layer.size).unwrap_or(0);
-                let digest = layer.digest.clone();
-                remote
-                    .fetch_blob(&blobs, &layer, |done| {
-                        let _ = tx.send(Progress {
-                            phase: "downloading",
-                            layer: digest.clone(),
-                            done,
-                            total,
-                            message: String::new(),
-                        });
-                    })
-                    .await
-            }));
+            let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+            downloads.push((
+                started_rx,
+                tokio::spawn(async move {
+                    let _permit = sem.acquire_owned().await.expect("semaphore never closed");
+                    let total = u64::try_from(layer.size).unwrap_or(0);
+                    let digest = layer.digest.clone();
+                    remote
+                        .fetch_blob(
+                            &blobs,
+                            &layer,
+                            |started| {
+                                let _ = started_tx.send(started);
+                            },
+                            |done| {
+                                let _ = tx.send(Progress {
+                                    phase: "downloading",
+                                    layer: digest.clone(),
+                                    done,
+                                    total,
+                                    message: String::new(),
+                                });
+                            },
+                        )
+                        .await
+                }),
+            ));
         }
         self.assemble(
             &name,
@@ -377,7 +395,7 @@ impl Store {
         &self,
         name: &str,
         layers: &[oci_client::manifest::OciDescriptor],
-        mut downloads: Vec<tokio::task::JoinHandle<Result<(), Error>>>,
+        mut downloads: Vec<Download>,
         meta: Meta,
         tx: ProgressTx,
     ) -> Result<Record, Error> {
@@ -385,8 +403,8 @@ impl Store {
         let send = |p: Progress| {
             let _ = tx.send(p);
         };
-        let abort_all = |downloads: &[tokio::task::JoinHandle<Result<(), Error>>]| {
-            for d in downloads {
+        let abort_all = |downloads: &[Download]| {
+            for (_, d) in downloads {
                 d.abort();
             }
         };
@@ -400,33 +418,52 @@ impl Store {
         std::fs::create_dir(&rootfs).map_err(Error::io("cannot create", &rootfs))?;
         let mut unpacker = Unpacker::new(&rootfs, self.config.max_unpacked_bytes);
         for (i, layer) in layers.iter().enumerate() {
-            let done = match (&mut downloads[i]).await {
+            // Unpack while the layer downloads (or from the cache), then
+            // require the download's verdict: bytes unpacked from a blob
+            // that fails verification are thrown away with the staging dir.
+            let source = (&mut downloads[i].0).await.ok();
+            let unpacked = match source {
+                None => None,
+                Some(source) => {
+                    send(Progress {
+                        phase: "unpacking",
+                        layer: layer.digest.clone(),
+                        total: u64::try_from(layer.size).unwrap_or(0),
+                        ..Progress::default()
+                    });
+                    let blob = self.blobs.path(&layer.digest)?;
+                    let digest = layer.digest.clone();
+                    let (u, r) = tokio::task::spawn_blocking(move || {
+                        let r = match source {
+                            Started::Cached => unpacker.unpack_file(&blob, &digest),
+                            Started::Live(live) => {
+                                unpacker.unpack_compressed(live.reader(), &digest)
+                            }
+                        };
+                        (unpacker, r)
+                    })
+                    .await
+                    .expect("unpack task panicked");
+                    unpacker = u;
+                    Some(r)
+                }
+            };
+            let downloaded = match (&mut downloads[i].1).await {
                 Ok(r) => r,
                 Err(e) => Err(Error::Download {
                     digest: layer.digest.clone(),
                     message: e.to_string(),
                 }),
             };
-            if let Err(e) = done {
-                abort_all(&downloads);
-                return Err(e);
-            }
-            send(Progress {
-                phase: "unpacking",
-                layer: layer.digest.clone(),
-                total: u64::try_from(layer.size).unwrap_or(0),
-                ..Progress::default()
+            let result = downloaded.and_then(|()| {
+                unpacked.unwrap_or_else(|| {
+                    Err(Error::Download {
+                        digest: layer.digest.clone(),
+                        message: "the download ended without data".into(),
+                    })
+                })
             });
-            let blob = self.blobs.path(&layer.digest)?;
-            let digest = layer.digest.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                let r = unpacker.unpack_file(&blob, &digest);
-                (unpacker, r)
-            })
-            .await
-            .expect("unpack task panicked");
-            unpacker = result.0;
-            if let Err(e) = result.1 {
+            if let Err(e) = result {
                 abort_all(&downloads);
                 return Err(e);
             }
@@ -558,7 +595,11 @@ impl Store {
         let downloads = found
             .layers
             .iter()
-            .map(|_| tokio::spawn(async { Ok(()) }))
+            .map(|_| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let _ = tx.send(Started::Cached);
+                (rx, tokio::spawn(async { Ok(()) }))
+            })
             .collect();
         self.assemble(
             &req.name,

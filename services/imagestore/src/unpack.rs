@@ -52,7 +52,13 @@ impl Unpacker {
     /// Unpacks one layer blob (gzip, zstd or plain tar). `layer` names it in errors.
     pub fn unpack_file(&mut self, blob: &Path, layer: &str) -> Result<(), Error> {
         let file = File::open(blob).map_err(Error::io("cannot open layer", blob))?;
-        let mut reader = BufReader::with_capacity(1 << 20, file);
+        self.unpack_compressed(file, layer)
+    }
+
+    /// Unpacks one layer (gzip, zstd or plain tar) from `source`.
+    pub fn unpack_compressed(&mut self, source: impl Read, layer: &str) -> Result<(), Error> {
+        let blob = Path::new(layer);
+        let mut reader = BufReader::with_capacity(1 << 20, source);
         let magic = reader
             .fill_buf()
             .map_err(Error::io("cannot read layer", blob))?
