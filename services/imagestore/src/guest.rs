@@ -35,8 +35,28 @@ const BUNDLE: [(&str, &str, u32); 4] = [
         0o644,
     ),
 ];
-/// Units enabled for multi-user.target.
+/// Units enabled as `systemctl enable` would: linked into the `.wants` of
+/// each target their `[Install] WantedBy=` names (default multi-user.target).
 const ENABLED: [&str; 2] = ["banger-agent.service", "banger-first-boot.service"];
+/// Optional openrc service for images without systemd (Alpine).
+const OPENRC: (&str, &str) = ("openrc/banger-agent", "etc/init.d/banger-agent");
+
+/// The targets a unit's `[Install]` section wants it in.
+fn wanted_by(unit_text: &str) -> Vec<String> {
+    let mut in_install = false;
+    let mut out = Vec::new();
+    for line in unit_text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_install = line == "[Install]";
+        } else if in_install && let Some(v) = line.strip_prefix("WantedBy=") {
+            out.extend(v.split_whitespace().map(str::to_owned));
+        }
+    }
+    if out.is_empty() {
+        out.push("multi-user.target".into());
+    }
+    out
+}
 
 /// What vmm needs to know about the guest userland.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +94,8 @@ pub fn find_bundle(candidates: &[PathBuf]) -> Option<PathBuf> {
     candidates.iter().find(|p| p.is_dir()).cloned()
 }
 
-/// Copies the bundle's files into `root` and enables the units. Returns
+/// Copies the bundle's files into `root`, enables the units (by their
+/// `WantedBy=`) and installs the openrc script when the bundle has one. Returns
 /// whether the agent is in (the bundle may lack files while the guest is
 /// being built; missing ones are logged).
 pub fn inject(root: &Path, bundle: &Path) -> Result<bool, Error> {
@@ -96,19 +117,31 @@ pub fn inject(root: &Path, bundle: &Path) -> Result<bool, Error> {
             .map_err(Error::io("cannot chmod", &to))?;
         std::os::unix::fs::lchown(&to, Some(0), Some(0)).map_err(Error::io("cannot chown", &to))?;
     }
-    let wants = resolve(
-        root,
-        Path::new("etc/systemd/system/multi-user.target.wants"),
-        true,
-    )
-    .map_err(|_| Error::Mkfs("cannot create multi-user.target.wants in the image".into()))?;
     for unit in ENABLED {
-        if bundle.join(unit).is_file() {
+        let Ok(text) = fs::read_to_string(bundle.join(unit)) else {
+            continue;
+        };
+        for target in wanted_by(&text) {
+            let wants_rel = format!("etc/systemd/system/{target}.wants");
+            let wants = resolve(root, Path::new(&wants_rel), true)
+                .map_err(|_| Error::Mkfs(format!("cannot create /{wants_rel} in the image")))?;
             let link = wants.join(unit);
             let _ = fs::remove_file(&link);
             std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), &link)
                 .map_err(Error::io("cannot enable unit", &link))?;
         }
+    }
+    let (src, dest) = OPENRC;
+    if bundle.join(src).is_file() {
+        let dest = Path::new(dest);
+        let dir = resolve(root, dest.parent().unwrap_or(Path::new("")), true)
+            .map_err(|_| Error::Mkfs(format!("cannot place {} in the image", dest.display())))?;
+        let to = dir.join(dest.file_name().unwrap_or_default());
+        let _ = fs::remove_file(&to);
+        fs::copy(bundle.join(src), &to).map_err(Error::io("cannot copy guest file to", &to))?;
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o755))
+            .map_err(Error::io("cannot chmod", &to))?;
+        std::os::unix::fs::lchown(&to, Some(0), Some(0)).map_err(Error::io("cannot chown", &to))?;
     }
     Ok(has_agent)
 }
@@ -198,6 +231,17 @@ mod tests {
         for (src, _, _) in BUNDLE {
             fs::write(bundle.path().join(src), src).unwrap();
         }
+        fs::write(
+            bundle.path().join("banger-first-boot.service"),
+            "[Unit]\nDescription=x\n[Install]\nWantedBy=sysinit.target\n",
+        )
+        .unwrap();
+        fs::create_dir(bundle.path().join("openrc")).unwrap();
+        fs::write(
+            bundle.path().join("openrc/banger-agent"),
+            "#!/sbin/openrc-run\n",
+        )
+        .unwrap();
         assert!(inject(root.path(), bundle.path()).unwrap());
         let r = root.path();
         assert_eq!(
@@ -216,6 +260,22 @@ mod tests {
             .unwrap(),
             Path::new("/etc/systemd/system/banger-agent.service")
         );
+        assert_eq!(
+            fs::read_link(
+                r.join("etc/systemd/system/sysinit.target.wants/banger-first-boot.service")
+            )
+            .unwrap(),
+            Path::new("/etc/systemd/system/banger-first-boot.service")
+        );
+        assert!(
+            !r.join("etc/systemd/system/multi-user.target.wants/banger-first-boot.service")
+                .exists()
+        );
+        let mode = fs::metadata(r.join("etc/init.d/banger-agent"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
         let partial = tempfile::tempdir().unwrap();
         fs::remove_file(bundle.path().join("banger-agent")).unwrap();
         assert!(!inject(partial.path(), bundle.path()).unwrap());
