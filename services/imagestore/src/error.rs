@@ -66,6 +66,9 @@ pub enum Error {
     /// `mkfs.ext4` or `e2fsck` failed.
     #[error("building the ext4 file failed: {0}")]
     Mkfs(String),
+    /// The guest bundle could not be placed in the image.
+    #[error("cannot inject the guest bundle: {0}")]
+    Inject(String),
     /// A local filesystem operation failed.
     #[error("{context} {path}: {source}")]
     Io {
@@ -112,7 +115,9 @@ impl GrpcError for Error {
             Error::Unsupported { .. } | Error::BadLayer { .. } => Code::FailedPrecondition,
             Error::DigestMismatch { .. } => Code::DataLoss,
             Error::TooLarge { .. } => Code::ResourceExhausted,
-            Error::Mkfs(_) | Error::Io { .. } | Error::CorruptRecord { .. } => Code::Internal,
+            Error::Mkfs(_) | Error::Inject(_) | Error::Io { .. } | Error::CorruptRecord { .. } => {
+                Code::Internal
+            }
         }
     }
 }

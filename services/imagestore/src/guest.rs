@@ -109,7 +109,7 @@ pub fn inject(root: &Path, bundle: &Path) -> Result<bool, Error> {
         }
         let dest = Path::new(dest);
         let dir = resolve(root, dest.parent().unwrap_or(Path::new("")), true)
-            .map_err(|_| Error::Mkfs(format!("cannot place {} in the image", dest.display())))?;
+            .map_err(|_| Error::Inject(format!("cannot place {} in the image", dest.display())))?;
         let to = dir.join(dest.file_name().unwrap_or_default());
         let _ = fs::remove_file(&to);
         fs::copy(&from, &to).map_err(Error::io("cannot copy guest file to", &to))?;
@@ -124,7 +124,7 @@ pub fn inject(root: &Path, bundle: &Path) -> Result<bool, Error> {
         for target in wanted_by(&text) {
             let wants_rel = format!("etc/systemd/system/{target}.wants");
             let wants = resolve(root, Path::new(&wants_rel), true)
-                .map_err(|_| Error::Mkfs(format!("cannot create /{wants_rel} in the image")))?;
+                .map_err(|_| Error::Inject(format!("cannot create /{wants_rel} in the image")))?;
             let link = wants.join(unit);
             let _ = fs::remove_file(&link);
             std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), &link)
@@ -135,7 +135,7 @@ pub fn inject(root: &Path, bundle: &Path) -> Result<bool, Error> {
     if bundle.join(src).is_file() {
         let dest = Path::new(dest);
         let dir = resolve(root, dest.parent().unwrap_or(Path::new("")), true)
-            .map_err(|_| Error::Mkfs(format!("cannot place {} in the image", dest.display())))?;
+            .map_err(|_| Error::Inject(format!("cannot place {} in the image", dest.display())))?;
         let to = dir.join(dest.file_name().unwrap_or_default());
         let _ = fs::remove_file(&to);
         fs::copy(bundle.join(src), &to).map_err(Error::io("cannot copy guest file to", &to))?;
