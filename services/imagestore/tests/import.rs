@@ -1,0 +1,117 @@
+//! `ImportImage`: `docker save` and OCI archives streamed over gRPC build
+//! the same kind of image as a pull; bad archives are INVALID_ARGUMENT.
+
+mod common;
+
+use banger_proto::imagestore::v1 as pb;
+use banger_proto::imagestore::v1::import_image_request::Part;
+use common::*;
+
+fn messages(name: &str, file_name: &str, archive: Vec<u8>) -> Vec<pb::ImportImageRequest> {
+    let mut out = vec![pb::ImportImageRequest {
+        part: Some(Part::Header(pb::ImportImageHeader {
+            name: name.into(),
+            file_name: file_name.into(),
+            kernel_ref: "k1".into(),
+            size_bytes: archive.len() as u64,
+            ..Default::default()
+        })),
+    }];
+    for chunk in archive.chunks(64 << 10) {
+        out.push(pb::ImportImageRequest {
+            part: Some(Part::Chunk(chunk.to_vec())),
+        });
+    }
+    out
+}
+
+async fn import(
+    client: &mut banger_proto::imagestore::v1::image_store_client::ImageStoreClient<
+        banger_proto::rpc::TracedChannel,
+    >,
+    msgs: Vec<pb::ImportImageRequest>,
+) -> Result<pb::Image, tonic::Status> {
+    let mut stream = client
+        .import_image(tokio_stream::iter(msgs))
+        .await?
+        .into_inner();
+    while let Some(ev) = stream.message().await? {
+        if let Some(pb::pull_image_event::Event::Done(img)) = ev.event {
+            return Ok(img);
+        }
+    }
+    Err(tonic::Status::internal("no done event"))
+}
+
+fn docker_save_archive() -> Vec<u8> {
+    let layer = busybox_layer();
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]}})
+    .to_string();
+    let manifest = serde_json::json!([{"Config": "config.json", "RepoTags": ["bb:1"], "Layers": ["abc/layer.tar"]}])
+        .to_string();
+    let mut t = TarBuilder::new();
+    t.file("manifest.json", 0o644, 0, 0, manifest.as_bytes())
+        .file("config.json", 0o644, 0, 0, config.as_bytes())
+        .dir("abc", 0o755, 0, 0)
+        .file("abc/layer.tar", 0o644, 0, 0, &layer);
+    t.finish()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_save_and_oci_archives() {
+    let ts = TestStore::new();
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(config(&[])), sock.path()).await;
+
+    let img = import(
+        &mut client,
+        messages("saved", "bb.tar", docker_save_archive()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(img.reference, "import:bb.tar");
+    assert_eq!(img.default_kernel, "k1");
+    assert_eq!(img.guest.unwrap().os_id, "busybox");
+    let ext4 = ts.state.path().join("images/saved/rootfs.ext4");
+    assert_eq!(
+        debugfs_cat(&ext4, "/bin/busybox"),
+        std::fs::read("/bin/busybox").unwrap()
+    );
+    // Same archive again: no rebuild.
+    let again = import(
+        &mut client,
+        messages("saved", "bb.tar", docker_save_archive()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.created_unix, img.created_unix);
+
+    let layout_dir = tempfile::tempdir().unwrap();
+    layout(layout_dir.path(), "v1", &[zstd_layer(busybox_layer())]);
+    let mut b = tar::Builder::new(Vec::new());
+    b.append_dir_all(".", layout_dir.path()).unwrap();
+    let oci = import(
+        &mut client,
+        messages("from-oci", "bb-oci.tar", b.into_inner().unwrap()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(oci.layers.len(), 1);
+    let ext4 = ts.state.path().join("images/from-oci/rootfs.ext4");
+    assert_eq!(
+        debugfs_cat(&ext4, "/etc/os-release"),
+        b"ID=busybox\nVERSION_ID=1.35\n"
+    );
+
+    let mut junk = TarBuilder::new();
+    junk.file("hello", 0o644, 0, 0, b"x");
+    let err = import(&mut client, messages("junk", "junk.tar", junk.finish()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let err = import(&mut client, messages("Bad Name", "x.tar", vec![]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
