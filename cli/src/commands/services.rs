@@ -227,6 +227,18 @@ fn is_our_process(pid: u32, service: Service) -> bool {
         .is_some_and(|name| name == service.binary())
 }
 
+/// Whether the child we just spawned still runs. Unlike
+/// [`is_our_process`] it does not read the command line, which can briefly
+/// read empty right after exec.
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
+
 /// Removes a pid file and socket that no live process owns.
 fn clear_stale(ctx: &Context, service: Service) -> Result<()> {
     let paths = &ctx.config.paths;
@@ -297,7 +309,7 @@ async fn wait_healthy(ctx: &Context, service: Service, pid: u32, timeout: Durati
         if health(ctx, service).await.is_ok() {
             return Ok(());
         }
-        if !is_our_process(pid, service) {
+        if !is_alive(pid) {
             bail!(
                 "{} exited during start-up; last lines of {}:\n{}",
                 service.binary(),
