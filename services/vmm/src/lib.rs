@@ -10,6 +10,7 @@ pub mod cmdline;
 pub mod config;
 pub mod disk;
 pub mod error;
+pub mod hypervisor;
 pub mod record;
 pub mod service;
 
