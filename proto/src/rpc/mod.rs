@@ -3,6 +3,7 @@
 //! - [`server`]: bind a unix socket (stale-socket recovery, mode 0660, group),
 //!   serve tonic routes with health, reflection and `banger.runtime.v1.Info`,
 //!   drain on SIGTERM/SIGINT and remove the socket.
+//! - [`hybrid_vsock`]: dial a guest vsock port through a hybrid-vsock socket.
 //! - [`client`]: dial a unix socket and get a channel that injects the W3C
 //!   `traceparent` of the current span into every call.
 //! - [`peer`]: the caller's uid/gid/pid, from the socket's peer credentials.
@@ -10,6 +11,7 @@
 //! - [`status`]: mapping domain errors to one precise gRPC code each.
 
 pub mod client;
+pub mod hybrid_vsock;
 pub mod peer;
 pub mod server;
 pub mod status;
