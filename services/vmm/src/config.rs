@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Hypervisor backend of a VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     /// Firecracker, configured through its API socket.

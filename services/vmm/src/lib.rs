@@ -11,6 +11,8 @@ pub mod config;
 pub mod disk;
 pub mod error;
 pub mod hypervisor;
+pub mod manager;
+pub mod peers;
 pub mod record;
 pub mod service;
 

@@ -175,7 +175,10 @@ pub(crate) async fn wait_for_socket(
 /// Whether some process listens on the unix socket at `path`.
 fn is_listening(path: &Path) -> bool {
     const SO_ACCEPTCON: &str = "00010000";
-    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+    // thread-self: /proc/net follows the process's main thread, which may
+    // sit in another network namespace than this thread (tests use netns
+    // threads), and unix sockets are listed per namespace.
+    let Ok(table) = std::fs::read_to_string("/proc/thread-self/net/unix") else {
         return path.exists();
     };
     let path = path.to_string_lossy();

@@ -16,7 +16,7 @@ pub fn busybox_ext4(dir: &Path, extra: &str) -> PathBuf {
     banger_test_support::require_program("mkfs.ext4", "e2fsprogs");
     banger_test_support::require_program("busybox", "busybox-static");
     let tree = dir.join("guest-tree");
-    for d in ["bin", "proc", "sys", "dev", "etc", "tmp", "root"] {
+    for d in ["bin", "sbin", "proc", "sys", "dev", "etc", "tmp", "root"] {
         std::fs::create_dir_all(tree.join(d)).unwrap();
     }
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
@@ -35,6 +35,8 @@ pub fn busybox_ext4(dir: &Path, extra: &str) -> PathBuf {
     );
     std::fs::write(tree.join("init"), init).unwrap();
     std::fs::set_permissions(tree.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Kernels boot /sbin/init when the command line names no init.
+    std::os::unix::fs::symlink("/init", tree.join("sbin/init")).unwrap();
     let img = dir.join("guest.ext4");
     let status = Command::new("mkfs.ext4")
         .args(["-q", "-F", "-d"])

@@ -1,0 +1,411 @@
+//! In-process service tier with a real hypervisor: the vmm served on a temp
+//! socket, peers replaced by a recording double, a busybox guest booted by
+//! QEMU under TCG on a tap inside a private network namespace. Proves the
+//! create → list → console → stop → start → rm lifecycle, reconcile
+//! adoption after a "vmm restart", and full rollback of a failed boot.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use banger_proto::rpc::{BoundSocket, ServeOptions};
+use banger_proto::vmm::v1 as pb;
+use banger_proto::vmm::v1::vmm_client::VmmClient;
+use banger_proto::vmm::v1::vmm_server::VmmServer;
+use banger_vmm::config::{QemuAccel, VmmConfig};
+use banger_vmm::hypervisor::Hypervisor;
+use banger_vmm::hypervisor::qemu::{Accel, Qemu};
+use banger_vmm::manager::Manager;
+use banger_vmm::peers::Peers;
+use banger_vmm::record::{ImageInfo, KernelInfo, Lease, Store};
+use banger_vmm::{Error, Result, VmmService};
+use tonic::service::Routes;
+
+/// Peers double: serves one image and one kernel, a fixed lease on a tap
+/// the test made, and records every call.
+#[derive(Debug)]
+struct FakePeers {
+    image: PathBuf,
+    kernel: PathBuf,
+    tap: String,
+    calls: Mutex<Vec<String>>,
+}
+
+#[tonic::async_trait]
+impl Peers for FakePeers {
+    async fn resolve_image(&self, name: &str, holder: &str) -> Result<ImageInfo> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("resolve_image {name} {holder}"));
+        if name != "busybox" {
+            return Err(Error::Peer {
+                service: "imagestore",
+                code: tonic::Code::NotFound,
+                message: format!("no image {name}"),
+            });
+        }
+        Ok(ImageInfo {
+            name: name.into(),
+            ext4_path: self.image.clone(),
+            digest: "sha256:00".into(),
+            direct_boot: false,
+            default_kernel: String::new(),
+            size_bytes: std::fs::metadata(&self.image).unwrap().len(),
+            has_agent: false,
+            has_ssh_server: false,
+        })
+    }
+    async fn release_image(&self, name: &str, holder: &str) -> Result<()> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("release_image {name} {holder}"));
+        Ok(())
+    }
+    async fn resolve_kernel(&self, name: &str, holder: &str) -> Result<KernelInfo> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("resolve_kernel {name} {holder}"));
+        let vmlinux_path = if name == "broken" {
+            PathBuf::from("/nonexistent/vmlinux") // QEMU refuses to start
+        } else {
+            self.kernel.clone()
+        };
+        Ok(KernelInfo {
+            name: name.into(),
+            vmlinux_path,
+            initrd_path: None,
+            kernel_version: "6.12".into(),
+        })
+    }
+    async fn release_kernel(&self, name: &str, holder: &str) -> Result<()> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("release_kernel {name} {holder}"));
+        Ok(())
+    }
+    async fn allocate(&self, vm_id: &str, nat: bool) -> Result<Lease> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("allocate {vm_id} {nat}"));
+        Ok(Lease {
+            tap: self.tap.clone(),
+            ip: "10.99.0.5".into(),
+            prefix_len: 24,
+            gateway: "10.99.0.1".into(),
+            mac: "06:00:0a:63:00:05".into(),
+            dns: vec!["10.99.0.1".into()],
+            nat,
+        })
+    }
+    async fn release_lease(&self, vm_id: &str) -> Result<()> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("release_lease {vm_id}"));
+        Ok(())
+    }
+}
+
+fn sh(cmd: &str) {
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{cmd} failed");
+}
+
+fn manager(dir: &std::path::Path, peers: Arc<FakePeers>) -> Manager {
+    let cfg = VmmConfig {
+        qemu_accel: QemuAccel::Tcg,
+        default_memory_mib: 256,
+        ready_timeout_secs: 60,
+        ..Default::default()
+    };
+    let backends: Vec<Arc<dyn Hypervisor>> = vec![Arc::new(Qemu {
+        binary: cfg.qemu_binary.clone(),
+        vhost_vsock_binary: cfg.vhost_vsock_binary.clone(),
+        accel: Accel::Tcg,
+    })];
+    Manager::new(
+        cfg,
+        Store::new(&dir.join("state/vmm"), &dir.join("run/vmm")),
+        peers,
+        backends,
+    )
+}
+
+async fn create(
+    client: &mut VmmClient<banger_proto::rpc::TracedChannel>,
+    name: &str,
+    kernel: &str,
+) -> std::result::Result<(Vec<String>, pb::Vm), tonic::Status> {
+    let mut stream = client
+        .create_vm(pb::CreateVmRequest {
+            name: name.into(),
+            image: "busybox".into(),
+            kernel: kernel.into(),
+            memory_mib: 256,
+            nat: true,
+            ssh_authorized_keys: vec!["ssh-ed25519 AAAAtest test@host".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut phases = Vec::new();
+    let mut done = None;
+    while let Some(ev) = stream.message().await? {
+        match ev.event.unwrap() {
+            pb::create_vm_event::Event::Progress(p) => {
+                if p.seconds > 0.0 {
+                    phases.push(format!("{} {:.2}s", p.phase, p.seconds));
+                }
+            }
+            pb::create_vm_event::Event::Done(vm) => done = Some(vm),
+        }
+    }
+    Ok((phases, done.expect("create ended without done")))
+}
+
+async fn console(client: &mut VmmClient<banger_proto::rpc::TracedChannel>, name: &str) -> String {
+    let mut s = client
+        .console_log(pb::ConsoleLogRequest {
+            name: name.into(),
+            follow: false,
+            tail_bytes: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(c) = s.message().await.unwrap() {
+        out.extend(c.data);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn wait_console(
+    client: &mut VmmClient<banger_proto::rpc::TracedChannel>,
+    name: &str,
+    needle: &str,
+) -> String {
+    for _ in 0..600 {
+        let text = console(client, name).await;
+        if text.contains(needle) {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "console of {name} never showed {needle:?}:\n{}",
+        console(client, name).await
+    );
+}
+
+#[test]
+fn vm_lifecycle_with_real_qemu_in_a_netns() {
+    banger_test_support::require_program("qemu-system-x86_64", "qemu-system-x86");
+    banger_test_support::require_program("vhost-device-vsock", "(cargo) vhost-device-vsock");
+    let kernel = banger_test_support::fixtures::kernel_vmlinux();
+    banger_test_support::netns::in_new_netns(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(lifecycle(kernel));
+    });
+}
+
+async fn lifecycle(kernel: PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    sh("ip tuntap add dev bgtest0 mode tap && ip link set bgtest0 up");
+    let image = common::busybox_ext4(
+        dir.path(),
+        "/bin/busybox ip -4 addr show eth0 | /bin/busybox grep inet\n\
+         while true; do /bin/busybox sleep 3600; done",
+    );
+    let peers = Arc::new(FakePeers {
+        image,
+        kernel,
+        tap: "bgtest0".into(),
+        calls: Mutex::default(),
+    });
+    let mgr = manager(dir.path(), peers.clone());
+    let service = VmmService::with_manager(mgr.clone());
+    let socket = dir.path().join("run/vmm.sock");
+    let bound = BoundSocket::bind(ServeOptions {
+        socket: socket.clone(),
+        socket_group: None,
+        pid_file: None,
+        name: "banger-vmm".into(),
+        services: vec![],
+    })
+    .await
+    .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(bound.serve(Routes::new(VmmServer::new(service)), async {
+        let _ = stop_rx.await;
+    }));
+    let mut client = VmmClient::new(banger_proto::rpc::connect(&socket).await.unwrap());
+
+    // Create: phases stream, VM running with its lease and identity.
+    let (phases, vm) = create(&mut client, "box", "generic-6.12").await.unwrap();
+    println!("TIMING create phases: {}", phases.join(", "));
+    assert_eq!(vm.state, pb::VmState::Running as i32, "{vm:?}");
+    assert_eq!(vm.ip, "10.99.0.5");
+    assert!(vm.pid > 0);
+    for p in [
+        "resolving",
+        "network",
+        "disk",
+        "identity",
+        "booting",
+        "waiting",
+    ] {
+        assert!(
+            phases.iter().any(|x| x.starts_with(p)),
+            "no {p} phase in {phases:?}"
+        );
+    }
+    let text = wait_console(&mut client, "box", "inet 10.99.0.5/24").await;
+    // The identity landed in the disk and the kernel configured eth0 from ip=.
+    assert!(text.contains("hostname=box"), "{text}");
+    assert!(text.contains("inet 10.99.0.5/24"), "{text}");
+    assert!(text.contains("tsc_early_khz="), "{text}");
+
+    // Creating the same spec again is idempotent; a different spec is refused.
+    let (_, again) = create(&mut client, "box", "generic-6.12").await.unwrap();
+    assert_eq!(again.id, vm.id);
+    let mut other = pb::CreateVmRequest {
+        name: "box".into(),
+        image: "busybox".into(),
+        vcpus: 2,
+        ..Default::default()
+    };
+    other.memory_mib = 256;
+    let err = client.create_vm(other).await;
+    let err = match err {
+        Err(s) => s,
+        Ok(s) => s.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+
+    let list = client
+        .list_vms(pb::ListVmsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.vms.len(), 1);
+    assert_eq!(list.vms[0].probes.len(), 3);
+
+    // A second manager over the same state (a vmm restart) adopts the VM.
+    let restarted = manager(dir.path(), peers.clone());
+    restarted.reconcile().await.unwrap();
+    let adopted = restarted.get("box").unwrap();
+    assert_eq!(adopted.vm.state, banger_vmm::record::VmState::Running);
+    assert_eq!(adopted.vm.pid, Some(vm.pid));
+
+    // Deleting a running VM needs --force.
+    let err = client
+        .delete_vm(pb::DeleteVmRequest {
+            name: "box".into(),
+            force: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+
+    // Stop: busybox ignores the ACPI power button, so the timeout kills it.
+    let stopped = client
+        .stop_vm(pb::StopVmRequest {
+            name: "box".into(),
+            force: false,
+            timeout_seconds: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stopped.state, pb::VmState::Stopped as i32);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", vm.pid))
+            .join("cmdline")
+            .exists()
+            || std::fs::read(format!("/proc/{}/cmdline", vm.pid))
+                .unwrap()
+                .is_empty()
+    );
+
+    // Start again: a fresh boot on the same disk.
+    let started = client
+        .start_vm(pb::StartVmRequest {
+            name: "box".into(),
+            ready_timeout_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(started.state, pb::VmState::Running as i32);
+    assert_ne!(started.pid, vm.pid);
+    wait_console(&mut client, "box", common::MARKER).await;
+
+    // rm --force: process, sockets, disk, record, lease and holds all gone.
+    client
+        .delete_vm(pb::DeleteVmRequest {
+            name: "box".into(),
+            force: true,
+        })
+        .await
+        .unwrap();
+    assert!(!dir.path().join("state/vmm/vms/box").exists());
+    assert!(!dir.path().join(format!("run/vmm/{}", vm.id)).exists());
+    let calls = peers.calls.lock().unwrap().clone();
+    for c in [
+        format!("release_lease {}", vm.id),
+        format!("release_kernel generic-6.12 {}", vm.id),
+        format!("release_image busybox {}", vm.id),
+    ] {
+        assert!(calls.contains(&c), "{c} missing from {calls:?}");
+    }
+    let err = client
+        .get_vm(pb::GetVmRequest { name: "box".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    // A boot that fails (the kernel file is missing) rolls everything
+    // back and says why.
+    peers.calls.lock().unwrap().clear();
+    let err = create(&mut client, "bad", "broken").await.unwrap_err();
+    println!("failed create says: {}", err.message());
+    assert!(err.message().contains("qemu"), "{}", err.message());
+    assert!(!dir.path().join("state/vmm/vms/bad").exists());
+    let calls = peers.calls.lock().unwrap().clone();
+    assert!(
+        calls.iter().any(|c| c.starts_with("release_lease")),
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().any(|c| c.starts_with("release_kernel broken")),
+        "{calls:?}"
+    );
+    assert!(
+        calls.iter().any(|c| c.starts_with("release_image busybox")),
+        "{calls:?}"
+    );
+    let list = client
+        .list_vms(pb::ListVmsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(list.vms.is_empty());
+
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+    sh("ip link del bgtest0");
+}
