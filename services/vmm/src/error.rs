@@ -80,15 +80,22 @@ impl Error {
 
     /// Wraps a status from another banger service.
     pub fn peer(service: &'static str, status: tonic::Status) -> Error {
-        let code = match status.code() {
-            // A peer that is down is a precondition for us, not our outage.
-            Code::Unknown => Code::Unavailable,
-            c => c,
-        };
-        Error::Peer {
-            service,
-            code,
-            message: status.message().to_owned(),
+        match status.code() {
+            // Transport failures (socket missing, connection refused) come
+            // back as Unknown/Unavailable: say what to do about them.
+            Code::Unknown | Code::Unavailable => Error::Peer {
+                service,
+                code: Code::Unavailable,
+                message: format!(
+                    "banger-{service} is not reachable ({}); is it running? start the services with `banger up`",
+                    status.message()
+                ),
+            },
+            code => Error::Peer {
+                service,
+                code,
+                message: status.message().to_owned(),
+            },
         }
     }
 }

@@ -929,3 +929,307 @@ fn tail_lines(path: &std::path::Path, n: usize) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{ImageInfo, KernelInfo, Lease};
+
+    /// Peers double that records calls.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        calls: Mutex<Vec<String>>,
+        image: PathBuf,
+    }
+
+    impl Recorder {
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+        fn log(&self, s: String) {
+            self.calls.lock().unwrap().push(s);
+        }
+    }
+
+    #[tonic::async_trait]
+    impl Peers for Recorder {
+        async fn resolve_image(&self, name: &str, holder: &str) -> Result<ImageInfo> {
+            self.log(format!("resolve_image {name} {holder}"));
+            if name == "missing" {
+                return Err(Error::Peer {
+                    service: "imagestore",
+                    code: tonic::Code::NotFound,
+                    message: "no image missing".into(),
+                });
+            }
+            Ok(ImageInfo {
+                name: name.into(),
+                ext4_path: self.image.clone(),
+                size_bytes: 4 << 20,
+                ..Default::default()
+            })
+        }
+        async fn release_image(&self, name: &str, holder: &str) -> Result<()> {
+            self.log(format!("release_image {name} {holder}"));
+            Ok(())
+        }
+        async fn resolve_kernel(&self, name: &str, holder: &str) -> Result<KernelInfo> {
+            self.log(format!("resolve_kernel {name} {holder}"));
+            Ok(KernelInfo {
+                name: name.into(),
+                vmlinux_path: "/k".into(),
+                ..Default::default()
+            })
+        }
+        async fn release_kernel(&self, name: &str, holder: &str) -> Result<()> {
+            self.log(format!("release_kernel {name} {holder}"));
+            Ok(())
+        }
+        async fn allocate(&self, vm_id: &str, nat: bool) -> Result<Lease> {
+            self.log(format!("allocate {vm_id} {nat}"));
+            Ok(Lease {
+                tap: "bg-test".into(),
+                ip: "10.1.0.2".into(),
+                prefix_len: 24,
+                gateway: "10.1.0.1".into(),
+                mac: "06:00:00:00:00:02".into(),
+                dns: vec![],
+                nat,
+            })
+        }
+        async fn release_lease(&self, vm_id: &str) -> Result<()> {
+            self.log(format!("release_lease {vm_id}"));
+            Ok(())
+        }
+    }
+
+    /// Hypervisor double: a `sh` whose command line names the VM's run dir
+    /// (so `is_ours` recognises it) and writes a console line; or a failure.
+    #[derive(Debug)]
+    struct FakeHv {
+        fail: bool,
+    }
+
+    #[tonic::async_trait]
+    impl Hypervisor for FakeHv {
+        fn backend(&self) -> Backend {
+            Backend::Qemu
+        }
+        fn emulated(&self) -> bool {
+            true
+        }
+        async fn launch(&self, spec: &LaunchSpec) -> Result<hypervisor::Launched> {
+            if self.fail {
+                return Err(Error::Hypervisor("fake launch failure".into()));
+            }
+            std::fs::create_dir_all(&spec.paths.run).unwrap();
+            std::fs::write(spec.paths.vsock(), b"").unwrap();
+            let mut cmd = hypervisor::detached("sh");
+            cmd.arg("-c")
+                .arg(format!(
+                    "echo booted >> {}; sleep 30; :",
+                    spec.paths.console_log().display()
+                ))
+                .arg(&spec.paths.run);
+            let child = hypervisor::spawn(cmd, "sh").unwrap();
+            Ok(hypervisor::Launched {
+                pid: child.id().unwrap(),
+                helper_pid: None,
+                accel: Some("tcg".into()),
+                child,
+            })
+        }
+        async fn request_stop(&self, _: &record::VmPaths) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn setup(fail: bool) -> (tempfile::TempDir, Manager, Arc<Recorder>) {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image.ext4");
+        let st = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image)
+            .arg("4M")
+            .status()
+            .expect("mkfs.ext4 (apt-get install e2fsprogs)");
+        assert!(st.success());
+        let peers = Arc::new(Recorder {
+            image,
+            ..Default::default()
+        });
+        let mgr = manager_over(dir.path(), peers.clone(), fail);
+        (dir, mgr, peers)
+    }
+
+    fn manager_over(dir: &std::path::Path, peers: Arc<Recorder>, fail: bool) -> Manager {
+        Manager::new(
+            VmmConfig {
+                tsc_khz: 1_000_000,
+                disk_headroom_mib: 4,
+                ..Default::default()
+            },
+            Store::new(&dir.join("state"), &dir.join("run")),
+            peers,
+            vec![Arc::new(FakeHv { fail })],
+        )
+    }
+
+    fn spec(name: &str, image: &str) -> CreateSpec {
+        CreateSpec {
+            name: name.into(),
+            image: image.into(),
+            nat: true,
+            ssh_authorized_keys: vec!["ssh-ed25519 AAAA k".into()],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn create_stop_delete_with_doubles() {
+        let (dir, mgr, peers) = setup(false);
+        let (tx, mut rx) = mpsc::channel(64);
+        let view = mgr.create(spec("a", "img"), tx).await.unwrap();
+        let mut phases = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            if let CreateEvent::Phase {
+                phase,
+                seconds: Some(_),
+                ..
+            } = ev
+            {
+                phases.push(phase);
+            }
+        }
+        assert_eq!(
+            phases,
+            [
+                "resolving",
+                "network",
+                "disk",
+                "identity",
+                "booting",
+                "waiting"
+            ]
+        );
+        let vm = view.vm;
+        assert_eq!(vm.state, VmState::Running);
+        assert_eq!(vm.kernel.name, "generic-6.12", "configured default kernel");
+        assert_eq!(vm.disk_bytes, 8 << 20, "image size plus headroom");
+        assert!(vm.cmdline.contains("tsc_early_khz=1000000"));
+        assert!(
+            vm.cmdline
+                .contains("ip=10.1.0.2::10.1.0.1:255.255.255.0:a:eth0:off")
+        );
+        let pid = vm.pid.unwrap();
+        assert_eq!(
+            peers.calls(),
+            [
+                format!("resolve_image img {}", vm.id),
+                format!("resolve_kernel generic-6.12 {}", vm.id),
+                format!("allocate {} true", vm.id),
+            ]
+        );
+        let stopped = mgr.stop("a", true, 0).await.unwrap();
+        assert_eq!(stopped.vm.state, VmState::Stopped);
+        assert!(!hypervisor::pid_alive(pid));
+        assert!(!mgr.store().paths_of(&vm).run.exists(), "sockets left");
+        mgr.delete("a", false).await.unwrap();
+        assert!(!dir.path().join("state/vms/a").exists());
+        let calls = peers.calls();
+        assert!(calls.contains(&format!("release_lease {}", vm.id)));
+        assert!(calls.contains(&format!("release_kernel generic-6.12 {}", vm.id)));
+        assert!(calls.contains(&format!("release_image img {}", vm.id)));
+    }
+
+    #[tokio::test]
+    async fn failures_roll_back_everything() {
+        let (dir, mgr, peers) = setup(true);
+        let (tx, _rx) = mpsc::channel(64);
+        let err = mgr.create(spec("b", "img"), tx).await.unwrap_err();
+        assert!(err.to_string().contains("fake launch failure"), "{err}");
+        assert!(!dir.path().join("state/vms/b").exists());
+        let calls = peers.calls();
+        for p in ["release_lease", "release_kernel", "release_image"] {
+            assert!(
+                calls.iter().any(|c| c.starts_with(p)),
+                "{p} missing: {calls:?}"
+            );
+        }
+        // A peer error keeps its code and also rolls back.
+        let (tx, _rx) = mpsc::channel(64);
+        let err = mgr.create(spec("c", "missing"), tx).await.unwrap_err();
+        assert_eq!(
+            banger_proto::rpc::GrpcError::grpc_code(&err),
+            tonic::Code::NotFound
+        );
+        assert!(mgr.list().unwrap().is_empty());
+        let (tx, _rx) = mpsc::channel(64);
+        let err = mgr.create(spec("Bad_Name", "img"), tx).await.unwrap_err();
+        assert_eq!(
+            banger_proto::rpc::GrpcError::grpc_code(&err),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[tokio::test]
+    async fn reconcile_adopts_marks_and_rolls_back() {
+        let (dir, mgr, peers) = setup(false);
+        let (tx, _rx) = mpsc::channel(64);
+        let live = mgr.create(spec("live", "img"), tx).await.unwrap().vm;
+        let (tx, _rx) = mpsc::channel(64);
+        let half = mgr.create(spec("half", "img"), tx).await.unwrap().vm;
+        let (tx, _rx) = mpsc::channel(64);
+        let dead = mgr.create(spec("dead", "img"), tx).await.unwrap().vm;
+        // "half" looks like a create cut short by a crash, "dead" lost its
+        // process while the vmm was down, "gone" was being deleted.
+        let mut h = mgr.store().load("half").unwrap().unwrap();
+        h.state = VmState::Creating;
+        mgr.store().save(&h).unwrap();
+        hypervisor::kill(dead.pid.unwrap());
+        hypervisor::wait_gone(dead.pid.unwrap(), Duration::from_secs(5)).await;
+        let mut gone = record::sample("gone");
+        gone.state = VmState::Deleting;
+        mgr.store().save(&gone).unwrap();
+        std::fs::create_dir_all(dir.path().join("state/vms/orphan")).unwrap();
+        // Undo what the first manager's supervisor may have recorded.
+        let mut d = mgr.store().load("dead").unwrap().unwrap();
+        d.state = VmState::Running;
+        d.pid = dead.pid;
+        mgr.store().save(&d).unwrap();
+
+        let restarted = manager_over(dir.path(), peers.clone(), false);
+        restarted.reconcile().await.unwrap();
+        let names: Vec<String> = restarted
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.vm.name)
+            .collect();
+        assert_eq!(names, ["dead", "live"]);
+        let l = restarted.get("live").unwrap().vm;
+        assert_eq!((l.state, l.pid), (VmState::Running, live.pid));
+        let d = restarted.get("dead").unwrap().vm;
+        assert_eq!(d.state, VmState::Error);
+        assert!(d.error.unwrap().contains("exited while the vmm was down"));
+        assert!(
+            !hypervisor::pid_alive(half.pid.unwrap()),
+            "half-created VM's process survived"
+        );
+        assert!(!dir.path().join("state/vms/half").exists());
+        assert!(!dir.path().join("state/vms/gone").exists());
+        assert!(!dir.path().join("state/vms/orphan").exists());
+        assert!(
+            peers
+                .calls()
+                .contains(&format!("release_lease {}", half.id))
+        );
+        assert!(
+            peers
+                .calls()
+                .contains(&format!("release_lease {}", gone.id))
+        );
+        restarted.delete("live", true).await.unwrap();
+        assert!(!hypervisor::pid_alive(live.pid.unwrap()));
+    }
+}
