@@ -245,6 +245,8 @@ pub async fn run(ctx: &Context, command: VmCommand) -> Result<ExitCode> {
                 .get_vm(pb::GetVmRequest { name })
                 .await?
                 .into_inner();
+            // sshd may still be starting right after a create or start.
+            wait_tcp(&vm.ip, 22, Duration::from_secs(60)).await;
             ssh(&vm, &command)
         }
         VmCommand::Run(args) => run_flow(ctx, args).await,

@@ -46,7 +46,7 @@ pub enum Error {
     #[error("{0}")]
     Hypervisor(String),
     /// The VM started but did not boot, or died; with the console's tail.
-    #[error("{cause}\n--- last lines of the console ---\n{console_tail}")]
+    #[error("{cause}\n--- last lines of the console ---\n{}", if console_tail.is_empty() { "(nothing on the console)" } else { console_tail })]
     Boot { cause: String, console_tail: String },
     /// The VM did not become ready in time.
     #[error("{0}")]

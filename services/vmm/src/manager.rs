@@ -471,21 +471,22 @@ impl Manager {
                 detail: "the image has no banger agent".into(),
             });
         }
+        // Every capability the image declares must answer: sshd too, so a
+        // `vm ssh` right after create works.
         match (&vm.lease, vm.image.has_ssh_server) {
-            (Some(lease), true) if !vm.image.has_agent => {
+            (Some(lease), true) => {
                 let remaining = timeout.saturating_sub(started.elapsed());
                 wait_ssh(&lease.ip, remaining).await?;
                 probes.push(Probe {
                     capability: "ssh",
                     state: "ready",
-                    detail: format!("{}:22 answers", lease.ip),
+                    detail: format!(
+                        "{}:22 answers after {:.1}s",
+                        lease.ip,
+                        started.elapsed().as_secs_f64()
+                    ),
                 });
             }
-            (Some(_), true) => probes.push(Probe {
-                capability: "ssh",
-                state: "pending",
-                detail: "started by the guest after the agent".into(),
-            }),
             _ => probes.push(Probe {
                 capability: "ssh",
                 state: "skipped",

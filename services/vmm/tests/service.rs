@@ -54,7 +54,7 @@ impl Peers for FakePeers {
             default_kernel: String::new(),
             size_bytes: std::fs::metadata(&self.image).unwrap().len(),
             has_agent: false,
-            has_ssh_server: false,
+            has_ssh_server: true,
         })
     }
     async fn release_image(&self, name: &str, holder: &str) -> Result<()> {
@@ -224,10 +224,17 @@ fn vm_lifecycle_with_real_qemu_in_a_netns() {
 
 async fn lifecycle(kernel: PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    sh("ip tuntap add dev bgtest0 mode tap && ip link set bgtest0 up");
+    sh(
+        "ip tuntap add dev bgtest0 mode tap && ip addr add 10.99.0.1/24 dev bgtest0 \
+        && ip link set bgtest0 up",
+    );
     let image = common::busybox_ext4(
         dir.path(),
+        // A fake sshd: the banner is all the vmm's SSH probe reads.
         "/bin/busybox ip -4 addr show eth0 | /bin/busybox grep inet\n\
+         printf '#!/bin/busybox sh\\necho SSH-2.0-banger-fake\\n' > /tmp/banner\n\
+         /bin/busybox chmod +x /tmp/banner\n\
+         /bin/busybox nc -ll -p 22 -e /tmp/banner &\n\
          while true; do /bin/busybox sleep 3600; done",
     );
     let peers = Arc::new(FakePeers {
@@ -302,7 +309,13 @@ async fn lifecycle(kernel: PathBuf) {
         .unwrap()
         .into_inner();
     assert_eq!(list.vms.len(), 1);
-    assert_eq!(list.vms[0].probes.len(), 3);
+    // Readiness went over the tap: the SSH probe read the guest's banner.
+    let probes: Vec<_> = list.vms[0]
+        .probes
+        .iter()
+        .map(|p| format!("{} {}", p.capability, p.state))
+        .collect();
+    assert_eq!(probes, ["agent skipped", "ssh ready"]);
 
     // A second manager over the same state (a vmm restart) adopts the VM.
     let restarted = manager(dir.path(), peers.clone());
