@@ -1,8 +1,83 @@
 //! `banger-agent`: runs inside every VM and answers the host over AF_VSOCK.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use banger_agent::power::SystemPower;
+use banger_agent::serve::{Listen, bind};
+use clap::Parser;
+
+/// The banger guest agent (gRPC `banger.agent.v1.Agent`).
+#[derive(Debug, Parser)]
+#[command(version = banger_proto::VERSION)]
+struct Args {
+    /// AF_VSOCK port to listen on (any CID). Default: 10789, unless only
+    /// --listen-unix is given.
+    #[arg(long)]
+    listen_vsock: Option<u32>,
+    /// Also (or only) listen on this unix socket.
+    #[arg(long)]
+    listen_unix: Option<PathBuf>,
+}
 
 fn main() -> ExitCode {
-    eprintln!("banger-agent: the guest agent is not implemented in this version of banger");
-    ExitCode::FAILURE
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BANGER_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("banger-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(Args::parse())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("banger-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut listens = Vec::new();
+    match (args.listen_vsock, &args.listen_unix) {
+        (None, None) => listens.push(Listen::Vsock(banger_agent::AGENT_PORT)),
+        (Some(port), _) => listens.push(Listen::Vsock(port)),
+        (None, Some(_)) => {}
+    }
+    if let Some(path) = args.listen_unix {
+        listens.push(Listen::Unix(path));
+    }
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut servers = tokio::task::JoinSet::new();
+    for listen in &listens {
+        let mut stop = stop_tx.subscribe();
+        let serving = bind(listen, Arc::new(SystemPower), async move {
+            let _ = stop.recv().await;
+        })
+        .with_context(|| format!("cannot listen on {listen}"))?;
+        servers.spawn(serving);
+    }
+    tokio::select! {
+        () = banger_proto::rpc::shutdown_signal() => {
+            let _ = stop_tx.send(());
+            while servers.join_next().await.is_some() {}
+            Ok(())
+        }
+        Some(done) = servers.join_next() => {
+            done.context("server task panicked")?.context("server stopped")
+        }
+    }
 }
