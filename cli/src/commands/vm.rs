@@ -476,19 +476,52 @@ fn print_vm(ctx: &Context, vm: &pb::Vm) -> Result<()> {
 }
 
 async fn exec(ctx: &Context, name: String, command: Vec<String>) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    // Piped stdin is forwarded (`echo hi | banger vm exec box -- cat`); a
+    // terminal is not, so interactive use does not hang waiting for EOF.
+    let forward_stdin = !std::io::stdin().is_terminal();
     let start = pb::ExecRequest {
         vm: name,
         request: Some(agent::ExecRequest {
             part: Some(agent::exec_request::Part::Start(agent::ExecStart {
                 argv: command,
-                stdin: false,
+                stdin: forward_stdin,
                 ..Default::default()
             })),
         }),
     };
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(start).await?;
+    if forward_stdin {
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 64 * 1024];
+            let part = |p| pb::ExecRequest {
+                vm: String::new(),
+                request: Some(agent::ExecRequest { part: Some(p) }),
+            };
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let chunk = agent::exec_request::Part::Stdin(buf[..n].to_vec());
+                        if tx.send(part(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = tx
+                .send(part(agent::exec_request::Part::StdinClose(true)))
+                .await;
+        });
+    } else {
+        drop(tx);
+    }
     let mut stream = vmm(ctx)
         .await?
-        .exec(futures::stream::iter([start]))
+        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await?
         .into_inner();
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
