@@ -1,0 +1,594 @@
+//! The real [`NetOps`]: rtnetlink for links and addresses, tun ioctls for
+//! taps, the `nftables` crate (one atomic JSON batch through `nft`) for
+//! table `inet banger`, /proc/sys for forwarding. Nothing here shells out
+//! to `ip` or `iptables`, and nothing touches any other nftables table.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec};
+use serde_json::{Value, json};
+
+use crate::error::Error;
+use crate::ops::{Link, NetOps};
+
+/// Our nftables table: family `inet`, name `banger`.
+pub const TABLE: &str = "banger";
+/// The set of lease addresses that are masqueraded.
+pub const NAT_SET: &str = "nat_sources";
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// Bumped whenever the rules change, so an old table is repaired on start.
+const RULES_VERSION: &str = "v1";
+
+/// Kernel-backed [`NetOps`] for the network namespace it was created in.
+#[derive(Clone)]
+pub struct LinuxOps {
+    handle: Handle,
+}
+
+impl std::fmt::Debug for LinuxOps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LinuxOps")
+    }
+}
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
+    let what = what.into();
+    move |e| Error::Netlink {
+        what,
+        message: e.to_string(),
+    }
+}
+
+fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+}
+
+impl LinuxOps {
+    /// Opens a netlink connection in the current network namespace; must
+    /// run inside a tokio runtime (the connection is a spawned task).
+    pub fn new() -> Result<LinuxOps, Error> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| Error::Netlink {
+            what: "opening a netlink socket".into(),
+            message: e.to_string(),
+        })?;
+        tokio::spawn(conn);
+        Ok(LinuxOps { handle })
+    }
+
+    async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, Error> {
+        let mut stream = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_owned())
+            .execute();
+        match stream.try_next().await {
+            Ok(link) => Ok(link),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(nl(format!("looking up link {name}"))(e)),
+        }
+    }
+
+    async fn set_up(&self, index: u32, controller: Option<u32>, name: &str) -> Result<(), Error> {
+        let mut msg = LinkUnspec::new_with_index(index).up();
+        if let Some(c) = controller {
+            msg = msg.controller(c);
+        }
+        self.handle
+            .link()
+            .set(msg.build())
+            .execute()
+            .await
+            .map_err(nl(format!("setting {name} up")))
+    }
+}
+
+fn to_link(msg: &LinkMessage) -> Link {
+    let mut link = Link {
+        name: String::new(),
+        index: msg.header.index,
+        up: msg.header.flags.contains(LinkFlags::Up),
+        is_bridge: false,
+        controller: None,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n.clone(),
+            LinkAttribute::Controller(c) => link.controller = Some(*c),
+            LinkAttribute::LinkInfo(infos) => {
+                link.is_bridge = infos
+                    .iter()
+                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
+            }
+            _ => {}
+        }
+    }
+    link
+}
+
+#[tonic::async_trait]
+impl NetOps for LinuxOps {
+    #[tracing::instrument(skip(self))]
+    async fn ensure_bridge(
+        &self,
+        name: &str,
+        gateway: Ipv4Addr,
+        prefix_len: u8,
+    ) -> Result<bool, Error> {
+        let mut changed = false;
+        // A bridge without an explicit address takes the lowest of its
+        // ports' and changes it as taps come and go, leaving guests with a
+        // stale gateway MAC; a fixed one derived from the gateway avoids that.
+        let mac = mac_bytes(gateway);
+        let link = match self.link_by_name(name).await? {
+            Some(link) => link,
+            None => {
+                self.handle
+                    .link()
+                    .add(LinkBridge::new(name).address(mac.to_vec()).build())
+                    .execute()
+                    .await
+                    .map_err(nl(format!("creating bridge {name}")))?;
+                changed = true;
+                self.link_by_name(name)
+                    .await?
+                    .ok_or_else(|| Error::Netlink {
+                        what: format!("creating bridge {name}"),
+                        message: "the bridge vanished right after creation".into(),
+                    })?
+            }
+        };
+        let info = to_link(&link);
+        if !info.is_bridge {
+            return Err(Error::Config(format!(
+                "{name} exists and is not a bridge; delete it or set another [netd] bridge"
+            )));
+        }
+        let has_mac = link
+            .attributes
+            .iter()
+            .any(|a| matches!(a, LinkAttribute::Address(m) if m[..] == mac[..]));
+        if !has_mac {
+            self.handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(info.index)
+                        .address(mac.to_vec())
+                        .build(),
+                )
+                .execute()
+                .await
+                .map_err(nl(format!("setting the address of {name}")))?;
+            changed = true;
+        }
+        let addrs: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(info.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl(format!("listing addresses of {name}")))?;
+        let has_gateway = addrs.iter().any(|a| {
+            a.header.prefix_len == prefix_len
+                && a.attributes
+                    .iter()
+                    .any(|attr| matches!(attr, AddressAttribute::Local(IpAddr::V4(ip)) if *ip == gateway))
+        });
+        if !has_gateway {
+            self.handle
+                .address()
+                .add(info.index, IpAddr::V4(gateway), prefix_len)
+                .execute()
+                .await
+                .map_err(nl(format!("adding {gateway}/{prefix_len} to {name}")))?;
+            changed = true;
+        }
+        if !info.up {
+            self.set_up(info.index, None, name).await?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn ensure_tap(&self, tap: &str, uid: u32, gid: u32, bridge: &str) -> Result<(), Error> {
+        crate::tun::create_persistent_tap(tap, uid, gid)?;
+        let bridge_link = self
+            .link_by_name(bridge)
+            .await?
+            .ok_or_else(|| Error::Netlink {
+                what: format!("attaching {tap}"),
+                message: format!("bridge {bridge} does not exist; restart banger-netd"),
+            })?;
+        let tap_link = self
+            .link_by_name(tap)
+            .await?
+            .ok_or_else(|| Error::Netlink {
+                what: format!("attaching {tap}"),
+                message: "the tap vanished right after creation".into(),
+            })?;
+        let (t, b) = (to_link(&tap_link), to_link(&bridge_link));
+        if t.controller != Some(b.index) || !t.up {
+            self.set_up(t.index, Some(b.index), tap).await?;
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn delete_tap(&self, tap: &str) -> Result<(), Error> {
+        let Some(link) = self.link_by_name(tap).await? else {
+            return Ok(());
+        };
+        match self.handle.link().del(link.header.index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
+            Err(e) => Err(nl(format!("deleting {tap}"))(e)),
+        }
+    }
+
+    async fn links(&self) -> Result<Vec<Link>, Error> {
+        let msgs: Vec<LinkMessage> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("listing links"))?;
+        Ok(msgs.iter().map(to_link).collect())
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn ensure_nat_table(&self, bridge: &str) -> Result<bool, Error> {
+        if table_matches(list_table().await?.as_ref(), bridge) {
+            return Ok(false);
+        }
+        apply(table_batch(bridge)).await?;
+        Ok(true)
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn remove_nat_table(&self) -> Result<bool, Error> {
+        if list_table().await?.is_none() {
+            return Ok(false);
+        }
+        apply(json!({"nftables": [
+            {"delete": {"table": {"family": "inet", "name": TABLE}}}
+        ]}))
+        .await?;
+        Ok(true)
+    }
+
+    async fn nat_installed(&self, bridge: &str) -> Result<bool, Error> {
+        Ok(table_matches(list_table().await?.as_ref(), bridge))
+    }
+
+    async fn nat_sources(&self) -> Result<BTreeSet<Ipv4Addr>, Error> {
+        Ok(list_table()
+            .await?
+            .map(|t| set_elements(&t))
+            .unwrap_or_default())
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn add_nat_source(&self, ip: Ipv4Addr) -> Result<(), Error> {
+        apply(json!({"nftables": [{"add": element(ip)}]})).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn remove_nat_source(&self, ip: Ipv4Addr) -> Result<(), Error> {
+        // Adding first makes the delete succeed whether or not the element
+        // was there, and both happen in one transaction.
+        apply(json!({"nftables": [{"add": element(ip)}, {"delete": element(ip)}]})).await
+    }
+
+    async fn foreign_forward_drops(&self) -> Result<Vec<String>, Error> {
+        let out = tokio::task::spawn_blocking(|| {
+            nftables::helper::get_current_ruleset_raw(
+                nftables::helper::DEFAULT_NFT,
+                ["list", "chains"],
+            )
+        })
+        .await
+        .map_err(|e| Error::Nft(format!("listing chains: {e}")))?
+        .map_err(|e| Error::Nft(nft_message(e)))?;
+        let listing: Value = serde_json::from_str(&out)
+            .map_err(|e| Error::Nft(format!("unreadable `nft -j` output: {e}")))?;
+        Ok(forward_drops(&listing))
+    }
+
+    async fn ip_forward(&self) -> Result<bool, Error> {
+        let text = tokio::fs::read_to_string(IP_FORWARD)
+            .await
+            .map_err(|source| Error::Sysctl {
+                path: IP_FORWARD,
+                source,
+            })?;
+        Ok(text.trim() == "1")
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn set_ip_forward(&self, on: bool) -> Result<(), Error> {
+        tokio::fs::write(IP_FORWARD, if on { "1\n" } else { "0\n" })
+            .await
+            .map_err(|source| Error::Sysctl {
+                path: IP_FORWARD,
+                source,
+            })
+    }
+}
+
+/// The bridge's MAC: the lease MAC scheme applied to the gateway address.
+fn mac_bytes(gateway: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = gateway.octets();
+    [0x02, 0xba, a, b, c, d]
+}
+
+fn element(ip: Ipv4Addr) -> Value {
+    json!({"element": {"family": "inet", "table": TABLE, "name": NAT_SET, "elem": [ip.to_string()]}})
+}
+
+fn comment(what: &str, bridge: &str) -> String {
+    format!("banger:{RULES_VERSION}:{what}:{bridge}")
+}
+
+fn rule(chain: &str, what: &str, bridge: &str, expr: Value) -> Value {
+    json!({"add": {"rule": {
+        "family": "inet", "table": TABLE, "chain": chain,
+        "comment": comment(what, bridge), "expr": expr
+    }}})
+}
+
+fn meta_match(key: &str, op: &str, value: &str) -> Value {
+    json!({"match": {"op": op, "left": {"meta": {"key": key}}, "right": value}})
+}
+
+/// Base chains we own: (name, type, hook, priority).
+const CHAINS: [(&str, &str, &str, i32); 2] = [
+    // srcnat priority: after any DNAT, like iptables' POSTROUTING nat.
+    ("postrouting", "nat", "postrouting", 100),
+    ("forward", "filter", "forward", 0),
+];
+
+/// The whole table as one batch: create what is missing, replace our
+/// chains' rules, keep the set (and its elements). `nft` applies a batch
+/// atomically, so the rules are never half there.
+pub fn table_batch(bridge: &str) -> Value {
+    let mut cmds = vec![
+        json!({"add": {"table": {"family": "inet", "name": TABLE}}}),
+        json!({"add": {"set": {"family": "inet", "table": TABLE, "name": NAT_SET, "type": "ipv4_addr"}}}),
+    ];
+    for (name, kind, hook, prio) in CHAINS {
+        let chain = json!({"family": "inet", "table": TABLE, "name": name});
+        // A base chain's type/hook/priority cannot be changed in place:
+        // make sure it exists, empty and delete it, then create it right.
+        cmds.push(json!({"add": {"chain": chain}}));
+        cmds.push(json!({"flush": {"chain": chain}}));
+        cmds.push(json!({"delete": {"chain": chain}}));
+        cmds.push(json!({"add": {"chain": {
+            "family": "inet", "table": TABLE, "name": name,
+            "type": kind, "hook": hook, "prio": prio, "policy": "accept"
+        }}}));
+    }
+    let from_nat_source = json!({"match": {"op": "==",
+        "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": format!("@{NAT_SET}")}});
+    cmds.push(rule(
+        "postrouting",
+        "masquerade",
+        bridge,
+        json!([from_nat_source, meta_match("oifname", "!=", bridge), {"masquerade": null}]),
+    ));
+    cmds.push(rule(
+        "forward",
+        "forward-out",
+        bridge,
+        json!([meta_match("iifname", "==", bridge), from_nat_source,
+               meta_match("oifname", "!=", bridge), {"accept": null}]),
+    ));
+    cmds.push(rule(
+        "forward",
+        "forward-back",
+        bridge,
+        json!([meta_match("oifname", "==", bridge),
+               {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
+               {"accept": null}]),
+    ));
+    json!({ "nftables": cmds })
+}
+
+/// Whether a listing of our table (`nft -j list table inet banger`) has
+/// the set, both base chains as we make them, and exactly our rules for
+/// `bridge`, recognised by their comments.
+pub fn table_matches(listing: Option<&Value>, bridge: &str) -> bool {
+    let Some(listing) = listing else {
+        return false;
+    };
+    let objects = listing["nftables"].as_array().cloned().unwrap_or_default();
+    let has_set = objects
+        .iter()
+        .any(|o| o["set"]["name"] == NAT_SET && o["set"]["type"] == "ipv4_addr");
+    let chains_ok = CHAINS.iter().all(|(name, kind, hook, prio)| {
+        objects.iter().any(|o| {
+            let c = &o["chain"];
+            c["name"] == *name && c["type"] == *kind && c["hook"] == *hook && c["prio"] == *prio
+        })
+    });
+    let rules_in = |chain: &str| -> Vec<String> {
+        objects
+            .iter()
+            .filter(|o| o["rule"]["chain"] == chain)
+            .map(|o| o["rule"]["comment"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    has_set
+        && chains_ok
+        && rules_in("postrouting") == vec![comment("masquerade", bridge)]
+        && rules_in("forward")
+            == vec![
+                comment("forward-out", bridge),
+                comment("forward-back", bridge),
+            ]
+}
+
+/// Addresses in the `nat_sources` set of a table listing.
+pub fn set_elements(listing: &Value) -> BTreeSet<Ipv4Addr> {
+    let objects = listing["nftables"].as_array().cloned().unwrap_or_default();
+    objects
+        .iter()
+        .filter(|o| o["set"]["name"] == NAT_SET)
+        .flat_map(|o| o["set"]["elem"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| {
+            e.as_str()
+                .map(str::to_owned)
+                .or_else(|| e["elem"]["val"].as_str().map(str::to_owned))
+        })
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// Forward-hook chains with policy drop outside our table, from
+/// `nft -j list chains`.
+pub fn forward_drops(listing: &Value) -> Vec<String> {
+    let objects = listing["nftables"].as_array().cloned().unwrap_or_default();
+    objects
+        .iter()
+        .map(|o| &o["chain"])
+        .filter(|c| c["hook"] == "forward" && c["policy"] == "drop")
+        .filter(|c| !(c["family"] == "inet" && c["table"] == TABLE))
+        .map(|c| {
+            format!(
+                "{} {} {}",
+                c["family"].as_str().unwrap_or("?"),
+                c["table"].as_str().unwrap_or("?"),
+                c["name"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
+/// `nft -j list table inet banger`, or `None` when the table is absent.
+async fn list_table() -> Result<Option<Value>, Error> {
+    let out = tokio::task::spawn_blocking(|| {
+        nftables::helper::get_current_ruleset_raw(
+            nftables::helper::DEFAULT_NFT,
+            ["list", "table", "inet", TABLE],
+        )
+    })
+    .await
+    .map_err(|e| Error::Nft(format!("listing table inet {TABLE}: {e}")))?;
+    match out {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::Nft(format!("unreadable `nft -j` output: {e}"))),
+        Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
+            if stderr.contains("No such file or directory") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Error::Nft(nft_message(e))),
+    }
+}
+
+/// Applies one batch atomically, validated against the crate's schema.
+async fn apply(batch: Value) -> Result<(), Error> {
+    let doc: nftables::schema::Nftables<'static> = serde_json::from_value(batch).map_err(|e| {
+        Error::Nft(format!(
+            "internal: batch does not match the nftables schema: {e}"
+        ))
+    })?;
+    tokio::task::spawn_blocking(move || nftables::helper::apply_ruleset(&doc))
+        .await
+        .map_err(|e| Error::Nft(format!("applying a batch: {e}")))?
+        .map_err(|e| Error::Nft(nft_message(e)))
+}
+
+fn nft_message(e: nftables::helper::NftablesError) -> String {
+    match e {
+        nftables::helper::NftablesError::NftFailed { hint, stderr, .. }
+            if stderr.trim().is_empty() =>
+        {
+            // The crate lets `nft` write its reason to our stderr (the log).
+            format!("`nft` failed while {hint} (its message is in the banger-netd log)")
+        }
+        nftables::helper::NftablesError::NftFailed { hint, stderr, .. } => {
+            format!("`nft` failed while {hint}: {}", stderr.trim())
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_match_the_nftables_schema() {
+        for batch in [
+            table_batch("banger0"),
+            json!({"nftables": [{"add": element(Ipv4Addr::new(172, 30, 0, 2))}]}),
+        ] {
+            serde_json::from_value::<nftables::schema::Nftables>(batch).unwrap();
+        }
+    }
+
+    #[test]
+    fn finds_foreign_forward_drops() {
+        let listing = json!({"nftables": [
+            {"metainfo": {}},
+            {"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "hook": "forward", "policy": "drop", "prio": 0, "type": "filter"}},
+            {"chain": {"family": "ip", "table": "filter", "name": "INPUT", "hook": "input", "policy": "drop", "prio": 0, "type": "filter"}},
+            {"chain": {"family": "inet", "table": "banger", "name": "forward", "hook": "forward", "policy": "drop", "prio": 0, "type": "filter"}},
+            {"chain": {"family": "inet", "table": "fw", "name": "fwd", "hook": "forward", "policy": "accept", "prio": 0, "type": "filter"}},
+            {"chain": {"family": "ip", "table": "filter", "name": "DOCKER"}},
+        ]});
+        assert_eq!(
+            forward_drops(&listing),
+            vec!["ip filter FORWARD".to_owned()]
+        );
+    }
+
+    #[test]
+    fn recognises_our_table() {
+        let listing = json!({"nftables": [
+            {"metainfo": {}},
+            {"table": {"family": "inet", "name": "banger", "handle": 1}},
+            {"set": {"family": "inet", "name": "nat_sources", "table": "banger", "type": "ipv4_addr", "handle": 2,
+                     "elem": ["172.30.0.2", "172.30.0.9"]}},
+            {"chain": {"family": "inet", "table": "banger", "name": "postrouting", "handle": 3,
+                       "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}},
+            {"chain": {"family": "inet", "table": "banger", "name": "forward", "handle": 4,
+                       "type": "filter", "hook": "forward", "prio": 0, "policy": "accept"}},
+            {"rule": {"family": "inet", "table": "banger", "chain": "postrouting", "handle": 5,
+                      "comment": "banger:v1:masquerade:banger0", "expr": []}},
+            {"rule": {"family": "inet", "table": "banger", "chain": "forward", "handle": 6,
+                      "comment": "banger:v1:forward-out:banger0", "expr": []}},
+            {"rule": {"family": "inet", "table": "banger", "chain": "forward", "handle": 7,
+                      "comment": "banger:v1:forward-back:banger0", "expr": []}},
+        ]});
+        assert!(table_matches(Some(&listing), "banger0"));
+        assert!(!table_matches(Some(&listing), "br1"), "bridge renamed");
+        assert!(!table_matches(None, "banger0"));
+        assert_eq!(
+            set_elements(&listing),
+            [Ipv4Addr::new(172, 30, 0, 2), Ipv4Addr::new(172, 30, 0, 9)]
+                .into_iter()
+                .collect()
+        );
+        let mut extra = listing.clone();
+        extra["nftables"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"rule": {
+            "family": "inet", "table": "banger", "chain": "forward", "handle": 8, "expr": []}}));
+        assert!(
+            !table_matches(Some(&extra), "banger0"),
+            "foreign rule in our chain"
+        );
+    }
+}
