@@ -1,15 +1,397 @@
-//! `banger image …`.
+//! `banger image …`: pull (with per-layer progress bars), list, show, rm,
+//! prune. Registry credentials are read here, with the user's rights, from
+//! `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, and passed with
+//! the request for the one registry the reference names; the service never
+//! stores them.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
+use banger_proto::config::Service;
+use banger_proto::imagestore::v1 as pb;
+use banger_proto::imagestore::v1::image_store_client::ImageStoreClient;
+use base64::Engine;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::Serialize;
 
 use crate::context::Context;
+use crate::output;
 
 /// `banger image` subcommands.
 #[derive(Debug, clap::Subcommand)]
-pub enum ImageCommand {}
+pub enum ImageCommand {
+    /// Pull an OCI image and build its ext4 root filesystem.
+    Pull {
+        /// Docker reference, e.g. `debian:bookworm` or `registry:5000/repo@sha256:…`.
+        reference: String,
+        /// Image name (default: last path component + tag, e.g. `debian-bookworm`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Kernel to boot the image with by default, e.g. `generic-6.12`.
+        #[arg(long)]
+        kernel_ref: Option<String>,
+        /// `os/arch[/variant]` (default `linux/amd64`).
+        #[arg(long)]
+        platform: Option<String>,
+        /// Rebuild even if the same digest is already built.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List built images.
+    #[command(alias = "ls")]
+    List,
+    /// Show one image.
+    Show { name: String },
+    /// Remove an image (refused while a VM uses it).
+    Rm { name: String },
+    /// Delete cached blobs no image needs.
+    Prune,
+}
 
-pub async fn run(_ctx: &Context, command: ImageCommand) -> Result<ExitCode> {
-    match command {}
+/// An image as `--json` prints it.
+#[derive(Debug, Serialize)]
+struct ImageJson {
+    name: String,
+    reference: String,
+    digest: String,
+    platform: String,
+    size_bytes: u64,
+    content_bytes: u64,
+    created_unix: i64,
+    default_kernel: String,
+    direct_boot: bool,
+    guest: GuestJson,
+    holders: Vec<String>,
+    layers: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Default)]
+struct GuestJson {
+    has_systemd: bool,
+    has_ssh_server: bool,
+    os_id: String,
+    os_id_like: Vec<String>,
+    os_version_id: String,
+    has_agent: bool,
+}
+
+impl From<&pb::Image> for ImageJson {
+    fn from(i: &pb::Image) -> Self {
+        let g = i.guest.clone().unwrap_or_default();
+        ImageJson {
+            name: i.name.clone(),
+            reference: i.reference.clone(),
+            digest: i.digest.clone(),
+            platform: i.platform.clone(),
+            size_bytes: i.size_bytes,
+            content_bytes: i.content_bytes,
+            created_unix: i.created_unix,
+            default_kernel: i.default_kernel.clone(),
+            direct_boot: i.direct_boot,
+            guest: GuestJson {
+                has_systemd: g.has_systemd,
+                has_ssh_server: g.has_ssh_server,
+                os_id: g.os_id,
+                os_id_like: g.os_id_like,
+                os_version_id: g.os_version_id,
+                has_agent: g.has_agent,
+            },
+            holders: i.holders.clone(),
+            layers: i.layers.clone(),
+        }
+    }
+}
+
+pub async fn run(ctx: &Context, command: ImageCommand) -> Result<ExitCode> {
+    let mut client = ImageStoreClient::new(ctx.channel(Service::ImageStore).await?);
+    match command {
+        ImageCommand::Pull {
+            reference,
+            name,
+            kernel_ref,
+            platform,
+            force,
+        } => {
+            let credentials = docker_credentials(&registry_host(&reference))
+                .into_iter()
+                .collect();
+            let request = pb::PullImageRequest {
+                reference,
+                name: name.unwrap_or_default(),
+                kernel_ref: kernel_ref.unwrap_or_default(),
+                platform: platform.unwrap_or_default(),
+                force,
+                credentials,
+            };
+            let image = pull(ctx, &mut client, request).await?;
+            if ctx.json {
+                output::print_json(&ImageJson::from(&image))?;
+            } else {
+                println!(
+                    "{} ({}, {}) built from {}",
+                    image.name,
+                    short_digest(&image.digest),
+                    output::human_bytes(image.size_bytes),
+                    image.reference
+                );
+            }
+        }
+        ImageCommand::List => {
+            let images = client
+                .list_images(pb::ListImagesRequest {})
+                .await?
+                .into_inner()
+                .images;
+            if ctx.json {
+                output::print_json(&images.iter().map(ImageJson::from).collect::<Vec<_>>())?;
+            } else {
+                let mut t =
+                    output::table(["NAME", "REFERENCE", "DIGEST", "SIZE", "KERNEL", "CREATED"]);
+                for i in &images {
+                    t.add_row(vec![
+                        i.name.clone(),
+                        i.reference.clone(),
+                        short_digest(&i.digest),
+                        output::human_bytes(i.size_bytes),
+                        i.default_kernel.clone(),
+                        created(i.created_unix),
+                    ]);
+                }
+                println!("{t}");
+            }
+        }
+        ImageCommand::Show { name } => {
+            let image = client
+                .get_image(pb::GetImageRequest { name })
+                .await?
+                .into_inner();
+            let json = ImageJson::from(&image);
+            if ctx.json {
+                output::print_json(&json)?;
+            } else {
+                let g = &json.guest;
+                println!("name:           {}", json.name);
+                println!("reference:      {}", json.reference);
+                println!("digest:         {}", json.digest);
+                println!("platform:       {}", json.platform);
+                println!("size:           {}", output::human_bytes(json.size_bytes));
+                println!(
+                    "content:        {}",
+                    output::human_bytes(json.content_bytes)
+                );
+                println!("created:        {}", created(json.created_unix));
+                println!("default kernel: {}", json.default_kernel);
+                println!("direct boot:    {}", json.direct_boot);
+                println!(
+                    "guest:          {} {} (like: {}), systemd: {}, sshd: {}, agent: {}",
+                    g.os_id,
+                    g.os_version_id,
+                    g.os_id_like.join(" "),
+                    g.has_systemd,
+                    g.has_ssh_server,
+                    g.has_agent
+                );
+                println!("holders:        {}", json.holders.join(", "));
+                println!("layers:         {}", json.layers.len());
+            }
+        }
+        ImageCommand::Rm { name } => {
+            client
+                .delete_image(pb::DeleteImageRequest { name: name.clone() })
+                .await?;
+            if !ctx.json {
+                println!("removed {name}");
+            }
+        }
+        ImageCommand::Prune => {
+            let r = client
+                .prune_blobs(pb::PruneBlobsRequest {})
+                .await?
+                .into_inner();
+            if ctx.json {
+                output::print_json(&serde_json::json!({
+                    "blobs_removed": r.blobs_removed, "bytes_freed": r.bytes_freed
+                }))?;
+            } else {
+                println!(
+                    "removed {} blobs, freed {}",
+                    r.blobs_removed,
+                    output::human_bytes(r.bytes_freed)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a pull, drawing one progress bar per layer (none under `--json`).
+async fn pull(
+    ctx: &Context,
+    client: &mut ImageStoreClient<banger_proto::rpc::TracedChannel>,
+    request: pb::PullImageRequest,
+) -> Result<pb::Image> {
+    let mut stream = client.pull_image(request).await?.into_inner();
+    let multi = MultiProgress::new();
+    if ctx.json {
+        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let phase = multi.add(ProgressBar::new_spinner());
+    phase.enable_steady_tick(std::time::Duration::from_millis(120));
+    let style =
+        ProgressStyle::with_template("{prefix:>14} {bar:30} {bytes:>10}/{total_bytes:<10} {msg}")
+            .expect("static template");
+    let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    while let Some(event) = stream.message().await? {
+        match event.event {
+            Some(pb::pull_image_event::Event::Progress(p)) => {
+                if p.layer.is_empty() {
+                    phase.set_message(format!("{} {}", p.phase, p.message));
+                    continue;
+                }
+                let bar = bars.entry(p.layer.clone()).or_insert_with(|| {
+                    let bar = multi.add(ProgressBar::new(p.bytes_total));
+                    bar.set_style(style.clone());
+                    bar.set_prefix(short_digest(&p.layer));
+                    bar
+                });
+                if p.bytes_total > 0 {
+                    bar.set_length(p.bytes_total);
+                }
+                match p.phase.as_str() {
+                    "downloading" => bar.set_position(p.bytes_done),
+                    other => {
+                        bar.set_position(bar.length().unwrap_or(0));
+                        bar.set_message(other.to_owned());
+                    }
+                }
+            }
+            Some(pb::pull_image_event::Event::Done(image)) => {
+                for bar in bars.values() {
+                    bar.finish_with_message("done");
+                }
+                phase.finish_and_clear();
+                return Ok(image);
+            }
+            None => {}
+        }
+    }
+    anyhow::bail!("the image store ended the pull without a result; see its log")
+}
+
+fn short_digest(digest: &str) -> String {
+    digest
+        .split_once(':')
+        .map(|(_, h)| h.chars().take(12).collect())
+        .unwrap_or_else(|| digest.to_owned())
+}
+
+fn created(unix: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The registry host of a Docker reference (`docker.io` when it names none).
+fn registry_host(reference: &str) -> String {
+    match reference.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            first.to_owned()
+        }
+        _ => "docker.io".to_owned(),
+    }
+}
+
+/// Credentials for `host` from the docker CLI's config, if any.
+fn docker_credentials(host: &str) -> Option<pb::RegistryCredentials> {
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")))?;
+    let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+    parse_docker_config(&text, host)
+        .with_context(|| format!("reading {}", dir.join("config.json").display()))
+        .unwrap_or_else(|e| {
+            eprintln!("banger: ignoring docker credentials: {e:#}");
+            None
+        })
+}
+
+fn parse_docker_config(text: &str, host: &str) -> Result<Option<pb::RegistryCredentials>> {
+    let config: serde_json::Value = serde_json::from_str(text)?;
+    let Some(auths) = config.get("auths").and_then(|a| a.as_object()) else {
+        return Ok(None);
+    };
+    let keys: Vec<String> = if host == "docker.io" {
+        vec![
+            "https://index.docker.io/v1/".into(),
+            "index.docker.io".into(),
+            "docker.io".into(),
+        ]
+    } else {
+        vec![
+            host.into(),
+            format!("https://{host}"),
+            format!("http://{host}"),
+        ]
+    };
+    let Some(entry) = keys
+        .iter()
+        .find_map(|k| auths.get(k).or_else(|| auths.get(&format!("{k}/"))))
+    else {
+        return Ok(None);
+    };
+    let mut creds = pb::RegistryCredentials {
+        registry: host.to_owned(),
+        ..Default::default()
+    };
+    if let Some(auth) = entry.get("auth").and_then(|a| a.as_str()) {
+        let decoded = base64::engine::general_purpose::STANDARD.decode(auth)?;
+        let decoded = String::from_utf8(decoded)?;
+        let (user, pass) = decoded
+            .split_once(':')
+            .context("auth is not base64 of user:password")?;
+        creds.username = user.to_owned();
+        creds.password = pass.to_owned();
+    }
+    if let Some(token) = entry.get("identitytoken").and_then(|t| t.as_str()) {
+        creds.identity_token = token.to_owned();
+    }
+    Ok((!creds.username.is_empty() || !creds.identity_token.is_empty()).then_some(creds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(registry_host("debian:bookworm"), "docker.io");
+        assert_eq!(registry_host("someone/tool"), "docker.io");
+        assert_eq!(registry_host("127.0.0.1:5000/x:y"), "127.0.0.1:5000");
+        assert_eq!(registry_host("ghcr.io/a/b"), "ghcr.io");
+    }
+
+    #[test]
+    fn docker_config_auths() {
+        let text = r#"{"auths": {
+            "https://index.docker.io/v1/": {"auth": "dTpw"},
+            "127.0.0.1:5000": {"auth": "dGVzdGVyOnMzOmNyZXQ="},
+            "ghcr.io": {"identitytoken": "tok"}
+        }}"#;
+        let hub = parse_docker_config(text, "docker.io").unwrap().unwrap();
+        assert_eq!((hub.username.as_str(), hub.password.as_str()), ("u", "p"));
+        let local = parse_docker_config(text, "127.0.0.1:5000")
+            .unwrap()
+            .unwrap();
+        assert_eq!(local.password, "s3:cret");
+        assert_eq!(local.registry, "127.0.0.1:5000");
+        assert_eq!(
+            parse_docker_config(text, "ghcr.io")
+                .unwrap()
+                .unwrap()
+                .identity_token,
+            "tok"
+        );
+        assert!(parse_docker_config(text, "quay.io").unwrap().is_none());
+    }
 }

@@ -1,7 +1,17 @@
 //! `banger-imagestore` owns OCI images: registry pulls into the blob cache
-//! under `$STATE/blobs`, layer flattening, and the ext4 root filesystems
-//! under `$STATE/images`.
+//! under `$STATE/imagestore/blobs`, layer flattening, and the ext4 root
+//! filesystems under `$STATE/imagestore/images`.
 
+pub mod blobs;
+pub mod config;
+pub mod error;
+pub mod ext4;
+pub mod guest;
+pub mod reference;
+pub mod registry;
 pub mod service;
+pub mod store;
+pub mod unpack;
 
+pub use error::Error;
 pub use service::ImageStoreService;

@@ -11,6 +11,6 @@ fn main() -> ExitCode {
     banger_proto::daemon::main(Service::ImageStore, |config| async move {
         Ok(Routes::new(ImageStoreServer::new(ImageStoreService::new(
             &config,
-        ))))
+        )?)))
     })
 }

@@ -1,20 +1,73 @@
-//! gRPC adapter: `banger.imagestore.v1.ImageStore` over the image store.
+//! gRPC adapter: `banger.imagestore.v1.ImageStore` over [`Store`]. Proto
+//! types stop here.
 
-use banger_proto::config::Config;
+use std::sync::Arc;
+
+use banger_proto::config::{Config, Service};
 use banger_proto::imagestore::v1 as pb;
 use banger_proto::imagestore::v1::image_store_server::ImageStore;
 use banger_proto::rpc::status::unimplemented;
+use tokio::sync::mpsc;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::config::ImageStoreConfig;
+use crate::error::Error;
+use crate::guest::GuestFacts;
+use crate::registry::Credentials;
+use crate::store::{PullRequest, Record, Store};
+
 /// The image store service.
-#[derive(Debug)]
-pub struct ImageStoreService {}
+#[derive(Debug, Clone)]
+pub struct ImageStoreService {
+    store: Arc<Store>,
+}
 
 impl ImageStoreService {
-    /// Opens the service's state from `config`.
-    pub fn new(_config: &Config) -> Self {
-        ImageStoreService {}
+    /// Opens the service's state from `config` (`[imagestore]`, state dir).
+    pub fn new(config: &Config) -> Result<Self, Error> {
+        let section: ImageStoreConfig = config.section("imagestore").map_err(|e| Error::Io {
+            context: "cannot load config",
+            path: config.source.clone().unwrap_or_default(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let store = Store::open(&config.paths.state(Service::ImageStore), section)?;
+        Ok(Self::from_store(store))
+    }
+
+    /// Serves an already opened store.
+    pub fn from_store(store: Store) -> Self {
+        ImageStoreService {
+            store: Arc::new(store),
+        }
+    }
+}
+
+fn guest_pb(g: &GuestFacts) -> pb::GuestFacts {
+    pb::GuestFacts {
+        has_systemd: g.has_systemd,
+        has_ssh_server: g.has_ssh_server,
+        os_id: g.os_id.clone(),
+        os_id_like: g.os_id_like.clone(),
+        os_version_id: g.os_version_id.clone(),
+        has_agent: g.has_agent,
+    }
+}
+
+fn image_pb(r: &Record) -> pb::Image {
+    pb::Image {
+        name: r.name.clone(),
+        reference: r.reference.clone(),
+        digest: r.digest.clone(),
+        platform: r.platform.clone(),
+        size_bytes: r.size_bytes,
+        content_bytes: r.content_bytes,
+        created_unix: r.created_unix,
+        default_kernel: r.default_kernel.clone(),
+        direct_boot: r.direct_boot,
+        guest: Some(guest_pb(&r.guest)),
+        holders: r.holders.iter().cloned().collect(),
+        layers: r.layers.clone(),
     }
 }
 
@@ -22,11 +75,55 @@ impl ImageStoreService {
 impl ImageStore for ImageStoreService {
     type PullImageStream = BoxStream<pb::PullImageEvent>;
 
+    #[tracing::instrument(skip_all, fields(reference = %request.get_ref().reference))]
     async fn pull_image(
         &self,
-        _: Request<pb::PullImageRequest>,
+        request: Request<pb::PullImageRequest>,
     ) -> Result<Response<Self::PullImageStream>, Status> {
-        Err(unimplemented("pulling an image"))
+        let r = request.into_inner();
+        let req = PullRequest {
+            reference: r.reference,
+            name: r.name,
+            kernel_ref: r.kernel_ref,
+            platform: r.platform,
+            force: r.force,
+            credentials: r
+                .credentials
+                .into_iter()
+                .map(|c| Credentials {
+                    registry: c.registry,
+                    username: c.username,
+                    password: c.password,
+                    identity_token: c.identity_token,
+                })
+                .collect(),
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let store = self.store.clone();
+        // The pull runs to completion even if the client goes away, so a
+        // retry finds its blobs (or the finished image).
+        let task = tokio::spawn(async move { store.pull(req, tx).await });
+        let stream = async_stream::stream! {
+            while let Some(p) = rx.recv().await {
+                yield Ok(pb::PullImageEvent {
+                    event: Some(pb::pull_image_event::Event::Progress(pb::ImageProgress {
+                        phase: p.phase.into(),
+                        layer: p.layer,
+                        bytes_done: p.done,
+                        bytes_total: p.total,
+                        message: p.message,
+                    })),
+                });
+            }
+            match task.await {
+                Ok(Ok(record)) => yield Ok(pb::PullImageEvent {
+                    event: Some(pb::pull_image_event::Event::Done(image_pb(&record))),
+                }),
+                Ok(Err(e)) => yield Err(Status::from(e)),
+                Err(e) => yield Err(Status::internal(format!("pull task failed: {e}"))),
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
     }
 
     type ImportImageStream = BoxStream<pb::PullImageEvent>;
@@ -38,45 +135,71 @@ impl ImageStore for ImageStoreService {
         Err(unimplemented("importing an image"))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_images(
         &self,
         _: Request<pb::ListImagesRequest>,
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
-        Err(unimplemented("listing images"))
+        let images = self.store.list()?.iter().map(image_pb).collect();
+        Ok(Response::new(pb::ListImagesResponse { images }))
     }
 
+    #[tracing::instrument(skip_all, fields(image = %request.get_ref().name))]
     async fn get_image(
         &self,
-        _: Request<pb::GetImageRequest>,
+        request: Request<pb::GetImageRequest>,
     ) -> Result<Response<pb::Image>, Status> {
-        Err(unimplemented("showing an image"))
+        Ok(Response::new(image_pb(
+            &self.store.get(&request.get_ref().name)?,
+        )))
     }
 
+    #[tracing::instrument(skip_all, fields(image = %request.get_ref().name, holder = %request.get_ref().holder))]
     async fn resolve_image(
         &self,
-        _: Request<pb::ResolveImageRequest>,
+        request: Request<pb::ResolveImageRequest>,
     ) -> Result<Response<pb::ResolvedImage>, Status> {
-        Err(unimplemented("resolving an image"))
+        let r = request.into_inner();
+        let record = self.store.resolve(&r.name, &r.holder).await?;
+        Ok(Response::new(pb::ResolvedImage {
+            ext4_path: self.store.ext4_path(&record.name).display().to_string(),
+            name: record.name,
+            digest: record.digest,
+            direct_boot: record.direct_boot,
+            default_kernel: record.default_kernel,
+            guest: Some(guest_pb(&record.guest)),
+            size_bytes: record.size_bytes,
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(image = %request.get_ref().name, holder = %request.get_ref().holder))]
     async fn release_image(
         &self,
-        _: Request<pb::ReleaseImageRequest>,
+        request: Request<pb::ReleaseImageRequest>,
     ) -> Result<Response<pb::ReleaseImageResponse>, Status> {
-        Err(unimplemented("releasing an image hold"))
+        let r = request.into_inner();
+        self.store.release(&r.name, &r.holder).await?;
+        Ok(Response::new(pb::ReleaseImageResponse {}))
     }
 
+    #[tracing::instrument(skip_all, fields(image = %request.get_ref().name))]
     async fn delete_image(
         &self,
-        _: Request<pb::DeleteImageRequest>,
+        request: Request<pb::DeleteImageRequest>,
     ) -> Result<Response<pb::DeleteImageResponse>, Status> {
-        Err(unimplemented("deleting an image"))
+        self.store.delete(&request.get_ref().name).await?;
+        Ok(Response::new(pb::DeleteImageResponse {}))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn prune_blobs(
         &self,
         _: Request<pb::PruneBlobsRequest>,
     ) -> Result<Response<pb::PruneBlobsResponse>, Status> {
-        Err(unimplemented("pruning blobs"))
+        let (blobs_removed, bytes_freed) = self.store.prune().await?;
+        Ok(Response::new(pb::PruneBlobsResponse {
+            blobs_removed,
+            bytes_freed,
+        }))
     }
 }

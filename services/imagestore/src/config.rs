@@ -1,0 +1,142 @@
+//! `[imagestore]` settings: registries (mirrors, insecure hosts, CA),
+//! unpack limits, ext4 sizing and where the guest bundle lives.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// `[imagestore]` of banger.toml. Every field has a default.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageStoreConfig {
+    /// Registries (`host[:port]`) reached over plain HTTP instead of HTTPS.
+    pub insecure_registries: Vec<String>,
+    /// Per-registry mirrors, tried in order before the upstream, e.g.
+    /// `"docker.io" = ["http://127.0.0.1:5000"]`. An `http://` mirror is
+    /// reached over plain HTTP; `https://` or a bare host over HTTPS.
+    pub mirrors: BTreeMap<String, Vec<String>>,
+    /// Extra PEM CA bundle trusted for HTTPS registries (besides the system roots).
+    pub ca_file: Option<PathBuf>,
+    /// Refuse an image whose unpacked content exceeds this many bytes.
+    pub max_unpacked_bytes: u64,
+    /// Free space added to the ext4 image, as a percentage of the content.
+    pub ext4_headroom_percent: u64,
+    /// Minimum free space added to the ext4 image, in MiB.
+    pub ext4_min_headroom_mib: u64,
+    /// Layers downloaded at once.
+    pub max_parallel_layers: usize,
+    /// Folder with the guest bundle (`banger-agent`, `banger-first-boot`,
+    /// and their units). Default: `$BANGER_GUEST_DIR`, else `guest/` next
+    /// to the binary, else `/usr/lib/banger/guest`.
+    pub guest_dir: Option<PathBuf>,
+}
+
+impl Default for ImageStoreConfig {
+    fn default() -> Self {
+        ImageStoreConfig {
+            insecure_registries: Vec::new(),
+            mirrors: BTreeMap::new(),
+            ca_file: None,
+            max_unpacked_bytes: 16 << 30,
+            ext4_headroom_percent: 20,
+            ext4_min_headroom_mib: 64,
+            max_parallel_layers: 3,
+            guest_dir: None,
+        }
+    }
+}
+
+/// One endpoint to try for a registry: where, and whether over plain HTTP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// `host[:port]`.
+    pub host: String,
+    /// Plain HTTP.
+    pub plain_http: bool,
+}
+
+impl ImageStoreConfig {
+    /// The endpoints to try for `registry`, in order: its mirrors, then
+    /// the registry itself.
+    pub fn endpoints(&self, registry: &str) -> Vec<Endpoint> {
+        let mut out: Vec<Endpoint> = self
+            .mirrors
+            .get(registry)
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                let (plain_http, rest) = if let Some(rest) = m.strip_prefix("http://") {
+                    (true, rest)
+                } else if let Some(rest) = m.strip_prefix("https://") {
+                    (false, rest)
+                } else {
+                    (false, m.as_str())
+                };
+                let host = rest.trim_end_matches('/').to_owned();
+                let plain_http = plain_http || self.insecure_registries.contains(&host);
+                Endpoint { host, plain_http }
+            })
+            .collect();
+        out.push(Endpoint {
+            host: registry.to_owned(),
+            plain_http: self.insecure_registries.iter().any(|r| r == registry),
+        });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_when_absent() {
+        let cfg = banger_proto::config::Config::parse("", "t").unwrap();
+        let s: ImageStoreConfig = cfg.section("imagestore").unwrap();
+        assert_eq!(s, ImageStoreConfig::default());
+        assert_eq!(s.max_unpacked_bytes, 16 << 30);
+        assert_eq!(s.max_parallel_layers, 3);
+    }
+
+    #[test]
+    fn mirrors_then_upstream() {
+        let cfg = banger_proto::config::Config::parse(
+            "[imagestore]\ninsecure_registries = [\"127.0.0.1:5001\"]\n\
+             [imagestore.mirrors]\n\"docker.io\" = [\"http://127.0.0.1:5000\", \"https://m.example\"]\n",
+            "t",
+        )
+        .unwrap();
+        let s: ImageStoreConfig = cfg.section("imagestore").unwrap();
+        assert_eq!(
+            s.endpoints("docker.io"),
+            vec![
+                Endpoint {
+                    host: "127.0.0.1:5000".into(),
+                    plain_http: true
+                },
+                Endpoint {
+                    host: "m.example".into(),
+                    plain_http: false
+                },
+                Endpoint {
+                    host: "docker.io".into(),
+                    plain_http: false
+                },
+            ]
+        );
+        assert_eq!(
+            s.endpoints("127.0.0.1:5001"),
+            vec![Endpoint {
+                host: "127.0.0.1:5001".into(),
+                plain_http: true
+            }]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let cfg = banger_proto::config::Config::parse("[imagestore]\nnope = 1\n", "t").unwrap();
+        assert!(cfg.section::<ImageStoreConfig>("imagestore").is_err());
+    }
+}

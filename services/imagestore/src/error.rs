@@ -1,0 +1,124 @@
+//! The image store's one error enum: every variant has one gRPC code and a
+//! message that says what to do.
+
+use std::path::PathBuf;
+
+use banger_proto::rpc::GrpcError;
+use tonic::Code;
+
+/// Everything that can go wrong in the image store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The reference does not follow the Docker grammar.
+    #[error(
+        "invalid image reference {reference:?}: {reason}; use e.g. `debian:bookworm` or `registry:5000/repo@sha256:…`"
+    )]
+    InvalidReference { reference: String, reason: String },
+    /// A bad image name.
+    #[error(transparent)]
+    InvalidName(#[from] banger_proto::names::InvalidName),
+    /// A `--platform` that is not `os/arch[/variant]`.
+    #[error("invalid platform {0:?}: use `os/arch[/variant]`, e.g. `linux/amd64`")]
+    InvalidPlatform(String),
+    /// No such image.
+    #[error("no image named {0:?}: see `banger image list`, or pull it with `banger image pull`")]
+    NotFound(String),
+    /// The image is held by VMs.
+    #[error("image {name:?} is in use by {holders}; delete those VMs first")]
+    InUse { name: String, holders: String },
+    /// The registry (and every mirror) could not be reached.
+    #[error(
+        "cannot reach the registry for {reference}: {message}; check the network, the mirrors and `insecure_registries` in [imagestore]"
+    )]
+    Unreachable { reference: String, message: String },
+    /// The registry refused our credentials.
+    #[error(
+        "the registry refused access to {reference}: {message}; log in with `docker login` (credentials come from ~/.docker/config.json)"
+    )]
+    Unauthorized { reference: String, message: String },
+    /// The registry does not have the manifest or a blob.
+    #[error("{reference} was not found in the registry: {message}")]
+    RemoteNotFound { reference: String, message: String },
+    /// An image index has no manifest for the requested platform.
+    #[error("{reference} has no image for platform {platform}; pick another with --platform")]
+    NoPlatform { reference: String, platform: String },
+    /// A manifest or layer type we cannot unpack.
+    #[error("{reference}: unsupported {what}")]
+    Unsupported { reference: String, what: String },
+    /// A blob's content does not match its digest.
+    #[error(
+        "blob {digest} is corrupt (its content hashes to {actual}); the registry served bad data, nothing was kept: retry or fix the registry"
+    )]
+    DigestMismatch { digest: String, actual: String },
+    /// A blob's transfer failed half-way.
+    #[error(
+        "download of blob {digest} failed: {message}; retry the pull (verified blobs are kept)"
+    )]
+    Download { digest: String, message: String },
+    /// A layer member that would land outside the root, or a malformed layer.
+    #[error("layer {layer} is unsafe or malformed: {reason}; refusing to unpack it")]
+    BadLayer { layer: String, reason: String },
+    /// The unpacked content exceeds `max_unpacked_bytes`.
+    #[error(
+        "the image unpacks to more than {limit} bytes (max_unpacked_bytes in [imagestore]); refusing it"
+    )]
+    TooLarge { limit: u64 },
+    /// `mkfs.ext4` or `e2fsck` failed.
+    #[error("building the ext4 file failed: {0}")]
+    Mkfs(String),
+    /// A local filesystem operation failed.
+    #[error("{context} {path}: {source}")]
+    Io {
+        context: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A stored record is unreadable.
+    #[error("corrupt image record {path}: {message}; remove it with `banger image rm`")]
+    CorruptRecord { path: PathBuf, message: String },
+    /// An archive to import is not a docker-save or OCI archive.
+    #[error("not an image archive: {0}; pass a `docker save` or OCI archive")]
+    BadArchive(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with what we were doing and where.
+    pub fn io(
+        context: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::Io {
+            context,
+            path,
+            source,
+        }
+    }
+}
+
+impl GrpcError for Error {
+    fn grpc_code(&self) -> Code {
+        match self {
+            Error::InvalidReference { .. } | Error::InvalidName(_) | Error::InvalidPlatform(_) => {
+                Code::InvalidArgument
+            }
+            Error::BadArchive(_) => Code::InvalidArgument,
+            Error::NotFound(_) | Error::RemoteNotFound { .. } | Error::NoPlatform { .. } => {
+                Code::NotFound
+            }
+            Error::InUse { .. } => Code::FailedPrecondition,
+            Error::Unreachable { .. } | Error::Download { .. } => Code::Unavailable,
+            Error::Unauthorized { .. } => Code::Unauthenticated,
+            Error::Unsupported { .. } | Error::BadLayer { .. } => Code::FailedPrecondition,
+            Error::DigestMismatch { .. } => Code::DataLoss,
+            Error::TooLarge { .. } => Code::ResourceExhausted,
+            Error::Mkfs(_) | Error::Io { .. } | Error::CorruptRecord { .. } => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> tonic::Status {
+        banger_proto::rpc::to_status(&e)
+    }
+}

@@ -1,0 +1,223 @@
+//! Guest bits and guest facts: the banger agent, first-boot script and
+//! their units are copied into the tree from the guest bundle dir, and the
+//! facts vmm needs (systemd, sshd, os-release) are read from the tree.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::unpack::{resolve, resolve_existing};
+
+/// Env var naming the guest bundle dir.
+pub const GUEST_DIR_ENV: &str = "BANGER_GUEST_DIR";
+/// Where packages install the guest bundle.
+pub const SYSTEM_GUEST_DIR: &str = "/usr/lib/banger/guest";
+
+/// The files of a guest bundle, and where each goes in the image (mode).
+const BUNDLE: [(&str, &str, u32); 4] = [
+    ("banger-agent", "usr/local/bin/banger-agent", 0o755),
+    (
+        "banger-first-boot",
+        "usr/local/libexec/banger-first-boot",
+        0o755,
+    ),
+    (
+        "banger-agent.service",
+        "etc/systemd/system/banger-agent.service",
+        0o644,
+    ),
+    (
+        "banger-first-boot.service",
+        "etc/systemd/system/banger-first-boot.service",
+        0o644,
+    ),
+];
+/// Units enabled for multi-user.target.
+const ENABLED: [&str; 2] = ["banger-agent.service", "banger-first-boot.service"];
+
+/// What vmm needs to know about the guest userland.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestFacts {
+    pub has_systemd: bool,
+    pub has_ssh_server: bool,
+    pub os_id: String,
+    pub os_id_like: Vec<String>,
+    pub os_version_id: String,
+    pub has_agent: bool,
+}
+
+/// The candidate bundle dirs in order: config, `$BANGER_GUEST_DIR`,
+/// `<dir of exe>/guest`, `/usr/lib/banger/guest`.
+pub fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = configured {
+        out.push(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os(GUEST_DIR_ENV).filter(|v| !v.is_empty()) {
+        out.push(PathBuf::from(p));
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        out.push(dir.join("guest"));
+    }
+    out.push(PathBuf::from(SYSTEM_GUEST_DIR));
+    out
+}
+
+/// The first candidate that is a directory.
+pub fn find_bundle(candidates: &[PathBuf]) -> Option<PathBuf> {
+    candidates.iter().find(|p| p.is_dir()).cloned()
+}
+
+/// Copies the bundle's files into `root` and enables the units. Returns
+/// whether the agent is in (the bundle may lack files while the guest is
+/// being built; missing ones are logged).
+pub fn inject(root: &Path, bundle: &Path) -> Result<bool, Error> {
+    let mut has_agent = true;
+    for (src, dest, mode) in BUNDLE {
+        let from = bundle.join(src);
+        if !from.is_file() {
+            tracing::warn!(file = %from.display(), "guest bundle lacks a file; the image is built without it");
+            has_agent = false;
+            continue;
+        }
+        let dest = Path::new(dest);
+        let dir = resolve(root, dest.parent().unwrap_or(Path::new("")), true)
+            .map_err(|_| Error::Mkfs(format!("cannot place {} in the image", dest.display())))?;
+        let to = dir.join(dest.file_name().unwrap_or_default());
+        let _ = fs::remove_file(&to);
+        fs::copy(&from, &to).map_err(Error::io("cannot copy guest file to", &to))?;
+        fs::set_permissions(&to, fs::Permissions::from_mode(mode))
+            .map_err(Error::io("cannot chmod", &to))?;
+        std::os::unix::fs::lchown(&to, Some(0), Some(0)).map_err(Error::io("cannot chown", &to))?;
+    }
+    let wants = resolve(
+        root,
+        Path::new("etc/systemd/system/multi-user.target.wants"),
+        true,
+    )
+    .map_err(|_| Error::Mkfs("cannot create multi-user.target.wants in the image".into()))?;
+    for unit in ENABLED {
+        if bundle.join(unit).is_file() {
+            let link = wants.join(unit);
+            let _ = fs::remove_file(&link);
+            std::os::unix::fs::symlink(format!("/etc/systemd/system/{unit}"), &link)
+                .map_err(Error::io("cannot enable unit", &link))?;
+        }
+    }
+    Ok(has_agent)
+}
+
+/// Reads the guest facts from an unpacked tree (before injection).
+pub fn facts(root: &Path) -> GuestFacts {
+    let mut facts = GuestFacts::default();
+    let is_systemd = |p: &Path| {
+        p.file_name().is_some_and(|n| n == "systemd")
+            || fs::canonicalize(p).is_ok_and(|c| c.file_name().is_some_and(|n| n == "systemd"))
+    };
+    facts.has_systemd = resolve_init(root).is_some_and(|p| is_systemd(&p))
+        || resolve_existing(root, "lib/systemd/systemd").is_some()
+        || resolve_existing(root, "usr/lib/systemd/systemd").is_some();
+    facts.has_ssh_server = resolve_existing(root, "usr/sbin/sshd").is_some();
+    let os_release = resolve_existing(root, "etc/os-release")
+        .or_else(|| resolve_existing(root, "usr/lib/os-release"))
+        .and_then(|p| fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    for line in os_release.lines() {
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let v = v.trim().trim_matches('"').trim_matches('\'').to_owned();
+        match k.trim() {
+            "ID" => facts.os_id = v,
+            "ID_LIKE" => facts.os_id_like = v.split_whitespace().map(str::to_owned).collect(),
+            "VERSION_ID" => facts.os_version_id = v,
+            _ => {}
+        }
+    }
+    facts
+}
+
+/// `/sbin/init` resolved through its symlinks inside the root.
+fn resolve_init(root: &Path) -> Option<PathBuf> {
+    let mut path = resolve_existing(root, "sbin/init")?;
+    for _ in 0..10 {
+        let Ok(target) = fs::read_link(&path) else {
+            return Some(path);
+        };
+        let rel = if target.is_absolute() {
+            target
+        } else {
+            path.parent()?.strip_prefix(root).ok()?.join(target)
+        };
+        path = resolve_existing(root, rel.to_str()?)?;
+    }
+    Some(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_from_a_debian_like_tree() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        fs::create_dir_all(r.join("usr/lib/systemd")).unwrap();
+        fs::create_dir_all(r.join("usr/sbin")).unwrap();
+        fs::create_dir_all(r.join("etc")).unwrap();
+        std::os::unix::fs::symlink("usr/sbin", r.join("sbin")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", r.join("lib")).unwrap();
+        fs::write(r.join("usr/lib/systemd/systemd"), "").unwrap();
+        std::os::unix::fs::symlink("/lib/systemd/systemd", r.join("usr/sbin/init")).unwrap();
+        fs::write(r.join("usr/sbin/sshd"), "").unwrap();
+        fs::write(
+            r.join("usr/lib/os-release"),
+            "ID=debian\nID_LIKE=\"a b\"\nVERSION_ID=\"12\"\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("../usr/lib/os-release", r.join("etc/os-release")).unwrap();
+        let f = facts(r);
+        assert!(f.has_systemd && f.has_ssh_server);
+        assert_eq!(f.os_id, "debian");
+        assert_eq!(f.os_id_like, ["a", "b"]);
+        assert_eq!(f.os_version_id, "12");
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(facts(empty.path()), GuestFacts::default());
+    }
+
+    #[test]
+    fn injection_places_and_enables() {
+        let root = tempfile::tempdir().unwrap();
+        let bundle = tempfile::tempdir().unwrap();
+        for (src, _, _) in BUNDLE {
+            fs::write(bundle.path().join(src), src).unwrap();
+        }
+        assert!(inject(root.path(), bundle.path()).unwrap());
+        let r = root.path();
+        assert_eq!(
+            fs::read_to_string(r.join("usr/local/bin/banger-agent")).unwrap(),
+            "banger-agent"
+        );
+        let mode = fs::metadata(r.join("usr/local/libexec/banger-first-boot"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert_eq!(
+            fs::read_link(
+                r.join("etc/systemd/system/multi-user.target.wants/banger-agent.service")
+            )
+            .unwrap(),
+            Path::new("/etc/systemd/system/banger-agent.service")
+        );
+        let partial = tempfile::tempdir().unwrap();
+        fs::remove_file(bundle.path().join("banger-agent")).unwrap();
+        assert!(!inject(partial.path(), bundle.path()).unwrap());
+    }
+}

@@ -1,0 +1,385 @@
+//! Registry access through oci-client: endpoint selection (mirrors, then
+//! upstream; plain HTTP only for insecure hosts and `http://` mirrors),
+//! per-request credentials, platform resolution of indexes and manifest
+//! lists, and streaming a blob into the cache while verifying it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageManifest};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+use crate::blobs::BlobCache;
+use crate::config::{Endpoint, ImageStoreConfig};
+use crate::error::Error;
+use crate::reference::ImageRef;
+
+/// Credentials for one registry host, passed per request, never stored.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub registry: String,
+    pub username: String,
+    pub password: String,
+    pub identity_token: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `os/arch[/variant]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub arch: String,
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// Parses `os/arch[/variant]`; empty means `linux/amd64`.
+    pub fn parse(text: &str) -> Result<Platform, Error> {
+        if text.is_empty() {
+            return Ok(Platform {
+                os: "linux".into(),
+                arch: "amd64".into(),
+                variant: None,
+            });
+        }
+        let parts: Vec<&str> = text.split('/').collect();
+        match parts[..] {
+            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
+                os: os.into(),
+                arch: arch.into(),
+                variant: None,
+            }),
+            [os, arch, v] if !os.is_empty() && !arch.is_empty() && !v.is_empty() => Ok(Platform {
+                os: os.into(),
+                arch: arch.into(),
+                variant: Some(v.into()),
+            }),
+            _ => Err(Error::InvalidPlatform(text.into())),
+        }
+    }
+
+    fn matches(&self, entry: &ImageIndexEntry) -> bool {
+        entry.platform.as_ref().is_some_and(|p| {
+            p.os.to_string() == self.os
+                && p.architecture.to_string() == self.arch
+                && (self.variant.is_none() || p.variant == self.variant)
+        })
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// One registry endpoint with a client configured for it.
+#[derive(Clone)]
+pub struct Remote {
+    client: Client,
+    /// The image's reference on this endpoint.
+    pub reference: Reference,
+    auth: RegistryAuth,
+    no_platform: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Remote")
+            .field("reference", &self.reference)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A manifest resolved for one platform.
+#[derive(Debug)]
+pub struct Resolved {
+    pub remote: Remote,
+    pub manifest: OciImageManifest,
+    /// Digest of the platform's image manifest.
+    pub digest: String,
+    /// Digest of the index / manifest list, if the reference named one.
+    pub index_digest: Option<String>,
+}
+
+/// The remotes to try for `image`: mirrors first, then upstream.
+pub fn remotes(
+    config: &ImageStoreConfig,
+    image: &ImageRef,
+    platform: &Platform,
+    credentials: &[Credentials],
+) -> Result<Vec<Remote>, Error> {
+    let ca = match &config.ca_file {
+        Some(path) => vec![Certificate {
+            encoding: CertificateEncoding::Pem,
+            data: std::fs::read(path).map_err(Error::io("cannot read ca_file", path))?,
+        }],
+        None => Vec::new(),
+    };
+    Ok(config
+        .endpoints(&image.registry)
+        .into_iter()
+        .map(|Endpoint { host, plain_http }| {
+            let reference = image.on_host(&host);
+            let no_platform = Arc::new(AtomicBool::new(false));
+            let flag = no_platform.clone();
+            let wanted = platform.clone();
+            let protocol = if plain_http {
+                ClientProtocol::HttpsExcept(vec![reference.resolve_registry().to_owned()])
+            } else {
+                ClientProtocol::Https
+            };
+            let client = Client::new(ClientConfig {
+                protocol,
+                extra_root_certificates: ca.clone(),
+                platform_resolver: Some(Box::new(move |entries: &[ImageIndexEntry]| {
+                    let found = entries
+                        .iter()
+                        .find(|e| wanted.matches(e))
+                        .map(|e| e.digest.clone());
+                    flag.store(found.is_none(), Ordering::Relaxed);
+                    found
+                })),
+                connect_timeout: Some(std::time::Duration::from_secs(10)),
+                read_timeout: Some(std::time::Duration::from_secs(60)),
+                ..ClientConfig::default()
+            });
+            let cred = credentials.iter().find(|c| c.registry == host);
+            let auth = match cred {
+                Some(c) if !c.identity_token.is_empty() => {
+                    RegistryAuth::Bearer(c.identity_token.clone())
+                }
+                Some(c) if !c.username.is_empty() => {
+                    RegistryAuth::Basic(c.username.clone(), c.password.clone())
+                }
+                _ => RegistryAuth::Anonymous,
+            };
+            Remote {
+                client,
+                reference,
+                auth,
+                no_platform,
+            }
+        })
+        .collect())
+}
+
+/// Resolves `image` for `platform` on the first endpoint that answers.
+#[tracing::instrument(skip_all, fields(image = %image))]
+pub async fn resolve(
+    remotes: Vec<Remote>,
+    image: &ImageRef,
+    platform: &Platform,
+) -> Result<Resolved, Error> {
+    let mut last = None;
+    for remote in remotes {
+        match remote
+            .client
+            .pull_image_manifest_and_list_digest(&remote.reference, &remote.auth)
+            .await
+        {
+            Ok((manifest, digest, index_digest)) => {
+                return Ok(Resolved {
+                    remote,
+                    manifest,
+                    digest,
+                    index_digest,
+                });
+            }
+            Err(e) => {
+                let err = if remote.no_platform.load(Ordering::Relaxed) {
+                    Error::NoPlatform {
+                        reference: image.to_string(),
+                        platform: platform.to_string(),
+                    }
+                } else {
+                    classify(&image.to_string(), e)
+                };
+                tracing::warn!(endpoint = %remote.reference.registry(), error = %err, "endpoint failed");
+                // Auth and "no such platform" answers are final for the
+                // endpoint that gave them, but a later one may still serve.
+                last = Some(err);
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::Unreachable {
+        reference: image.to_string(),
+        message: "no endpoint configured".into(),
+    }))
+}
+
+/// The digest the reference points to now (HEAD), on the first endpoint that answers.
+pub async fn head_digest(remotes: &[Remote]) -> Option<String> {
+    for remote in remotes {
+        if let Ok(d) = remote
+            .client
+            .fetch_manifest_digest(&remote.reference, &remote.auth)
+            .await
+        {
+            return Some(d);
+        }
+    }
+    None
+}
+
+impl Remote {
+    /// Fetches a small blob (the config) into memory, verified.
+    pub async fn fetch_small(&self, desc: &OciDescriptor) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::new();
+        self.client
+            .pull_blob(&self.reference, desc, &mut out)
+            .await
+            .map_err(|e| match e {
+                OciDistributionError::DigestError(_) => Error::DigestMismatch {
+                    digest: desc.digest.clone(),
+                    actual: "something else".into(),
+                },
+                e => classify(&self.reference.whole(), e),
+            })?;
+        Ok(out)
+    }
+
+    /// Streams blob `desc` into the cache, verifying it; `progress(done)`
+    /// is called as bytes arrive. Returns at once when already cached.
+    #[tracing::instrument(skip_all, fields(digest = %desc.digest))]
+    pub async fn fetch_blob(
+        &self,
+        cache: &BlobCache,
+        desc: &OciDescriptor,
+        mut progress: impl FnMut(u64),
+    ) -> Result<(), Error> {
+        let lock = cache.lock(&desc.digest);
+        let _guard = lock.lock().await;
+        if cache.has(&desc.digest) {
+            progress(desc.size.max(0) as u64);
+            return Ok(());
+        }
+        let mut writer = cache.writer(&desc.digest)?;
+        // oci-client verifies too; we hash ourselves to name the actual digest.
+        let mut stream = self
+            .client
+            .pull_blob_stream(&self.reference, desc)
+            .await
+            .map_err(|e| classify(&self.reference.whole(), e))?;
+        let mut last_report = 0;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    // Chunks are small and land in the page cache; the
+                    // fsync happens once, off the async threads, in commit.
+                    writer.write(&bytes)?;
+                    if writer.written() - last_report >= 256 << 10 {
+                        last_report = writer.written();
+                        progress(last_report);
+                    }
+                }
+                Err(e) => {
+                    let expected = u64::try_from(desc.size).unwrap_or(0);
+                    if writer.written() >= expected && writer.actual_digest() != desc.digest {
+                        return Err(Error::DigestMismatch {
+                            digest: desc.digest.clone(),
+                            actual: writer.actual_digest(),
+                        });
+                    }
+                    return Err(Error::Download {
+                        digest: desc.digest.clone(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
+        progress(writer.written());
+        tokio::task::spawn_blocking(move || writer.commit())
+            .await
+            .expect("blob commit task panicked")?;
+        Ok(())
+    }
+}
+
+/// Maps an oci-client error to ours by what the user must do.
+fn classify(reference: &str, e: OciDistributionError) -> Error {
+    let message = e.to_string();
+    let reference = reference.to_owned();
+    match &e {
+        OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::UnauthorizedError { .. } => {
+            Error::Unauthorized { reference, message }
+        }
+        OciDistributionError::ImageManifestNotFoundError(_) => {
+            Error::RemoteNotFound { reference, message }
+        }
+        OciDistributionError::RegistryError { envelope, .. } => {
+            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
+            if codes
+                .iter()
+                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
+            {
+                Error::Unauthorized { reference, message }
+            } else if codes.iter().any(|c| {
+                matches!(
+                    c,
+                    OciErrorCode::ManifestUnknown
+                        | OciErrorCode::NameUnknown
+                        | OciErrorCode::NotFound
+                        | OciErrorCode::BlobUnknown
+                )
+            }) {
+                Error::RemoteNotFound { reference, message }
+            } else {
+                Error::Unreachable { reference, message }
+            }
+        }
+        OciDistributionError::ServerError {
+            code: 401 | 403, ..
+        } => Error::Unauthorized { reference, message },
+        OciDistributionError::ServerError { code: 404, .. } => {
+            Error::RemoteNotFound { reference, message }
+        }
+        OciDistributionError::UnsupportedMediaTypeError(_)
+        | OciDistributionError::UnsupportedSchemaVersionError(_)
+        | OciDistributionError::IncompatibleLayerMediaTypeError(_) => Error::Unsupported {
+            reference,
+            what: message,
+        },
+        OciDistributionError::DigestError(_) => Error::DigestMismatch {
+            digest: reference,
+            actual: message,
+        },
+        _ => Error::Unreachable { reference, message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platforms() {
+        assert_eq!(Platform::parse("").unwrap().to_string(), "linux/amd64");
+        assert_eq!(
+            Platform::parse("linux/arm64/v8")
+                .unwrap()
+                .variant
+                .as_deref(),
+            Some("v8")
+        );
+        assert!(Platform::parse("linux").is_err());
+        assert!(Platform::parse("a//b").is_err());
+    }
+}

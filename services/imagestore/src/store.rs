@@ -1,0 +1,491 @@
+//! The image store: records under `images/<name>/manifest.json` next to
+//! `rootfs.ext4`, holds, and the pull pipeline (resolve → download layers
+//! in parallel into the blob cache → unpack each layer, in order, as soon
+//! as it is verified → guest bits → ext4 → atomic install).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{RwLock, Semaphore, mpsc};
+
+use crate::blobs::BlobCache;
+use crate::config::ImageStoreConfig;
+use crate::error::Error;
+use crate::guest::{self, GuestFacts};
+use crate::reference::ImageRef;
+use crate::registry::{self, Credentials, Platform};
+use crate::unpack::Unpacker;
+
+/// A built image, as stored in `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub name: String,
+    pub reference: String,
+    /// Digest of the platform image manifest.
+    pub digest: String,
+    /// Digest of the index / manifest list the reference pointed to, if any.
+    #[serde(default)]
+    pub index_digest: Option<String>,
+    pub platform: String,
+    pub size_bytes: u64,
+    pub content_bytes: u64,
+    pub created_unix: i64,
+    pub default_kernel: String,
+    pub direct_boot: bool,
+    pub guest: GuestFacts,
+    #[serde(default)]
+    pub holders: BTreeSet<String>,
+    pub layers: Vec<String>,
+    #[serde(default)]
+    pub config_digest: String,
+}
+
+/// What to pull.
+#[derive(Debug, Clone, Default)]
+pub struct PullRequest {
+    pub reference: String,
+    pub name: String,
+    pub kernel_ref: String,
+    pub platform: String,
+    pub force: bool,
+    pub credentials: Vec<Credentials>,
+}
+
+/// One progress update of a pull.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// `resolving`, `downloading`, `unpacking`, `building`, `injecting`, `done`.
+    pub phase: &'static str,
+    pub layer: String,
+    pub done: u64,
+    pub total: u64,
+    pub message: String,
+}
+
+/// Sender of progress updates; a closed receiver is ignored.
+pub type ProgressTx = mpsc::UnboundedSender<Progress>;
+
+/// The image store's state.
+#[derive(Debug)]
+pub struct Store {
+    config: ImageStoreConfig,
+    images: PathBuf,
+    tmp: PathBuf,
+    blobs: Arc<BlobCache>,
+    /// Serializes record read-modify-write (holds, installs, deletes).
+    records: tokio::sync::Mutex<()>,
+    /// One pull/delete per name at a time.
+    names: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Pulls hold it shared; prune exclusively, so it never removes a blob a
+    /// running pull just fetched.
+    gate: RwLock<()>,
+    guest_candidates: Vec<PathBuf>,
+}
+
+impl Store {
+    /// Opens the store in `dir`, cleaning what a crash left behind.
+    pub fn open(dir: &Path, config: ImageStoreConfig) -> Result<Store, Error> {
+        let images = dir.join("images");
+        let tmp = dir.join("tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        for d in [&images, &tmp] {
+            std::fs::create_dir_all(d).map_err(Error::io("cannot create", d))?;
+        }
+        if let Ok(read) = std::fs::read_dir(&images) {
+            for entry in read.flatten() {
+                if !entry.path().join("manifest.json").is_file() {
+                    tracing::warn!(dir = %entry.path().display(), "removing a half-installed image");
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        let blobs = Arc::new(BlobCache::open(&dir.join("blobs"))?);
+        let guest_candidates = guest::candidates(config.guest_dir.as_deref());
+        Ok(Store {
+            config,
+            images,
+            tmp,
+            blobs,
+            records: tokio::sync::Mutex::default(),
+            names: Mutex::default(),
+            gate: RwLock::default(),
+            guest_candidates,
+        })
+    }
+
+    /// Overrides where the guest bundle is looked for (tests).
+    pub fn set_guest_candidates(&mut self, candidates: Vec<PathBuf>) {
+        self.guest_candidates = candidates;
+    }
+
+    fn name_lock(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut names = self.names.lock().expect("name lock table poisoned");
+        names.retain(|_, l| Arc::strong_count(l) > 1);
+        names.entry(name.to_owned()).or_default().clone()
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.images.join(name)
+    }
+
+    /// The ext4 file of image `name`.
+    pub fn ext4_path(&self, name: &str) -> PathBuf {
+        self.dir(name).join("rootfs.ext4")
+    }
+
+    fn read(&self, name: &str) -> Result<Option<Record>, Error> {
+        let path = self.dir(name).join("manifest.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| Error::CorruptRecord {
+                        path,
+                        message: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io("cannot read", path)(e)),
+        }
+    }
+
+    fn write(&self, record: &Record) -> Result<(), Error> {
+        let path = self.dir(&record.name).join("manifest.json");
+        banger_proto::fsutil::write_json_atomic(&path, record)
+            .map_err(Error::io("cannot write", path))
+    }
+
+    /// Every image, sorted by name.
+    pub fn list(&self) -> Result<Vec<Record>, Error> {
+        let mut out = Vec::new();
+        let read =
+            std::fs::read_dir(&self.images).map_err(Error::io("cannot list", &self.images))?;
+        for entry in read.flatten() {
+            if let Some(name) = entry.file_name().to_str()
+                && let Ok(Some(r)) = self.read(name)
+            {
+                out.push(r);
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// One image.
+    pub fn get(&self, name: &str) -> Result<Record, Error> {
+        banger_proto::names::validate("image", name)?;
+        self.read(name)?.ok_or_else(|| Error::NotFound(name.into()))
+    }
+
+    /// Resolves `name`, taking a hold for `holder` when non-empty.
+    pub async fn resolve(&self, name: &str, holder: &str) -> Result<Record, Error> {
+        let _records = self.records.lock().await;
+        let mut record = self.get(name)?;
+        if !holder.is_empty() && record.holders.insert(holder.to_owned()) {
+            self.write(&record)?;
+        }
+        Ok(record)
+    }
+
+    /// Drops `holder`'s hold on `name`; idempotent (also for a missing image).
+    pub async fn release(&self, name: &str, holder: &str) -> Result<(), Error> {
+        let _records = self.records.lock().await;
+        banger_proto::names::validate("image", name)?;
+        if let Some(mut record) = self.read(name)?
+            && record.holders.remove(holder)
+        {
+            self.write(&record)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `name`; refused while held.
+    pub async fn delete(&self, name: &str) -> Result<(), Error> {
+        let lock = self.name_lock(name);
+        let _name = lock.lock().await;
+        let _records = self.records.lock().await;
+        let record = self.get(name)?;
+        if !record.holders.is_empty() {
+            return Err(Error::InUse {
+                name: name.into(),
+                holders: record.holders.into_iter().collect::<Vec<_>>().join(", "),
+            });
+        }
+        let trash = tempfile::Builder::new()
+            .prefix("trash-")
+            .tempdir_in(&self.tmp)
+            .map_err(Error::io("cannot create a temp dir in", &self.tmp))?;
+        let dir = self.dir(name);
+        std::fs::rename(&dir, trash.path().join(name)).map_err(Error::io("cannot remove", &dir))?;
+        drop(trash);
+        Ok(())
+    }
+
+    /// Deletes blobs no image needs: (count, bytes).
+    pub async fn prune(&self) -> Result<(u32, u64), Error> {
+        let _gate = self.gate.write().await;
+        let needed: HashSet<String> = self
+            .list()?
+            .into_iter()
+            .flat_map(|r| r.layers.into_iter().chain(std::iter::once(r.config_digest)))
+            .collect();
+        let (mut count, mut bytes) = (0, 0);
+        for (digest, size) in self.blobs.list()? {
+            if !needed.contains(&digest) {
+                self.blobs.remove(&digest)?;
+                count += 1;
+                bytes += size;
+            }
+        }
+        Ok((count, bytes))
+    }
+
+    /// Pulls and builds an image; see the module docs.
+    #[tracing::instrument(skip_all, fields(reference = %req.reference))]
+    pub async fn pull(&self, req: PullRequest, tx: ProgressTx) -> Result<Record, Error> {
+        let image = ImageRef::parse(&req.reference)?;
+        let platform = Platform::parse(&req.platform)?;
+        let name = if req.name.is_empty() {
+            image.default_name()
+        } else {
+            req.name.clone()
+        };
+        banger_proto::names::validate("image", &name)?;
+        let lock = self.name_lock(&name);
+        let _name = lock.lock().await;
+        let _gate = self.gate.read().await;
+        let send = |p: Progress| {
+            let _ = tx.send(p);
+        };
+        send(Progress {
+            phase: "resolving",
+            message: image.to_string(),
+            ..Progress::default()
+        });
+
+        let existing = self.read(&name)?;
+        let same = |r: &Record, digest: &str| {
+            r.platform == platform.to_string()
+                && (r.digest == digest || r.index_digest.as_deref() == Some(digest))
+        };
+        if !req.force
+            && let Some(r) = &existing
+            && let Some(d) = &image.digest
+            && same(r, d)
+        {
+            return self.reuse(r, &req.kernel_ref).await;
+        }
+        let remotes = registry::remotes(&self.config, &image, &platform, &req.credentials)?;
+        if !req.force
+            && let Some(r) = &existing
+            && r.reference == image.to_string()
+            && let Some(d) = registry::head_digest(&remotes).await
+            && same(r, &d)
+        {
+            return self.reuse(r, &req.kernel_ref).await;
+        }
+        let resolved = registry::resolve(remotes, &image, &platform).await?;
+        if !req.force
+            && let Some(r) = &existing
+            && same(r, &resolved.digest)
+        {
+            return self.reuse(r, &req.kernel_ref).await;
+        }
+        let remote = Arc::new(resolved.remote.clone());
+        let manifest = &resolved.manifest;
+
+        // The config blob, kept in the cache like the layers.
+        if !self.blobs.has(&manifest.config.digest) {
+            let bytes = remote.fetch_small(&manifest.config).await?;
+            let mut w = self.blobs.writer(&manifest.config.digest)?;
+            w.write(&bytes)?;
+            w.commit()?;
+        }
+
+        // Downloads, bounded, all started now; unpacking follows in order.
+        let sem = Arc::new(Semaphore::new(self.config.max_parallel_layers.max(1)));
+        let mut downloads = Vec::new();
+        for layer in &manifest.layers {
+            let (remote, sem, blobs, tx, layer) = (
+                remote.clone(),
+                sem.clone(),
+                self.blobs.clone(),
+                tx.clone(),
+                layer.clone(),
+            );
+            downloads.push(tokio::spawn(async move {
+                let _permit = sem.acquire_owned().await.expect("semaphore never closed");
+                let total = u64::try_from(layer.size).unwrap_or(0);
+                let digest = layer.digest.clone();
+                remote
+                    .fetch_blob(&blobs, &layer, |done| {
+                        let _ = tx.send(Progress {
+                            phase: "downloading",
+                            layer: digest.clone(),
+                            done,
+                            total,
+                            message: String::new(),
+                        });
+                    })
+                    .await
+            }));
+        }
+        let abort_all = |downloads: &[tokio::task::JoinHandle<Result<(), Error>>]| {
+            for d in downloads {
+                d.abort();
+            }
+        };
+
+        let staging = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir_in(&self.tmp)
+            .map_err(Error::io("cannot create a temp dir in", &self.tmp))?;
+        let rootfs = staging.path().join("rootfs");
+        std::fs::create_dir(&rootfs).map_err(Error::io("cannot create", &rootfs))?;
+        let mut unpacker = Unpacker::new(&rootfs, self.config.max_unpacked_bytes);
+        for (i, layer) in manifest.layers.iter().enumerate() {
+            let done = match (&mut downloads[i]).await {
+                Ok(r) => r,
+                Err(e) => Err(Error::Download {
+                    digest: layer.digest.clone(),
+                    message: e.to_string(),
+                }),
+            };
+            if let Err(e) = done {
+                abort_all(&downloads);
+                return Err(e);
+            }
+            send(Progress {
+                phase: "unpacking",
+                layer: layer.digest.clone(),
+                total: u64::try_from(layer.size).unwrap_or(0),
+                ..Progress::default()
+            });
+            let blob = self.blobs.path(&layer.digest)?;
+            let digest = layer.digest.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let r = unpacker.unpack_file(&blob, &digest);
+                (unpacker, r)
+            })
+            .await
+            .expect("unpack task panicked");
+            unpacker = result.0;
+            if let Err(e) = result.1 {
+                abort_all(&downloads);
+                return Err(e);
+            }
+        }
+
+        send(Progress {
+            phase: "injecting",
+            ..Progress::default()
+        });
+        let candidates = self.guest_candidates.clone();
+        let out = staging.path().join("out");
+        std::fs::create_dir(&out).map_err(Error::io("cannot create", &out))?;
+        let (label, headroom, min_headroom) = (
+            name.clone(),
+            self.config.ext4_headroom_percent,
+            self.config.ext4_min_headroom_mib,
+        );
+        let tx2 = tx.clone();
+        let ext4 = out.join("rootfs.ext4");
+        let rootfs2 = rootfs.clone();
+        let (facts, size, content) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+            let content = unpacker.finish()?;
+            let mut facts = guest::facts(&rootfs2);
+            facts.has_agent = match guest::find_bundle(&candidates) {
+                Some(bundle) => guest::inject(&rootfs2, &bundle)?,
+                None => {
+                    tracing::warn!(
+                        looked_in = ?candidates,
+                        "no guest bundle found (set guest_dir in [imagestore] or BANGER_GUEST_DIR); \
+                         building the image without banger-agent and banger-first-boot"
+                    );
+                    false
+                }
+            };
+            let _ = tx2.send(Progress {
+                phase: "building",
+                ..Progress::default()
+            });
+            let stats = crate::ext4::measure(&rootfs2)?;
+            let size = crate::ext4::build(&rootfs2, &ext4, &label, stats, headroom, min_headroom)?;
+            Ok((facts, size, content.max(stats.bytes)))
+        })
+        .await
+        .expect("build task panicked")?;
+
+        let record = Record {
+            name: name.clone(),
+            reference: image.to_string(),
+            digest: resolved.digest.clone(),
+            index_digest: resolved.index_digest.clone(),
+            platform: platform.to_string(),
+            size_bytes: size,
+            content_bytes: content,
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+            default_kernel: req.kernel_ref.clone(),
+            direct_boot: true,
+            guest: facts,
+            holders: BTreeSet::new(),
+            layers: manifest.layers.iter().map(|l| l.digest.clone()).collect(),
+            config_digest: manifest.config.digest.clone(),
+        };
+        let record = self.install(&out, record).await?;
+        // The staging tree can be large: remove it off the async threads.
+        let _ = tokio::task::spawn_blocking(move || drop(staging)).await;
+        send(Progress {
+            phase: "done",
+            ..Progress::default()
+        });
+        Ok(record)
+    }
+
+    /// Answers a pull with an image already built from the same digest,
+    /// recording a new default kernel if one was asked for.
+    async fn reuse(&self, record: &Record, kernel_ref: &str) -> Result<Record, Error> {
+        if kernel_ref.is_empty() || record.default_kernel == kernel_ref {
+            return Ok(record.clone());
+        }
+        let _records = self.records.lock().await;
+        let mut record = self.get(&record.name)?;
+        record.default_kernel = kernel_ref.to_owned();
+        self.write(&record)?;
+        Ok(record)
+    }
+
+    /// Moves a built `out` dir into `images/<name>`, keeping the holds of
+    /// the image it replaces.
+    async fn install(&self, out: &Path, mut record: Record) -> Result<Record, Error> {
+        let _records = self.records.lock().await;
+        let dir = self.dir(&record.name);
+        let old = self.read(&record.name).ok().flatten();
+        if let Some(old) = &old {
+            record.holders = old.holders.clone();
+        }
+        let manifest = out.join("manifest.json");
+        banger_proto::fsutil::write_json_atomic(&manifest, &record)
+            .map_err(Error::io("cannot write", &manifest))?;
+        if dir.exists() {
+            // Swap atomically so the name is never missing, then drop the old one.
+            nix::fcntl::renameat2(
+                nix::fcntl::AT_FDCWD,
+                out,
+                nix::fcntl::AT_FDCWD,
+                &dir,
+                nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+            )
+            .map_err(|e| Error::io("cannot install", &dir)(e.into()))?;
+            let _ = std::fs::remove_dir_all(out);
+        } else {
+            std::fs::rename(out, &dir).map_err(Error::io("cannot install", &dir))?;
+        }
+        Ok(record)
+    }
+}

@@ -1,0 +1,393 @@
+//! Shared helpers for the image store's registry tests: OCI layouts built
+//! by hand (layers made with the `tar` crate), an in-process service on a
+//! temp socket, a fake guest bundle, and a tree comparison helper.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use banger_imagestore::ImageStoreService;
+use banger_imagestore::config::ImageStoreConfig;
+use banger_imagestore::store::Store;
+use banger_proto::imagestore::v1 as pb;
+use banger_proto::imagestore::v1::image_store_client::ImageStoreClient;
+use banger_proto::imagestore::v1::image_store_server::ImageStoreServer;
+use banger_proto::rpc::{BoundSocket, ServeOptions, TracedChannel};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tonic::service::Routes;
+
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A compressed layer and its uncompressed diff id.
+pub struct Layer {
+    pub blob: Vec<u8>,
+    pub diff_id: String,
+    pub media_type: &'static str,
+}
+
+pub fn gzip_layer(tar: Vec<u8>) -> Layer {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(&tar).unwrap();
+    Layer {
+        blob: enc.finish().unwrap(),
+        diff_id: digest(&tar),
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+    }
+}
+
+pub fn zstd_layer(tar: Vec<u8>) -> Layer {
+    Layer {
+        blob: zstd::encode_all(&tar[..], 3).unwrap(),
+        diff_id: digest(&tar),
+        media_type: "application/vnd.oci.image.layer.v1.tar+zstd",
+    }
+}
+
+fn put_blob(dir: &Path, bytes: &[u8]) -> (String, usize) {
+    let d = digest(bytes);
+    let path = dir
+        .join("blobs/sha256")
+        .join(d.trim_start_matches("sha256:"));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, bytes).unwrap();
+    (d, bytes.len())
+}
+
+/// Writes one image manifest (and its config and layers) into the layout
+/// at `dir`; returns its descriptor.
+pub fn put_image(dir: &Path, arch: &str, layers: &[Layer]) -> serde_json::Value {
+    let config = json!({
+        "architecture": arch, "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>()},
+    });
+    let (cd, cs) = put_blob(dir, config.to_string().as_bytes());
+    let layer_descs: Vec<_> = layers
+        .iter()
+        .map(|l| {
+            let (d, s) = put_blob(dir, &l.blob);
+            json!({"mediaType": l.media_type, "digest": d, "size": s})
+        })
+        .collect();
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": layer_descs,
+    });
+    let (md, ms) = put_blob(dir, manifest.to_string().as_bytes());
+    json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+           "platform": {"architecture": arch, "os": "linux"}})
+}
+
+fn write_index(dir: &Path, tag: &str, mut desc: serde_json::Value) {
+    desc["annotations"] = json!({"org.opencontainers.image.ref.name": tag});
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let index = json!({"schemaVersion": 2, "manifests": [desc]});
+    std::fs::write(dir.join("index.json"), index.to_string()).unwrap();
+}
+
+/// An OCI layout with one linux/amd64 image tagged `tag`.
+pub fn layout(dir: &Path, tag: &str, layers: &[Layer]) -> String {
+    let desc = put_image(dir, "amd64", layers);
+    write_index(dir, tag, desc);
+    format!("oci:{}:{tag}", dir.display())
+}
+
+/// An OCI layout whose `tag` is an index of one image per `(arch, layers)`.
+pub fn multi_arch_layout(dir: &Path, tag: &str, images: &[(&str, Vec<Layer>)]) -> String {
+    let manifests: Vec<_> = images
+        .iter()
+        .map(|(arch, layers)| put_image(dir, arch, layers))
+        .collect();
+    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests});
+    let (d, s) = put_blob(dir, index.to_string().as_bytes());
+    write_index(
+        dir,
+        tag,
+        json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": d, "size": s}),
+    );
+    format!("oci:{}:{tag}", dir.display())
+}
+
+/// A tar builder with helpers that set every header field explicitly.
+pub struct TarBuilder(pub tar::Builder<Vec<u8>>);
+
+impl TarBuilder {
+    pub fn new() -> Self {
+        TarBuilder(tar::Builder::new(Vec::new()))
+    }
+
+    fn header(kind: tar::EntryType, mode: u32, uid: u64, gid: u64) -> tar::Header {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_mtime(1_600_000_000);
+        h.set_size(0);
+        h
+    }
+
+    pub fn dir(&mut self, path: &str, mode: u32, uid: u64, gid: u64) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Directory, mode, uid, gid);
+        self.0.append_data(&mut h, path, &b""[..]).unwrap();
+        self
+    }
+
+    pub fn file(&mut self, path: &str, mode: u32, uid: u64, gid: u64, data: &[u8]) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Regular, mode, uid, gid);
+        h.set_size(data.len() as u64);
+        self.0.append_data(&mut h, path, data).unwrap();
+        self
+    }
+
+    pub fn file_xattrs(
+        &mut self,
+        path: &str,
+        mode: u32,
+        data: &[u8],
+        xattrs: &[(&str, &[u8])],
+    ) -> &mut Self {
+        let keys: Vec<(String, &[u8])> = xattrs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+            .collect();
+        self.0
+            .append_pax_extensions(keys.iter().map(|(k, v)| (k.as_str(), *v)))
+            .unwrap();
+        self.file(path, mode, 0, 0, data)
+    }
+
+    pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0, 0);
+        self.0.append_link(&mut h, path, target).unwrap();
+        self
+    }
+
+    pub fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
+        let mut h = Self::header(tar::EntryType::Link, 0o755, 0, 0);
+        self.0.append_link(&mut h, path, target).unwrap();
+        self
+    }
+
+    pub fn node(&mut self, path: &str, kind: tar::EntryType, major: u32, minor: u32) -> &mut Self {
+        let mut h = Self::header(kind, 0o660, 0, 6);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        self.0.append_data(&mut h, path, &b""[..]).unwrap();
+        self
+    }
+
+    pub fn finish(&mut self) -> Vec<u8> {
+        let b = std::mem::replace(&mut self.0, tar::Builder::new(Vec::new()));
+        b.into_inner().unwrap()
+    }
+}
+
+/// A busybox layer: the static binary and a few applet links.
+pub fn busybox_layer() -> Vec<u8> {
+    banger_test_support::require_program("/bin/busybox", "busybox-static");
+    let bin = std::fs::read("/bin/busybox").unwrap();
+    let mut t = TarBuilder::new();
+    t.dir("bin", 0o755, 0, 0)
+        .file("bin/busybox", 0o755, 0, 0, &bin);
+    for applet in ["sh", "ls", "cat", "mount", "poweroff"] {
+        t.symlink(&format!("bin/{applet}"), "busybox");
+    }
+    t.dir("sbin", 0o755, 0, 0)
+        .symlink("sbin/init", "/bin/busybox")
+        .dir("etc", 0o755, 0, 0)
+        .file(
+            "etc/os-release",
+            0o644,
+            0,
+            0,
+            b"ID=busybox\nVERSION_ID=1.35\n",
+        )
+        .dir("tmp", 0o1777, 0, 0);
+    t.finish()
+}
+
+/// A fake guest bundle with small files.
+pub fn fake_guest_bundle() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "banger-agent",
+        "banger-first-boot",
+        "banger-agent.service",
+        "banger-first-boot.service",
+    ] {
+        std::fs::write(dir.path().join(f), format!("fake {f}\n")).unwrap();
+    }
+    dir
+}
+
+/// A config trusting `insecure` hosts over plain HTTP.
+pub fn config(insecure: &[&str]) -> ImageStoreConfig {
+    ImageStoreConfig {
+        insecure_registries: insecure.iter().map(|s| s.to_string()).collect(),
+        ext4_min_headroom_mib: 8,
+        ..ImageStoreConfig::default()
+    }
+}
+
+/// A store in a temp state dir with a fake guest bundle.
+pub struct TestStore {
+    pub state: tempfile::TempDir,
+    pub guest: tempfile::TempDir,
+}
+
+impl TestStore {
+    pub fn new() -> TestStore {
+        TestStore {
+            state: tempfile::tempdir().unwrap(),
+            guest: fake_guest_bundle(),
+        }
+    }
+
+    pub fn open(&self, config: ImageStoreConfig) -> Store {
+        let mut store = Store::open(self.state.path(), config).unwrap();
+        store.set_guest_candidates(vec![self.guest.path().to_path_buf()]);
+        store
+    }
+}
+
+/// Serves `store` on a temp socket; returns a client (the server ends with the runtime).
+pub async fn serve(store: Store, dir: &Path) -> ImageStoreClient<TracedChannel> {
+    let socket = dir.join("imagestore.sock");
+    let bound = BoundSocket::bind(ServeOptions {
+        socket: socket.clone(),
+        socket_group: None,
+        pid_file: None,
+        name: "banger-imagestore".into(),
+        services: vec![],
+    })
+    .await
+    .unwrap();
+    let routes = Routes::new(ImageStoreServer::new(ImageStoreService::from_store(store)));
+    tokio::spawn(bound.serve(routes, std::future::pending()));
+    ImageStoreClient::new(banger_proto::rpc::connect(&socket).await.unwrap())
+}
+
+/// Runs a pull to its end: the progress events and the image, or the status.
+pub async fn pull(
+    client: &mut ImageStoreClient<TracedChannel>,
+    req: pb::PullImageRequest,
+) -> (Vec<pb::ImageProgress>, Result<pb::Image, tonic::Status>) {
+    let mut events = Vec::new();
+    let mut stream = match client.pull_image(req).await {
+        Ok(s) => s.into_inner(),
+        Err(e) => return (events, Err(e)),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(pb::PullImageEvent {
+                event: Some(pb::pull_image_event::Event::Progress(p)),
+            })) => events.push(p),
+            Ok(Some(pb::PullImageEvent {
+                event: Some(pb::pull_image_event::Event::Done(img)),
+            })) => return (events, Ok(img)),
+            Ok(_) => {
+                return (
+                    events,
+                    Err(tonic::Status::internal("stream ended without done")),
+                );
+            }
+            Err(e) => return (events, Err(e)),
+        }
+    }
+}
+
+/// `debugfs -R "cat PATH" IMAGE`.
+pub fn debugfs_cat(image: &Path, path: &str) -> Vec<u8> {
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(image)
+        .output()
+        .unwrap();
+    out.stdout
+}
+
+/// `debugfs -R "stat PATH" IMAGE` as text.
+pub fn debugfs_stat(image: &Path, path: &str) -> String {
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", &format!("stat {path}")])
+        .arg(image)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Everything about one tree entry that a runtime must reproduce.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Node {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub nlink: u64,
+    pub mtime: Option<i64>,
+    pub content: Option<String>,
+    pub link: Option<PathBuf>,
+    pub xattrs: BTreeMap<String, Vec<u8>>,
+}
+
+/// Describes every entry under `root` by relative path.
+pub fn describe(root: &Path) -> BTreeMap<PathBuf, Node> {
+    let mut out = BTreeMap::new();
+    for entry in walkdir::WalkDir::new(root).follow_links(false) {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        let m = std::fs::symlink_metadata(path).unwrap();
+        let ft = m.file_type();
+        let mut xattrs = BTreeMap::new();
+        for name in xattr::list(path).unwrap() {
+            let name = name.to_string_lossy().into_owned();
+            let value = xattr::get(path, &name).unwrap().unwrap_or_default();
+            xattrs.insert(name, value);
+        }
+        out.insert(
+            path.strip_prefix(root).unwrap().to_path_buf(),
+            Node {
+                mode: m.mode(),
+                uid: m.uid(),
+                gid: m.gid(),
+                rdev: m.rdev(),
+                nlink: if ft.is_dir() { 0 } else { m.nlink() },
+                // Directory mtimes change as children are added; runtimes differ there.
+                mtime: (!ft.is_dir()).then_some(m.mtime()),
+                content: ft.is_file().then(|| digest(&std::fs::read(path).unwrap())),
+                link: ft.is_symlink().then(|| std::fs::read_link(path).unwrap()),
+                xattrs,
+            },
+        );
+    }
+    out
+}
+
+/// Asserts two trees are equal, listing every difference.
+pub fn assert_same_tree(ours: &Path, theirs: &Path) {
+    let a = describe(ours);
+    let b = describe(theirs);
+    let mut diffs = Vec::new();
+    for (p, n) in &a {
+        match b.get(p) {
+            None => diffs.push(format!("only in ours: {}", p.display())),
+            Some(m) if m != n => {
+                diffs.push(format!("{}:\n  ours   {n:?}\n  theirs {m:?}", p.display()))
+            }
+            _ => {}
+        }
+    }
+    for p in b.keys().filter(|p| !a.contains_key(*p)) {
+        diffs.push(format!("only in theirs: {}", p.display()));
+    }
+    assert!(diffs.is_empty(), "trees differ:\n{}", diffs.join("\n"));
+}

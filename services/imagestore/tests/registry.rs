@@ -1,0 +1,642 @@
+//! The image store against a real `docker-registry` on 127.0.0.1, filled
+//! with `skopeo` from OCI layouts these tests build: pulls through the gRPC
+//! service, flattening equal to `umoci unpack`, multi-arch indexes, mirrors,
+//! Basic auth, corrupt blobs and a registry dying mid-layer.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use banger_imagestore::unpack::Unpacker;
+use banger_proto::imagestore::v1 as pb;
+use banger_test_support::registry::{Registry, RegistryAuth, push_with_skopeo};
+use common::*;
+use tar::EntryType;
+
+fn req(reference: &str) -> pb::PullImageRequest {
+    pb::PullImageRequest {
+        reference: reference.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busybox_pull_list_hold_delete_prune() {
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    registry.push(
+        &layout(src.path(), "latest", &[gzip_layer(busybox_layer())]),
+        "busybox:latest",
+    );
+
+    let ts = TestStore::new();
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(config(&[&registry.addr])), sock.path()).await;
+    let reference = format!("{}/busybox:latest", registry.addr);
+    let (events, image) = pull(
+        &mut client,
+        pb::PullImageRequest {
+            kernel_ref: "generic-6.12".into(),
+            ..req(&reference)
+        },
+    )
+    .await;
+    let image = image.unwrap();
+    assert_eq!(image.name, "busybox-latest");
+    assert_eq!(image.reference, reference);
+    assert_eq!(image.default_kernel, "generic-6.12");
+    assert_eq!(image.platform, "linux/amd64");
+    assert!(image.direct_boot);
+    assert_eq!(image.layers.len(), 1);
+    let guest = image.guest.clone().unwrap();
+    assert!(guest.has_agent && !guest.has_systemd && !guest.has_ssh_server);
+    assert_eq!(guest.os_id, "busybox");
+    for phase in ["resolving", "downloading", "unpacking", "building", "done"] {
+        assert!(
+            events.iter().any(|e| e.phase == phase),
+            "no {phase} event: {events:?}"
+        );
+    }
+
+    // The ext4 holds the tree and the guest bits, and is clean.
+    let resolved = client
+        .resolve_image(pb::ResolveImageRequest {
+            name: "busybox-latest".into(),
+            holder: "vm-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let ext4 = Path::new(&resolved.ext4_path);
+    assert_eq!(std::fs::metadata(ext4).unwrap().len(), image.size_bytes);
+    assert_eq!(
+        debugfs_cat(ext4, "/bin/busybox"),
+        std::fs::read("/bin/busybox").unwrap()
+    );
+    assert_eq!(
+        debugfs_cat(ext4, "/usr/local/bin/banger-agent"),
+        b"fake banger-agent\n"
+    );
+    assert!(
+        debugfs_stat(ext4, "/tmp").contains("Mode:  01777"),
+        "{}",
+        debugfs_stat(ext4, "/tmp")
+    );
+    assert!(
+        debugfs_stat(
+            ext4,
+            "/etc/systemd/system/multi-user.target.wants/banger-agent.service"
+        )
+        .contains("Type: symlink")
+    );
+    let fsck = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(ext4)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+
+    // Re-pull of the built digest: the same image, not rebuilt.
+    let (_, again) = pull(&mut client, req(&reference)).await;
+    assert_eq!(again.unwrap().created_unix, image.created_unix);
+    let digest_ref = format!("{}/busybox@{}", registry.addr, image.digest);
+    let (_, pinned) = pull(
+        &mut client,
+        pb::PullImageRequest {
+            name: "busybox-latest".into(),
+            ..req(&digest_ref)
+        },
+    )
+    .await;
+    assert_eq!(pinned.unwrap().created_unix, image.created_unix);
+    // A new --kernel-ref on a built digest updates the record, no rebuild.
+    let (_, rekerneled) = pull(
+        &mut client,
+        pb::PullImageRequest {
+            kernel_ref: "other-kernel".into(),
+            ..req(&reference)
+        },
+    )
+    .await;
+    let rekerneled = rekerneled.unwrap();
+    assert_eq!(rekerneled.created_unix, image.created_unix);
+    assert_eq!(rekerneled.default_kernel, "other-kernel");
+    // Two concurrent pulls of the same image under two names share the
+    // cached blobs and both succeed.
+    let mut c2 = client.clone();
+    let (a, b) = tokio::join!(
+        pull(
+            &mut client,
+            pb::PullImageRequest {
+                name: "bb-a".into(),
+                ..req(&reference)
+            }
+        ),
+        pull(
+            &mut c2,
+            pb::PullImageRequest {
+                name: "bb-b".into(),
+                ..req(&reference)
+            }
+        ),
+    );
+    assert_eq!(a.1.unwrap().layers, b.1.unwrap().layers);
+    for name in ["bb-a", "bb-b"] {
+        client
+            .delete_image(pb::DeleteImageRequest { name: name.into() })
+            .await
+            .unwrap();
+    }
+
+    // Listed; held images cannot be removed; release, then remove.
+    let list = client
+        .list_images(pb::ListImagesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.images.len(), 1);
+    assert_eq!(list.images[0].holders, ["vm-1"]);
+    let err = client
+        .delete_image(pb::DeleteImageRequest {
+            name: "busybox-latest".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    for _ in 0..2 {
+        client
+            .release_image(pb::ReleaseImageRequest {
+                name: "busybox-latest".into(),
+                holder: "vm-1".into(),
+            })
+            .await
+            .unwrap();
+    }
+    // Nothing to prune while the image exists.
+    let pruned = client
+        .prune_blobs(pb::PruneBlobsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pruned.blobs_removed, 0);
+    client
+        .delete_image(pb::DeleteImageRequest {
+            name: "busybox-latest".into(),
+        })
+        .await
+        .unwrap();
+    let err = client
+        .get_image(pb::GetImageRequest {
+            name: "busybox-latest".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let pruned = client
+        .prune_blobs(pb::PruneBlobsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(pruned.blobs_removed, 2, "layer and config");
+
+    // Bad input is INVALID_ARGUMENT / NOT_FOUND, not a crash.
+    let (_, bad) = pull(&mut client, req("Not A Ref")).await;
+    assert_eq!(bad.unwrap_err().code(), tonic::Code::InvalidArgument);
+    let (_, missing) = pull(&mut client, req(&format!("{}/nope:1", registry.addr))).await;
+    assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
+}
+
+/// Two layers exercising every whiteout, ownership, mode, xattr, hardlink,
+/// symlink and device case.
+fn tricky_layers() -> Vec<Vec<u8>> {
+    // cap_net_raw+ep as a v2 `security.capability` value.
+    let cap: &[u8] = &[
+        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let mut l1 = TarBuilder::new();
+    l1.dir("etc", 0o755, 0, 0)
+        .file("etc/passwd", 0o644, 0, 0, b"root:x:0:0::/root:/bin/sh\n")
+        .dir("usr", 0o755, 0, 0)
+        .dir("usr/bin", 0o755, 0, 0)
+        .file("usr/bin/su", 0o4755, 0, 0, b"setuid binary")
+        .file("usr/bin/sg", 0o2755, 0, 42, b"setgid binary")
+        .hardlink("usr/bin/su-link", "usr/bin/su")
+        .file_xattrs(
+            "usr/bin/ping",
+            0o755,
+            b"ping",
+            &[("security.capability", cap), ("user.note", b"hi")],
+        )
+        .symlink("bin", "usr/bin")
+        .symlink("etc/abs", "/etc/passwd")
+        .symlink("dangling", "/does/not/exist")
+        .dir("tmp", 0o1777, 0, 0)
+        .dir("home", 0o755, 0, 0)
+        .dir("home/user", 0o700, 1000, 1000)
+        .file("home/user/file", 0o600, 1000, 1000, b"user data")
+        .dir("dev", 0o755, 0, 0)
+        .node("dev/null", EntryType::Char, 1, 3)
+        .node("dev/loop0", EntryType::Block, 7, 0)
+        .node("dev/fifo", EntryType::Fifo, 0, 0)
+        .dir("gone", 0o755, 0, 0)
+        .file("gone/file", 0o644, 0, 0, b"x")
+        .dir("a", 0o755, 0, 0)
+        .file("a/gone", 0o644, 0, 0, b"x")
+        .file("a/keep", 0o644, 0, 0, b"keep")
+        .dir("opq", 0o755, 0, 0)
+        .file("opq/lower", 0o644, 0, 0, b"lower")
+        .dir("opq/sub", 0o755, 0, 0)
+        .file("opq/sub/deep", 0o644, 0, 0, b"deep")
+        .file("x", 0o644, 0, 0, b"file becomes dir")
+        .dir("y", 0o755, 0, 0)
+        .file("y/child", 0o644, 0, 0, b"dir becomes file");
+    let mut l2 = TarBuilder::new();
+    l2.file(".wh.gone", 0o644, 0, 0, b"")
+        .file("a/.wh.gone", 0o644, 0, 0, b"")
+        .dir("opq", 0o750, 0, 0)
+        .file("opq/.wh..wh..opq", 0o644, 0, 0, b"")
+        .file("opq/upper", 0o644, 0, 0, b"upper")
+        .file("etc/passwd", 0o640, 0, 0, b"root:x:0:0::/root:/bin/bash\n")
+        .dir("x", 0o711, 0, 0)
+        .file("x/inside", 0o644, 0, 0, b"in x")
+        .file("y", 0o600, 0, 0, b"now a file")
+        // Through the `bin -> usr/bin` symlink: lands in usr/bin.
+        .file("bin/newtool", 0o755, 0, 0, b"new")
+        .file("home/user/file", 0o640, 1000, 100, b"changed");
+    vec![l1.finish(), l2.finish()]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flattening_equals_umoci_unpack() {
+    banger_test_support::require_root();
+    banger_test_support::require_program("umoci", "umoci");
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    let layers: Vec<Layer> = tricky_layers().into_iter().map(gzip_layer).collect();
+    registry.push(&layout(src.path(), "v1", &layers), "tricky:v1");
+
+    let ts = TestStore::new();
+    let store = ts.open(config(&[&registry.addr]));
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let record = store
+        .pull(
+            banger_imagestore::store::PullRequest {
+                reference: format!("{}/tricky:v1", registry.addr),
+                ..Default::default()
+            },
+            tx,
+        )
+        .await
+        .unwrap();
+    assert_eq!(record.layers.len(), 2);
+
+    // Our flattening of the blobs the pull cached …
+    let ours = tempfile::tempdir().unwrap();
+    let mut u = Unpacker::new(ours.path(), 1 << 30);
+    for layer in &record.layers {
+        let blob = ts
+            .state
+            .path()
+            .join("blobs/sha256")
+            .join(layer.trim_start_matches("sha256:"));
+        u.unpack_file(&blob, layer).unwrap();
+    }
+    u.finish().unwrap();
+    // … equals umoci's unpack of the same image fetched by skopeo.
+    let work = tempfile::tempdir().unwrap();
+    let oci = work.path().join("oci");
+    push_with_skopeo(
+        &format!("docker://{}/tricky:v1", registry.addr),
+        &format!("oci:{}:v1", oci.display()),
+        &["--src-tls-verify=false"],
+    );
+    let bundle = work.path().join("bundle");
+    let out = Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:v1", oci.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "umoci: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(ours.path(), &bundle.join("rootfs"));
+
+    // Spot checks, so equality with umoci is not equality of two wrongs.
+    let r = ours.path();
+    assert!(!r.join("gone").exists() && !r.join("a/gone").exists());
+    assert!(!r.join("opq/lower").exists() && !r.join("opq/sub").exists());
+    assert_eq!(std::fs::read(r.join("usr/bin/newtool")).unwrap(), b"new");
+    assert_eq!(
+        xattr::get(r.join("usr/bin/ping"), "user.note")
+            .unwrap()
+            .unwrap(),
+        b"hi"
+    );
+    assert!(
+        xattr::get(r.join("usr/bin/ping"), "security.capability")
+            .unwrap()
+            .is_some()
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(r.join("usr/bin/su")).unwrap().mode() & 0o7777,
+        0o4755
+    );
+    assert_eq!(
+        std::fs::metadata(r.join("usr/bin/su")).unwrap().ino(),
+        std::fs::metadata(r.join("usr/bin/su-link")).unwrap().ino()
+    );
+    assert_eq!(
+        std::fs::metadata(r.join("home/user/file")).unwrap().gid(),
+        100
+    );
+
+    // And the ext4 carries the ownership, modes and xattrs.
+    let ext4 = store.ext4_path(&record.name);
+    let stat = debugfs_stat(&ext4, "/usr/bin/ping");
+    assert!(stat.contains("security.capability"), "{stat}");
+    let stat = debugfs_stat(&ext4, "/home/user/file");
+    assert!(
+        stat.contains("User:  1000") && stat.contains("Group:   100"),
+        "{stat}"
+    );
+    assert!(debugfs_stat(&ext4, "/dev/null").contains("Type: character special"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_arch_index_and_zstd_layers() {
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    let arch_layer = |arch: &str| {
+        let mut t = TarBuilder::new();
+        t.file("arch", 0o644, 0, 0, arch.as_bytes());
+        zstd_layer(t.finish())
+    };
+    let source = multi_arch_layout(
+        src.path(),
+        "multi",
+        &[
+            ("arm64", vec![arch_layer("arm64")]),
+            ("amd64", vec![arch_layer("amd64")]),
+        ],
+    );
+    push_with_skopeo(
+        &source,
+        &format!("docker://{}/multi:multi", registry.addr),
+        &["--all"],
+    );
+
+    let ts = TestStore::new();
+    let store = ts.open(config(&[&registry.addr]));
+    let reference = format!("{}/multi:multi", registry.addr);
+    let pull = |platform: &str, name: &str| {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        store.pull(
+            banger_imagestore::store::PullRequest {
+                reference: reference.clone(),
+                platform: platform.into(),
+                name: name.into(),
+                ..Default::default()
+            },
+            tx,
+        )
+    };
+    let amd = pull("", "m-amd").await.unwrap();
+    assert_eq!(amd.platform, "linux/amd64");
+    assert!(amd.index_digest.is_some());
+    assert_eq!(debugfs_cat(&store.ext4_path("m-amd"), "/arch"), b"amd64");
+    let arm = pull("linux/arm64", "m-arm").await.unwrap();
+    assert_eq!(debugfs_cat(&store.ext4_path("m-arm"), "/arch"), b"arm64");
+    assert_ne!(amd.digest, arm.digest);
+    let err = pull("linux/s390x", "m-s390").await.unwrap_err();
+    assert!(
+        matches!(err, banger_imagestore::Error::NoPlatform { .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_with_per_request_credentials() {
+    banger_test_support::require_program("htpasswd", "apache2-utils");
+    let dir = tempfile::tempdir().unwrap();
+    let htpasswd = dir.path().join("htpasswd");
+    let out = Command::new("htpasswd")
+        .args(["-Bbc"])
+        .arg(&htpasswd)
+        .args(["tester", "s3cret"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let registry = Registry::start_with(RegistryAuth::Htpasswd(htpasswd));
+    let src = tempfile::tempdir().unwrap();
+    push_with_skopeo(
+        &layout(src.path(), "latest", &[gzip_layer(busybox_layer())]),
+        &format!("docker://{}/private/busybox:latest", registry.addr),
+        &["--dest-creds", "tester:s3cret"],
+    );
+    let ts = TestStore::new();
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(config(&[&registry.addr])), sock.path()).await;
+    let reference = format!("{}/private/busybox:latest", registry.addr);
+    let (_, anonymous) = pull(&mut client, req(&reference)).await;
+    assert_eq!(anonymous.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let creds = |password: &str| pb::RegistryCredentials {
+        registry: registry.addr.clone(),
+        username: "tester".into(),
+        password: password.into(),
+        identity_token: String::new(),
+    };
+    let (_, wrong) = pull(
+        &mut client,
+        pb::PullImageRequest {
+            credentials: vec![creds("wrong")],
+            ..req(&reference)
+        },
+    )
+    .await;
+    assert_eq!(wrong.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let (_, ok) = pull(
+        &mut client,
+        pb::PullImageRequest {
+            credentials: vec![creds("s3cret")],
+            ..req(&reference)
+        },
+    )
+    .await;
+    assert_eq!(ok.unwrap().name, "busybox-latest");
+    // Credentials are never stored.
+    let state = walkdir::WalkDir::new(ts.state.path())
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "json"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect::<String>();
+    assert!(!state.contains("s3cret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_blob_is_refused_then_a_retry_succeeds() {
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    let layer = gzip_layer(busybox_layer());
+    let hex = common::digest(&layer.blob)
+        .trim_start_matches("sha256:")
+        .to_owned();
+    registry.push(&layout(src.path(), "latest", &[layer]), "busybox:latest");
+    let data = registry
+        .storage_root()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(&hex)
+        .join("data");
+    let good = std::fs::read(&data).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0xff;
+    std::fs::write(&data, &bad).unwrap();
+
+    let ts = TestStore::new();
+    let store = ts.open(config(&[&registry.addr]));
+    let pull = || {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        store.pull(
+            banger_imagestore::store::PullRequest {
+                reference: format!("{}/busybox:latest", registry.addr),
+                ..Default::default()
+            },
+            tx,
+        )
+    };
+    let err = pull().await.unwrap_err();
+    assert!(
+        matches!(err, banger_imagestore::Error::DigestMismatch { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&hex), "{err}");
+    // Nothing half-built: no image, no bad blob, no leftovers.
+    assert!(store.list().unwrap().is_empty());
+    assert!(!ts.state.path().join("blobs/sha256").join(&hex).exists());
+    assert_eq!(
+        std::fs::read_dir(ts.state.path().join("blobs/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    std::fs::write(&data, &good).unwrap();
+    let record = pull().await.unwrap();
+    assert_eq!(record.layers, [format!("sha256:{hex}")]);
+}
+
+#[test]
+fn docker_io_through_a_mirror_in_a_private_netns() {
+    banger_test_support::require_root();
+    // The mirror is the only way out: in a namespace with only `lo`, a
+    // fallback to the real docker.io cannot leave the machine.
+    banger_test_support::netns::in_new_netns(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let registry = Registry::start();
+            let src = tempfile::tempdir().unwrap();
+            registry.push(
+                &layout(src.path(), "latest", &[gzip_layer(busybox_layer())]),
+                "library/busybox:latest",
+            );
+            let mut cfg = config(&[]);
+            cfg.mirrors.insert(
+                "docker.io".into(),
+                vec![
+                    "http://127.0.0.1:1".into(),
+                    format!("http://{}", registry.addr),
+                ],
+            );
+            let ts = TestStore::new();
+            let store = ts.open(cfg);
+            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            let record = store
+                .pull(
+                    banger_imagestore::store::PullRequest {
+                        reference: "busybox".into(),
+                        ..Default::default()
+                    },
+                    tx,
+                )
+                .await
+                .unwrap();
+            assert_eq!(record.name, "busybox-latest");
+            assert_eq!(record.reference, "docker.io/library/busybox:latest");
+        });
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_killed_mid_layer_then_retry_succeeds() {
+    // A large incompressible layer, so the kill lands mid-transfer.
+    let mut noise = vec![0u8; 96 << 20];
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for chunk in noise.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let mut t = TarBuilder::new();
+    t.file("noise", 0o644, 0, 0, &noise);
+    let layer = gzip_layer(t.finish());
+    let src = tempfile::tempdir().unwrap();
+    let source = layout(src.path(), "big", &[layer]);
+
+    let mut first = Registry::start();
+    first.push(&source, "big:big");
+    let ts = TestStore::new();
+    // Name the image by a host nobody serves; the mirrors are the registries.
+    let upstream = "127.0.0.1:1";
+    let mirrored = |addr: &str| {
+        let mut cfg = config(&[]);
+        cfg.mirrors
+            .insert(upstream.into(), vec![format!("http://{addr}")]);
+        cfg
+    };
+    let store = ts.open(mirrored(&first.addr));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let request = banger_imagestore::store::PullRequest {
+        reference: format!("{upstream}/big:big"),
+        name: "big".into(),
+        ..Default::default()
+    };
+    let pulling = store.pull(request.clone(), tx);
+    let killer = async {
+        while let Some(p) = rx.recv().await {
+            if p.phase == "downloading" && p.done > 0 && p.done < p.total {
+                first.kill();
+                return;
+            }
+        }
+    };
+    let (result, ()) = tokio::join!(pulling, killer);
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err, banger_imagestore::Error::Download { .. }),
+        "expected a download error, got {err}"
+    );
+    assert!(store.list().unwrap().is_empty());
+    drop(store);
+
+    let second = Registry::start();
+    second.push(&source, "big:big");
+    let store = ts.open(mirrored(&second.addr));
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let record = store.pull(request, tx).await.unwrap();
+    assert_eq!(record.name, "big");
+}
