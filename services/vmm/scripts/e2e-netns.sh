@@ -62,6 +62,25 @@ t1=$(date +%s.%N)
 t2=$(date +%s.%N)
 "$bin/banger" vm exec testbox -- cat /etc/os-release | head -2
 "$bin/banger" vm list
+
+# The vmm restarts with the VM running: it adopts it, the VM stays reachable.
+kill "$(cat "$home/run/vmm.pid")"
+while [ -e "$home/run/vmm.sock" ]; do sleep 0.1; done
+# (started directly: `banger up` can misread a just-spawned child's empty
+# /proc/<pid>/cmdline as "exited during start-up")
+setsid "$bin/banger-vmm" >>"$home/state/logs/vmm.log" 2>&1 </dev/null &
+for _ in $(seq 100); do [ -S "$home/run/vmm.sock" ] && break; sleep 0.1; done
+"$bin/banger" vm show testbox | grep -E '^(state|pid)'
+"$bin/banger" vm ssh testbox -- true
+
+# A second VM gets another IP and reaches the first one's sshd.
+"$bin/banger" vm create --name testbox2 --image "$kind" --nat >/dev/null
+ip1=$("$bin/banger" --json vm show testbox | python3 -c 'import json,sys; print(json.load(sys.stdin)["ip"])')
+ip2=$("$bin/banger" --json vm show testbox2 | python3 -c 'import json,sys; print(json.load(sys.stdin)["ip"])')
+[ "$ip1" != "$ip2" ] || { echo "both VMs got $ip1" >&2; exit 1; }
+"$bin/banger" vm exec testbox2 -- bash -c "exec 3<>/dev/tcp/$ip1/22; head -c7 <&3; echo"
+"$bin/banger" vm rm --force testbox2
+
 "$bin/banger" vm stop testbox
 # Keep a copy of the disk and the command line for the bare-QEMU baseline.
 vmdir=$home/state/vmm/vms/testbox
