@@ -18,6 +18,7 @@ fn agent_binary() -> PathBuf {
     static DIR: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
+        let _sweeper = common::ProcessSweeper(dir.path().to_path_buf());
         let out = dir.path().join("guest");
         let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
         let status = std::process::Command::new(repo.join("scripts/build-guest.sh"))

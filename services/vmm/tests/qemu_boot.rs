@@ -25,6 +25,7 @@ async fn qemu_backend_boots_busybox_guest_under_tcg() {
         "(cargo) `cargo install --locked vhost-device-vsock --version 0.3.0`; scripts/setup.sh --deps",
     );
     let dir = tempfile::tempdir().unwrap();
+    let _sweeper = common::ProcessSweeper(dir.path().to_path_buf());
     let img = common::busybox_ext4(dir.path(), "");
     let kernel = banger_test_support::fixtures::kernel_vmlinux();
     let store = Store::new(&dir.path().join("state"), &dir.path().join("run"));

@@ -28,6 +28,7 @@ fn vm_lifecycle_with_real_qemu_in_a_netns() {
 
 async fn lifecycle(kernel: PathBuf) {
     let dir = tempfile::tempdir().unwrap();
+    let _sweeper = common::ProcessSweeper(dir.path().to_path_buf());
     sh(
         "ip tuntap add dev bgtest0 mode tap && ip addr add 10.99.0.1/24 dev bgtest0 \
         && ip link set bgtest0 up",

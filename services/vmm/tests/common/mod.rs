@@ -303,3 +303,35 @@ pub async fn serve(
     let client = VmmClient::new(banger_proto::rpc::connect(&socket).await.unwrap());
     (client, stop_tx, server)
 }
+
+/// Kills, when dropped (a panic included), every process whose command line
+/// mentions `dir`: the VMs and vhost daemons a failing test would otherwise
+/// leave running. Declare it after the temp dir so it drops first.
+#[derive(Debug)]
+pub struct ProcessSweeper(pub PathBuf);
+
+impl Drop for ProcessSweeper {
+    fn drop(&mut self) {
+        let needle = self.0.as_os_str().as_encoded_bytes().to_vec();
+        let me = std::process::id();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if !needle.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle) {
+                banger_vmm::hypervisor::kill(pid);
+            }
+        }
+    }
+}
