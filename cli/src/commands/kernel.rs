@@ -1,15 +1,520 @@
-//! `banger kernel …`.
+//! `banger kernel …`: list, pull, import, show and remove guest kernels
+//! through `banger-kernelcat`.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, bail};
+use banger_proto::config::Service;
+use banger_proto::kernelcat::v1 as pb;
+use banger_proto::kernelcat::v1::kernel_cat_client::KernelCatClient;
+use banger_proto::rpc::TracedChannel;
+use serde::Serialize;
+use tokio::io::AsyncReadExt;
 
 use crate::context::Context;
+use crate::output;
+
+/// Size of the chunks an import streams.
+const CHUNK: usize = 1 << 20;
 
 /// `banger kernel` subcommands.
 #[derive(Debug, clap::Subcommand)]
-pub enum KernelCommand {}
+pub enum KernelCommand {
+    /// Local kernels; with --available, the catalog.
+    List {
+        /// List catalog entries (pulled or available) instead of local kernels.
+        #[arg(long)]
+        available: bool,
+    },
+    /// Download a catalog kernel, verified, into the local store.
+    Pull {
+        /// Catalog name, e.g. generic-6.12.
+        name: String,
+        /// Replace a local kernel of the same name.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Store a kernel from local files (read with your own rights).
+    Import {
+        /// Name to store it under (a DNS label).
+        name: String,
+        /// Uncompressed kernel image.
+        #[arg(long, value_name = "PATH")]
+        vmlinux: PathBuf,
+        /// Optional initrd.
+        #[arg(long, value_name = "PATH")]
+        initrd: Option<PathBuf>,
+        /// Optional kernel build configuration.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Distribution or flavour (default: custom).
+        #[arg(long)]
+        distro: Option<String>,
+        /// Architecture (default: from the ELF header).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Kernel release (default: from the vmlinux's `Linux version` banner).
+        #[arg(long)]
+        version: Option<String>,
+        /// Replace a local kernel of the same name.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Details of one local kernel.
+    Show {
+        /// Kernel name.
+        name: String,
+    },
+    /// Remove a local kernel (refused while a VM uses it).
+    Rm {
+        /// Kernel name.
+        name: String,
+    },
+}
 
-pub async fn run(_ctx: &Context, command: KernelCommand) -> Result<ExitCode> {
-    match command {}
+pub async fn run(ctx: &Context, command: KernelCommand) -> Result<ExitCode> {
+    let mut client = KernelCatClient::new(ctx.channel(Service::KernelCat).await?);
+    match command {
+        KernelCommand::List { available: false } => list(ctx, &mut client).await,
+        KernelCommand::List { available: true } => catalog(ctx, &mut client).await,
+        KernelCommand::Pull { name, force } => pull(ctx, &mut client, name, force).await,
+        KernelCommand::Import {
+            name,
+            vmlinux,
+            initrd,
+            config,
+            distro,
+            arch,
+            version,
+            force,
+        } => {
+            let files = ImportFiles {
+                vmlinux,
+                initrd,
+                config,
+            };
+            let header = pb::ImportKernelHeader {
+                name,
+                distro: distro.unwrap_or_default(),
+                arch: arch.unwrap_or_default(),
+                kernel_version: version.unwrap_or_default(),
+                force,
+                ..Default::default()
+            };
+            import(ctx, &mut client, header, files).await
+        }
+        KernelCommand::Show { name } => show(ctx, &mut client, name).await,
+        KernelCommand::Rm { name } => {
+            client
+                .delete_kernel(pb::DeleteKernelRequest { name: name.clone() })
+                .await?;
+            if ctx.json {
+                output::print_json(&serde_json::json!({ "deleted": name }))?;
+            } else {
+                eprintln!("removed kernel {name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A kernel as printed with `--json`.
+#[derive(Debug, Serialize)]
+struct KernelJson {
+    name: String,
+    distro: String,
+    arch: String,
+    kernel_version: String,
+    vmlinux_sha256: String,
+    vmlinux_size: u64,
+    has_initrd: bool,
+    has_config: bool,
+    source: String,
+    created_unix: i64,
+    total_size: u64,
+    holders: Vec<String>,
+}
+
+impl From<pb::Kernel> for KernelJson {
+    fn from(k: pb::Kernel) -> Self {
+        KernelJson {
+            name: k.name,
+            distro: k.distro,
+            arch: k.arch,
+            kernel_version: k.kernel_version,
+            vmlinux_sha256: k.vmlinux_sha256,
+            vmlinux_size: k.vmlinux_size,
+            has_initrd: k.has_initrd,
+            has_config: k.has_config,
+            source: k.source,
+            created_unix: k.created_unix,
+            total_size: k.total_size,
+            holders: k.holders,
+        }
+    }
+}
+
+/// A catalog entry as printed with `--json`.
+#[derive(Debug, Serialize)]
+struct EntryJson {
+    name: String,
+    distro: String,
+    arch: String,
+    kernel_version: String,
+    tarball_url: String,
+    tarball_sha256: String,
+    size_bytes: u64,
+    description: String,
+    state: &'static str,
+    origin: String,
+}
+
+fn created(unix: i64) -> String {
+    u64::try_from(unix)
+        .ok()
+        .map(|s| std::time::UNIX_EPOCH + Duration::from_secs(s))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+async fn list(ctx: &Context, client: &mut KernelCatClient<TracedChannel>) -> Result<ExitCode> {
+    let kernels = client
+        .list_kernels(pb::ListKernelsRequest {})
+        .await?
+        .into_inner()
+        .kernels;
+    if ctx.json {
+        let out: Vec<KernelJson> = kernels.into_iter().map(Into::into).collect();
+        output::print_json(&out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = output::table([
+        "NAME", "DISTRO", "ARCH", "VERSION", "SIZE", "SOURCE", "CREATED",
+    ]);
+    for k in &kernels {
+        table.add_row([
+            k.name.clone(),
+            k.distro.clone(),
+            k.arch.clone(),
+            k.kernel_version.clone(),
+            output::human_bytes(k.total_size),
+            k.source.clone(),
+            created(k.created_unix),
+        ]);
+    }
+    println!("{table}");
+    if kernels.is_empty() {
+        eprintln!("no local kernels; see `banger kernel list --available`");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn catalog(ctx: &Context, client: &mut KernelCatClient<TracedChannel>) -> Result<ExitCode> {
+    let response = client
+        .list_catalog(pb::ListCatalogRequest {})
+        .await?
+        .into_inner();
+    let state = |pulled: bool| if pulled { "pulled" } else { "available" };
+    if ctx.json {
+        let entries: Vec<EntryJson> = response
+            .entries
+            .into_iter()
+            .map(|e| EntryJson {
+                state: state(e.pulled),
+                name: e.name,
+                distro: e.distro,
+                arch: e.arch,
+                kernel_version: e.kernel_version,
+                tarball_url: e.tarball_url,
+                tarball_sha256: e.tarball_sha256,
+                size_bytes: e.size_bytes,
+                description: e.description,
+                origin: e.origin,
+            })
+            .collect();
+        output::print_json(&serde_json::json!({
+            "entries": entries,
+            "warnings": response.warnings,
+            "hint": response.hint,
+        }))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for warning in &response.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if response.entries.is_empty() {
+        eprintln!("{}", response.hint);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = output::table([
+        "NAME",
+        "DISTRO",
+        "ARCH",
+        "VERSION",
+        "SIZE",
+        "STATE",
+        "DESCRIPTION",
+    ]);
+    for e in &response.entries {
+        table.add_row([
+            e.name.clone(),
+            e.distro.clone(),
+            e.arch.clone(),
+            e.kernel_version.clone(),
+            if e.size_bytes > 0 {
+                output::human_bytes(e.size_bytes)
+            } else {
+                "-".into()
+            },
+            state(e.pulled).to_owned(),
+            e.description.clone(),
+        ]);
+    }
+    println!("{table}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn progress_bar(ctx: &Context) -> Option<indicatif::ProgressBar> {
+    if ctx.json {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+        .expect("valid progress template")
+        .progress_chars("=> "),
+    );
+    Some(bar)
+}
+
+async fn pull(
+    ctx: &Context,
+    client: &mut KernelCatClient<TracedChannel>,
+    name: String,
+    force: bool,
+) -> Result<ExitCode> {
+    let mut stream = client
+        .pull_kernel(pb::PullKernelRequest { name, force })
+        .await?
+        .into_inner();
+    let bar = progress_bar(ctx);
+    // Ctrl-C drops the stream; the service then cancels the pull and
+    // removes what it had downloaded.
+    let result = loop {
+        let message = tokio::select! {
+            m = stream.message() => m,
+            _ = tokio::signal::ctrl_c() => {
+                if let Some(bar) = &bar { bar.abandon_with_message("cancelled"); }
+                bail!("pull cancelled; nothing was stored");
+            }
+        };
+        match message {
+            Err(status) => {
+                if let Some(bar) = &bar {
+                    bar.abandon_with_message("failed");
+                }
+                return Err(status.into());
+            }
+            Ok(None) => bail!("the service ended the pull without a result; see its log"),
+            Ok(Some(event)) => match event.event {
+                Some(pb::pull_kernel_event::Event::Progress(p)) => {
+                    if let Some(bar) = &bar {
+                        bar.set_message(p.phase.clone());
+                        if p.bytes_total > 0 {
+                            bar.set_length(p.bytes_total);
+                        }
+                        bar.set_position(p.bytes_done);
+                    }
+                }
+                Some(pb::pull_kernel_event::Event::Done(kernel)) => break kernel,
+                None => {}
+            },
+        }
+    };
+    if let Some(bar) = &bar {
+        bar.finish_with_message("done");
+    }
+    print_kernel(ctx, result)
+}
+
+fn print_kernel(ctx: &Context, k: pb::Kernel) -> Result<ExitCode> {
+    if ctx.json {
+        output::print_json(&KernelJson::from(k))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows = [
+        ("name", k.name),
+        ("distro", k.distro),
+        ("arch", k.arch),
+        ("version", k.kernel_version),
+        (
+            "vmlinux",
+            format!(
+                "{} ({} bytes)",
+                output::human_bytes(k.vmlinux_size),
+                k.vmlinux_size
+            ),
+        ),
+        ("sha256", k.vmlinux_sha256),
+        ("initrd", if k.has_initrd { "yes" } else { "no" }.into()),
+        ("config", if k.has_config { "yes" } else { "no" }.into()),
+        ("size", output::human_bytes(k.total_size)),
+        ("source", k.source),
+        ("created", created(k.created_unix)),
+        (
+            "used by",
+            if k.holders.is_empty() {
+                "-".into()
+            } else {
+                k.holders.join(", ")
+            },
+        ),
+    ];
+    for (key, value) in rows {
+        println!("{key:9} {value}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn show(
+    ctx: &Context,
+    client: &mut KernelCatClient<TracedChannel>,
+    name: String,
+) -> Result<ExitCode> {
+    let kernel = client
+        .get_kernel(pb::GetKernelRequest { name })
+        .await?
+        .into_inner();
+    print_kernel(ctx, kernel)
+}
+
+struct ImportFiles {
+    vmlinux: PathBuf,
+    initrd: Option<PathBuf>,
+    config: Option<PathBuf>,
+}
+
+async fn open(path: &Path) -> Result<(tokio::fs::File, u64)> {
+    let file = tokio::fs::File::open(path)
+        .await
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let meta = file
+        .metadata()
+        .await
+        .with_context(|| format!("cannot stat {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    Ok((file, meta.len()))
+}
+
+async fn import(
+    ctx: &Context,
+    client: &mut KernelCatClient<TracedChannel>,
+    mut header: pb::ImportKernelHeader,
+    files: ImportFiles,
+) -> Result<ExitCode> {
+    // Opened here, with the user's own rights: the service never reads a
+    // client-named host path.
+    let mut parts = Vec::new();
+    let (vmlinux, size) = open(&files.vmlinux).await?;
+    if size == 0 {
+        bail!("{} is empty", files.vmlinux.display());
+    }
+    header.vmlinux_size = size;
+    parts.push((pb::KernelFile::Vmlinux, vmlinux, size));
+    if let Some(path) = &files.initrd {
+        let (f, size) = open(path).await?;
+        header.initrd_size = size;
+        if size > 0 {
+            parts.push((pb::KernelFile::Initrd, f, size));
+        }
+    }
+    if let Some(path) = &files.config {
+        let (f, size) = open(path).await?;
+        header.config_size = size;
+        if size > 0 {
+            parts.push((pb::KernelFile::Config, f, size));
+        }
+    }
+    let total: u64 = parts.iter().map(|p| p.2).sum();
+    let bar = progress_bar(ctx);
+    if let Some(bar) = &bar {
+        bar.set_length(total);
+        bar.set_message("importing");
+    }
+    let progress = bar.clone();
+    let first = pb::ImportKernelRequest {
+        part: Some(pb::import_kernel_request::Part::Header(header)),
+    };
+    let requests = async_stream_of(first, parts, progress);
+    let kernel = client.import_kernel(requests).await;
+    let kernel = match kernel {
+        Ok(k) => k.into_inner(),
+        Err(status) => {
+            if let Some(bar) = &bar {
+                bar.abandon_with_message("failed");
+            }
+            return Err(status.into());
+        }
+    };
+    if let Some(bar) = &bar {
+        bar.finish_with_message("done");
+    }
+    print_kernel(ctx, kernel)
+}
+
+/// The request stream of an import: the header, then each file in chunks.
+/// A read error ends the stream early; the service then reports the size
+/// mismatch and stores nothing.
+fn async_stream_of(
+    first: pb::ImportKernelRequest,
+    parts: Vec<(pb::KernelFile, tokio::fs::File, u64)>,
+    bar: Option<indicatif::ProgressBar>,
+) -> impl futures::Stream<Item = pb::ImportKernelRequest> + Send + 'static {
+    let state = (
+        Some(first),
+        parts.into_iter(),
+        None::<(pb::KernelFile, tokio::fs::File)>,
+        bar,
+    );
+    futures::stream::unfold(state, |(first, mut parts, mut current, bar)| async move {
+        if let Some(first) = first {
+            return Some((first, (None, parts, current, bar)));
+        }
+        loop {
+            if current.is_none() {
+                let (kind, file, _) = parts.next()?;
+                current = Some((kind, file));
+            }
+            let (kind, file) = current.as_mut()?;
+            let mut buf = vec![0u8; CHUNK];
+            match file.read(&mut buf).await {
+                Ok(0) => current = None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if let Some(bar) = &bar {
+                        bar.inc(n as u64);
+                    }
+                    let message = pb::ImportKernelRequest {
+                        part: Some(pb::import_kernel_request::Part::Chunk(
+                            pb::ImportKernelChunk {
+                                file: *kind as i32,
+                                data: buf,
+                            },
+                        )),
+                    };
+                    return Some((message, (None, parts, current, bar)));
+                }
+                Err(e) => {
+                    eprintln!("banger: read error during import: {e}");
+                    return None;
+                }
+            }
+        }
+    })
 }

@@ -1,15 +1,795 @@
-//! `banger vm …`.
+//! `banger vm …`: VM lifecycle through the vmm, plus the user-side flows
+//! that span services (`vm run` pulls the image and kernel first) and the
+//! SSH client with banger's own key.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, bail};
+use banger_proto::agent::v1 as agent;
+use banger_proto::config::Service;
+use banger_proto::imagestore::v1 as img;
+use banger_proto::imagestore::v1::image_store_client::ImageStoreClient;
+use banger_proto::kernelcat::v1 as kc;
+use banger_proto::kernelcat::v1::kernel_cat_client::KernelCatClient;
+use banger_proto::vmm::v1 as pb;
+use banger_proto::vmm::v1::vmm_client::VmmClient;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
 
 use crate::context::Context;
+use crate::output;
 
 /// `banger vm` subcommands.
 #[derive(Debug, clap::Subcommand)]
-pub enum VmCommand {}
+pub enum VmCommand {
+    /// Create (and start) a VM from a pulled image.
+    Create(CreateArgs),
+    /// Start a stopped VM and wait until it is ready.
+    Start {
+        name: String,
+        /// Seconds to wait for readiness (0 = configured default).
+        #[arg(long, default_value_t = 0)]
+        timeout: u32,
+    },
+    /// Stop a VM: clean shutdown, killed after the timeout.
+    Stop {
+        name: String,
+        /// Kill it at once.
+        #[arg(long)]
+        force: bool,
+        /// Seconds to wait for a clean shutdown (0 = configured default).
+        #[arg(long, default_value_t = 0)]
+        timeout: u32,
+    },
+    /// Stop then start a VM.
+    Restart { name: String },
+    /// Delete a VM: its process, disk, network lease and record.
+    #[command(alias = "delete")]
+    Rm {
+        name: String,
+        /// Kill it first if it runs.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List VMs.
+    #[command(alias = "ls")]
+    List,
+    /// Show one VM.
+    Show { name: String },
+    /// Print a VM's serial console.
+    Logs {
+        name: String,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run a command in a VM through its agent; exits with its exit code.
+    Exec {
+        name: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// SSH into a VM as root with banger's key.
+    Ssh {
+        name: String,
+        /// A command to run instead of a shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Pull an image (and its kernel) if missing, create a VM, SSH into it.
+    Run(RunArgs),
+}
 
-pub async fn run(_ctx: &Context, command: VmCommand) -> Result<ExitCode> {
-    match command {}
+/// `banger vm create` flags.
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// VM name (a DNS label).
+    #[arg(long)]
+    pub name: String,
+    /// Image name, as in `banger image list`.
+    #[arg(long, default_value = "debian-bookworm")]
+    pub image: String,
+    /// Kernel name; default: the image's, else the configured one.
+    #[arg(long)]
+    pub kernel: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    pub vcpus: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 0)]
+    pub memory: u32,
+    /// Disk size, e.g. `4G`, `512M` (default: image size plus headroom).
+    #[arg(long)]
+    pub disk: Option<String>,
+    /// Masquerade the VM's traffic out of the host's uplinks.
+    #[arg(long)]
+    pub nat: bool,
+    /// `firecracker` or `qemu` (default: configured).
+    #[arg(long)]
+    pub hypervisor: Option<String>,
+    /// Create without starting.
+    #[arg(long)]
+    pub no_start: bool,
+    /// Print how long each phase took.
+    #[arg(long)]
+    pub timings: bool,
+    /// Seconds to wait for readiness (0 = configured default).
+    #[arg(long, default_value_t = 0)]
+    pub timeout: u32,
+}
+
+/// `banger vm run` flags.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Image reference, e.g. `debian:bookworm`.
+    pub reference: String,
+    /// VM name (default: the image name plus a random suffix).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub nat: bool,
+    /// Delete the VM when the SSH session ends.
+    #[arg(long)]
+    pub rm: bool,
+    /// `firecracker` or `qemu`.
+    #[arg(long)]
+    pub hypervisor: Option<String>,
+    /// A command to run instead of a shell.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+type Vmm = VmmClient<banger_proto::rpc::TracedChannel>;
+
+async fn vmm(ctx: &Context) -> Result<Vmm> {
+    Ok(VmmClient::new(ctx.channel(Service::Vmm).await?))
+}
+
+pub async fn run(ctx: &Context, command: VmCommand) -> Result<ExitCode> {
+    match command {
+        VmCommand::Create(args) => {
+            let vm = create(ctx, &args).await?;
+            print_vm(ctx, &vm)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCommand::Start { name, timeout } => {
+            let vm = vmm(ctx)
+                .await?
+                .start_vm(pb::StartVmRequest {
+                    name,
+                    ready_timeout_seconds: timeout,
+                })
+                .await?
+                .into_inner();
+            print_vm(ctx, &vm)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCommand::Stop {
+            name,
+            force,
+            timeout,
+        } => {
+            let vm = vmm(ctx)
+                .await?
+                .stop_vm(pb::StopVmRequest {
+                    name,
+                    force,
+                    timeout_seconds: timeout,
+                })
+                .await?
+                .into_inner();
+            print_vm(ctx, &vm)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCommand::Restart { name } => {
+            let vm = vmm(ctx)
+                .await?
+                .restart_vm(pb::RestartVmRequest {
+                    name,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            print_vm(ctx, &vm)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCommand::Rm { name, force } => {
+            vmm(ctx)
+                .await?
+                .delete_vm(pb::DeleteVmRequest {
+                    name: name.clone(),
+                    force,
+                })
+                .await?;
+            if ctx.json {
+                output::print_json(&json!({ "deleted": name }))?;
+            } else {
+                println!("deleted {name}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCommand::List => list(ctx).await,
+        VmCommand::Show { name } => {
+            let vm = vmm(ctx)
+                .await?
+                .get_vm(pb::GetVmRequest { name })
+                .await?
+                .into_inner();
+            print_vm(ctx, &vm)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCommand::Logs { name, follow } => {
+            let mut stream = vmm(ctx)
+                .await?
+                .console_log(pb::ConsoleLogRequest {
+                    name,
+                    follow,
+                    tail_bytes: 0,
+                })
+                .await?
+                .into_inner();
+            let mut out = std::io::stdout();
+            while let Some(chunk) = stream.message().await? {
+                out.write_all(&chunk.data)?;
+                out.flush()?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCommand::Exec { name, command } => exec(ctx, name, command).await,
+        VmCommand::Ssh { name, command } => {
+            let vm = vmm(ctx)
+                .await?
+                .get_vm(pb::GetVmRequest { name })
+                .await?
+                .into_inner();
+            // sshd may still be starting right after a create or start.
+            wait_tcp(&vm.ip, 22, Duration::from_secs(60)).await;
+            ssh(&vm, &command)
+        }
+        VmCommand::Run(args) => run_flow(ctx, args).await,
+    }
+}
+
+fn parse_hypervisor(h: Option<&str>) -> Result<pb::Hypervisor> {
+    Ok(match h {
+        None => pb::Hypervisor::Unspecified,
+        Some("firecracker") => pb::Hypervisor::Firecracker,
+        Some("qemu") => pb::Hypervisor::Qemu,
+        Some(other) => bail!("unknown hypervisor {other:?}: use firecracker or qemu"),
+    })
+}
+
+/// `4G`, `512M`, `1024K`, or plain bytes.
+fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        None => (s, 1u64),
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_uppercase();
+            let mult = match unit.trim_end_matches("IB").trim_end_matches('B') {
+                "" => 1,
+                "K" => 1 << 10,
+                "M" => 1 << 20,
+                "G" => 1 << 30,
+                "T" => 1 << 40,
+                _ => bail!("bad size {s:?}: use e.g. 4G or 512M"),
+            };
+            (&s[..i], mult)
+        }
+    };
+    let n: u64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("bad size {s:?}: use e.g. 4G or 512M"))?;
+    Ok(n * mult)
+}
+
+async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
+    let key = ensure_ssh_key()?;
+    let request = pb::CreateVmRequest {
+        name: args.name.clone(),
+        image: args.image.clone(),
+        kernel: args.kernel.clone().unwrap_or_default(),
+        vcpus: args.vcpus,
+        memory_mib: args.memory,
+        disk_bytes: args
+            .disk
+            .as_deref()
+            .map(parse_size)
+            .transpose()?
+            .unwrap_or(0),
+        nat: args.nat,
+        no_start: args.no_start,
+        hypervisor: parse_hypervisor(args.hypervisor.as_deref())? as i32,
+        ssh_authorized_keys: vec![key.public],
+        ready_timeout_seconds: args.timeout,
+    };
+    let mut stream = vmm(ctx).await?.create_vm(request).await?.into_inner();
+    let bar = (!ctx.json).then(|| {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid"));
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    });
+    let mut timings: Vec<(String, f64)> = Vec::new();
+    let mut done = None;
+    let result = async {
+        while let Some(ev) = stream.message().await? {
+            match ev.event {
+                Some(pb::create_vm_event::Event::Progress(p)) => {
+                    if p.seconds > 0.0 {
+                        timings.push((p.phase.clone(), p.seconds));
+                    } else if let Some(bar) = &bar {
+                        let msg = if p.message.is_empty() {
+                            p.phase.clone()
+                        } else {
+                            format!("{}: {}", p.phase, p.message)
+                        };
+                        bar.set_message(msg);
+                    }
+                }
+                Some(pb::create_vm_event::Event::Done(vm)) => done = Some(vm),
+                None => {}
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    result?;
+    if args.timings {
+        let total: f64 = timings.iter().map(|(_, s)| s).sum();
+        if ctx.json {
+            let phases: Vec<_> = timings
+                .iter()
+                .map(|(p, s)| json!({"phase": p, "seconds": s}))
+                .collect();
+            output::print_json(&json!({ "timings": phases, "total_seconds": total }))?;
+        } else {
+            let mut t = output::table(["PHASE", "SECONDS"]);
+            for (p, s) in &timings {
+                t.add_row([p.clone(), format!("{s:.2}")]);
+            }
+            t.add_row(["total".to_string(), format!("{total:.2}")]);
+            eprintln!("{t}");
+        }
+    }
+    done.context("the vmm ended the create without a result")
+}
+
+async fn list(ctx: &Context) -> Result<ExitCode> {
+    let vms = vmm(ctx)
+        .await?
+        .list_vms(pb::ListVmsRequest {})
+        .await?
+        .into_inner()
+        .vms;
+    if ctx.json {
+        output::print_json(&vms.iter().map(vm_json).collect::<Vec<_>>())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut t = output::table([
+        "NAME", "STATE", "IP", "IMAGE", "KERNEL", "VCPUS", "MEMORY", "AGE",
+    ]);
+    for vm in &vms {
+        t.add_row([
+            vm.name.clone(),
+            state_name(vm.state).to_string(),
+            vm.ip.clone(),
+            vm.image.clone(),
+            vm.kernel.clone(),
+            vm.vcpus.to_string(),
+            format!("{} MiB", vm.memory_mib),
+            age(vm.created_unix),
+        ]);
+    }
+    println!("{t}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn age(unix: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    let secs = (now - unix).max(0) as u64;
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+fn state_name(state: i32) -> &'static str {
+    match pb::VmState::try_from(state) {
+        Ok(pb::VmState::Creating) => "creating",
+        Ok(pb::VmState::Running) => "running",
+        Ok(pb::VmState::Stopped) => "stopped",
+        Ok(pb::VmState::Error) => "error",
+        Ok(pb::VmState::Deleting) => "deleting",
+        _ => "unknown",
+    }
+}
+
+fn vm_json(vm: &pb::Vm) -> serde_json::Value {
+    json!({
+        "id": vm.id,
+        "name": vm.name,
+        "state": state_name(vm.state),
+        "image": vm.image,
+        "kernel": vm.kernel,
+        "vcpus": vm.vcpus,
+        "memory_mib": vm.memory_mib,
+        "disk_bytes": vm.disk_bytes,
+        "hypervisor": match pb::Hypervisor::try_from(vm.hypervisor) {
+            Ok(pb::Hypervisor::Firecracker) => "firecracker",
+            Ok(pb::Hypervisor::Qemu) => "qemu",
+            _ => "",
+        },
+        "ip": vm.ip,
+        "mac": vm.mac,
+        "tap": vm.tap,
+        "nat": vm.nat,
+        "pid": vm.pid,
+        "created_unix": vm.created_unix,
+        "started_unix": vm.started_unix,
+        "error": vm.error,
+        "vsock_path": vm.vsock_path,
+        "probes": vm.probes.iter().map(|p| json!({
+            "capability": p.capability, "state": p.state, "detail": p.detail
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_vm(ctx: &Context, vm: &pb::Vm) -> Result<()> {
+    if ctx.json {
+        return output::print_json(&vm_json(vm));
+    }
+    println!("name:       {}", vm.name);
+    println!("state:      {}", state_name(vm.state));
+    println!("id:         {}", vm.id);
+    println!("image:      {}", vm.image);
+    println!("kernel:     {}", vm.kernel);
+    println!("vcpus:      {}", vm.vcpus);
+    println!("memory:     {} MiB", vm.memory_mib);
+    println!("disk:       {}", output::human_bytes(vm.disk_bytes));
+    println!("ip:         {}", vm.ip);
+    println!("mac:        {}", vm.mac);
+    println!("tap:        {}", vm.tap);
+    println!("nat:        {}", vm.nat);
+    if vm.pid > 0 {
+        println!("pid:        {}", vm.pid);
+    }
+    for p in &vm.probes {
+        println!("ready:      {}: {} ({})", p.capability, p.state, p.detail);
+    }
+    if !vm.error.is_empty() {
+        println!("error:      {}", vm.error);
+    }
+    Ok(())
+}
+
+async fn exec(ctx: &Context, name: String, command: Vec<String>) -> Result<ExitCode> {
+    use std::io::IsTerminal;
+    // Piped stdin is forwarded (`echo hi | banger vm exec box -- cat`); a
+    // terminal is not, so interactive use does not hang waiting for EOF.
+    let forward_stdin = !std::io::stdin().is_terminal();
+    let start = pb::ExecRequest {
+        vm: name,
+        request: Some(agent::ExecRequest {
+            part: Some(agent::exec_request::Part::Start(agent::ExecStart {
+                argv: command,
+                stdin: forward_stdin,
+                ..Default::default()
+            })),
+        }),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(start).await?;
+    if forward_stdin {
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 64 * 1024];
+            let part = |p| pb::ExecRequest {
+                vm: String::new(),
+                request: Some(agent::ExecRequest { part: Some(p) }),
+            };
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let chunk = agent::exec_request::Part::Stdin(buf[..n].to_vec());
+                        if tx.send(part(chunk)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = tx
+                .send(part(agent::exec_request::Part::StdinClose(true)))
+                .await;
+        });
+    } else {
+        drop(tx);
+    }
+    let mut stream = vmm(ctx)
+        .await?
+        .exec(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    while let Some(msg) = stream.message().await? {
+        match msg.part {
+            Some(agent::exec_response::Part::Stdout(b)) => {
+                out.write_all(&b)?;
+                out.flush()?;
+            }
+            Some(agent::exec_response::Part::Stderr(b)) => {
+                err.write_all(&b)?;
+                err.flush()?;
+            }
+            Some(agent::exec_response::Part::Exit(status)) => {
+                let code = match status.status {
+                    Some(agent::exit_status::Status::Code(c)) => c,
+                    Some(agent::exit_status::Status::Signal(s)) => 128 + s,
+                    None => 1,
+                };
+                return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+            }
+            None => {}
+        }
+    }
+    bail!("the agent ended the command without an exit status")
+}
+
+/// banger's SSH key pair.
+struct SshKey {
+    private: PathBuf,
+    public: String,
+}
+
+/// `~/.config/banger/id_ed25519`, made with `ssh-keygen` on first use.
+fn ensure_ssh_key() -> Result<SshKey> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .context("neither XDG_CONFIG_HOME nor HOME is set: cannot place banger's SSH key")?;
+    let dir = base.join("banger");
+    let private = dir.join("id_ed25519");
+    let public_path = dir.join("id_ed25519.pub");
+    if !private.exists() {
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let status = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "banger", "-f"])
+            .arg(&private)
+            .status()
+            .context("cannot run ssh-keygen: install openssh-client")?;
+        if !status.success() {
+            bail!("ssh-keygen failed ({status})");
+        }
+    }
+    let public = std::fs::read_to_string(&public_path)
+        .with_context(|| format!("cannot read {}", public_path.display()))?
+        .trim()
+        .to_owned();
+    Ok(SshKey { private, public })
+}
+
+/// The `ssh` argv for a VM (no host-key prompts: banger's own VMs get a
+/// fresh host key at every create).
+fn ssh_argv(key: &std::path::Path, ip: &str, command: &[String]) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "-i".into(),
+        key.display().to_string(),
+        "-o".into(),
+        "StrictHostKeyChecking=no".into(),
+        "-o".into(),
+        "UserKnownHostsFile=/dev/null".into(),
+        "-o".into(),
+        "LogLevel=ERROR".into(),
+        "-o".into(),
+        "IdentitiesOnly=yes".into(),
+        format!("root@{ip}"),
+    ];
+    if !command.is_empty() {
+        a.push("--".into());
+        a.extend(command.iter().cloned());
+    }
+    a
+}
+
+fn ssh(vm: &pb::Vm, command: &[String]) -> Result<ExitCode> {
+    if vm.ip.is_empty() {
+        bail!("VM {} has no IP address", vm.name);
+    }
+    if vm.state != pb::VmState::Running as i32 {
+        bail!(
+            "VM {} is {}; start it with `banger vm start {}`",
+            vm.name,
+            state_name(vm.state),
+            vm.name
+        );
+    }
+    let key = ensure_ssh_key()?;
+    let status = std::process::Command::new("ssh")
+        .args(ssh_argv(&key.private, &vm.ip, command))
+        .status()
+        .context("cannot run ssh: install openssh-client")?;
+    Ok(ExitCode::from(
+        status.code().unwrap_or(255).clamp(0, 255) as u8
+    ))
+}
+
+/// The name imagestore gives a reference by default: last path component
+/// and tag (`debian:bookworm` → `debian-bookworm`).
+fn image_name_for(reference: &str) -> String {
+    let no_digest = reference.split('@').next().unwrap_or(reference);
+    let last = no_digest.rsplit('/').next().unwrap_or(no_digest);
+    let (repo, tag) = last.split_once(':').unwrap_or((last, "latest"));
+    let raw = format!("{repo}-{tag}").to_ascii_lowercase();
+    let mut name: String = raw
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    name = name.trim_matches('-').to_owned();
+    name.truncate(63);
+    name
+}
+
+async fn run_flow(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
+    let image_name = image_name_for(&args.reference);
+    let mut images = ImageStoreClient::new(ctx.channel(Service::ImageStore).await?);
+    let image = match images
+        .get_image(img::GetImageRequest {
+            name: image_name.clone(),
+        })
+        .await
+    {
+        Ok(i) => i.into_inner(),
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            if !ctx.json {
+                eprintln!("pulling {} …", args.reference);
+            }
+            let mut stream = images
+                .pull_image(img::PullImageRequest {
+                    reference: args.reference.clone(),
+                    name: image_name.clone(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let mut done = None;
+            while let Some(ev) = stream.message().await? {
+                if let Some(img::pull_image_event::Event::Done(i)) = ev.event {
+                    done = Some(i);
+                }
+            }
+            done.context("the image pull ended without a result")?
+        }
+        Err(s) => return Err(s.into()),
+    };
+    if !image.default_kernel.is_empty() {
+        ensure_kernel(ctx, &image.default_kernel).await?;
+    }
+    let name = args.name.unwrap_or_else(|| {
+        let suffix: String = format!("{:04x}", std::process::id() & 0xffff);
+        let mut base = image.name.clone();
+        base.truncate(57);
+        format!("{}-{suffix}", base.trim_end_matches('-'))
+    });
+    let vm = create(
+        ctx,
+        &CreateArgs {
+            name: name.clone(),
+            image: image.name.clone(),
+            kernel: None,
+            vcpus: 0,
+            memory: 0,
+            disk: None,
+            nat: args.nat,
+            hypervisor: args.hypervisor,
+            no_start: false,
+            timings: false,
+            timeout: 0,
+        },
+    )
+    .await?;
+    // The agent answers before sshd is up; wait for port 22 too.
+    wait_tcp(&vm.ip, 22, Duration::from_secs(120)).await;
+    let code = ssh(&vm, &args.command);
+    if args.rm {
+        vmm(ctx)
+            .await?
+            .delete_vm(pb::DeleteVmRequest { name, force: true })
+            .await?;
+    }
+    code
+}
+
+async fn ensure_kernel(ctx: &Context, name: &str) -> Result<()> {
+    let mut kernels = KernelCatClient::new(ctx.channel(Service::KernelCat).await?);
+    match kernels
+        .get_kernel(kc::GetKernelRequest { name: name.into() })
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            if !ctx.json {
+                eprintln!("pulling kernel {name} …");
+            }
+            let mut stream = kernels
+                .pull_kernel(kc::PullKernelRequest {
+                    name: name.into(),
+                    force: false,
+                })
+                .await?
+                .into_inner();
+            while stream.message().await?.is_some() {}
+            Ok(())
+        }
+        Err(s) => Err(s.into()),
+    }
+}
+
+async fn wait_tcp(ip: &str, port: u16, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(Ok(_)) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect((ip, port)),
+        )
+        .await
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4G").unwrap(), 4 << 30);
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("4X").is_err());
+        assert!(parse_size("G").is_err());
+    }
+
+    #[test]
+    fn image_names() {
+        assert_eq!(image_name_for("debian:bookworm"), "debian-bookworm");
+        assert_eq!(
+            image_name_for("docker.io/library/debian:bookworm"),
+            "debian-bookworm"
+        );
+        assert_eq!(image_name_for("alpine"), "alpine-latest");
+        assert_eq!(
+            image_name_for("127.0.0.1:5000/x/ubuntu:24.04@sha256:ab"),
+            "ubuntu-24-04"
+        );
+    }
+
+    #[test]
+    fn ssh_command_line() {
+        let a = ssh_argv(std::path::Path::new("/k/id"), "10.0.0.2", &["id".into()]);
+        assert_eq!(
+            a.join(" "),
+            "-i /k/id -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+             -o LogLevel=ERROR -o IdentitiesOnly=yes root@10.0.0.2 -- id"
+        );
+    }
 }

@@ -9,8 +9,7 @@ use tonic::service::Routes;
 
 fn main() -> ExitCode {
     banger_proto::daemon::main(Service::KernelCat, |config| async move {
-        Ok(Routes::new(KernelCatServer::new(KernelCatService::new(
-            &config,
-        ))))
+        let service = KernelCatService::open(&config)?;
+        Ok(Routes::new(KernelCatServer::new(service)))
     })
 }

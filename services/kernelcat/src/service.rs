@@ -1,80 +1,336 @@
-//! gRPC adapter: `banger.kernelcat.v1.KernelCat` over the kernel store.
+//! gRPC adapter: `banger.kernelcat.v1.KernelCat` over the kernel store,
+//! catalog, puller and importer. Proto types stay in this file.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use banger_proto::config::Config;
 use banger_proto::kernelcat::v1 as pb;
 use banger_proto::kernelcat::v1::kernel_cat_server::KernelCat;
-use banger_proto::rpc::status::unimplemented;
+use futures::StreamExt;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::catalog::{self, Catalog, CatalogEntry};
+use crate::config::KernelCatConfig;
+use crate::error::Error;
+use crate::import::{self, ImportFile, ImportHeader};
+use crate::pull::{Job, JobState, Puller};
+use crate::store::{Store, StoredKernel};
+
+/// Name of the catalog cache file inside the store root (not a DNS label,
+/// so it can never clash with a kernel).
+const CATALOG_CACHE: &str = ".catalog-cache.json";
+
 /// The kernel catalog service.
-#[derive(Debug)]
-pub struct KernelCatService {}
+#[derive(Debug, Clone)]
+pub struct KernelCatService {
+    store: Arc<Store>,
+    catalog: Arc<Catalog>,
+    puller: Arc<Puller>,
+    settings: KernelCatConfig,
+}
 
 impl KernelCatService {
-    /// Opens the service's state from `config`.
-    pub fn new(_config: &Config) -> Self {
-        KernelCatService {}
+    /// Opens the store under `$STATE/kernels` (removing leftovers of
+    /// interrupted operations) with the `[kernelcat]` settings of `config`.
+    pub fn open(config: &Config) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let settings: KernelCatConfig = config.section("kernelcat")?;
+        Ok(Self::with_settings(
+            config.paths.state_dir.join("kernels"),
+            settings,
+        )?)
     }
+
+    /// Opens the service on an explicit store root.
+    pub fn with_settings(
+        root: impl Into<std::path::PathBuf>,
+        settings: KernelCatConfig,
+    ) -> Result<Self, Error> {
+        let store = Arc::new(Store::open(root)?);
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(settings.catalog_timeout_secs.max(1)))
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!("banger-kernelcat/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
+        let catalog = Arc::new(Catalog::new(
+            catalog::EMBEDDED_CATALOG,
+            settings.catalog_url.clone(),
+            Duration::from_secs(settings.catalog_timeout_secs),
+            store.root().join(CATALOG_CACHE),
+            http.clone(),
+        ));
+        let puller = Arc::new(Puller::new(
+            Arc::clone(&store),
+            Arc::clone(&catalog),
+            http,
+            settings.max_unpacked_bytes,
+            settings.insecure_registries.clone(),
+        ));
+        Ok(KernelCatService {
+            store,
+            catalog,
+            puller,
+            settings,
+        })
+    }
+
+    /// Runs blocking store work off the async workers.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Status> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+            .map_err(Status::from)
+    }
+}
+
+fn kernel_to_pb(k: StoredKernel) -> pb::Kernel {
+    let m = k.manifest;
+    pb::Kernel {
+        name: m.name,
+        distro: m.distro,
+        arch: m.arch,
+        kernel_version: m.kernel_version,
+        vmlinux_sha256: m.vmlinux_sha256,
+        vmlinux_size: m.vmlinux_size,
+        has_initrd: m.has_initrd,
+        has_config: m.has_config,
+        source: m.source,
+        created_unix: m.created_unix,
+        total_size: k.total_size,
+        holders: m.holders.into_iter().collect(),
+    }
+}
+
+fn entry_to_pb(e: CatalogEntry, pulled: bool) -> pb::CatalogEntry {
+    pb::CatalogEntry {
+        name: e.name,
+        distro: e.distro,
+        arch: e.arch,
+        kernel_version: e.kernel_version,
+        tarball_url: e.tarball_url,
+        tarball_sha256: e.tarball_sha256,
+        size_bytes: e.size_bytes,
+        description: e.description,
+        pulled,
+        origin: e.origin,
+    }
+}
+
+fn progress_event(state: &JobState) -> pb::PullKernelEvent {
+    pb::PullKernelEvent {
+        event: Some(pb::pull_kernel_event::Event::Progress(pb::PullProgress {
+            phase: state.progress.phase.as_str().to_owned(),
+            bytes_done: state.progress.bytes_done,
+            bytes_total: state.progress.bytes_total,
+        })),
+    }
+}
+
+/// Turns a job into the event stream: progress on every change, then the
+/// kernel or the error. The stream owns a handle on the job, so a client
+/// that goes away releases it (and the pull is aborted if nobody else waits).
+fn job_stream(job: Arc<Job>) -> BoxStream<pb::PullKernelEvent> {
+    let rx = job.subscribe();
+    let stream = futures::stream::unfold(
+        (Some(job), rx, None::<crate::pull::Progress>),
+        |(job, mut rx, last)| async move {
+            let job = job?;
+            loop {
+                let state = rx.borrow_and_update().clone();
+                if let Some(result) = state.result {
+                    let item = match result {
+                        Ok(kernel) => Ok(pb::PullKernelEvent {
+                            event: Some(pb::pull_kernel_event::Event::Done(kernel_to_pb(kernel))),
+                        }),
+                        Err(e) => Err(Status::from(&*e)),
+                    };
+                    return Some((item, (None, rx, last)));
+                }
+                if last != Some(state.progress) {
+                    let event = progress_event(&state);
+                    return Some((Ok(event), (Some(job), rx, Some(state.progress))));
+                }
+                if rx.changed().await.is_err() {
+                    return Some((Err(Status::from(Error::Cancelled)), (None, rx, last)));
+                }
+            }
+        },
+    );
+    Box::pin(stream)
 }
 
 #[tonic::async_trait]
 impl KernelCat for KernelCatService {
+    #[tracing::instrument(skip_all)]
     async fn list_kernels(
         &self,
         _: Request<pb::ListKernelsRequest>,
     ) -> Result<Response<pb::ListKernelsResponse>, Status> {
-        Err(unimplemented("listing kernels"))
+        let kernels = self.blocking(|s| s.list()).await?;
+        Ok(Response::new(pb::ListKernelsResponse {
+            kernels: kernels.into_iter().map(kernel_to_pb).collect(),
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(kernel = %request.get_ref().name))]
     async fn get_kernel(
         &self,
-        _: Request<pb::GetKernelRequest>,
+        request: Request<pb::GetKernelRequest>,
     ) -> Result<Response<pb::Kernel>, Status> {
-        Err(unimplemented("showing a kernel"))
+        let name = request.into_inner().name;
+        let kernel = self.blocking(move |s| s.get(&name)).await?;
+        Ok(Response::new(kernel_to_pb(kernel)))
     }
 
+    #[tracing::instrument(skip_all, fields(kernel = %request.get_ref().name, holder = %request.get_ref().holder))]
     async fn resolve_kernel(
         &self,
-        _: Request<pb::ResolveKernelRequest>,
+        request: Request<pb::ResolveKernelRequest>,
     ) -> Result<Response<pb::ResolvedKernel>, Status> {
-        Err(unimplemented("resolving a kernel"))
+        let pb::ResolveKernelRequest { name, holder } = request.into_inner();
+        let kernel = self
+            .blocking(move |s| {
+                if holder.is_empty() {
+                    s.get(&name)
+                } else {
+                    s.hold(&name, &holder)
+                }
+            })
+            .await?;
+        Ok(Response::new(pb::ResolvedKernel {
+            name: kernel.manifest.name.clone(),
+            vmlinux_path: kernel.vmlinux_path().display().to_string(),
+            initrd_path: kernel
+                .initrd_path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            arch: kernel.manifest.arch.clone(),
+            kernel_version: kernel.manifest.kernel_version.clone(),
+        }))
     }
 
+    #[tracing::instrument(skip_all, fields(kernel = %request.get_ref().name, holder = %request.get_ref().holder))]
     async fn release_kernel(
         &self,
-        _: Request<pb::ReleaseKernelRequest>,
+        request: Request<pb::ReleaseKernelRequest>,
     ) -> Result<Response<pb::ReleaseKernelResponse>, Status> {
-        Err(unimplemented("releasing a kernel hold"))
+        let pb::ReleaseKernelRequest { name, holder } = request.into_inner();
+        if holder.is_empty() {
+            return Err(Status::invalid_argument("holder must not be empty"));
+        }
+        self.blocking(move |s| s.release(&name, &holder)).await?;
+        Ok(Response::new(pb::ReleaseKernelResponse {}))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_catalog(
         &self,
         _: Request<pb::ListCatalogRequest>,
     ) -> Result<Response<pb::ListCatalogResponse>, Status> {
-        Err(unimplemented("the kernel catalog"))
+        let listing = self.catalog.list().await;
+        let entries: Vec<_> = listing
+            .entries
+            .into_iter()
+            .map(|e| {
+                let pulled = self.store.contains(&e.name);
+                entry_to_pb(e, pulled)
+            })
+            .collect();
+        let hint = if entries.is_empty() {
+            catalog::EMPTY_HINT.to_owned()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListCatalogResponse {
+            entries,
+            warnings: listing.warnings,
+            hint,
+        }))
     }
 
     type PullKernelStream = BoxStream<pb::PullKernelEvent>;
 
+    #[tracing::instrument(skip_all, fields(kernel = %request.get_ref().name, force = request.get_ref().force))]
     async fn pull_kernel(
         &self,
-        _: Request<pb::PullKernelRequest>,
+        request: Request<pb::PullKernelRequest>,
     ) -> Result<Response<Self::PullKernelStream>, Status> {
-        Err(unimplemented("pulling a kernel"))
+        let pb::PullKernelRequest { name, force } = request.into_inner();
+        let job = self.puller.pull(&name, force)?;
+        Ok(Response::new(job_stream(job)))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn import_kernel(
         &self,
-        _: Request<Streaming<pb::ImportKernelRequest>>,
+        request: Request<Streaming<pb::ImportKernelRequest>>,
     ) -> Result<Response<pb::Kernel>, Status> {
-        Err(unimplemented("importing a kernel"))
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(pb::ImportKernelRequest {
+                part: Some(pb::import_kernel_request::Part::Header(h)),
+            }) => ImportHeader {
+                name: h.name,
+                distro: h.distro,
+                arch: h.arch,
+                kernel_version: h.kernel_version,
+                force: h.force,
+                vmlinux_size: h.vmlinux_size,
+                initrd_size: h.initrd_size,
+                config_size: h.config_size,
+            },
+            _ => {
+                return Err(Status::invalid_argument(
+                    "an import starts with a header message naming the kernel and its file sizes",
+                ));
+            }
+        };
+        let chunks = stream.map(|message| {
+            let message = message.map_err(|s| Error::BadImport {
+                reason: format!("the client stream failed: {}", s.message()),
+            })?;
+            match message.part {
+                Some(pb::import_kernel_request::Part::Chunk(chunk)) => {
+                    let file = match pb::KernelFile::try_from(chunk.file) {
+                        Ok(pb::KernelFile::Vmlinux) => ImportFile::Vmlinux,
+                        Ok(pb::KernelFile::Initrd) => ImportFile::Initrd,
+                        Ok(pb::KernelFile::Config) => ImportFile::Config,
+                        _ => {
+                            return Err(Error::BadImport {
+                                reason: format!("chunk names an unknown file ({})", chunk.file),
+                            });
+                        }
+                    };
+                    Ok((file, bytes::Bytes::from(chunk.data)))
+                }
+                _ => Err(Error::BadImport {
+                    reason: "only the first message may be a header; the rest are chunks".into(),
+                }),
+            }
+        });
+        let kernel = import::import(
+            &self.store,
+            self.settings.max_unpacked_bytes,
+            header,
+            chunks,
+        )
+        .await?;
+        Ok(Response::new(kernel_to_pb(kernel)))
     }
 
+    #[tracing::instrument(skip_all, fields(kernel = %request.get_ref().name))]
     async fn delete_kernel(
         &self,
-        _: Request<pb::DeleteKernelRequest>,
+        request: Request<pb::DeleteKernelRequest>,
     ) -> Result<Response<pb::DeleteKernelResponse>, Status> {
-        Err(unimplemented("deleting a kernel"))
+        let name = request.into_inner().name;
+        self.blocking(move |s| s.delete(&name)).await?;
+        Ok(Response::new(pb::DeleteKernelResponse {}))
     }
 }

@@ -9,6 +9,10 @@ use tonic::service::Routes;
 
 fn main() -> ExitCode {
     banger_proto::daemon::main(Service::Vmm, |config| async move {
-        Ok(Routes::new(VmmServer::new(VmmService::new(&config))))
+        let service = VmmService::new(&config)?;
+        // Adopt VMs that outlived a previous vmm, roll back interrupted
+        // creates and deletes, before serving anyone.
+        service.manager().reconcile().await?;
+        Ok(Routes::new(VmmServer::new(service)))
     })
 }

@@ -1,21 +1,117 @@
-//! gRPC adapter: `banger.vmm.v1.Vmm` over the VM manager.
+//! gRPC adapter: `banger.vmm.v1.Vmm` over the [`Manager`]. Proto types stay
+//! in this file; the domain never sees them.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_proto::agent::v1 as agent;
 use banger_proto::agent::v1::ExecResponse;
-use banger_proto::config::Config;
-use banger_proto::rpc::status::unimplemented;
+use banger_proto::agent::v1::agent_client::AgentClient;
+use banger_proto::config::{Config, Service};
 use banger_proto::vmm::v1 as pb;
 use banger_proto::vmm::v1::vmm_server::Vmm;
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::config::{Backend, VmmConfig};
+use crate::error::Error;
+use crate::hypervisor::Hypervisor;
+use crate::hypervisor::firecracker::Firecracker;
+use crate::hypervisor::qemu::Qemu;
+use crate::manager::{CreateEvent, CreateSpec, Manager, VmView};
+use crate::peers::{GrpcPeers, Peers};
+use crate::record::{Store, VmState};
+
 /// The VM manager service.
-#[derive(Debug)]
-pub struct VmmService {}
+#[derive(Debug, Clone)]
+pub struct VmmService {
+    manager: Manager,
+}
 
 impl VmmService {
-    /// Opens the service's state from `config`.
-    pub fn new(_config: &Config) -> Self {
-        VmmService {}
+    /// Opens the service's state from `config`: records under
+    /// `$STATE/vmm/vms`, sockets under `$RUN/vmm`, peers on their sockets.
+    pub fn new(config: &Config) -> Result<Self, banger_proto::config::ConfigError> {
+        let cfg: VmmConfig = config.section("vmm")?;
+        let store = Store::new(
+            &config.paths.state(Service::Vmm),
+            &config.paths.run_dir.join("vmm"),
+        );
+        let peers: Arc<dyn Peers> = Arc::new(GrpcPeers::new(&config.paths));
+        let backends: Vec<Arc<dyn Hypervisor>> = vec![
+            Arc::new(Qemu::from_config(&cfg)),
+            Arc::new(Firecracker {
+                binary: cfg.firecracker_binary.clone(),
+            }),
+        ];
+        Ok(Self::with_manager(Manager::new(
+            cfg, store, peers, backends,
+        )))
+    }
+
+    /// A service over an existing manager (tests inject doubles this way).
+    pub fn with_manager(manager: Manager) -> Self {
+        VmmService { manager }
+    }
+
+    /// The manager behind the service.
+    pub fn manager(&self) -> &Manager {
+        &self.manager
+    }
+}
+
+fn to_pb(v: VmView) -> pb::Vm {
+    let vm = v.vm;
+    let lease = vm.lease.clone().unwrap_or_else(|| crate::record::Lease {
+        tap: String::new(),
+        ip: String::new(),
+        prefix_len: 0,
+        gateway: String::new(),
+        mac: String::new(),
+        dns: vec![],
+        nat: vm.nat,
+    });
+    pb::Vm {
+        id: vm.id,
+        name: vm.name,
+        state: match vm.state {
+            VmState::Creating => pb::VmState::Creating,
+            VmState::Running => pb::VmState::Running,
+            VmState::Stopped => pb::VmState::Stopped,
+            VmState::Error => pb::VmState::Error,
+            VmState::Deleting => pb::VmState::Deleting,
+        } as i32,
+        image: vm.image.name,
+        kernel: vm.kernel.name,
+        vcpus: vm.vcpus,
+        memory_mib: vm.memory_mib,
+        disk_bytes: vm.disk_bytes,
+        hypervisor: match vm.backend {
+            Backend::Firecracker => pb::Hypervisor::Firecracker,
+            Backend::Qemu => pb::Hypervisor::Qemu,
+        } as i32,
+        ip: lease.ip,
+        mac: lease.mac,
+        tap: lease.tap,
+        nat: vm.nat,
+        pid: vm.pid.unwrap_or_default(),
+        created_unix: vm.created_unix,
+        started_unix: vm.started_unix.unwrap_or_default(),
+        error: vm.error.unwrap_or_default(),
+        vsock_path: v.vsock_path.display().to_string(),
+        probes: v
+            .probes
+            .into_iter()
+            .map(|p| pb::ReadinessProbe {
+                capability: p.capability.into(),
+                state: p.state.into(),
+                detail: p.detail,
+            })
+            .collect(),
     }
 }
 
@@ -23,68 +119,253 @@ impl VmmService {
 impl Vmm for VmmService {
     type CreateVmStream = BoxStream<pb::CreateVmEvent>;
 
+    #[tracing::instrument(skip_all, fields(vm = %request.get_ref().name))]
     async fn create_vm(
         &self,
-        _: Request<pb::CreateVmRequest>,
+        request: Request<pb::CreateVmRequest>,
     ) -> Result<Response<Self::CreateVmStream>, Status> {
-        Err(unimplemented("creating a VM"))
+        let r = request.into_inner();
+        let backend = match pb::Hypervisor::try_from(r.hypervisor) {
+            Ok(pb::Hypervisor::Unspecified) => None,
+            Ok(pb::Hypervisor::Firecracker) => Some(Backend::Firecracker),
+            Ok(pb::Hypervisor::Qemu) => Some(Backend::Qemu),
+            Err(_) => return Err(Error::InvalidArgument("unknown hypervisor".into()).into()),
+        };
+        let spec = CreateSpec {
+            name: r.name,
+            image: r.image,
+            kernel: Some(r.kernel).filter(|k| !k.is_empty()),
+            vcpus: r.vcpus,
+            memory_mib: r.memory_mib,
+            disk_bytes: r.disk_bytes,
+            nat: r.nat,
+            no_start: r.no_start,
+            backend,
+            ssh_authorized_keys: r.ssh_authorized_keys,
+            ready_timeout_secs: r.ready_timeout_seconds,
+        };
+        // Cheap validation answers at once, before any stream.
+        banger_proto::names::validate("vm", &spec.name).map_err(Error::from)?;
+        banger_proto::names::validate("image", &spec.image).map_err(Error::from)?;
+        let (events_tx, mut events_rx) = mpsc::channel(32);
+        let (out_tx, out_rx) = mpsc::channel(32);
+        let manager = self.manager.clone();
+        // The create runs to completion (or rollback) even if the client
+        // goes away half-way: a VM never outlives its cleanup.
+        let create = tokio::spawn(async move { manager.create(spec, events_tx).await });
+        tokio::spawn(async move {
+            while let Some(ev) = events_rx.recv().await {
+                let event = match ev {
+                    CreateEvent::Phase {
+                        phase,
+                        message,
+                        seconds,
+                    } => pb::create_vm_event::Event::Progress(pb::CreateVmProgress {
+                        phase: phase.into(),
+                        message,
+                        done: 0,
+                        total: 0,
+                        seconds: seconds.unwrap_or_default(),
+                    }),
+                    CreateEvent::Done(v) => pb::create_vm_event::Event::Done(to_pb(*v)),
+                };
+                let _ = out_tx
+                    .send(Ok(pb::CreateVmEvent { event: Some(event) }))
+                    .await;
+            }
+            match create.await {
+                Ok(Ok(view)) => {
+                    // An idempotent create sends no events; answer with the VM.
+                    let _ = out_tx
+                        .send(Ok(pb::CreateVmEvent {
+                            event: Some(pb::create_vm_event::Event::Done(to_pb(view))),
+                        }))
+                        .await;
+                }
+                Ok(Err(e)) => {
+                    let _ = out_tx.send(Err(Status::from(e))).await;
+                }
+                Err(e) => {
+                    let _ = out_tx
+                        .send(Err(Status::internal(format!("create task failed: {e}"))))
+                        .await;
+                }
+            }
+        });
+        // Duplicate `done` events are collapsed: only the first reaches the client.
+        let mut seen_done = false;
+        let stream = ReceiverStream::new(out_rx).filter(move |ev| {
+            let is_done = matches!(
+                ev,
+                Ok(pb::CreateVmEvent {
+                    event: Some(pb::create_vm_event::Event::Done(_))
+                })
+            );
+            let keep = !(is_done && seen_done);
+            seen_done |= is_done;
+            futures::future::ready(keep)
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn start_vm(&self, _: Request<pb::StartVmRequest>) -> Result<Response<pb::Vm>, Status> {
-        Err(unimplemented("starting a VM"))
+    #[tracing::instrument(skip_all, fields(vm = %request.get_ref().name))]
+    async fn start_vm(
+        &self,
+        request: Request<pb::StartVmRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        let r = request.into_inner();
+        let v = self.manager.start(&r.name, r.ready_timeout_seconds).await?;
+        Ok(Response::new(to_pb(v)))
     }
 
-    async fn stop_vm(&self, _: Request<pb::StopVmRequest>) -> Result<Response<pb::Vm>, Status> {
-        Err(unimplemented("stopping a VM"))
+    #[tracing::instrument(skip_all, fields(vm = %request.get_ref().name))]
+    async fn stop_vm(
+        &self,
+        request: Request<pb::StopVmRequest>,
+    ) -> Result<Response<pb::Vm>, Status> {
+        let r = request.into_inner();
+        let v = self
+            .manager
+            .stop(&r.name, r.force, r.timeout_seconds)
+            .await?;
+        Ok(Response::new(to_pb(v)))
     }
 
+    #[tracing::instrument(skip_all, fields(vm = %request.get_ref().name))]
     async fn restart_vm(
         &self,
-        _: Request<pb::RestartVmRequest>,
+        request: Request<pb::RestartVmRequest>,
     ) -> Result<Response<pb::Vm>, Status> {
-        Err(unimplemented("restarting a VM"))
+        let r = request.into_inner();
+        let v = self
+            .manager
+            .restart(&r.name, r.timeout_seconds, r.ready_timeout_seconds)
+            .await?;
+        Ok(Response::new(to_pb(v)))
     }
 
+    #[tracing::instrument(skip_all, fields(vm = %request.get_ref().name))]
     async fn delete_vm(
         &self,
-        _: Request<pb::DeleteVmRequest>,
+        request: Request<pb::DeleteVmRequest>,
     ) -> Result<Response<pb::DeleteVmResponse>, Status> {
-        Err(unimplemented("deleting a VM"))
+        let r = request.into_inner();
+        self.manager.delete(&r.name, r.force).await?;
+        Ok(Response::new(pb::DeleteVmResponse {}))
     }
 
-    async fn get_vm(&self, _: Request<pb::GetVmRequest>) -> Result<Response<pb::Vm>, Status> {
-        Err(unimplemented("showing a VM"))
+    #[tracing::instrument(skip_all, fields(vm = %request.get_ref().name))]
+    async fn get_vm(&self, request: Request<pb::GetVmRequest>) -> Result<Response<pb::Vm>, Status> {
+        Ok(Response::new(to_pb(
+            self.manager.get(&request.get_ref().name)?,
+        )))
     }
 
+    #[tracing::instrument(skip_all)]
     async fn list_vms(
         &self,
         _: Request<pb::ListVmsRequest>,
     ) -> Result<Response<pb::ListVmsResponse>, Status> {
-        Err(unimplemented("listing VMs"))
+        let vms = self.manager.list()?.into_iter().map(to_pb).collect();
+        Ok(Response::new(pb::ListVmsResponse { vms }))
     }
 
     type ConsoleLogStream = BoxStream<pb::ConsoleLogChunk>;
 
+    #[tracing::instrument(skip_all, fields(vm = %request.get_ref().name))]
     async fn console_log(
         &self,
-        _: Request<pb::ConsoleLogRequest>,
+        request: Request<pb::ConsoleLogRequest>,
     ) -> Result<Response<Self::ConsoleLogStream>, Status> {
-        Err(unimplemented("reading a VM's console"))
+        let r = request.into_inner();
+        let path = self.manager.console_path(&r.name)?;
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io("cannot open", &path)(e).into()),
+        };
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            if let Some(f) = file.as_mut() {
+                let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+                if r.tail_bytes > 0 && r.tail_bytes < len {
+                    let _ = f.seek(std::io::SeekFrom::Start(len - r.tail_bytes)).await;
+                }
+            }
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                if file.is_none() {
+                    file = tokio::fs::File::open(&path).await.ok();
+                }
+                let n = match file.as_mut() {
+                    Some(f) => f.read(&mut buf).await.unwrap_or(0),
+                    None => 0,
+                };
+                if n > 0 {
+                    let chunk = pb::ConsoleLogChunk {
+                        data: buf[..n].to_vec(),
+                    };
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                if !r.follow || tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     type ExecStream = BoxStream<ExecResponse>;
 
+    #[tracing::instrument(skip_all)]
     async fn exec(
         &self,
-        _: Request<Streaming<pb::ExecRequest>>,
+        request: Request<Streaming<pb::ExecRequest>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
-        Err(unimplemented("running a command in a VM"))
+        let mut inbound = request.into_inner();
+        let first = inbound
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty Exec stream"))?;
+        if first.vm.is_empty() {
+            return Err(
+                Error::InvalidArgument("the first Exec message must name the VM".into()).into(),
+            );
+        }
+        let start = first.request.ok_or_else(|| {
+            Status::invalid_argument("the first Exec message must carry the agent `start`")
+        })?;
+        let channel = self.manager.agent(&first.vm).await?;
+        // Forward the client's stdin messages to the agent as they come.
+        let (tx, rx) = mpsc::channel::<agent::ExecRequest>(16);
+        let _ = tx.send(start).await;
+        tokio::spawn(async move {
+            while let Ok(Some(m)) = inbound.message().await {
+                if let Some(r) = m.request
+                    && tx.send(r).await.is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let outbound = AgentClient::new(channel)
+            .exec(ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(Response::new(Box::pin(outbound)))
     }
 
+    #[tracing::instrument(skip_all, fields(vm = %request.get_ref().name))]
     async fn wait_ready(
         &self,
-        _: Request<pb::WaitReadyRequest>,
+        request: Request<pb::WaitReadyRequest>,
     ) -> Result<Response<pb::WaitReadyResponse>, Status> {
-        Err(unimplemented("waiting for a VM"))
+        let r = request.into_inner();
+        let v = self.manager.wait_ready(&r.name, r.timeout_seconds).await?;
+        Ok(Response::new(pb::WaitReadyResponse { vm: Some(to_pb(v)) }))
     }
 }

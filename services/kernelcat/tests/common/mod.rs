@@ -1,0 +1,361 @@
+//! Shared pieces of kernelcat's integration tests: a real HTTP server on
+//! 127.0.0.1 that can misbehave on purpose, bundles built from the fixture
+//! kernel, and the service started in-process on a temp socket.
+
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use banger_kernelcat::{KernelCatConfig, KernelCatService};
+use banger_proto::kernelcat::v1 as pb;
+use banger_proto::kernelcat::v1::kernel_cat_client::KernelCatClient;
+use banger_proto::kernelcat::v1::kernel_cat_server::KernelCatServer;
+use banger_proto::rpc::{BoundSocket, ServeOptions, TracedChannel};
+use sha2::{Digest, Sha256};
+
+/// How the server answers one path.
+#[derive(Clone)]
+pub enum Route {
+    /// 200 with the body.
+    Ok(Arc<Vec<u8>>),
+    /// The status, empty body.
+    Status(u16),
+    /// Announces the whole body, sends only the first `usize` bytes, closes.
+    Truncate(Arc<Vec<u8>>, usize),
+    /// Sends the first `usize` bytes, then waits for the gate to open
+    /// before sending the rest (a download that stays in flight).
+    Gated(Arc<Vec<u8>>, usize, Gate),
+}
+
+/// A gate a [`Route::Gated`] response waits on.
+#[derive(Clone, Default)]
+pub struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    /// Lets every waiting response finish.
+    pub fn open(&self) {
+        *self.0.0.lock().unwrap() = true;
+        self.0.1.notify_all();
+    }
+
+    /// Waits until opened; `false` after a minute (the test failed or
+    /// the client went away).
+    fn wait(&self) -> bool {
+        let guard = self.0.0.lock().unwrap();
+        let (guard, _) = self
+            .0
+            .1
+            .wait_timeout_while(guard, Duration::from_secs(60), |open| !*open)
+            .unwrap();
+        *guard
+    }
+}
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 with per-path behaviour and
+/// per-path request counts.
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    routes: Arc<Mutex<HashMap<String, Route>>>,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+    sent: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl HttpServer {
+    pub fn start() -> HttpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let addr = listener.local_addr().unwrap();
+        let server = HttpServer {
+            addr,
+            routes: Default::default(),
+            hits: Default::default(),
+            sent: Default::default(),
+        };
+        let (routes, hits, sent) = (
+            server.routes.clone(),
+            server.hits.clone(),
+            server.sent.clone(),
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let (routes, hits, sent) = (routes.clone(), hits.clone(), sent.clone());
+                std::thread::spawn(move || {
+                    let _ = handle(stream, &routes, &hits, &sent);
+                });
+            }
+        });
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn route(&self, path: &str, route: Route) {
+        self.routes.lock().unwrap().insert(path.to_owned(), route);
+    }
+
+    pub fn hits(&self, path: &str) -> usize {
+        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+
+    /// Body bytes written so far on `path` (all requests).
+    pub fn sent(&self, path: &str) -> usize {
+        self.sent.lock().unwrap().get(path).copied().unwrap_or(0)
+    }
+}
+
+fn handle(
+    stream: TcpStream,
+    routes: &Mutex<HashMap<String, Route>>,
+    hits: &Mutex<HashMap<String, usize>>,
+    sent: &Mutex<HashMap<String, usize>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+    }
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .to_owned();
+    *hits.lock().unwrap().entry(path.clone()).or_default() += 1;
+    let route = routes.lock().unwrap().get(&path).cloned();
+    let mut out = stream;
+    let head = |status: u16, reason: &str, len: usize| {
+        format!("HTTP/1.1 {status} {reason}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+    };
+    let count = |n: usize| *sent.lock().unwrap().entry(path.clone()).or_default() += n;
+    match route {
+        None => out.write_all(head(404, "Not Found", 0).as_bytes())?,
+        Some(Route::Status(code)) => out.write_all(head(code, "Test Status", 0).as_bytes())?,
+        Some(Route::Ok(body)) => {
+            out.write_all(head(200, "OK", body.len()).as_bytes())?;
+            out.write_all(&body)?;
+            count(body.len());
+        }
+        Some(Route::Truncate(body, cut)) => {
+            out.write_all(head(200, "OK", body.len()).as_bytes())?;
+            out.write_all(&body[..cut])?;
+            count(cut);
+        }
+        Some(Route::Gated(body, first, gate)) => {
+            out.write_all(head(200, "OK", body.len()).as_bytes())?;
+            out.write_all(&body[..first])?;
+            out.flush()?;
+            count(first);
+            if gate.wait() {
+                out.write_all(&body[first..])?;
+                count(body.len() - first);
+            }
+        }
+    }
+    out.flush()?;
+    let _ = out.shutdown(std::net::Shutdown::Both);
+    Ok(())
+}
+
+/// SHA-256 (hex).
+pub fn sha256(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// One member of a crafted bundle.
+pub enum Member<'a> {
+    File(&'a str, &'a [u8]),
+    Symlink(&'a str, &'a str),
+}
+
+/// A tar.zst with raw member names (so `..` and absolute names can be
+/// crafted, which the tar crate's path setters refuse).
+pub fn tar_zst(members: &[Member]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for m in members {
+        let mut header = tar::Header::new_gnu();
+        let (name, kind, link, data): (&str, tar::EntryType, Option<&str>, &[u8]) = match m {
+            Member::File(n, d) => (n, tar::EntryType::Regular, None, d),
+            Member::Symlink(n, t) => (n, tar::EntryType::Symlink, Some(t), b""),
+        };
+        let gnu = header.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        if let Some(link) = link {
+            gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        }
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        builder.append(&header, data).unwrap();
+    }
+    zstd::encode_all(&builder.into_inner().unwrap()[..], 1).unwrap()
+}
+
+/// The fixture kernel bundled as the build script would (vmlinux + config),
+/// built once per test binary.
+pub fn fixture_bundle() -> Arc<Vec<u8>> {
+    static BUNDLE: OnceLock<Arc<Vec<u8>>> = OnceLock::new();
+    BUNDLE
+        .get_or_init(|| {
+            let vmlinux = std::fs::read(banger_test_support::fixtures::kernel_vmlinux()).unwrap();
+            let config = std::fs::read(banger_test_support::fixtures::kernel_config()).unwrap();
+            Arc::new(tar_zst(&[
+                Member::File("vmlinux", &vmlinux),
+                Member::File("config", &config),
+            ]))
+        })
+        .clone()
+}
+
+/// A catalog entry as JSON.
+pub fn entry(name: &str, url: &str, sha: &str, size: usize) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "distro": "generic",
+        "arch": "x86_64",
+        "kernel_version": "6.12.117",
+        "tarball_url": url,
+        "tarball_sha256": sha,
+        "size_bytes": size,
+        "description": "test kernel",
+    })
+}
+
+/// Serves `entries` as the catalog at `/catalog.json`.
+pub fn serve_catalog(server: &HttpServer, entries: Vec<serde_json::Value>) {
+    let body = serde_json::to_vec(&serde_json::json!({ "kernels": entries })).unwrap();
+    server.route("/catalog.json", Route::Ok(Arc::new(body)));
+}
+
+/// The service running in-process on a temp socket.
+pub struct Service {
+    pub dir: tempfile::TempDir,
+    pub client: KernelCatClient<TracedChannel>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Service {
+    pub async fn start(settings: KernelCatConfig) -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        let service = KernelCatService::with_settings(dir.path().join("state/kernels"), settings)
+            .expect("open the service");
+        let socket = dir.path().join("run/kernelcat.sock");
+        let bound = BoundSocket::bind(ServeOptions {
+            socket: socket.clone(),
+            socket_group: None,
+            pid_file: None,
+            name: "banger-kernelcat".into(),
+            services: vec!["banger.kernelcat.v1.KernelCat".into()],
+        })
+        .await
+        .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            bound
+                .serve(
+                    tonic::service::Routes::new(KernelCatServer::new(service)),
+                    async {
+                        let _ = rx.await;
+                    },
+                )
+                .await
+                .unwrap();
+        });
+        let channel = banger_proto::rpc::connect(&socket).await.unwrap();
+        Service {
+            dir,
+            client: KernelCatClient::new(channel),
+            shutdown: Some(tx),
+        }
+    }
+
+    /// The store root.
+    pub fn kernels(&self) -> PathBuf {
+        self.dir.path().join("state/kernels")
+    }
+
+    /// Names in the store root (kernels, staging dirs, the catalog cache).
+    pub fn store_entries(&self) -> Vec<String> {
+        store_entries(&self.kernels())
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Names in a directory, sorted.
+pub fn store_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Settings pointing at a test catalog.
+pub fn settings(catalog_url: &str) -> KernelCatConfig {
+    KernelCatConfig {
+        catalog_url: Some(catalog_url.to_owned()),
+        catalog_timeout_secs: 5,
+        ..Default::default()
+    }
+}
+
+/// Runs a pull to its end: the progress events seen and the result.
+pub async fn pull(
+    client: &mut KernelCatClient<TracedChannel>,
+    name: &str,
+    force: bool,
+) -> (Vec<pb::PullProgress>, Result<pb::Kernel, tonic::Status>) {
+    let mut stream = match client
+        .pull_kernel(pb::PullKernelRequest {
+            name: name.into(),
+            force,
+        })
+        .await
+    {
+        Ok(s) => s.into_inner(),
+        Err(status) => return (Vec::new(), Err(status)),
+    };
+    let mut progress = Vec::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(pb::PullKernelEvent {
+                event: Some(pb::pull_kernel_event::Event::Progress(p)),
+            })) => progress.push(p),
+            Ok(Some(pb::PullKernelEvent {
+                event: Some(pb::pull_kernel_event::Event::Done(k)),
+            })) => return (progress, Ok(k)),
+            Ok(other) => panic!("unexpected pull message {other:?}"),
+            Err(status) => return (progress, Err(status)),
+        }
+    }
+}
+
+/// Polls `cond` every 50 ms until it holds, panicking with `what` after a
+/// generous deadline (a liveness bound, not a timing assertion).
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,433 @@
+//! The VM's own disk: a writable copy of the image's ext4 (a reflink where
+//! the filesystem allows, else a sparse copy), grown to the requested size,
+//! with the per-VM identity written into it before the first boot with
+//! `debugfs -w` — no mount, no privilege (DESIGN §5).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// How a disk copy was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyMethod {
+    /// FICLONE: shares extents, instant.
+    Reflink,
+    /// Only the data extents were copied; holes stay holes.
+    Sparse,
+}
+
+/// Copies `src` to a new file `dst` (which must not exist).
+pub fn copy_image(src: &Path, dst: &Path) -> Result<CopyMethod> {
+    let input = File::open(src).map_err(Error::io("cannot open image", src))?;
+    let output = File::options()
+        .write(true)
+        .create_new(true)
+        .open(dst)
+        .map_err(Error::io("cannot create disk", dst))?;
+    // FICLONE = _IOW(0x94, 9, int)
+    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // SAFETY: FICLONE takes the source fd as its integer argument; both fds
+    // are open for the duration of the call and nothing else is passed.
+    let rc = unsafe { libc::ioctl(output.as_raw_fd(), FICLONE, input.as_raw_fd()) };
+    if rc == 0 {
+        return Ok(CopyMethod::Reflink);
+    }
+    sparse_copy(&input, &output).map_err(Error::io("cannot copy image to", dst))?;
+    output
+        .sync_all()
+        .map_err(Error::io("cannot sync disk", dst))?;
+    Ok(CopyMethod::Sparse)
+}
+
+/// Copies the data extents of `input` (SEEK_DATA/SEEK_HOLE), and within them
+/// skips all-zero blocks, so the copy stays as sparse as the image.
+fn sparse_copy(input: &File, output: &File) -> std::io::Result<()> {
+    use nix::unistd::{Whence, lseek};
+    let len = input.metadata()?.len();
+    output.set_len(len)?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos: i64 = 0;
+    while (pos as u64) < len {
+        let data = match lseek(input, pos, Whence::SeekData) {
+            Ok(d) => d,
+            Err(nix::errno::Errno::ENXIO) => break, // only a hole remains
+            // No SEEK_DATA support: treat the whole rest as data.
+            Err(nix::errno::Errno::EINVAL) => pos,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = match lseek(input, data, Whence::SeekHole) {
+            Ok(h) => h,
+            Err(_) => len as i64,
+        };
+        let mut off = data;
+        while off < hole {
+            let want = ((hole - off) as usize).min(buf.len());
+            let n = input.read_at(&mut buf[..want], off as u64)?;
+            if n == 0 {
+                break;
+            }
+            for (i, block) in buf[..n].chunks(4096).enumerate() {
+                if block.iter().any(|&b| b != 0) {
+                    output.write_all_at(block, off as u64 + (i * 4096) as u64)?;
+                }
+            }
+            off += n as i64;
+        }
+        pos = hole;
+    }
+    Ok(())
+}
+
+/// Grows the ext4 in `disk` to `bytes` (never shrinks).
+pub fn grow(disk: &Path, bytes: u64) -> Result<()> {
+    let file = File::options()
+        .write(true)
+        .open(disk)
+        .map_err(Error::io("cannot open disk", disk))?;
+    let len = file
+        .metadata()
+        .map_err(Error::io("cannot stat disk", disk))?
+        .len();
+    if bytes <= len {
+        return Ok(());
+    }
+    file.set_len(bytes)
+        .map_err(Error::io("cannot extend disk", disk))?;
+    drop(file);
+    let resize = || run_tool(Command::new("resize2fs").arg(disk));
+    if resize().is_err() {
+        // resize2fs wants a freshly checked filesystem; check and retry.
+        let _ = run_tool(Command::new("e2fsck").arg("-fp").arg(disk));
+        resize()?;
+    }
+    Ok(())
+}
+
+/// The per-VM identity, `/etc/banger/identity.json` in the guest (schema
+/// agreed with `banger-first-boot`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Identity {
+    pub hostname: String,
+    pub ssh_authorized_keys: Vec<String>,
+    pub dns: Vec<String>,
+    /// `a.b.c.d/nn`; absent without a network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+}
+
+/// Writes `identity` and the files it implies (`/etc/hostname`, root's
+/// `authorized_keys`, mode 0600 in a 0700 dir, owned by root) into the ext4
+/// at `disk`, then reads `identity.json` back to prove it landed.
+pub fn write_identity(disk: &Path, identity: &Identity) -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix(".identity-")
+        .tempdir_in(disk.parent().unwrap_or(Path::new("/tmp")))
+        .map_err(Error::io("cannot create temp dir beside", disk))?;
+    let mut json = serde_json::to_string_pretty(identity).expect("identity serializes");
+    json.push('\n');
+    let keys: String = identity
+        .ssh_authorized_keys
+        .iter()
+        .map(|k| format!("{}\n", k.trim()))
+        .collect();
+    let files = [
+        ("identity.json", json.as_str()),
+        ("hostname", &format!("{}\n", identity.hostname)),
+        ("authorized_keys", keys.as_str()),
+    ];
+    for (name, content) in files {
+        std::fs::write(tmp.path().join(name), content)
+            .map_err(Error::io("cannot write", tmp.path().join(name)))?;
+    }
+    let host = |n: &str| tmp.path().join(n).display().to_string();
+    // debugfs parses its command file by whitespace; our temp path has none
+    // unless the state dir does, which we refuse rather than mis-write.
+    if tmp.path().to_string_lossy().contains(char::is_whitespace) {
+        return Err(Error::InvalidArgument(format!(
+            "state dir {} contains whitespace, which debugfs cannot handle",
+            tmp.path().display()
+        )));
+    }
+    let mut script = String::new();
+    // debugfs's mkdir of an existing directory leaks an inode and corrupts
+    // link counts (e2fsprogs 1.47), so only make the ones that are missing.
+    for dir in ["/etc", "/etc/banger", "/root", "/root/.ssh"] {
+        if !exists(disk, dir)? {
+            script.push_str(&format!("mkdir {dir}\n"));
+        }
+    }
+    let mut put = |guest: &str, local: &str, mode: &str| {
+        script.push_str(&format!(
+            "rm {guest}\nwrite {} {guest}\nsif {guest} mode {mode}\nsif {guest} uid 0\nsif {guest} gid 0\n",
+            host(local)
+        ));
+    };
+    put("/etc/banger/identity.json", "identity.json", "0100644");
+    put("/etc/hostname", "hostname", "0100644");
+    put("/root/.ssh/authorized_keys", "authorized_keys", "0100600");
+    script.push_str("sif /root/.ssh mode 040700\nsif /root/.ssh uid 0\nsif /root/.ssh gid 0\n");
+    let script_path = tmp.path().join("commands");
+    File::create(&script_path)
+        .and_then(|mut f| f.write_all(script.as_bytes()))
+        .map_err(Error::io("cannot write", &script_path))?;
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(disk)
+        .output()
+        .map_err(|e| tool_missing("debugfs", e))?;
+    // debugfs exits 0 even when a command fails; its complaints are on
+    // stderr. "not found" (rm of a file the image lacks) is expected;
+    // anything else is a real failure.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let problems: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+        .filter(|l| !l.contains("File not found by ext2_lookup"))
+        .collect();
+    if !out.status.success() || !problems.is_empty() {
+        return Err(Error::tool(
+            "debugfs",
+            format!(
+                "writing the VM identity into {} failed: {}",
+                disk.display(),
+                problems.join("; ")
+            ),
+        ));
+    }
+    let back = read_file(disk, "/etc/banger/identity.json")?;
+    if back != json.as_bytes() {
+        return Err(Error::tool(
+            "debugfs",
+            format!(
+                "identity.json read back from {} differs from what was written",
+                disk.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `guest_path` exists in the ext4 image.
+fn exists(disk: &Path, guest_path: &str) -> Result<bool> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("stat {guest_path}"))
+        .arg(disk)
+        .output()
+        .map_err(|e| tool_missing("debugfs", e))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("File not found") {
+        return Ok(false);
+    }
+    if !out.status.success() || !out.stdout.starts_with(b"Inode:") {
+        return Err(Error::tool(
+            "debugfs",
+            format!("cannot inspect {}: {}", disk.display(), stderr.trim()),
+        ));
+    }
+    Ok(true)
+}
+
+/// Reads a file out of an ext4 image (`debugfs -R cat`).
+pub fn read_file(disk: &Path, guest_path: &str) -> Result<Vec<u8>> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {guest_path}"))
+        .arg(disk)
+        .output()
+        .map_err(|e| tool_missing("debugfs", e))?;
+    if !out.status.success() {
+        return Err(Error::tool(
+            "debugfs",
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
+    }
+    Ok(out.stdout)
+}
+
+fn tool_missing(tool: &str, e: std::io::Error) -> Error {
+    Error::tool(
+        tool,
+        format!("cannot run it ({e}); install e2fsprogs (`apt-get install e2fsprogs`)"),
+    )
+}
+
+fn run_tool(cmd: &mut Command) -> Result<()> {
+    let tool = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd.output().map_err(|e| tool_missing(&tool, e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::tool(
+            tool,
+            format!(
+                "failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn mkfs(dir: &Path, size: &str) -> std::path::PathBuf {
+        banger_test_support::require_program("mkfs.ext4", "e2fsprogs");
+        let tree = dir.join("tree");
+        std::fs::create_dir_all(tree.join("etc")).unwrap();
+        std::fs::write(tree.join("etc/hostname"), "image-default\n").unwrap();
+        std::fs::write(tree.join("etc/os-release"), "ID=test\n").unwrap();
+        let img = dir.join("image.ext4");
+        run_tool(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-d"])
+                .arg(&tree)
+                .arg(&img)
+                .arg(size),
+        )
+        .unwrap();
+        img
+    }
+
+    fn identity() -> Identity {
+        Identity {
+            hostname: "testbox".into(),
+            ssh_authorized_keys: vec![
+                "ssh-ed25519 AAAAC3Nza one@host".into(),
+                "ssh-rsa AAAAB two".into(),
+            ],
+            dns: vec!["1.1.1.1".into()],
+            ip: Some("172.30.0.5/24".into()),
+            gateway: Some("172.30.0.1".into()),
+        }
+    }
+
+    #[test]
+    fn copy_grow_and_identity_on_a_real_ext4() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = mkfs(dir.path(), "16M");
+        let disk = dir.path().join("rootfs.ext4");
+        copy_image(&img, &disk).unwrap();
+        assert_eq!(
+            std::fs::metadata(&disk).unwrap().len(),
+            std::fs::metadata(&img).unwrap().len()
+        );
+        grow(&disk, 64 << 20).unwrap();
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), 64 << 20);
+        // The filesystem itself grew: dumpe2fs reports 64 MiB of blocks.
+        let out = Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(&disk)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let blocks: u64 = field(&text, "Block count:").parse().unwrap();
+        let bsize: u64 = field(&text, "Block size:").parse().unwrap();
+        assert_eq!(blocks * bsize, 64 << 20);
+
+        let id = identity();
+        write_identity(&disk, &id).unwrap();
+        // Twice: the second write replaces, it does not fail on existing files.
+        write_identity(&disk, &id).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_slice(&read_file(&disk, "/etc/banger/identity.json").unwrap())
+                .unwrap();
+        assert_eq!(json["hostname"], "testbox");
+        assert_eq!(json["ip"], "172.30.0.5/24");
+        assert_eq!(json["gateway"], "172.30.0.1");
+        assert_eq!(json["dns"][0], "1.1.1.1");
+        assert_eq!(json["ssh_authorized_keys"][1], "ssh-rsa AAAAB two");
+        assert_eq!(read_file(&disk, "/etc/hostname").unwrap(), b"testbox\n");
+        assert_eq!(
+            read_file(&disk, "/root/.ssh/authorized_keys").unwrap(),
+            b"ssh-ed25519 AAAAC3Nza one@host\nssh-rsa AAAAB two\n"
+        );
+        assert_eq!(read_file(&disk, "/etc/os-release").unwrap(), b"ID=test\n");
+        let stat = |p: &str| {
+            let out = Command::new("debugfs")
+                .arg("-R")
+                .arg(format!("stat {p}"))
+                .arg(&disk)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let keys = stat("/root/.ssh/authorized_keys");
+        assert!(keys.contains("Mode:  0600"), "{keys}");
+        assert!(keys.contains("User:     0   Group:     0"), "{keys}");
+        let ssh = stat("/root/.ssh");
+        assert!(ssh.contains("Mode:  0700"), "{ssh}");
+        // The image itself was never written.
+        assert_eq!(
+            read_file(&img, "/etc/hostname").unwrap(),
+            b"image-default\n"
+        );
+        // fsck agrees the result is a clean filesystem.
+        let fsck = Command::new("e2fsck")
+            .arg("-fn")
+            .arg(&disk)
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
+    }
+
+    #[test]
+    fn sparse_copy_keeps_holes_and_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let f = File::create(&src).unwrap();
+        f.set_len(32 << 20).unwrap();
+        f.write_all_at(b"head", 0).unwrap();
+        f.write_all_at(b"middle", 16 << 20).unwrap();
+        f.write_all_at(&[0u8; 8192], 20 << 20).unwrap(); // zero data: stays a hole
+        drop(f);
+        let dst = dir.path().join("dst");
+        let input = File::open(&src).unwrap();
+        let output = File::create(&dst).unwrap();
+        sparse_copy(&input, &output).unwrap();
+        drop(output);
+        let data = std::fs::read(&dst).unwrap();
+        assert_eq!(data.len(), 32 << 20);
+        assert_eq!(&data[..4], b"head");
+        assert_eq!(&data[16 << 20..(16 << 20) + 6], b"middle");
+        let meta = std::fs::metadata(&dst).unwrap();
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "copy is not sparse: {} blocks",
+            meta.blocks()
+        );
+    }
+
+    #[test]
+    fn copy_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, b"x").unwrap();
+        assert!(copy_image(&a, &a).is_err());
+    }
+
+    fn field<'a>(text: &'a str, name: &str) -> &'a str {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+    }
+}

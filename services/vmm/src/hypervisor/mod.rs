@@ -1,0 +1,271 @@
+//! Hypervisor backends behind one trait, and the process plumbing they share.
+//!
+//! A backend starts a VM's processes (each in its own process group, so a
+//! vmm restart or a Ctrl-C on `banger up` does not take them down), asks a
+//! running VM to stop, and cleans up what it made. Supervision (waiting for
+//! exit, killing after a timeout, adopting after a vmm restart) is generic
+//! and lives here and in the manager: a pid plus a check that its command
+//! line names this VM's run dir is enough to recognise our processes.
+
+pub mod firecracker;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::Backend;
+use crate::error::{Error, Result};
+use crate::record::VmPaths;
+
+/// Everything a backend needs to boot one VM.
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    /// VM id (Firecracker's `--id`, vsock bookkeeping).
+    pub id: String,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub disk: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Tap device (owned by the vmm's user) and guest MAC, if networked.
+    pub net: Option<(String, String)>,
+    /// Give the guest a vsock device reachable at `paths.vsock()`.
+    pub vsock: bool,
+    pub paths: VmPaths,
+}
+
+/// A started VM.
+#[derive(Debug)]
+pub struct Launched {
+    pub pid: u32,
+    /// vhost-device-vsock under QEMU.
+    pub helper_pid: Option<u32>,
+    /// `kvm` / `tcg` under QEMU.
+    pub accel: Option<String>,
+    /// The hypervisor process, for the supervisor to wait on.
+    pub child: tokio::process::Child,
+}
+
+/// One hypervisor backend.
+#[tonic::async_trait]
+pub trait Hypervisor: Send + Sync + std::fmt::Debug {
+    /// Which backend this is.
+    fn backend(&self) -> Backend;
+
+    /// Whether boots on this backend are emulated (TCG) and so need
+    /// `tsc_early_khz=` on the command line.
+    fn emulated(&self) -> bool;
+
+    /// Starts the VM. On error, everything it started is gone again.
+    async fn launch(&self, spec: &LaunchSpec) -> Result<Launched>;
+
+    /// Asks the running VM to shut down (QMP `system_powerdown`,
+    /// Firecracker `SendCtrlAltDel`); returns once asked, not once stopped.
+    async fn request_stop(&self, paths: &VmPaths) -> Result<()>;
+}
+
+/// Removes what a VM's processes leave behind after they are gone: the
+/// helper (killed by pid if still ours) and every socket in the run dir,
+/// including vhost-device-vsock's `<uds>_<port>` listeners.
+pub fn cleanup_after_exit(paths: &VmPaths, helper_pid: Option<u32>) {
+    if let Some(pid) = helper_pid
+        && is_ours(pid, paths)
+    {
+        kill(pid);
+    }
+    if let Ok(entries) = std::fs::read_dir(&paths.run) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(&paths.run);
+}
+
+/// Whether `pid` is a live (not zombie) process whose command line names
+/// this VM's run dir: the check that makes adoption after a restart safe
+/// against pid reuse.
+pub fn is_ours(pid: u32, paths: &VmPaths) -> bool {
+    pid_alive(pid) && cmdline_contains(pid, &paths.run)
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+fn cmdline_contains(pid: u32, needle: &Path) -> bool {
+    // Right after a spawn the kernel can briefly report an empty command
+    // line for the new process (observed with QEMU); give it a moment.
+    let mut cmdline = Vec::new();
+    for _ in 0..100 {
+        match std::fs::read(format!("/proc/{pid}/cmdline")) {
+            Ok(c) if !c.is_empty() => {
+                cmdline = c;
+                break;
+            }
+            Ok(_) if pid_alive(pid) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            _ => return false,
+        }
+    }
+    let needle = needle.as_os_str().as_encoded_bytes();
+    !needle.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle)
+}
+
+/// SIGKILL to `pid`, ignoring a process that is already gone.
+pub fn kill(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
+/// Polls until `pid` is gone (or a zombie) or `timeout` passes.
+pub async fn wait_gone(pid: u32, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if !pid_alive(pid) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until a child listens on the unix socket `path`, failing early if
+/// the child exits. The file appears at bind(), before listen(): dialing in
+/// between is refused, so we watch `/proc/net/unix` for the listening flag
+/// rather than probing (vhost-device-vsock serves exactly one connection).
+pub(crate) async fn wait_for_socket(
+    path: &Path,
+    child: &mut tokio::process::Child,
+    what: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if is_listening(path) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(Error::Hypervisor(format!(
+                "{what} exited ({status}) before creating {}",
+                path.display()
+            )));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Hypervisor(format!(
+                "{what} did not create {} within {timeout:?}",
+                path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether some process listens on the unix socket at `path`.
+fn is_listening(path: &Path) -> bool {
+    const SO_ACCEPTCON: &str = "00010000";
+    // thread-self: /proc/net follows the process's main thread, which may
+    // sit in another network namespace than this thread (tests use netns
+    // threads), and unix sockets are listed per namespace.
+    let Ok(table) = std::fs::read_to_string("/proc/thread-self/net/unix") else {
+        return path.exists();
+    };
+    let path = path.to_string_lossy();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() >= 8 && fields[3] == SO_ACCEPTCON && fields[7..].join(" ") == path
+    })
+}
+
+/// A command that runs in its own process group, with stdin closed, so it
+/// outlives the vmm and never reads the vmm's terminal.
+pub(crate) fn detached(program: &str) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(program);
+    cmd.process_group(0).stdin(std::process::Stdio::null());
+    cmd
+}
+
+/// Spawns `cmd`, mapping a missing binary to an install hint.
+pub(crate) fn spawn(
+    cmd: std::process::Command,
+    install_hint: &str,
+) -> Result<tokio::process::Child> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(false);
+    cmd.spawn().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Hypervisor(format!("{program} not found: {install_hint}"))
+        } else {
+            Error::Hypervisor(format!("cannot start {program}: {e}"))
+        }
+    })
+}
+
+/// Opens (appending) the console log a hypervisor writes to.
+pub(crate) fn open_log(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(Error::io("cannot open console log", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_checks() {
+        let me = std::process::id();
+        assert!(pid_alive(me));
+        assert!(cmdline_contains(me, Path::new("banger_vmm")));
+        assert!(!cmdline_contains(me, Path::new("/no/such/vm/dir")));
+        assert!(!pid_alive(u32::MAX - 1));
+    }
+
+    #[tokio::test]
+    async fn detached_child_has_its_own_group_and_is_reaped_as_dead() {
+        let mut cmd = detached("sleep");
+        cmd.arg("30");
+        let mut child = spawn(cmd, "coreutils").unwrap();
+        let pid = child.id().unwrap();
+        let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid as i32))).unwrap();
+        assert_eq!(pgid.as_raw(), pid as i32, "not in its own process group");
+        assert!(pid_alive(pid));
+        kill(pid);
+        // A zombie counts as gone even before it is reaped.
+        assert!(wait_gone(pid, Duration::from_secs(5)).await);
+        child.wait().await.unwrap();
+    }
+
+    #[test]
+    fn listening_sockets_are_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.sock");
+        assert!(!is_listening(&path));
+        let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        assert!(is_listening(&path));
+    }
+
+    #[test]
+    fn missing_binary_says_what_to_install() {
+        let err = spawn(detached("/no/such/qemu"), "apt-get install qemu-system-x86").unwrap_err();
+        assert!(
+            err.to_string().contains("apt-get install qemu-system-x86"),
+            "{err}"
+        );
+    }
+}

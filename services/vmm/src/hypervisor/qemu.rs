@@ -1,0 +1,388 @@
+//! QEMU `-M microvm`: virtio-mmio disk and net, the serial console appended
+//! to the VM's log, and the guest's vsock served by a `vhost-device-vsock`
+//! daemon started before QEMU (it creates the vhost-user socket QEMU dials)
+//! so the host reaches the agent through the same hybrid-vsock socket as
+//! under Firecracker (DESIGN §5). vhost-user needs shared guest memory,
+//! hence the memfd memory backend.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+use super::{Hypervisor, LaunchSpec, Launched};
+use crate::config::{Backend, QemuAccel, VmmConfig};
+use crate::error::{Error, Result};
+use crate::record::VmPaths;
+
+/// The accelerator actually used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// Resolves `qemu_accel` against what the host offers. `auto` picks KVM only
+/// when `/dev/kvm` opens and is not `kvm_pvm`, which cannot run unmodified
+/// guests (their vCPU dies with KVM_EXIT_INTERNAL_ERROR); the warning says why.
+pub fn choose_accel(
+    setting: QemuAccel,
+    kvm_pvm_loaded: bool,
+    kvm_usable: bool,
+) -> (Accel, Option<String>) {
+    match setting {
+        QemuAccel::Kvm => (Accel::Kvm, None),
+        QemuAccel::Tcg => (Accel::Tcg, None),
+        QemuAccel::Auto if kvm_pvm_loaded => (
+            Accel::Tcg,
+            Some(
+                "qemu_accel = auto: this host's KVM is kvm_pvm, which cannot run unmodified \
+                 guests; using TCG (software emulation, much slower)"
+                    .into(),
+            ),
+        ),
+        QemuAccel::Auto if !kvm_usable => (
+            Accel::Tcg,
+            Some(
+                "qemu_accel = auto: /dev/kvm cannot be opened (absent, or the vmm is not in \
+                 group kvm); using TCG (software emulation, much slower)"
+                    .into(),
+            ),
+        ),
+        QemuAccel::Auto => (Accel::Kvm, None),
+    }
+}
+
+/// [`choose_accel`] with the facts of this host.
+pub fn detect_accel(setting: QemuAccel) -> (Accel, Option<String>) {
+    let pvm = Path::new("/sys/module/kvm_pvm").exists()
+        || std::fs::read_to_string("/proc/modules")
+            .is_ok_and(|m| m.lines().any(|l| l.starts_with("kvm_pvm ")));
+    let usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    choose_accel(setting, pvm, usable)
+}
+
+/// The QEMU backend.
+#[derive(Debug, Clone)]
+pub struct Qemu {
+    pub binary: String,
+    pub vhost_vsock_binary: String,
+    pub accel: Accel,
+}
+
+impl Qemu {
+    /// From `[vmm]`, detecting the accelerator once.
+    pub fn from_config(cfg: &VmmConfig) -> Qemu {
+        let (accel, warning) = detect_accel(cfg.qemu_accel);
+        if let Some(w) = warning {
+            tracing::warn!("{w}");
+        }
+        Qemu {
+            binary: cfg.qemu_binary.clone(),
+            vhost_vsock_binary: cfg.vhost_vsock_binary.clone(),
+            accel,
+        }
+    }
+}
+
+/// Doubles commas, QEMU's escape inside `-opt a=b,c=d` values.
+fn esc(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+/// QEMU's arguments for `spec`.
+pub fn argv(spec: &LaunchSpec, accel: Accel) -> Vec<String> {
+    let p = &spec.paths;
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+    push(&["-M", "microvm,memory-backend=mem"]);
+    push(&[
+        "-object",
+        &format!(
+            "memory-backend-memfd,id=mem,size={}M,share=on",
+            spec.memory_mib
+        ),
+    ]);
+    match accel {
+        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+    }
+    push(&[
+        "-smp",
+        &spec.vcpus.to_string(),
+        "-m",
+        &format!("{}M", spec.memory_mib),
+    ]);
+    push(&[
+        "-nodefaults",
+        "-nographic",
+        "-no-reboot",
+        "-monitor",
+        "none",
+    ]);
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={},append=on", esc(&p.console_log())),
+        "-serial",
+        "chardev:console",
+    ]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", esc(&p.qmp())),
+    ]);
+    push(&["-kernel", &spec.kernel.display().to_string()]);
+    if let Some(initrd) = &spec.initrd {
+        push(&["-initrd", &initrd.display().to_string()]);
+    }
+    push(&["-append", &spec.cmdline]);
+    push(&[
+        "-drive",
+        &format!("id=root,file={},format=raw,if=none", esc(&spec.disk)),
+        "-device",
+        "virtio-blk-device,drive=root",
+    ]);
+    if let Some((tap, mac)) = &spec.net {
+        push(&[
+            "-netdev",
+            &format!("tap,id=net0,ifname={tap},script=no,downscript=no"),
+            "-device",
+            &format!("virtio-net-device,netdev=net0,mac={mac}"),
+        ]);
+    }
+    if spec.vsock {
+        push(&[
+            "-chardev",
+            &format!("socket,id=vsock,path={}", esc(&p.vhost_user())),
+            "-device",
+            "vhost-user-vsock-device,chardev=vsock",
+        ]);
+    }
+    a
+}
+
+/// vhost-device-vsock's arguments: guest CID 3 (every VM has its own daemon,
+/// so CIDs never clash), the vhost-user socket QEMU dials, and the
+/// hybrid-vsock socket the host dials.
+pub fn vhost_argv(paths: &VmPaths) -> Vec<String> {
+    vec![
+        "--guest-cid".into(),
+        "3".into(),
+        "--socket".into(),
+        paths.vhost_user().display().to_string(),
+        "--uds-path".into(),
+        paths.vsock().display().to_string(),
+    ]
+}
+
+#[tonic::async_trait]
+impl Hypervisor for Qemu {
+    fn backend(&self) -> Backend {
+        Backend::Qemu
+    }
+
+    fn emulated(&self) -> bool {
+        self.accel == Accel::Tcg
+    }
+
+    #[tracing::instrument(skip_all, fields(vm = %spec.id, accel = self.accel.as_str()))]
+    async fn launch(&self, spec: &LaunchSpec) -> Result<Launched> {
+        let p = &spec.paths;
+        std::fs::create_dir_all(&p.run).map_err(Error::io("cannot create", &p.run))?;
+        let mut helper = None;
+        if spec.vsock {
+            let mut cmd = super::detached(&self.vhost_vsock_binary);
+            cmd.args(vhost_argv(p))
+                .stdout(super::open_log(&p.hypervisor_log())?)
+                .stderr(super::open_log(&p.hypervisor_log())?);
+            let mut child = super::spawn(
+                cmd,
+                "install it with `cargo install --locked vhost-device-vsock --version 0.3.0` \
+                 or set [vmm] vhost_vsock_binary",
+            )?;
+            let waited = super::wait_for_socket(
+                &p.vhost_user(),
+                &mut child,
+                "vhost-device-vsock",
+                Duration::from_secs(10),
+            )
+            .await;
+            let pid = child.id().unwrap_or_default();
+            // Reap it whenever it exits; it is ended by pid after QEMU.
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+            if let Err(e) = waited {
+                super::kill(pid);
+                return Err(e);
+            }
+            helper = Some(pid);
+        }
+        let mut cmd = super::detached(&self.binary);
+        cmd.args(argv(spec, self.accel))
+            .stdout(super::open_log(&p.hypervisor_log())?)
+            .stderr(super::open_log(&p.hypervisor_log())?);
+        let child = match super::spawn(
+            cmd,
+            "install it with `apt-get install qemu-system-x86` or set [vmm] qemu_binary",
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                super::cleanup_after_exit(p, helper);
+                return Err(e);
+            }
+        };
+        Ok(Launched {
+            pid: child.id().unwrap_or_default(),
+            helper_pid: helper,
+            accel: Some(self.accel.as_str().into()),
+            child,
+        })
+    }
+
+    async fn request_stop(&self, paths: &VmPaths) -> Result<()> {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            qmp(&paths.qmp(), "system_powerdown"),
+        )
+        .await
+        .map_err(|_| Error::Hypervisor("QMP did not answer within 5 s".into()))?
+    }
+}
+
+/// Runs one QMP command: greeting, `qmp_capabilities`, the command.
+async fn qmp(socket: &Path, command: &str) -> Result<()> {
+    let fail = |e: std::io::Error| Error::Hypervisor(format!("QMP {}: {e}", socket.display()));
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(fail)?;
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    let expect_return = async |lines: &mut tokio::io::Lines<_>| -> Result<()> {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .map_err(fail)?
+                .ok_or_else(|| Error::Hypervisor("QMP closed the connection".into()))?;
+            if line.contains("\"return\"") {
+                return Ok(());
+            }
+            if line.contains("\"error\"") {
+                return Err(Error::Hypervisor(format!("QMP refused: {line}")));
+            }
+            // Greeting and asynchronous events: keep reading.
+        }
+    };
+    for cmd in ["qmp_capabilities", command] {
+        write
+            .write_all(format!("{{\"execute\":\"{cmd}\"}}\n").as_bytes())
+            .await
+            .map_err(fail)?;
+        expect_return(&mut lines).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Store;
+
+    fn spec() -> LaunchSpec {
+        let store = Store::new(Path::new("/s"), Path::new("/r"));
+        LaunchSpec {
+            id: "0123456789abcdef".into(),
+            kernel: "/k/vmlinux".into(),
+            initrd: None,
+            cmdline: "console=ttyS0 root=/dev/vda".into(),
+            disk: "/s/vms/box/rootfs.ext4".into(),
+            vcpus: 2,
+            memory_mib: 512,
+            net: Some(("bg-0123".into(), "06:00:ac:1e:00:05".into())),
+            vsock: true,
+            paths: store.paths("box", "0123456789abcdef"),
+        }
+    }
+
+    #[test]
+    fn tcg_argv() {
+        let a = argv(&spec(), Accel::Tcg).join(" ");
+        assert_eq!(
+            a,
+            "-M microvm,memory-backend=mem \
+             -object memory-backend-memfd,id=mem,size=512M,share=on \
+             -accel tcg -cpu max -smp 2 -m 512M \
+             -nodefaults -nographic -no-reboot -monitor none \
+             -chardev file,id=console,path=/s/vms/box/console.log,append=on -serial chardev:console \
+             -qmp unix:/r/0123456789abcdef/qmp.sock,server=on,wait=off \
+             -kernel /k/vmlinux -append console=ttyS0 root=/dev/vda \
+             -drive id=root,file=/s/vms/box/rootfs.ext4,format=raw,if=none \
+             -device virtio-blk-device,drive=root \
+             -netdev tap,id=net0,ifname=bg-0123,script=no,downscript=no \
+             -device virtio-net-device,netdev=net0,mac=06:00:ac:1e:00:05 \
+             -chardev socket,id=vsock,path=/r/0123456789abcdef/vhost.sock \
+             -device vhost-user-vsock-device,chardev=vsock"
+        );
+        // The command line stays one argument however many spaces it has.
+        assert!(argv(&spec(), Accel::Tcg).contains(&"console=ttyS0 root=/dev/vda".to_string()));
+    }
+
+    #[test]
+    fn kvm_initrd_no_net_no_vsock() {
+        let mut s = spec();
+        s.net = None;
+        s.vsock = false;
+        s.initrd = Some("/k/initrd".into());
+        s.disk = "/odd,dir/rootfs.ext4".into();
+        let a = argv(&s, Accel::Kvm).join(" ");
+        assert!(a.contains("-accel kvm -cpu host"));
+        assert!(a.contains("-initrd /k/initrd"));
+        assert!(a.contains("file=/odd,,dir/rootfs.ext4,"));
+        assert!(!a.contains("netdev"));
+        assert!(!a.contains("vsock"));
+    }
+
+    #[test]
+    fn vhost_daemon_args() {
+        assert_eq!(
+            vhost_argv(&spec().paths).join(" "),
+            "--guest-cid 3 --socket /r/0123456789abcdef/vhost.sock \
+             --uds-path /r/0123456789abcdef/vsock.sock"
+        );
+    }
+
+    #[test]
+    fn accel_auto_falls_back_on_kvm_pvm() {
+        let (a, w) = choose_accel(QemuAccel::Auto, true, true);
+        assert_eq!(a, Accel::Tcg);
+        assert!(w.unwrap().contains("kvm_pvm"));
+        let (a, w) = choose_accel(QemuAccel::Auto, false, false);
+        assert_eq!(a, Accel::Tcg);
+        assert!(w.unwrap().contains("/dev/kvm"));
+        assert_eq!(
+            choose_accel(QemuAccel::Auto, false, true),
+            (Accel::Kvm, None)
+        );
+        assert_eq!(
+            choose_accel(QemuAccel::Kvm, true, false),
+            (Accel::Kvm, None)
+        );
+        assert_eq!(
+            choose_accel(QemuAccel::Tcg, false, true),
+            (Accel::Tcg, None)
+        );
+    }
+}

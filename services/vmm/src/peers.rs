@@ -1,0 +1,156 @@
+//! The other banger services as the vmm sees them: image and kernel
+//! resolution (with holds in the VM's id) and network leases. The real
+//! implementation talks to their gRPC sockets; tests use a double.
+
+use std::path::PathBuf;
+
+use banger_proto::config::{Paths, Service};
+use banger_proto::imagestore::v1 as img;
+use banger_proto::imagestore::v1::image_store_client::ImageStoreClient;
+use banger_proto::kernelcat::v1 as kc;
+use banger_proto::kernelcat::v1::kernel_cat_client::KernelCatClient;
+use banger_proto::netd::v1 as net;
+use banger_proto::netd::v1::netd_client::NetdClient;
+use banger_proto::rpc::{TracedChannel, connect_lazy};
+
+use crate::error::{Error, Result};
+use crate::record::{ImageInfo, KernelInfo, Lease};
+
+/// What the vmm needs from kernelcat, imagestore and netd.
+#[tonic::async_trait]
+pub trait Peers: Send + Sync + std::fmt::Debug {
+    /// Resolves an image and holds it for `holder`.
+    async fn resolve_image(&self, name: &str, holder: &str) -> Result<ImageInfo>;
+    /// Drops the hold. Idempotent.
+    async fn release_image(&self, name: &str, holder: &str) -> Result<()>;
+    /// Resolves a kernel and holds it for `holder`.
+    async fn resolve_kernel(&self, name: &str, holder: &str) -> Result<KernelInfo>;
+    /// Drops the hold. Idempotent.
+    async fn release_kernel(&self, name: &str, holder: &str) -> Result<()>;
+    /// Allocates (or returns) the VM's network lease; the tap is owned by us.
+    async fn allocate(&self, vm_id: &str, nat: bool) -> Result<Lease>;
+    /// Releases the lease. Idempotent.
+    async fn release_lease(&self, vm_id: &str) -> Result<()>;
+}
+
+/// The real peers, over their unix sockets (dialed lazily, so a peer that
+/// restarts is redialed).
+#[derive(Debug, Clone)]
+pub struct GrpcPeers {
+    kernelcat: TracedChannel,
+    imagestore: TracedChannel,
+    netd: TracedChannel,
+}
+
+impl GrpcPeers {
+    /// Channels to the sockets under `paths`.
+    pub fn new(paths: &Paths) -> GrpcPeers {
+        GrpcPeers {
+            kernelcat: connect_lazy(&paths.socket(Service::KernelCat)),
+            imagestore: connect_lazy(&paths.socket(Service::ImageStore)),
+            netd: connect_lazy(&paths.socket(Service::Netd)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Peers for GrpcPeers {
+    #[tracing::instrument(skip(self))]
+    async fn resolve_image(&self, name: &str, holder: &str) -> Result<ImageInfo> {
+        let r = ImageStoreClient::new(self.imagestore.clone())
+            .resolve_image(img::ResolveImageRequest {
+                name: name.into(),
+                holder: holder.into(),
+            })
+            .await
+            .map_err(|s| Error::peer("imagestore", s))?
+            .into_inner();
+        let guest = r.guest.unwrap_or_default();
+        Ok(ImageInfo {
+            name: r.name,
+            ext4_path: PathBuf::from(r.ext4_path),
+            digest: r.digest,
+            direct_boot: r.direct_boot,
+            default_kernel: r.default_kernel,
+            size_bytes: r.size_bytes,
+            has_agent: guest.has_agent,
+            has_ssh_server: guest.has_ssh_server,
+        })
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn release_image(&self, name: &str, holder: &str) -> Result<()> {
+        ImageStoreClient::new(self.imagestore.clone())
+            .release_image(img::ReleaseImageRequest {
+                name: name.into(),
+                holder: holder.into(),
+            })
+            .await
+            .map_err(|s| Error::peer("imagestore", s))?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn resolve_kernel(&self, name: &str, holder: &str) -> Result<KernelInfo> {
+        let r = KernelCatClient::new(self.kernelcat.clone())
+            .resolve_kernel(kc::ResolveKernelRequest {
+                name: name.into(),
+                holder: holder.into(),
+            })
+            .await
+            .map_err(|s| Error::peer("kernelcat", s))?
+            .into_inner();
+        Ok(KernelInfo {
+            name: r.name,
+            vmlinux_path: r.vmlinux_path.into(),
+            initrd_path: (!r.initrd_path.is_empty()).then(|| r.initrd_path.into()),
+            kernel_version: r.kernel_version,
+        })
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn release_kernel(&self, name: &str, holder: &str) -> Result<()> {
+        KernelCatClient::new(self.kernelcat.clone())
+            .release_kernel(kc::ReleaseKernelRequest {
+                name: name.into(),
+                holder: holder.into(),
+            })
+            .await
+            .map_err(|s| Error::peer("kernelcat", s))?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn allocate(&self, vm_id: &str, nat: bool) -> Result<Lease> {
+        let l = NetdClient::new(self.netd.clone())
+            .allocate(net::AllocateRequest {
+                vm_id: vm_id.into(),
+                nat,
+                owner_uid: None,
+                owner_gid: None,
+            })
+            .await
+            .map_err(|s| Error::peer("netd", s))?
+            .into_inner();
+        Ok(Lease {
+            tap: l.tap,
+            ip: l.ip,
+            prefix_len: l.prefix_len,
+            gateway: l.gateway,
+            mac: l.mac,
+            dns: l.dns,
+            nat: l.nat,
+        })
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn release_lease(&self, vm_id: &str) -> Result<()> {
+        NetdClient::new(self.netd.clone())
+            .release(net::ReleaseRequest {
+                vm_id: vm_id.into(),
+            })
+            .await
+            .map_err(|s| Error::peer("netd", s))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,318 @@
+//! VM records: one `vm.json` per VM in `$STATE/vmm/vms/<name>/`, replaced
+//! atomically, beside the VM's disk and console log. Sockets live under
+//! `$RUN/vmm/<id>/` instead: unix socket paths are limited to 108 bytes and
+//! a 63-character VM name in a deep state dir would not fit (vhost-device-vsock
+//! also appends `_<port>` to the vsock path).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Backend;
+use crate::error::{Error, Result};
+
+/// Lifecycle state of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Being created; a crash leaves this behind for reconcile to roll back.
+    Creating,
+    /// The hypervisor runs.
+    Running,
+    /// No hypervisor runs; disk and lease are kept.
+    Stopped,
+    /// The hypervisor died or a start failed; see `error`.
+    Error,
+    /// Being deleted; reconcile finishes the job.
+    Deleting,
+}
+
+/// A VM's network lease from netd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub tap: String,
+    pub ip: String,
+    pub prefix_len: u32,
+    pub gateway: String,
+    pub mac: String,
+    pub dns: Vec<String>,
+    pub nat: bool,
+}
+
+/// What imagestore said about the VM's image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ImageInfo {
+    pub name: String,
+    pub ext4_path: PathBuf,
+    pub digest: String,
+    /// Boots without an initrd: `init=banger-first-boot`.
+    pub direct_boot: bool,
+    pub default_kernel: String,
+    pub size_bytes: u64,
+    /// The agent and first-boot script are in the image.
+    pub has_agent: bool,
+    pub has_ssh_server: bool,
+}
+
+/// What kernelcat said about the VM's kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct KernelInfo {
+    pub name: String,
+    pub vmlinux_path: PathBuf,
+    /// Absent when the kernel has none.
+    pub initrd_path: Option<PathBuf>,
+    pub kernel_version: String,
+}
+
+/// The persisted record of one VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmRecord {
+    /// Random 16-hex-digit id; the holder id at kernelcat/imagestore and the
+    /// lease key at netd.
+    pub id: String,
+    pub name: String,
+    pub state: VmState,
+    pub image: ImageInfo,
+    pub kernel: KernelInfo,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub disk_bytes: u64,
+    pub backend: Backend,
+    pub nat: bool,
+    pub ssh_authorized_keys: Vec<String>,
+    /// Set once netd allocated the network.
+    pub lease: Option<Lease>,
+    /// Hypervisor pid while running.
+    pub pid: Option<u32>,
+    /// Helper daemon pid (vhost-device-vsock under QEMU) while running.
+    pub helper_pid: Option<u32>,
+    /// The kernel command line of the last boot.
+    pub cmdline: String,
+    /// `kvm` or `tcg` for QEMU.
+    pub accel: Option<String>,
+    pub created_unix: i64,
+    pub started_unix: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// Where a VM's files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPaths {
+    /// `$STATE/vmm/vms/<name>`: record, disk, console log.
+    pub dir: PathBuf,
+    /// `$RUN/vmm/<id>`: sockets.
+    pub run: PathBuf,
+}
+
+impl VmPaths {
+    pub fn record(&self) -> PathBuf {
+        self.dir.join("vm.json")
+    }
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("rootfs.ext4")
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    /// Hybrid-vsock socket the host dials to reach the guest agent.
+    pub fn vsock(&self) -> PathBuf {
+        self.run.join("vsock.sock")
+    }
+    /// vhost-user socket between vhost-device-vsock and QEMU.
+    pub fn vhost_user(&self) -> PathBuf {
+        self.run.join("vhost.sock")
+    }
+    /// QEMU's QMP socket.
+    pub fn qmp(&self) -> PathBuf {
+        self.run.join("qmp.sock")
+    }
+    /// Firecracker's API socket.
+    pub fn api(&self) -> PathBuf {
+        self.run.join("fc.sock")
+    }
+    /// Firecracker's own log.
+    pub fn hypervisor_log(&self) -> PathBuf {
+        self.dir.join("hypervisor.log")
+    }
+}
+
+/// The directory of all VM records.
+#[derive(Debug, Clone)]
+pub struct Store {
+    vms: PathBuf,
+    run: PathBuf,
+}
+
+impl Store {
+    /// Records under `state/vms`, sockets under `run`.
+    pub fn new(state: &Path, run: &Path) -> Store {
+        Store {
+            vms: state.join("vms"),
+            run: run.to_path_buf(),
+        }
+    }
+
+    /// Paths of the VM named `name` with id `id`.
+    pub fn paths(&self, name: &str, id: &str) -> VmPaths {
+        VmPaths {
+            dir: self.vms.join(name),
+            run: self.run.join(id),
+        }
+    }
+
+    /// Paths of `vm`.
+    pub fn paths_of(&self, vm: &VmRecord) -> VmPaths {
+        self.paths(&vm.name, &vm.id)
+    }
+
+    /// Writes the record atomically, creating its dirs.
+    pub fn save(&self, vm: &VmRecord) -> Result<()> {
+        let paths = self.paths_of(vm);
+        std::fs::create_dir_all(&paths.dir).map_err(Error::io("cannot create", &paths.dir))?;
+        banger_proto::fsutil::write_json_atomic(&paths.record(), vm)
+            .map_err(Error::io("cannot write", paths.record()))
+    }
+
+    /// The record of `name`, if any.
+    pub fn load(&self, name: &str) -> Result<Option<VmRecord>> {
+        let path = self.vms.join(name).join("vm.json");
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io("cannot read", path)(e)),
+        };
+        serde_json::from_slice(&data)
+            .map(Some)
+            .map_err(|e| Error::io("corrupt record", path)(std::io::Error::other(e)))
+    }
+
+    /// All records, sorted by name. Dirs without a record (a crash before
+    /// the first save) are returned in `orphans`.
+    pub fn list(&self) -> Result<(Vec<VmRecord>, Vec<PathBuf>)> {
+        let mut vms = Vec::new();
+        let mut orphans = Vec::new();
+        let entries = match std::fs::read_dir(&self.vms) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vms, orphans)),
+            Err(e) => return Err(Error::io("cannot list", &self.vms)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(Error::io("cannot list", &self.vms))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match self.load(&name) {
+                Ok(Some(vm)) => vms.push(vm),
+                Ok(None) => orphans.push(entry.path()),
+                Err(e) => tracing::warn!(vm = %name, "skipping unreadable record: {e}"),
+            }
+        }
+        vms.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok((vms, orphans))
+    }
+
+    /// Removes everything the VM has on disk: its dir and its run dir.
+    pub fn remove(&self, vm: &VmRecord) -> Result<()> {
+        let paths = self.paths_of(vm);
+        remove_dir_all(&paths.run)?;
+        remove_dir_all(&paths.dir)
+    }
+}
+
+/// `rm -rf` that is fine with absence.
+pub fn remove_dir_all(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("cannot remove", path)(e)),
+    }
+}
+
+/// A fresh VM id: 16 hex digits.
+pub fn new_id() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
+}
+
+/// Seconds since the epoch.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+pub(crate) fn sample(name: &str) -> VmRecord {
+    VmRecord {
+        id: new_id(),
+        name: name.into(),
+        state: VmState::Creating,
+        image: ImageInfo {
+            name: "debian-bookworm".into(),
+            direct_boot: true,
+            ..Default::default()
+        },
+        kernel: KernelInfo {
+            name: "generic-6.12".into(),
+            ..Default::default()
+        },
+        vcpus: 1,
+        memory_mib: 256,
+        disk_bytes: 1 << 30,
+        backend: Backend::Qemu,
+        nat: true,
+        ssh_authorized_keys: vec!["ssh-ed25519 AAAA test".into()],
+        lease: None,
+        pid: None,
+        helper_pid: None,
+        cmdline: String::new(),
+        accel: None,
+        created_unix: now_unix(),
+        started_unix: None,
+        error: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_list_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(&dir.path().join("state"), &dir.path().join("run"));
+        let mut b = sample("b");
+        let a = sample("a");
+        store.save(&b).unwrap();
+        store.save(&a).unwrap();
+        b.state = VmState::Running;
+        b.pid = Some(42);
+        store.save(&b).unwrap();
+        assert_eq!(store.load("b").unwrap().unwrap(), b);
+        assert_eq!(store.load("zzz").unwrap(), None);
+        std::fs::create_dir_all(dir.path().join("state/vms/orphan")).unwrap();
+        let (vms, orphans) = store.list().unwrap();
+        assert_eq!(
+            vms.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(orphans, [dir.path().join("state/vms/orphan")]);
+        store.remove(&b).unwrap();
+        assert_eq!(store.load("b").unwrap(), None);
+        assert!(!store.paths_of(&b).dir.exists());
+    }
+
+    #[test]
+    fn record_json_is_stable() {
+        let vm = sample("x");
+        let json = serde_json::to_value(&vm).unwrap();
+        assert_eq!(json["state"], "creating");
+        assert_eq!(json["backend"], "qemu");
+    }
+
+    #[test]
+    fn ids_are_hex_and_distinct() {
+        let (a, b) = (new_id(), new_id());
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,337 @@
+//! Tiny guests for the real-hypervisor tier: a busybox-static root ext4
+//! whose `/init` prints a marker and powers off, made with `mkfs.ext4 -d`.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use banger_proto::rpc::{BoundSocket, ServeOptions, TracedChannel};
+use banger_proto::vmm::v1 as pb;
+use banger_proto::vmm::v1::vmm_client::VmmClient;
+use banger_proto::vmm::v1::vmm_server::VmmServer;
+use banger_vmm::config::{QemuAccel, VmmConfig};
+use banger_vmm::hypervisor::Hypervisor;
+use banger_vmm::hypervisor::qemu::{Accel, Qemu};
+use banger_vmm::manager::Manager;
+use banger_vmm::peers::Peers;
+use banger_vmm::record::{ImageInfo, KernelInfo, Lease, Store};
+use banger_vmm::{Error, Result, VmmService};
+use tonic::service::Routes;
+
+/// The marker the guest's init prints on the console.
+pub const MARKER: &str = "BANGER-TEST-GUEST-UP";
+
+/// Builds `dir/guest.ext4` (64 MiB): busybox, and `/init` that prints
+/// [`MARKER`] plus `extra` shell lines, then `poweroff -f`.
+pub fn busybox_ext4(dir: &Path, extra: &str) -> PathBuf {
+    busybox_ext4_with(dir, &[], extra)
+}
+
+/// [`busybox_ext4`] plus host files copied to guest paths (mode 0755).
+pub fn busybox_ext4_with(dir: &Path, files: &[(&str, &Path)], extra: &str) -> PathBuf {
+    banger_test_support::require_program("mkfs.ext4", "e2fsprogs");
+    banger_test_support::require_program("busybox", "busybox-static");
+    let tree = dir.join("guest-tree");
+    for d in ["bin", "sbin", "proc", "sys", "dev", "etc", "tmp", "root"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .unwrap();
+    std::fs::copy(busybox, tree.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", tree.join("bin/sh")).unwrap();
+    for (guest, host) in files {
+        std::fs::copy(host, tree.join(guest)).unwrap();
+        std::fs::set_permissions(tree.join(guest), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let init = format!(
+        "#!/bin/busybox sh\n\
+         /bin/busybox mount -t proc proc /proc\n\
+         /bin/busybox mount -t sysfs sys /sys\n\
+         echo {MARKER} hostname=$(/bin/busybox cat /etc/hostname)\n\
+         {extra}\n\
+         /bin/busybox poweroff -f\n"
+    );
+    std::fs::write(tree.join("init"), init).unwrap();
+    std::fs::set_permissions(tree.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Kernels boot /sbin/init when the command line names no init.
+    std::os::unix::fs::symlink("/init", tree.join("sbin/init")).unwrap();
+    let img = dir.join("guest.ext4");
+    let status = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&tree)
+        .arg(&img)
+        .arg("64M")
+        .status()
+        .unwrap();
+    assert!(status.success(), "mkfs.ext4 failed");
+    img
+}
+
+/// Polls `path` until it contains `needle` or `secs` pass.
+pub async fn wait_for_text(path: &Path, needle: &str, secs: u64) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// Peers double: serves one image and one kernel, a fixed lease on a tap
+/// the test made, and records every call.
+#[derive(Debug)]
+pub struct FakePeers {
+    pub image: PathBuf,
+    pub kernel: PathBuf,
+    pub tap: String,
+    pub has_agent: bool,
+    pub has_ssh_server: bool,
+    pub calls: Mutex<Vec<String>>,
+}
+
+#[tonic::async_trait]
+impl Peers for FakePeers {
+    async fn resolve_image(&self, name: &str, holder: &str) -> Result<ImageInfo> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("resolve_image {name} {holder}"));
+        if name != "busybox" {
+            return Err(Error::Peer {
+                service: "imagestore",
+                code: tonic::Code::NotFound,
+                message: format!("no image {name}"),
+            });
+        }
+        Ok(ImageInfo {
+            name: name.into(),
+            ext4_path: self.image.clone(),
+            digest: "sha256:00".into(),
+            direct_boot: false,
+            default_kernel: String::new(),
+            size_bytes: std::fs::metadata(&self.image).unwrap().len(),
+            has_agent: self.has_agent,
+            has_ssh_server: self.has_ssh_server,
+        })
+    }
+    async fn release_image(&self, name: &str, holder: &str) -> Result<()> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("release_image {name} {holder}"));
+        Ok(())
+    }
+    async fn resolve_kernel(&self, name: &str, holder: &str) -> Result<KernelInfo> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("resolve_kernel {name} {holder}"));
+        let vmlinux_path = if name == "broken" {
+            PathBuf::from("/nonexistent/vmlinux") // QEMU refuses to start
+        } else {
+            self.kernel.clone()
+        };
+        Ok(KernelInfo {
+            name: name.into(),
+            vmlinux_path,
+            initrd_path: None,
+            kernel_version: "6.12".into(),
+        })
+    }
+    async fn release_kernel(&self, name: &str, holder: &str) -> Result<()> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("release_kernel {name} {holder}"));
+        Ok(())
+    }
+    async fn allocate(&self, vm_id: &str, nat: bool) -> Result<Lease> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("allocate {vm_id} {nat}"));
+        Ok(Lease {
+            tap: self.tap.clone(),
+            ip: "10.99.0.5".into(),
+            prefix_len: 24,
+            gateway: "10.99.0.1".into(),
+            mac: "06:00:0a:63:00:05".into(),
+            dns: vec!["10.99.0.1".into()],
+            nat,
+        })
+    }
+    async fn release_lease(&self, vm_id: &str) -> Result<()> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("release_lease {vm_id}"));
+        Ok(())
+    }
+}
+
+pub fn sh(cmd: &str) {
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .unwrap();
+    assert!(st.success(), "{cmd} failed");
+}
+
+pub fn manager(dir: &std::path::Path, peers: Arc<FakePeers>) -> Manager {
+    let cfg = VmmConfig {
+        qemu_accel: QemuAccel::Tcg,
+        default_memory_mib: 256,
+        ready_timeout_secs: 60,
+        ..Default::default()
+    };
+    let backends: Vec<Arc<dyn Hypervisor>> = vec![Arc::new(Qemu {
+        binary: cfg.qemu_binary.clone(),
+        vhost_vsock_binary: cfg.vhost_vsock_binary.clone(),
+        accel: Accel::Tcg,
+    })];
+    Manager::new(
+        cfg,
+        Store::new(&dir.join("state/vmm"), &dir.join("run/vmm")),
+        peers,
+        backends,
+    )
+}
+
+pub async fn create(
+    client: &mut VmmClient<banger_proto::rpc::TracedChannel>,
+    name: &str,
+    kernel: &str,
+) -> std::result::Result<(Vec<String>, pb::Vm), tonic::Status> {
+    let mut stream = client
+        .create_vm(pb::CreateVmRequest {
+            name: name.into(),
+            image: "busybox".into(),
+            kernel: kernel.into(),
+            memory_mib: 256,
+            nat: true,
+            ssh_authorized_keys: vec!["ssh-ed25519 AAAAtest test@host".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut phases = Vec::new();
+    let mut done = None;
+    while let Some(ev) = stream.message().await? {
+        match ev.event.unwrap() {
+            pb::create_vm_event::Event::Progress(p) => {
+                if p.seconds > 0.0 {
+                    phases.push(format!("{} {:.2}s", p.phase, p.seconds));
+                }
+            }
+            pb::create_vm_event::Event::Done(vm) => done = Some(vm),
+        }
+    }
+    Ok((phases, done.expect("create ended without done")))
+}
+
+pub async fn console(
+    client: &mut VmmClient<banger_proto::rpc::TracedChannel>,
+    name: &str,
+) -> String {
+    let mut s = client
+        .console_log(pb::ConsoleLogRequest {
+            name: name.into(),
+            follow: false,
+            tail_bytes: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut out = Vec::new();
+    while let Some(c) = s.message().await.unwrap() {
+        out.extend(c.data);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub async fn wait_console(
+    client: &mut VmmClient<banger_proto::rpc::TracedChannel>,
+    name: &str,
+    needle: &str,
+) -> String {
+    for _ in 0..600 {
+        let text = console(client, name).await;
+        if text.contains(needle) {
+            return text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!(
+        "console of {name} never showed {needle:?}:\n{}",
+        console(client, name).await
+    );
+}
+
+/// A vmm served on `dir/run/vmm.sock` over `mgr`, a client to it, and the
+/// sender that stops it.
+pub async fn serve(
+    dir: &Path,
+    mgr: Manager,
+) -> (
+    VmmClient<TracedChannel>,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::result::Result<(), banger_proto::rpc::RuntimeError>>,
+) {
+    let socket = dir.join("run/vmm.sock");
+    let bound = BoundSocket::bind(ServeOptions {
+        socket: socket.clone(),
+        socket_group: None,
+        pid_file: None,
+        name: "banger-vmm".into(),
+        services: vec![],
+    })
+    .await
+    .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let service = VmmService::with_manager(mgr);
+    let server = tokio::spawn(bound.serve(Routes::new(VmmServer::new(service)), async {
+        let _ = stop_rx.await;
+    }));
+    let client = VmmClient::new(banger_proto::rpc::connect(&socket).await.unwrap());
+    (client, stop_tx, server)
+}
+
+/// Kills, when dropped (a panic included), every process whose command line
+/// mentions `dir`: the VMs and vhost daemons a failing test would otherwise
+/// leave running. Declare it after the temp dir so it drops first.
+#[derive(Debug)]
+pub struct ProcessSweeper(pub PathBuf);
+
+impl Drop for ProcessSweeper {
+    fn drop(&mut self) {
+        let needle = self.0.as_os_str().as_encoded_bytes().to_vec();
+        let me = std::process::id();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if !needle.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle) {
+                banger_vmm::hypervisor::kill(pid);
+            }
+        }
+    }
+}
