@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use banger_proto::names::InvalidName;
 use banger_proto::rpc::GrpcError;
 use thiserror::Error;
 use tonic::Code;
@@ -10,9 +9,12 @@ use tonic::Code;
 /// Everything that can go wrong in the kernel store, catalog, pull and import.
 #[derive(Debug, Error)]
 pub enum Error {
-    /// A kernel name that is not a DNS label.
-    #[error(transparent)]
-    InvalidName(#[from] InvalidName),
+    /// A kernel name that is not dot-separated DNS labels.
+    #[error(
+        "invalid kernel name {name:?}: use at most 63 lowercase letters, digits, '-' and '.', \
+         in dot-separated parts that start and end with a letter or digit (e.g. \"generic-6.12\")"
+    )]
+    InvalidKernelName { name: String },
     /// No kernel of that name in the local store.
     #[error(
         "kernel {name:?} is not in the local store; see `banger kernel list`, or get it with \
@@ -109,7 +111,7 @@ impl Error {
 impl GrpcError for Error {
     fn grpc_code(&self) -> Code {
         match self {
-            Error::InvalidName(_) => Code::InvalidArgument,
+            Error::InvalidKernelName { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
             Error::NotInCatalog { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,

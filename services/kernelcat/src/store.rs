@@ -148,7 +148,7 @@ impl Store {
 
     /// One stored kernel; NOT_FOUND if absent.
     pub fn get(&self, name: &str) -> Result<StoredKernel> {
-        banger_proto::names::validate("kernel", name)?;
+        validate_name(name)?;
         self.load(name)
     }
 
@@ -255,7 +255,7 @@ impl Store {
         name: &str,
         change: impl FnOnce(&mut BTreeSet<String>),
     ) -> Result<StoredKernel> {
-        banger_proto::names::validate("kernel", name)?;
+        validate_name(name)?;
         let _guard = self.guard();
         let mut kernel = self.load(name)?;
         let before = kernel.manifest.holders.clone();
@@ -270,7 +270,7 @@ impl Store {
 
     /// Removes `name`; FAILED_PRECONDITION while held.
     pub fn delete(&self, name: &str) -> Result<()> {
-        banger_proto::names::validate("kernel", name)?;
+        validate_name(name)?;
         let trash = {
             let _guard = self.guard();
             let kernel = self.load(name)?;
@@ -339,6 +339,23 @@ fn dir_size(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Checks a kernel name: dot-separated DNS labels (each by the shared
+/// [`banger_proto::names::validate`] rule), at most 63 characters, so release
+/// numbers read naturally (`generic-6.12`) while a name can never be `.`,
+/// `..`, hidden, or contain a path separator.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .split('.')
+            .all(|label| banger_proto::names::validate("kernel", label).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidKernelName { name: name.into() })
+    }
 }
 
 /// Current time in Unix seconds.
@@ -533,8 +550,19 @@ mod tests {
     fn invalid_names_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert!(matches!(store.get("../x"), Err(Error::InvalidName(_))));
-        assert!(matches!(store.delete("A"), Err(Error::InvalidName(_))));
+        for bad in ["../x", "A", ".hidden", "a..b", "a.", "-a.b", "a/b", ""] {
+            assert!(
+                matches!(store.get(bad), Err(Error::InvalidKernelName { .. })),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            store.delete("A"),
+            Err(Error::InvalidKernelName { .. })
+        ));
+        for good in ["generic-6.12", "k", "debian-6.1.0-28"] {
+            validate_name(good).unwrap();
+        }
     }
 
     #[test]

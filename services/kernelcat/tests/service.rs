@@ -11,7 +11,7 @@ use banger_proto::kernelcat::v1 as pb;
 use common::*;
 use tonic::Code;
 
-const NAME: &str = "generic-6-12";
+const NAME: &str = "generic-6.12";
 const CACHE: &str = ".catalog-cache.json";
 
 /// Serves the fixture bundle as `NAME` and returns (server, service).
