@@ -81,6 +81,12 @@ pub enum Error {
     /// The operation was cancelled (client gone, service stopping).
     #[error("the operation was cancelled")]
     Cancelled,
+    /// Another process owns the store.
+    #[error(
+        "the kernel store {} is in use by another banger-kernelcat ({reason}); stop it first",
+        path.display()
+    )]
+    StoreBusy { path: PathBuf, reason: String },
     /// A local filesystem error.
     #[error("{action} {}: {source}", path.display())]
     Io {
@@ -126,6 +132,7 @@ impl GrpcError for Error {
             Error::BadCatalogEntry { .. } => Code::FailedPrecondition,
             Error::BadImport { .. } => Code::InvalidArgument,
             Error::Cancelled => Code::Cancelled,
+            Error::StoreBusy { .. } => Code::FailedPrecondition,
             Error::Io { .. } => Code::Internal,
             Error::Internal(_) => Code::Internal,
         }

@@ -88,6 +88,9 @@ pub struct Store {
     /// Serialises changes (install, delete, holds); reads need no lock
     /// because every change is a rename or an atomic manifest rewrite.
     lock: Mutex<()>,
+    /// Exclusive `flock` on `.lock`: one process owns the store, so the
+    /// start-up sweep never removes another live process's staging dirs.
+    _owner: nix::fcntl::Flock<fs::File>,
 }
 
 impl Store {
@@ -96,6 +99,18 @@ impl Store {
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
         fs::create_dir_all(&root).map_err(Error::io("cannot create", &root))?;
+        let lock_path = root.join(".lock");
+        let lock_file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(Error::io("cannot open", &lock_path))?;
+        let owner = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| Error::StoreBusy {
+                path: root.clone(),
+                reason: errno.desc().to_owned(),
+            })?;
         for entry in fs::read_dir(&root).map_err(Error::io("cannot read", &root))? {
             let entry = entry.map_err(Error::io("cannot read", &root))?;
             let name = entry.file_name();
@@ -109,6 +124,7 @@ impl Store {
         Ok(Store {
             root,
             lock: Mutex::new(()),
+            _owner: owner,
         })
     }
 
@@ -480,6 +496,7 @@ mod tests {
         let mut v: Vec<_> = fs::read_dir(root)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".lock")
             .collect();
         v.sort();
         v
@@ -515,6 +532,9 @@ mod tests {
         // A crash leaves a staging dir behind; opening the store removes it.
         fs::create_dir_all(root.join(".staging-k-1/sub")).unwrap();
         fs::create_dir_all(root.join(".trash-k-2")).unwrap();
+        // While a process owns the store, another cannot open (and sweep) it.
+        assert!(matches!(Store::open(&root), Err(Error::StoreBusy { .. })));
+        drop(store);
         Store::open(&root).unwrap();
         assert!(entries(&root).is_empty());
     }
@@ -535,6 +555,7 @@ mod tests {
             Err(Error::InUse { .. })
         ));
         // Holds survive a restart.
+        drop(store);
         let store = Store::open(&root).unwrap();
         assert_eq!(
             store.get("k").unwrap().manifest.holders,
