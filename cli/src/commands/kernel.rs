@@ -37,6 +37,7 @@ pub enum KernelCommand {
         force: bool,
     },
     /// Store a kernel from local files (read with your own rights).
+    #[command(disable_version_flag = true)]
     Import {
         /// Name to store it under (a DNS label).
         name: String,

@@ -61,7 +61,7 @@ impl CatalogEntry {
             name: self.name.clone(),
             reason: reason.into(),
         };
-        banger_proto::names::validate("kernel", &self.name).map_err(|e| bad(&e.to_string()))?;
+        crate::store::validate_name(&self.name).map_err(|e| bad(&e.to_string()))?;
         if self.tarball_sha256.len() != 64
             || !self.tarball_sha256.bytes().all(|b| b.is_ascii_hexdigit())
         {

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use banger_proto::names::InvalidName;
 use banger_proto::rpc::GrpcError;
 use thiserror::Error;
 use tonic::Code;
@@ -10,9 +9,12 @@ use tonic::Code;
 /// Everything that can go wrong in the kernel store, catalog, pull and import.
 #[derive(Debug, Error)]
 pub enum Error {
-    /// A kernel name that is not a DNS label.
-    #[error(transparent)]
-    InvalidName(#[from] InvalidName),
+    /// A kernel name that is not dot-separated DNS labels.
+    #[error(
+        "invalid kernel name {name:?}: use at most 63 lowercase letters, digits, '-' and '.', \
+         in dot-separated parts that start and end with a letter or digit (e.g. \"generic-6.12\")"
+    )]
+    InvalidKernelName { name: String },
     /// No kernel of that name in the local store.
     #[error(
         "kernel {name:?} is not in the local store; see `banger kernel list`, or get it with \
@@ -79,6 +81,12 @@ pub enum Error {
     /// The operation was cancelled (client gone, service stopping).
     #[error("the operation was cancelled")]
     Cancelled,
+    /// Another process owns the store.
+    #[error(
+        "the kernel store {} is in use by another banger-kernelcat ({reason}); stop it first",
+        path.display()
+    )]
+    StoreBusy { path: PathBuf, reason: String },
     /// A local filesystem error.
     #[error("{action} {}: {source}", path.display())]
     Io {
@@ -109,7 +117,7 @@ impl Error {
 impl GrpcError for Error {
     fn grpc_code(&self) -> Code {
         match self {
-            Error::InvalidName(_) => Code::InvalidArgument,
+            Error::InvalidKernelName { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
             Error::NotInCatalog { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
@@ -124,6 +132,7 @@ impl GrpcError for Error {
             Error::BadCatalogEntry { .. } => Code::FailedPrecondition,
             Error::BadImport { .. } => Code::InvalidArgument,
             Error::Cancelled => Code::Cancelled,
+            Error::StoreBusy { .. } => Code::FailedPrecondition,
             Error::Io { .. } => Code::Internal,
             Error::Internal(_) => Code::Internal,
         }

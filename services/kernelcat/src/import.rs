@@ -68,7 +68,7 @@ pub async fn import(
     header: ImportHeader,
     mut chunks: impl Stream<Item = Result<(ImportFile, bytes::Bytes)>> + Unpin,
 ) -> Result<StoredKernel> {
-    banger_proto::names::validate("kernel", &header.name)?;
+    store::validate_name(&header.name)?;
     if header.vmlinux_size == 0 {
         return Err(bad("the header must announce a non-empty vmlinux"));
     }
@@ -230,7 +230,10 @@ mod tests {
     }
 
     fn leftovers(store: &Store) -> usize {
-        std::fs::read_dir(store.root()).unwrap().count()
+        std::fs::read_dir(store.root())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != ".lock")
+            .count()
     }
 
     #[tokio::test]

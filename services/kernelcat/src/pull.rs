@@ -137,7 +137,7 @@ impl Puller {
 
     /// Starts pulling `name`, or joins the pull of `name` already running.
     pub fn pull(self: &Arc<Self>, name: &str, force: bool) -> Result<Arc<Job>> {
-        banger_proto::names::validate("kernel", name)?;
+        store::validate_name(name)?;
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         running.retain(|_, job| job.strong_count() > 0);
         if let Some(job) = running.get(name).and_then(Weak::upgrade)

@@ -88,6 +88,9 @@ pub struct Store {
     /// Serialises changes (install, delete, holds); reads need no lock
     /// because every change is a rename or an atomic manifest rewrite.
     lock: Mutex<()>,
+    /// Exclusive `flock` on `.lock`: one process owns the store, so the
+    /// start-up sweep never removes another live process's staging dirs.
+    _owner: nix::fcntl::Flock<fs::File>,
 }
 
 impl Store {
@@ -96,6 +99,18 @@ impl Store {
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
         fs::create_dir_all(&root).map_err(Error::io("cannot create", &root))?;
+        let lock_path = root.join(".lock");
+        let lock_file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(Error::io("cannot open", &lock_path))?;
+        let owner = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, errno)| Error::StoreBusy {
+                path: root.clone(),
+                reason: errno.desc().to_owned(),
+            })?;
         for entry in fs::read_dir(&root).map_err(Error::io("cannot read", &root))? {
             let entry = entry.map_err(Error::io("cannot read", &root))?;
             let name = entry.file_name();
@@ -109,6 +124,7 @@ impl Store {
         Ok(Store {
             root,
             lock: Mutex::new(()),
+            _owner: owner,
         })
     }
 
@@ -148,7 +164,7 @@ impl Store {
 
     /// One stored kernel; NOT_FOUND if absent.
     pub fn get(&self, name: &str) -> Result<StoredKernel> {
-        banger_proto::names::validate("kernel", name)?;
+        validate_name(name)?;
         self.load(name)
     }
 
@@ -255,7 +271,7 @@ impl Store {
         name: &str,
         change: impl FnOnce(&mut BTreeSet<String>),
     ) -> Result<StoredKernel> {
-        banger_proto::names::validate("kernel", name)?;
+        validate_name(name)?;
         let _guard = self.guard();
         let mut kernel = self.load(name)?;
         let before = kernel.manifest.holders.clone();
@@ -270,7 +286,7 @@ impl Store {
 
     /// Removes `name`; FAILED_PRECONDITION while held.
     pub fn delete(&self, name: &str) -> Result<()> {
-        banger_proto::names::validate("kernel", name)?;
+        validate_name(name)?;
         let trash = {
             let _guard = self.guard();
             let kernel = self.load(name)?;
@@ -339,6 +355,23 @@ fn dir_size(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+/// Checks a kernel name: dot-separated DNS labels (each by the shared
+/// [`banger_proto::names::validate`] rule), at most 63 characters, so release
+/// numbers read naturally (`generic-6.12`) while a name can never be `.`,
+/// `..`, hidden, or contain a path separator.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .split('.')
+            .all(|label| banger_proto::names::validate("kernel", label).is_ok());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidKernelName { name: name.into() })
+    }
 }
 
 /// Current time in Unix seconds.
@@ -463,6 +496,7 @@ mod tests {
         let mut v: Vec<_> = fs::read_dir(root)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".lock")
             .collect();
         v.sort();
         v
@@ -498,6 +532,9 @@ mod tests {
         // A crash leaves a staging dir behind; opening the store removes it.
         fs::create_dir_all(root.join(".staging-k-1/sub")).unwrap();
         fs::create_dir_all(root.join(".trash-k-2")).unwrap();
+        // While a process owns the store, another cannot open (and sweep) it.
+        assert!(matches!(Store::open(&root), Err(Error::StoreBusy { .. })));
+        drop(store);
         Store::open(&root).unwrap();
         assert!(entries(&root).is_empty());
     }
@@ -518,6 +555,7 @@ mod tests {
             Err(Error::InUse { .. })
         ));
         // Holds survive a restart.
+        drop(store);
         let store = Store::open(&root).unwrap();
         assert_eq!(
             store.get("k").unwrap().manifest.holders,
@@ -533,8 +571,19 @@ mod tests {
     fn invalid_names_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        assert!(matches!(store.get("../x"), Err(Error::InvalidName(_))));
-        assert!(matches!(store.delete("A"), Err(Error::InvalidName(_))));
+        for bad in ["../x", "A", ".hidden", "a..b", "a.", "-a.b", "a/b", ""] {
+            assert!(
+                matches!(store.get(bad), Err(Error::InvalidKernelName { .. })),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            store.delete("A"),
+            Err(Error::InvalidKernelName { .. })
+        ));
+        for good in ["generic-6.12", "k", "debian-6.1.0-28"] {
+            validate_name(good).unwrap();
+        }
     }
 
     #[test]

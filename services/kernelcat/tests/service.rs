@@ -11,7 +11,7 @@ use banger_proto::kernelcat::v1 as pb;
 use common::*;
 use tonic::Code;
 
-const NAME: &str = "generic-6-12";
+const NAME: &str = "generic-6.12";
 const CACHE: &str = ".catalog-cache.json";
 
 /// Serves the fixture bundle as `NAME` and returns (server, service).
@@ -524,4 +524,37 @@ async fn import_streams_files_and_holds_block_delete() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     assert!(svc.store_entries().is_empty());
+}
+
+/// The kernel build script's dry run: the fragment parses, every required
+/// option is counted, and nothing is built or installed.
+#[test]
+fn build_script_check_mode_validates_the_fragment() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let source = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(repo.join("scripts/make-generic-kernel.sh"))
+        .args(["--check", "--source"])
+        .arg(source.path())
+        .output()
+        .expect("run bash");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("fragment requires"), "{stderr}");
+    assert!(stderr.contains("check done; nothing built"), "{stderr}");
+    let fragment = std::fs::read_to_string(repo.join("configs/kernel/microvm.fragment")).unwrap();
+    for option in [
+        "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES=y",
+        "CONFIG_VIRTIO_VSOCKETS=y",
+        "CONFIG_IP_PNP=y",
+        "CONFIG_PVH=y",
+        "CONFIG_SERIAL_8250_CONSOLE=y",
+        "CONFIG_DEVTMPFS_MOUNT=y",
+        "# CONFIG_MODULES is not set",
+    ] {
+        assert!(
+            fragment.lines().any(|l| l == option),
+            "fragment lacks {option}"
+        );
+    }
 }

@@ -298,11 +298,12 @@ impl Drop for Service {
     }
 }
 
-/// Names in a directory, sorted.
+/// Names in a directory, sorted, without the store's `.lock`.
 pub fn store_entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
             d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n != ".lock") // the store's ownership lock
                 .collect()
         })
         .unwrap_or_default();
