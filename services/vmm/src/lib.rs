@@ -1,4 +1,4 @@
-//! `banger-vmm` owns VMs: their records under `$STATE/vmm/vms`, their disks,
+//! `banger-vmm` owns VMs: their records under `$STATE/vms`, their disks,
 //! their hypervisor processes (Firecracker, or QEMU `microvm`), and the
 //! client side of the guest agent.
 //!

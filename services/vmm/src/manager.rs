@@ -1070,7 +1070,7 @@ mod tests {
                 disk_headroom_mib: 4,
                 ..Default::default()
             },
-            Store::new(&dir.join("state"), &dir.join("run")),
+            Store::new(&dir.join("state/vms"), &dir.join("run")),
             peers,
             vec![Arc::new(FakeHv { fail })],
         )

@@ -1,4 +1,4 @@
-//! VM records: one `vm.json` per VM in `$STATE/vmm/vms/<name>/`, replaced
+//! VM records: one `vm.json` per VM in `$STATE/vms/<name>/`, replaced
 //! atomically, beside the VM's disk and console log. Sockets live under
 //! `$RUN/vmm/<id>/` instead: unix socket paths are limited to 108 bytes and
 //! a 63-character VM name in a deep state dir would not fit (vhost-device-vsock
@@ -98,7 +98,7 @@ pub struct VmRecord {
 /// Where a VM's files are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmPaths {
-    /// `$STATE/vmm/vms/<name>`: record, disk, console log.
+    /// `$STATE/vms/<name>`: record, disk, console log.
     pub dir: PathBuf,
     /// `$RUN/vmm/<id>`: sockets.
     pub run: PathBuf,
@@ -144,10 +144,10 @@ pub struct Store {
 }
 
 impl Store {
-    /// Records under `state/vms`, sockets under `run`.
-    pub fn new(state: &Path, run: &Path) -> Store {
+    /// Records under `vms` (`$STATE/vms`), sockets under `run` (`$RUN/vmm`).
+    pub fn new(vms: &Path, run: &Path) -> Store {
         Store {
-            vms: state.join("vms"),
+            vms: vms.to_path_buf(),
             run: run.to_path_buf(),
         }
     }
@@ -278,7 +278,7 @@ mod tests {
     #[test]
     fn save_load_list_remove() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::new(&dir.path().join("state"), &dir.path().join("run"));
+        let store = Store::new(&dir.path().join("state/vms"), &dir.path().join("run"));
         let mut b = sample("b");
         let a = sample("a");
         store.save(&b).unwrap();

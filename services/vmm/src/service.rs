@@ -34,7 +34,7 @@ pub struct VmmService {
 
 impl VmmService {
     /// Opens the service's state from `config`: records under
-    /// `$STATE/vmm/vms`, sockets under `$RUN/vmm`, peers on their sockets.
+    /// `$STATE/vms`, sockets under `$RUN/vmm`, peers on their sockets.
     pub fn new(config: &Config) -> Result<Self, banger_proto::config::ConfigError> {
         let cfg: VmmConfig = config.section("vmm")?;
         let store = Store::new(

@@ -28,7 +28,7 @@ async fn qemu_backend_boots_busybox_guest_under_tcg() {
     let _sweeper = common::ProcessSweeper(dir.path().to_path_buf());
     let img = common::busybox_ext4(dir.path(), "");
     let kernel = banger_test_support::fixtures::kernel_vmlinux();
-    let store = Store::new(&dir.path().join("state"), &dir.path().join("run"));
+    let store = Store::new(&dir.path().join("state/vms"), &dir.path().join("run"));
     let paths = store.paths("tiny", "00000000000000aa");
     std::fs::create_dir_all(&paths.dir).unwrap();
     std::fs::copy(&img, paths.disk()).unwrap();

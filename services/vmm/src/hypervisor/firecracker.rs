@@ -208,7 +208,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     fn spec(root: &Path) -> LaunchSpec {
-        let store = Store::new(&root.join("s"), &root.join("r"));
+        let store = Store::new(&root.join("s/vms"), &root.join("r"));
         LaunchSpec {
             id: "0123456789abcdef".into(),
             kernel: "/k/vmlinux".into(),

@@ -302,7 +302,7 @@ mod tests {
     use crate::record::Store;
 
     fn spec() -> LaunchSpec {
-        let store = Store::new(Path::new("/s"), Path::new("/r"));
+        let store = Store::new(Path::new("/s/vms"), Path::new("/r"));
         LaunchSpec {
             id: "0123456789abcdef".into(),
             kernel: "/k/vmlinux".into(),

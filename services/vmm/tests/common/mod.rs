@@ -199,7 +199,7 @@ pub fn manager(dir: &std::path::Path, peers: Arc<FakePeers>) -> Manager {
     })];
     Manager::new(
         cfg,
-        Store::new(&dir.join("state/vmm"), &dir.join("run/vmm")),
+        Store::new(&dir.join("state/vmm/vms"), &dir.join("run/vmm")),
         peers,
         backends,
     )
