@@ -36,9 +36,14 @@ install -d "$root$bindir" "$root/etc/systemd/system" "$root/etc/sysusers.d" \
 for bin in banger banger-kernelcat banger-imagestore banger-netd banger-vmm; do
   install -m 0755 "$bin_src/$bin" "$root$bindir/$bin"
 done
-if [ -d "$bin_src/guest" ]; then
-  install -d "$root$prefix/lib/banger/guest"
-  cp -a "$bin_src/guest/." "$root$prefix/lib/banger/guest/"
+# The guest bundle imagestore injects into every image (its default path).
+guest_src="$bin_src/guest"
+[ -d "$guest_src" ] || guest_src="$repo/target/debug/guest"
+if [ -d "$guest_src" ]; then
+  install -d "$root/usr/lib/banger/guest"
+  cp -a "$guest_src/." "$root/usr/lib/banger/guest/"
+else
+  log "no guest bundle found (run scripts/build-guest.sh): images will lack the agent"
 fi
 for svc in "${services[@]}"; do
   sed "s|@BINDIR@|$bindir|g" "$repo/deploy/systemd/banger-$svc.service" \

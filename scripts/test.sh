@@ -13,5 +13,16 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo build"
 cargo build --workspace --locked
+echo "== guest bundle (static agent) for the image and VM tiers"
+scripts/build-guest.sh >/dev/null
+
+# Firecracker has no Debian package: say plainly whether its tier runs.
+if command -v firecracker >/dev/null 2>&1; then
+  echo "== FIRECRACKER TIER: runs against $(firecracker --version 2>/dev/null | head -1)"
+else
+  echo "== FIRECRACKER TIER NOT RUN: firecracker is not on PATH (no Debian package);"
+  echo "   its request bodies are unit-tested against a fake API socket; VMs here boot under QEMU TCG"
+fi
+
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${BANGER_TEST_THREADS:-2}"

@@ -1,0 +1,370 @@
+//! The end-to-end tier: the whole product, for real, inside a private
+//! network namespace. `banger up`; a Debian bookworm image (debootstrap with
+//! systemd and openssh-server) pushed to a local registry and pulled as
+//! `docker.io/library/debian:bookworm` through the mirror config; the fixture
+//! kernel imported as `generic-6.12`; `vm create --nat` under QEMU TCG;
+//! `vm ssh -- id`; `vm exec`; a vmm restart with a VM running; two VMs that
+//! reach each other; a vmm killed during create; stop/start/rm; and after rm
+//! no tap, lease, nftables element, disk or record left.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use banger_test_support::netns::in_new_netns;
+use banger_test_support::registry::Registry;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn bin_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_banger"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    for bin in [
+        "banger-kernelcat",
+        "banger-imagestore",
+        "banger-netd",
+        "banger-vmm",
+    ] {
+        assert!(
+            dir.join(bin).is_file(),
+            "{bin} missing: run `cargo build --workspace` first (scripts/test.sh does)"
+        );
+    }
+    assert!(
+        dir.join("guest/banger-agent").is_file(),
+        "guest bundle missing in {}: run scripts/build-guest.sh (scripts/setup.sh does)",
+        dir.join("guest").display()
+    );
+    dir
+}
+
+struct Env {
+    home: PathBuf,
+    user_home: PathBuf,
+}
+
+impl Env {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin_dir().join("banger"));
+        cmd.arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .env_remove("BANGER_HOME")
+            // banger's SSH key lives in the user's config dir.
+            .env("HOME", &self.user_home)
+            .env("XDG_CONFIG_HOME", self.user_home.join(".config"));
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self
+            .cmd(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run banger");
+        eprintln!(
+            "$ banger {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "banger {args:?} failed ({}); console/logs under {}",
+            out.status,
+            self.home.display()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&full)).expect("JSON output")
+    }
+
+    fn vmm_pid(&self) -> i32 {
+        std::fs::read_to_string(self.home.join("run/vmm.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn taps() -> Vec<String> {
+    sh("ip -o link show")
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap().to_owned())
+        .filter(|n| n.starts_with("bg-"))
+        .collect()
+}
+
+fn nat_elements() -> String {
+    sh("nft -j list set inet banger nat_sources")
+}
+
+fn hypervisors_of(home: &Path) -> Vec<String> {
+    let needle = home.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| {
+            (c.contains("qemu-system") || c.contains("vhost-device-vsock")) && c.contains(&needle)
+        })
+        .collect()
+}
+
+fn kill9(pid: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+fn wait_gone(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while path.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn vm_lifecycle_end_to_end() {
+    let bins = bin_dir();
+    in_new_netns(move || {
+        let work = tempfile::tempdir().unwrap();
+        let env = Env {
+            home: work.path().join("home"),
+            user_home: work.path().join("user"),
+        };
+        std::fs::create_dir_all(&env.home).unwrap();
+        std::fs::create_dir_all(&env.user_home).unwrap();
+
+        // A real registry on 127.0.0.1, filled with a debootstrapped bookworm.
+        let registry = Registry::start();
+        let status = Command::new(repo().join("scripts/make-test-image.sh"))
+            .args(["bookworm", &registry.addr, "library/debian:bookworm"])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "make-test-image.sh bookworm failed");
+        std::fs::write(
+            env.home.join("banger.toml"),
+            format!(
+                "[imagestore]\ninsecure_registries = [\"{a}\"]\n\
+                 [imagestore.mirrors]\n\"docker.io\" = [\"http://{a}\"]\n\
+                 [vmm]\nhypervisor = \"qemu\"\nqemu_accel = \"auto\"\n",
+                a = registry.addr
+            ),
+        )
+        .unwrap();
+        let vmlinux = work.path().join("vmlinux");
+        std::fs::copy(banger_test_support::fixtures::kernel_vmlinux(), &vmlinux).unwrap();
+        let _ = bins;
+
+        env.ok(&["up"]);
+        env.ok(&[
+            "kernel",
+            "import",
+            "generic-6.12",
+            "--vmlinux",
+            vmlinux.to_str().unwrap(),
+        ]);
+        env.ok(&[
+            "image",
+            "pull",
+            "docker.io/library/debian:bookworm",
+            "--kernel-ref",
+            "generic-6.12",
+        ]);
+        let image = env.json(&["image", "show", "debian-bookworm"]);
+        assert_eq!(
+            image["reference"], "docker.io/library/debian:bookworm",
+            "{image:#}"
+        );
+
+        // Create with NAT and SSH in.
+        env.ok(&[
+            "vm",
+            "create",
+            "--image",
+            "debian-bookworm",
+            "--name",
+            "testbox",
+            "--nat",
+        ]);
+        let out = env.ok(&[
+            "vm",
+            "ssh",
+            "testbox",
+            "--",
+            "id; uname -r; systemctl is-active banger-agent",
+        ]);
+        assert!(out.contains("uid=0(root)"), "{out}");
+        assert!(out.contains("6.12."), "kernel version in {out}");
+        assert!(
+            out.lines().any(|l| l.trim() == "active"),
+            "agent active in {out}"
+        );
+        let os = env.ok(&["vm", "exec", "testbox", "--", "cat", "/etc/os-release"]);
+        assert!(os.contains("bookworm"), "{os}");
+        let failing = env.run(&["vm", "exec", "testbox", "--", "sh", "-c", "exit 7"]);
+        assert_eq!(failing.status.code(), Some(7), "exit code propagated");
+        let vm1 = env.json(&["vm", "show", "testbox"]);
+        assert_eq!(vm1["state"], "running", "{vm1:#}");
+        let leases = env.json(&["network", "leases"]);
+        assert_eq!(leases.as_array().unwrap().len(), 1, "{leases:#}");
+        assert!(
+            nat_elements().contains(vm1["ip"].as_str().unwrap()),
+            "NAT element for the VM"
+        );
+
+        // vmm restarted with the VM running: adopted, same process, reachable.
+        let vmm = env.vmm_pid();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(vmm),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        wait_gone(&env.home.join("run/vmm.sock"));
+        env.ok(&["up"]);
+        let adopted = env.json(&["vm", "show", "testbox"]);
+        assert_eq!(adopted["state"], "running", "{adopted:#}");
+        assert_eq!(adopted["pid"], vm1["pid"], "the same hypervisor process");
+        env.ok(&["vm", "ssh", "testbox", "--", "true"]);
+
+        // A second VM: another IP, and the two reach each other.
+        env.ok(&[
+            "vm",
+            "create",
+            "--image",
+            "debian-bookworm",
+            "--name",
+            "testbox2",
+            "--nat",
+        ]);
+        let vm2 = env.json(&["vm", "show", "testbox2"]);
+        assert_ne!(vm1["ip"], vm2["ip"], "two VMs, two addresses");
+        let banner = env.ok(&[
+            "vm",
+            "exec",
+            "testbox2",
+            "--",
+            "bash",
+            "-c",
+            &format!(
+                "exec 3<>/dev/tcp/{}/22; head -c 7 <&3",
+                vm1["ip"].as_str().unwrap()
+            ),
+        ]);
+        assert!(
+            banner.starts_with("SSH-2.0"),
+            "testbox2 reached testbox's sshd: {banner:?}"
+        );
+        env.ok(&["vm", "rm", "--force", "testbox2"]);
+
+        // Stop and start keep the VM (and its disk); rm removes everything.
+        env.ok(&["vm", "stop", "testbox"]);
+        assert_eq!(env.json(&["vm", "show", "testbox"])["state"], "stopped");
+        env.ok(&["vm", "start", "testbox"]);
+        env.ok(&["vm", "ssh", "testbox", "--", "true"]);
+        env.ok(&["vm", "rm", "--force", "testbox"]);
+
+        // vmm killed with -9 in the middle of a create: nothing leaks.
+        let mut create: Child = env
+            .cmd(&[
+                "vm",
+                "create",
+                "--image",
+                "debian-bookworm",
+                "--name",
+                "crashbox",
+                "--nat",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while hypervisors_of(&env.home).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(
+            !hypervisors_of(&env.home).is_empty(),
+            "the create never started QEMU"
+        );
+        kill9(env.vmm_pid());
+        let _ = create.wait();
+        env.ok(&["up"]);
+        let after = env.json(&["vm", "list"]);
+        let after = after.as_array().unwrap();
+        assert!(
+            after
+                .iter()
+                .all(|v| v["name"] != "crashbox" || v["state"] != "creating"),
+            "a half-done create survived the restart: {after:#?}"
+        );
+        if after.iter().any(|v| v["name"] == "crashbox") {
+            env.ok(&["vm", "rm", "--force", "crashbox"]);
+        }
+
+        // Nothing a VM owned is left.
+        assert_eq!(env.json(&["vm", "list"]), serde_json::json!([]));
+        assert_eq!(env.json(&["network", "leases"]), serde_json::json!([]));
+        assert_eq!(taps(), Vec::<String>::new(), "taps left behind");
+        let elements = nat_elements();
+        assert!(
+            !elements.contains("\"elem\""),
+            "NAT elements left: {elements}"
+        );
+        let vms_dir = env.home.join("state/vms");
+        let left: Vec<_> = std::fs::read_dir(&vms_dir)
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "VM dirs left in {}: {left:?}",
+            vms_dir.display()
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !hypervisors_of(&env.home).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(
+            hypervisors_of(&env.home),
+            Vec::<String>::new(),
+            "hypervisor processes left"
+        );
+        let image = env.json(&["image", "show", "debian-bookworm"]);
+        assert_eq!(
+            image["holders"],
+            serde_json::json!([]),
+            "image holds left: {image:#}"
+        );
+
+        env.ok(&["down"]);
+        drop(registry);
+    });
+}
