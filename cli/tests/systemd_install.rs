@@ -1,0 +1,378 @@
+//! The privilege split is real, not only written down: `deploy/install.sh
+//! --root` applied to a debootstrapped Debian bookworm (minbase + systemd,
+//! cached under `target/test-cache/bookworm`, shared with the guest agent's
+//! nspawn tests), booted with a real systemd by `systemd-nspawn --boot`
+//! (`--private-network`: netd's bridge lives in the container's own network
+//! namespace). From inside the container the test checks that the four
+//! units are active, that each service's `CapEff` in `/proc/PID/status` is
+//! exactly the designed set, that the sockets are `0660 root:banger`, and
+//! that `banger status` is refused for a user outside group `banger` and
+//! served for a member.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+/// Each service with the effective capabilities DESIGN §2 gives it.
+const SERVICES: [(&str, u64); 4] = [
+    ("kernelcat", 0),
+    ("imagestore", IMAGESTORE_CAPS),
+    ("netd", 1 << CAP_NET_ADMIN),
+    ("vmm", 0),
+];
+
+const CAP_CHOWN: u32 = 0;
+const CAP_DAC_OVERRIDE: u32 = 1;
+const CAP_FOWNER: u32 = 3;
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_MKNOD: u32 = 27;
+const CAP_SETFCAP: u32 = 31;
+const IMAGESTORE_CAPS: u64 = (1 << CAP_CHOWN)
+    | (1 << CAP_DAC_OVERRIDE)
+    | (1 << CAP_FOWNER)
+    | (1 << CAP_MKNOD)
+    | (1 << CAP_SETFCAP);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The directory holding `banger` and the four service binaries.
+fn bin_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_BIN_EXE_banger")).parent().unwrap();
+    for (name, _) in SERVICES {
+        let bin = dir.join(format!("banger-{name}"));
+        assert!(
+            bin.is_file(),
+            "{} is missing: build every binary first (`cargo build --workspace`; scripts/test.sh does)",
+            bin.display()
+        );
+    }
+    dir.to_path_buf()
+}
+
+/// Bookworm minbase with systemd, debootstrapped on first use into
+/// `target/test-cache/bookworm` (the same cache and recipe as
+/// guest/agent/tests/nspawn.rs).
+fn bookworm() -> PathBuf {
+    let cache = repo().join("target/test-cache");
+    let rootfs = cache.join("bookworm");
+    if rootfs.join("usr/lib/systemd/systemd").exists() {
+        return rootfs;
+    }
+    banger_test_support::require_program("debootstrap", "debootstrap");
+    let partial = cache.join("bookworm.partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&cache).unwrap();
+    let status = Command::new("nice")
+        .args(["-n", "10", "debootstrap", "--variant=minbase"])
+        .arg("--include=systemd,systemd-sysv,dbus")
+        .arg("bookworm")
+        .arg(&partial)
+        .arg("http://deb.debian.org/debian")
+        .status()
+        .expect("run debootstrap");
+    assert!(status.success(), "debootstrap failed: {status}");
+    std::fs::rename(&partial, &rootfs).unwrap();
+    rootfs
+}
+
+/// The bookworm root plus what a banger host needs from Debian besides
+/// systemd (deploy/README.md): `ca-certificates` (kernelcat's and
+/// imagestore's HTTPS roots) and `nftables` (netd runs `nft`). Installed
+/// once with apt in a chroot (the Debian mirror is the allowed registry)
+/// and cached as `target/test-cache/bookworm-banger-host`.
+fn with_prerequisites() -> PathBuf {
+    let cache = repo().join("target/test-cache");
+    let rootfs = cache.join("bookworm-banger-host");
+    if rootfs.join("usr/sbin/nft").exists() {
+        return rootfs;
+    }
+    let base = bookworm();
+    let partial = cache.join("bookworm-banger-host.partial");
+    let _ = std::fs::remove_dir_all(&partial);
+    let status = Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(&base)
+        .arg(&partial)
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying {} failed", base.display());
+    let _ = std::fs::copy("/etc/resolv.conf", partial.join("etc/resolv.conf"));
+    let status = Command::new("nice")
+        .args(["-n", "10", "chroot"])
+        .arg(&partial)
+        .args([
+            "sh",
+            "-c",
+            "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -q -y \
+             --no-install-recommends ca-certificates nftables && apt-get clean",
+        ])
+        .status()
+        .expect("run apt-get in a chroot");
+    assert!(
+        status.success(),
+        "apt-get install ca-certificates nftables failed: {status}"
+    );
+    std::fs::rename(&partial, &rootfs).unwrap();
+    rootfs
+}
+
+/// A booted container; powered off (then killed) on drop, so a failing
+/// assertion still cleans up.
+struct Container {
+    nspawn: Child,
+    leader: u32,
+    console: PathBuf,
+}
+
+impl Container {
+    fn boot(root: &Path, machine: &str, console: &Path) -> Container {
+        let log = std::fs::File::create(console).unwrap();
+        let mut nspawn = Command::new("systemd-nspawn")
+            .arg("--quiet")
+            .arg("--boot")
+            .arg("-D")
+            .arg(root)
+            .arg(format!("--machine={machine}"))
+            .args([
+                "--register=no",
+                "--keep-unit",
+                "--private-network",
+                "--console=pipe",
+                // netd's unit allows /dev/net/tun; the container has none by default.
+                "--bind=/dev/net/tun",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start systemd-nspawn");
+        // The container's PID 1 is nspawn's child once it runs systemd.
+        let leader = (0..600)
+            .find_map(|_| {
+                if let Some(status) = nspawn.try_wait().unwrap() {
+                    panic!(
+                        "systemd-nspawn exited ({status}) while booting\n{}",
+                        std::fs::read_to_string(console).unwrap_or_default()
+                    );
+                }
+                let children =
+                    std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", nspawn.id()))
+                        .unwrap_or_default();
+                let found = children.split_whitespace().find_map(|pid| {
+                    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+                    (comm.trim() == "systemd").then(|| pid.parse().unwrap())
+                });
+                if found.is_none() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                found
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "no systemd PID 1 in the container\n{}",
+                    std::fs::read_to_string(console).unwrap_or_default()
+                )
+            });
+        Container {
+            nspawn,
+            leader,
+            console: console.to_path_buf(),
+        }
+    }
+
+    /// Runs `argv` inside every namespace of the container.
+    fn exec(&self, argv: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg("-t")
+            .arg(self.leader.to_string())
+            .args(["-a", "--"])
+            .args(argv)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .output()
+            .expect("run nsenter")
+    }
+
+    /// `sh -c script` inside the container: its trimmed stdout.
+    fn sh(&self, script: &str) -> String {
+        let out = self.exec(&["sh", "-c", script]);
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn journal(&self, unit: &str) -> String {
+        self.sh(&format!(
+            "systemctl status --no-pager {unit} 2>&1; journalctl --no-pager -u {unit} 2>&1 | tail -n 40"
+        ))
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(&self.console).unwrap_or_default()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = self.exec(&["systemctl", "poweroff", "--no-block"]);
+        for _ in 0..300 {
+            if let Ok(Some(_)) = self.nspawn.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+    }
+}
+
+fn cap_eff(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+#[test]
+fn installed_units_run_with_exactly_the_designed_privileges() {
+    banger_test_support::require_root();
+    banger_test_support::require_program("systemd-nspawn", "systemd-container");
+    banger_test_support::require_program("nsenter", "util-linux");
+    banger_test_support::require_program("systemd-sysusers", "systemd");
+    let started = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    // A private copy: the cached rootfs stays pristine.
+    let status = Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(with_prerequisites())
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying the cached rootfs failed");
+
+    let out = Command::new(repo().join("deploy/install.sh"))
+        .arg("--root")
+        .arg(&root)
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .output()
+        .expect("run deploy/install.sh");
+    assert!(
+        out.status.success(),
+        "install.sh --root failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, _) in SERVICES {
+        for kind in ["socket", "service"] {
+            let unit = format!("banger-{name}.{kind}");
+            let wants = if kind == "socket" {
+                "sockets.target.wants"
+            } else {
+                "multi-user.target.wants"
+            };
+            assert!(
+                root.join("etc/systemd/system")
+                    .join(wants)
+                    .join(&unit)
+                    .symlink_metadata()
+                    .is_ok(),
+                "install.sh did not enable {unit}"
+            );
+        }
+    }
+
+    let machine = format!("banger-inst-{}", std::process::id());
+    let container = Container::boot(&root, &machine, &dir.path().join("console.log"));
+    // Until systemd's bus is up, systemctl cannot even ask.
+    let mut state = String::new();
+    for _ in 0..600 {
+        state = container.sh("systemctl is-system-running --wait 2>/dev/null");
+        if ["running", "degraded"].contains(&state.as_str()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        ["running", "degraded"].contains(&state.as_str()),
+        "the container never finished booting ({state:?})\n{}",
+        container.console()
+    );
+    eprintln!(
+        "TIMING: boot → is-system-running ({state}): {:?}",
+        started.elapsed()
+    );
+
+    for (name, want) in SERVICES {
+        let unit = format!("banger-{name}.service");
+        let active = container.sh(&format!("systemctl is-active {unit}"));
+        assert_eq!(
+            active,
+            "active",
+            "{unit} is not active\n{}\n--- console ---\n{}",
+            container.journal(&unit),
+            container.console()
+        );
+        let pid = container.sh(&format!("systemctl show -p MainPID --value {unit}"));
+        let status = container.sh(&format!("cat /proc/{pid}/status"));
+        let eff = cap_eff(&status)
+            .unwrap_or_else(|| panic!("no CapEff for {unit} (MainPID {pid}):\n{status}"));
+        assert_eq!(
+            eff, want,
+            "{unit} runs with CapEff {eff:#x}, designed {want:#x}\n{status}"
+        );
+        let sock = format!("/run/banger/{name}.sock");
+        assert_eq!(
+            container.sh(&format!("stat -c '%a %U:%G %F' {sock}")),
+            "660 root:banger socket",
+            "{sock} has the wrong mode or owner"
+        );
+    }
+
+    // A member of group banger is served; anyone else is refused.
+    let add = container.exec(&["useradd", "--create-home", "-G", "banger", "member"]);
+    assert!(add.status.success(), "useradd member: {add:?}");
+    let add = container.exec(&["useradd", "--create-home", "outsider"]);
+    assert!(add.status.success(), "useradd outsider: {add:?}");
+
+    let served = container.exec(&[
+        "runuser",
+        "-u",
+        "member",
+        "--",
+        "/usr/local/bin/banger",
+        "status",
+    ]);
+    assert!(
+        served.status.success(),
+        "banger status as a member of banger failed: {}\n{}",
+        String::from_utf8_lossy(&served.stdout),
+        String::from_utf8_lossy(&served.stderr)
+    );
+    let refused = container.exec(&[
+        "runuser",
+        "-u",
+        "outsider",
+        "--",
+        "/usr/local/bin/banger",
+        "status",
+    ]);
+    let said = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        !refused.status.success(),
+        "banger status as an outsider succeeded:\n{said}"
+    );
+    assert!(
+        said.to_lowercase().contains("permission denied"),
+        "an outsider should be refused with permission denied:\n{said}"
+    );
+    eprintln!("TIMING: total {:?}", started.elapsed());
+}
