@@ -1,24 +1,28 @@
 //! The privilege split is real, not only written down: `deploy/install.sh
 //! --root` applied to a debootstrapped Debian bookworm (minbase + systemd,
-//! cached under `target/test-cache/bookworm`, shared with the guest agent's
-//! nspawn tests), booted with a real systemd by `systemd-nspawn --boot`
+//! cached under `target/test-cache/bookworm` like the guest agent's nspawn
+//! tests, plus the host prerequisites `ca-certificates` and `nftables`),
+//! booted with a real systemd by `systemd-nspawn --boot`
 //! (`--private-network`: netd's bridge lives in the container's own network
-//! namespace). From inside the container the test checks that the four
-//! units are active, that each service's `CapEff` in `/proc/PID/status` is
-//! exactly the designed set, that the sockets are `0660 root:banger`, and
-//! that `banger status` is refused for a user outside group `banger` and
-//! served for a member.
+//! namespace). From inside the container (`nsenter` into its PID 1) the test
+//! checks that the four units are active, that each service runs as its user
+//! with `CapEff` and `CapBnd` in `/proc/PID/status` exactly the designed
+//! set, that netd's CAP_NET_ADMIN sufficed for its bridge and nftables
+//! table, that the sockets are `0660 root:banger`, and that the CLI is
+//! served for a member of group `banger` and refused (`Permission denied`)
+//! for anyone else, by the directory and by the socket itself.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-/// Each service with the effective capabilities DESIGN §2 gives it.
-const SERVICES: [(&str, u64); 4] = [
-    ("kernelcat", 0),
-    ("imagestore", IMAGESTORE_CAPS),
-    ("netd", 1 << CAP_NET_ADMIN),
-    ("vmm", 0),
+/// Each service with the capabilities DESIGN §2 gives it (effective and
+/// bounding set alike) and its user.
+const SERVICES: [(&str, u64, &str); 4] = [
+    ("kernelcat", 0, "banger"),
+    ("imagestore", IMAGESTORE_CAPS, "banger"),
+    ("netd", 1 << CAP_NET_ADMIN, "banger-net"),
+    ("vmm", 0, "banger"),
 ];
 
 const CAP_CHOWN: u32 = 0;
@@ -40,7 +44,7 @@ fn repo() -> PathBuf {
 /// The directory holding `banger` and the four service binaries.
 fn bin_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_BIN_EXE_banger")).parent().unwrap();
-    for (name, _) in SERVICES {
+    for (name, _, _) in SERVICES {
         let bin = dir.join(format!("banger-{name}"));
         assert!(
             bin.is_file(),
@@ -243,11 +247,19 @@ impl Drop for Container {
     }
 }
 
-fn cap_eff(status: &str) -> Option<u64> {
+/// The capability mask on line `field` (`CapEff`, `CapBnd`) of a
+/// `/proc/PID/status`.
+fn caps(status: &str, field: &str) -> Option<u64> {
     status
         .lines()
-        .find_map(|line| line.strip_prefix("CapEff:"))
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+/// The real uid on the `Uid:` line of a `/proc/PID/status`.
+fn uid(status: &str) -> Option<String> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    line.split_whitespace().next().map(str::to_owned)
 }
 
 #[test]
@@ -281,7 +293,7 @@ fn installed_units_run_with_exactly_the_designed_privileges() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    for (name, _) in SERVICES {
+    for (name, _, _) in SERVICES {
         for kind in ["socket", "service"] {
             let unit = format!("banger-{name}.{kind}");
             let wants = if kind == "socket" {
@@ -317,11 +329,11 @@ fn installed_units_run_with_exactly_the_designed_privileges() {
         container.console()
     );
     eprintln!(
-        "TIMING: boot → is-system-running ({state}): {:?}",
+        "TIMING: copy root + install.sh + boot → is-system-running ({state}): {:?}",
         started.elapsed()
     );
 
-    for (name, want) in SERVICES {
+    for (name, want, user) in SERVICES {
         let unit = format!("banger-{name}.service");
         let active = container.sh(&format!("systemctl is-active {unit}"));
         assert_eq!(
@@ -333,11 +345,18 @@ fn installed_units_run_with_exactly_the_designed_privileges() {
         );
         let pid = container.sh(&format!("systemctl show -p MainPID --value {unit}"));
         let status = container.sh(&format!("cat /proc/{pid}/status"));
-        let eff = cap_eff(&status)
-            .unwrap_or_else(|| panic!("no CapEff for {unit} (MainPID {pid}):\n{status}"));
+        for field in ["CapEff", "CapBnd"] {
+            let have = caps(&status, field)
+                .unwrap_or_else(|| panic!("no {field} for {unit} (MainPID {pid}):\n{status}"));
+            assert_eq!(
+                have, want,
+                "{unit} runs with {field} {have:#x}, designed {want:#x}\n{status}"
+            );
+        }
         assert_eq!(
-            eff, want,
-            "{unit} runs with CapEff {eff:#x}, designed {want:#x}\n{status}"
+            uid(&status),
+            Some(container.sh(&format!("id -u {user}"))),
+            "{unit} does not run as {user}\n{status}"
         );
         let sock = format!("/run/banger/{name}.sock");
         assert_eq!(
@@ -346,6 +365,22 @@ fn installed_units_run_with_exactly_the_designed_privileges() {
             "{sock} has the wrong mode or owner"
         );
     }
+
+    // CAP_NET_ADMIN is enough for netd: its bridge (administratively up)
+    // and its nftables table exist in the container's network namespace.
+    let flags =
+        container.sh("test -d /sys/class/net/banger0/bridge && cat /sys/class/net/banger0/flags");
+    assert!(
+        u32::from_str_radix(flags.trim_start_matches("0x"), 16).is_ok_and(|f| f & 1 == 1),
+        "netd did not create and bring up its bridge banger0 (flags {flags:?})\n{}",
+        container.journal("banger-netd.service")
+    );
+    let tables = container.sh("nft list tables");
+    assert!(
+        tables.lines().any(|l| l.trim() == "table inet banger"),
+        "netd did not create table inet banger: {tables:?}\n{}",
+        container.journal("banger-netd.service")
+    );
 
     // A member of group banger is served; anyone else is refused.
     let add = container.exec(&["useradd", "--create-home", "-G", "banger", "member"]);
@@ -379,5 +414,15 @@ fn installed_units_run_with_exactly_the_designed_privileges() {
         refused.1
     );
     eprintln!("outsider refused: {}", refused.1.trim());
+    // /run/banger (0750 root:banger) already keeps outsiders out; with the
+    // directory opened up, the sockets' own 0660 still refuses them.
+    container.sh("chmod 0751 /run/banger");
+    let refused = container.as_user("outsider", &["kernel", "list"]);
+    container.sh("chmod 0750 /run/banger");
+    assert!(
+        !refused.0 && refused.1.to_lowercase().contains("permission denied"),
+        "with /run/banger searchable, the socket itself should refuse an outsider:\n{}",
+        refused.1
+    );
     eprintln!("TIMING: total {:?}", started.elapsed());
 }
