@@ -133,7 +133,7 @@ struct Container {
 impl Container {
     fn boot(root: &Path, machine: &str, console: &Path) -> Container {
         let log = std::fs::File::create(console).unwrap();
-        let mut nspawn = Command::new("systemd-nspawn")
+        let nspawn = Command::new("systemd-nspawn")
             .arg("--quiet")
             .arg("--boot")
             .arg("-D")
@@ -152,38 +152,35 @@ impl Container {
             .stderr(log)
             .spawn()
             .expect("start systemd-nspawn");
-        // The container's PID 1 is nspawn's child once it runs systemd.
-        let leader = (0..600)
-            .find_map(|_| {
-                if let Some(status) = nspawn.try_wait().unwrap() {
-                    panic!(
-                        "systemd-nspawn exited ({status}) while booting\n{}",
-                        std::fs::read_to_string(console).unwrap_or_default()
-                    );
-                }
-                let children =
-                    std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", nspawn.id()))
-                        .unwrap_or_default();
-                let found = children.split_whitespace().find_map(|pid| {
-                    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-                    (comm.trim() == "systemd").then(|| pid.parse().unwrap())
-                });
-                if found.is_none() {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                found
-            })
-            .unwrap_or_else(|| {
-                panic!(
-                    "no systemd PID 1 in the container\n{}",
-                    std::fs::read_to_string(console).unwrap_or_default()
-                )
-            });
-        Container {
+        // Owned from here on: a panic below still powers it off.
+        let mut container = Container {
             nspawn,
-            leader,
+            leader: 0,
             console: console.to_path_buf(),
+        };
+        // The container's PID 1 is nspawn's child once it runs systemd.
+        for _ in 0..600 {
+            if let Some(status) = container.nspawn.try_wait().unwrap() {
+                panic!(
+                    "systemd-nspawn exited ({status}) while booting\n{}",
+                    container.console()
+                );
+            }
+            let children = std::fs::read_to_string(format!(
+                "/proc/{0}/task/{0}/children",
+                container.nspawn.id()
+            ))
+            .unwrap_or_default();
+            if let Some(pid) = children.split_whitespace().find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "systemd")
+            }) {
+                container.leader = pid.parse().unwrap();
+                return container;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
+        panic!("no systemd PID 1 in the container\n{}", container.console());
     }
 
     /// Runs `argv` inside every namespace of the container.
@@ -235,7 +232,9 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = self.exec(&["systemctl", "poweroff", "--no-block"]);
+        if self.leader != 0 {
+            let _ = self.exec(&["systemctl", "poweroff", "--no-block"]);
+        }
         for _ in 0..300 {
             if let Ok(Some(_)) = self.nspawn.try_wait() {
                 return;
