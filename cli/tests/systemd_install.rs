@@ -267,13 +267,14 @@ fn installed_units_run_with_exactly_the_designed_privileges() {
     banger_test_support::require_program("systemd-nspawn", "systemd-container");
     banger_test_support::require_program("nsenter", "util-linux");
     banger_test_support::require_program("systemd-sysusers", "systemd");
+    let cached = with_prerequisites();
     let started = std::time::Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     // A private copy: the cached rootfs stays pristine.
     let status = Command::new("cp")
         .args(["-a", "--reflink=auto"])
-        .arg(with_prerequisites())
+        .arg(&cached)
         .arg(&root)
         .status()
         .unwrap();
