@@ -21,6 +21,10 @@ repo=$PWD
 if [ "${BANGER_DEMO_IN_NETNS:-}" != 1 ]; then
   [ "$(id -u)" = 0 ] || { echo "demo: run as root (it creates a network namespace)" >&2; exit 1; }
   scripts/setup.sh
+  # debootstrap needs the Debian mirror, so the image is built (or reused
+  # from target/test-cache) out here; the namespace below has no route out.
+  printf '\n\033[1m$ scripts/make-test-image.sh bookworm - library/debian:bookworm\033[0m   (debootstrap; cached)\n' >&2
+  scripts/make-test-image.sh bookworm - library/debian:bookworm >/dev/null
   export BANGER_DEMO_IN_NETNS=1
   exec unshare --net -- "$0" "$@"
 fi
@@ -65,7 +69,7 @@ qemu_accel = "auto"
 TOML
 echo "demo: BANGER_HOME=$BANGER_HOME, registry 127.0.0.1:$port, network namespace private to this script" >&2
 
-step "scripts/make-test-image.sh bookworm 127.0.0.1:$port library/debian:bookworm   (debootstrap; cached)"
+step "scripts/make-test-image.sh bookworm 127.0.0.1:$port library/debian:bookworm   (push the cached image)"
 scripts/make-test-image.sh bookworm "127.0.0.1:$port" library/debian:bookworm >/dev/null
 
 kernel=${BANGER_KERNEL:-}

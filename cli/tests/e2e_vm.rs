@@ -12,7 +12,112 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use banger_test_support::netns::in_new_netns;
+use banger_test_support::otlp::{Collector, ReceivedSpan};
 use banger_test_support::registry::Registry;
+
+/// `banger vm create NAME` is one trace: the CLI's root span → vmm's
+/// CreateVm → a span per step carrying the VM name → the imagestore,
+/// kernelcat and netd calls made in those steps.
+fn assert_create_is_one_trace(collector: &Collector, vm: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let wanted = ["vm resolving", "vm network", "vm booting", "vm waiting"];
+    loop {
+        let spans = collector.spans();
+        let Some(root) = spans
+            .iter()
+            .find(|s| s.service == "banger" && s.name == "banger vm create")
+        else {
+            assert!(
+                Instant::now() < deadline,
+                "no `banger vm create` root span exported"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            continue;
+        };
+        let trace: Vec<&ReceivedSpan> = spans
+            .iter()
+            .filter(|s| s.trace_id == root.trace_id)
+            .collect();
+        let find = |service: &str, name: &str| {
+            trace
+                .iter()
+                .find(|s| s.service == service && s.name == name)
+                .copied()
+        };
+        let complete = wanted.iter().all(|w| find("banger-vmm", w).is_some())
+            && find("banger-netd", "banger.netd.v1.Netd/Allocate").is_some()
+            && find(
+                "banger-imagestore",
+                "banger.imagestore.v1.ImageStore/ResolveImage",
+            )
+            .is_some()
+            && find(
+                "banger-kernelcat",
+                "banger.kernelcat.v1.KernelCat/ResolveKernel",
+            )
+            .is_some();
+        if !complete {
+            assert!(
+                Instant::now() < deadline,
+                "incomplete create trace: {:#?}",
+                trace
+                    .iter()
+                    .map(|s| format!("{}: {}", s.service, s.name))
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+            continue;
+        }
+        let server = find("banger-vmm", "banger.vmm.v1.Vmm/CreateVm").expect("vmm CreateVm span");
+        assert_eq!(
+            server.parent_span_id, root.span_id,
+            "CreateVm is a child of the CLI's root"
+        );
+        for step in wanted {
+            let span = find("banger-vmm", step).unwrap();
+            assert!(
+                span.attributes.iter().any(|(k, v)| k == "vm" && v == vm),
+                "{step} lacks the vm attribute: {span:?}"
+            );
+        }
+        // Under the step, possibly through vmm's own client span.
+        let child_of = |child: &ReceivedSpan, step: &str| {
+            let step_id = &find("banger-vmm", step).unwrap().span_id;
+            let mut cursor = Some(child);
+            while let Some(span) = cursor {
+                if &span.parent_span_id == step_id {
+                    return;
+                }
+                cursor = trace
+                    .iter()
+                    .find(|s| s.span_id == span.parent_span_id)
+                    .copied();
+            }
+            panic!("{} ({}) is not under `{step}`", child.name, child.service);
+        };
+        child_of(
+            find(
+                "banger-imagestore",
+                "banger.imagestore.v1.ImageStore/ResolveImage",
+            )
+            .unwrap(),
+            "vm resolving",
+        );
+        child_of(
+            find(
+                "banger-kernelcat",
+                "banger.kernelcat.v1.KernelCat/ResolveKernel",
+            )
+            .unwrap(),
+            "vm resolving",
+        );
+        child_of(
+            find("banger-netd", "banger.netd.v1.Netd/Allocate").unwrap(),
+            "vm network",
+        );
+        return;
+    }
+}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -48,6 +153,8 @@ fn bin_dir() -> PathBuf {
 struct Env {
     home: PathBuf,
     user_home: PathBuf,
+    /// OTLP receiver every process exports to.
+    otlp_endpoint: String,
 }
 
 impl Env {
@@ -59,7 +166,10 @@ impl Env {
             .env_remove("BANGER_HOME")
             // banger's SSH key lives in the user's config dir.
             .env("HOME", &self.user_home)
-            .env("XDG_CONFIG_HOME", self.user_home.join(".config"));
+            .env("XDG_CONFIG_HOME", self.user_home.join(".config"))
+            // Services started by `up` inherit these: one trace per command.
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &self.otlp_endpoint)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "200");
         cmd
     }
 
@@ -153,11 +263,31 @@ fn wait_gone(path: &Path) {
 #[test]
 fn vm_lifecycle_end_to_end() {
     let bins = bin_dir();
+    // debootstrap needs the Debian mirror: build (or reuse) the image's
+    // rootfs and OCI layout before entering the namespace, which has no
+    // route out; inside it the script only pushes the cached layout.
+    let status = Command::new(repo().join("scripts/make-test-image.sh"))
+        .args(["bookworm", "-", "library/debian:bookworm"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(
+        status.success(),
+        "make-test-image.sh bookworm (build) failed"
+    );
     in_new_netns(move || {
+        // Multi-threaded: the receiver answers while this thread waits on commands.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let collector = rt.block_on(Collector::start());
         let work = tempfile::tempdir().unwrap();
         let env = Env {
             home: work.path().join("home"),
             user_home: work.path().join("user"),
+            otlp_endpoint: collector.endpoint.clone(),
         };
         std::fs::create_dir_all(&env.home).unwrap();
         std::fs::create_dir_all(&env.user_home).unwrap();
@@ -175,7 +305,9 @@ fn vm_lifecycle_end_to_end() {
             format!(
                 "[imagestore]\ninsecure_registries = [\"{a}\"]\n\
                  [imagestore.mirrors]\n\"docker.io\" = [\"http://{a}\"]\n\
-                 [vmm]\nhypervisor = \"qemu\"\nqemu_accel = \"auto\"\n",
+                 [vmm]\nhypervisor = \"qemu\"\nqemu_accel = \"auto\"\n\
+                 # TCG on a loaded 2-core machine: be patient.\n\
+                 ready_timeout_secs = 300\n",
                 a = registry.addr
             ),
         )
@@ -232,6 +364,7 @@ fn vm_lifecycle_end_to_end() {
         assert!(os.contains("bookworm"), "{os}");
         let failing = env.run(&["vm", "exec", "testbox", "--", "sh", "-c", "exit 7"]);
         assert_eq!(failing.status.code(), Some(7), "exit code propagated");
+        assert_create_is_one_trace(&collector, "testbox");
         let vm1 = env.json(&["vm", "show", "testbox"]);
         assert_eq!(vm1["state"], "running", "{vm1:#}");
         let leases = env.json(&["network", "leases"]);

@@ -1,6 +1,6 @@
 //! The privilege split is real, not only written down: `deploy/install.sh
 //! --root` applied to a debootstrapped Debian bookworm (minbase + systemd,
-//! cached under `target/test-cache/bookworm` like the guest agent's nspawn
+//! cached under `target/test-cache/bookworm-systemd` like the guest agent's nspawn
 //! tests, plus the host prerequisites `ca-certificates` and `nftables`),
 //! booted with a real systemd by `systemd-nspawn --boot`
 //! (`--private-network`: netd's bridge lives in the container's own network
@@ -56,16 +56,16 @@ fn bin_dir() -> PathBuf {
 }
 
 /// Bookworm minbase with systemd, debootstrapped on first use into
-/// `target/test-cache/bookworm` (the same cache and recipe as
+/// `target/test-cache/bookworm-systemd` (the same cache and recipe as
 /// guest/agent/tests/nspawn.rs).
 fn bookworm() -> PathBuf {
     let cache = repo().join("target/test-cache");
-    let rootfs = cache.join("bookworm");
+    let rootfs = cache.join("bookworm-systemd");
     if rootfs.join("usr/lib/systemd/systemd").exists() {
         return rootfs;
     }
     banger_test_support::require_program("debootstrap", "debootstrap");
-    let partial = cache.join("bookworm.partial");
+    let partial = cache.join("bookworm-systemd.partial");
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&cache).unwrap();
     let status = Command::new("nice")

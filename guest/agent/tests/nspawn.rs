@@ -65,7 +65,7 @@ fn debootstrap(name: &str, include: Option<&str>) -> PathBuf {
 
 /// Bookworm with systemd (the image case "systemd present").
 fn bookworm() -> PathBuf {
-    debootstrap("bookworm", Some("systemd,systemd-sysv,dbus"))
+    debootstrap("bookworm-systemd", Some("systemd,systemd-sysv,dbus"))
 }
 
 /// A local apt repository (`Packages` + .debs) with everything a minbase

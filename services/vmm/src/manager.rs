@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use banger_proto::agent::v1::agent_client::AgentClient;
 use banger_proto::rpc::hybrid_vsock::{self, AGENT_PORT};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 use crate::cmdline::{self, CmdlineSpec};
 use crate::config::{Backend, VmmConfig};
@@ -282,12 +283,15 @@ impl Manager {
     ) -> Result<VmView> {
         let store = &self.inner.store;
         let peers = &self.inner.peers;
-        let phase = Phases::new(events);
+        let phase = Phases::new(events, &vm.name);
 
         phase
             .start("resolving", format!("image {}", spec.image))
             .await;
-        vm.image = peers.resolve_image(&spec.image, &vm.id).await?;
+        vm.image = peers
+            .resolve_image(&spec.image, &vm.id)
+            .instrument(phase.span())
+            .await?;
         store.save(vm)?;
         let kernel = spec
             .kernel
@@ -296,12 +300,20 @@ impl Manager {
             .unwrap_or_else(|| self.inner.cfg.default_kernel.clone());
         vm.kernel.name = kernel.clone();
         store.save(vm)?;
-        vm.kernel = peers.resolve_kernel(&kernel, &vm.id).await?;
+        vm.kernel = peers
+            .resolve_kernel(&kernel, &vm.id)
+            .instrument(phase.span())
+            .await?;
         store.save(vm)?;
         phase.end().await;
 
         phase.start("network", String::new()).await;
-        vm.lease = Some(peers.allocate(&vm.id, vm.nat).await?);
+        vm.lease = Some(
+            peers
+                .allocate(&vm.id, vm.nat)
+                .instrument(phase.span())
+                .await?,
+        );
         store.save(vm)?;
         let lease = vm.lease.clone().expect("just set");
         phase.end().await;
@@ -400,6 +412,7 @@ impl Manager {
                 vsock: true,
                 paths: paths.clone(),
             })
+            .instrument(phase.span())
             .await?;
         vm.pid = Some(launched.pid);
         vm.helper_pid = launched.helper_pid;
@@ -415,7 +428,7 @@ impl Manager {
             .await;
         let pid = launched.pid;
         let ready = tokio::select! {
-            r = self.probe(vm, timeout) => r,
+            r = self.probe(vm, timeout).instrument(phase.span()) => r,
             _ = hypervisor::wait_gone(pid, Duration::from_secs(365 * 86_400)) => Err(Error::Boot {
                 cause: format!(
                     "the {} process exited during boot; its log ends:\n{}",
@@ -643,7 +656,7 @@ impl Manager {
             }
         }
         let (tx, _rx) = mpsc::channel(16);
-        let phases = Phases::new(&tx);
+        let phases = Phases::new(&tx, &vm.name);
         let timeout = self.ready_timeout(ready_timeout_secs);
         if let Err(e) = self.boot(&mut vm, &phases, timeout).await {
             vm.state = VmState::Error;
@@ -845,19 +858,40 @@ impl Manager {
 /// Sends phase start/end events with durations.
 struct Phases<'a> {
     tx: &'a mpsc::Sender<CreateEvent>,
-    current: Mutex<Option<(&'static str, Instant)>>,
+    vm: String,
+    /// The running phase, when it started, and its span: one span per step,
+    /// so an operator reads `vm create` step by step in one trace.
+    current: Mutex<Option<(&'static str, Instant, tracing::Span)>>,
 }
 
 impl<'a> Phases<'a> {
-    fn new(tx: &'a mpsc::Sender<CreateEvent>) -> Self {
+    fn new(tx: &'a mpsc::Sender<CreateEvent>, vm: &str) -> Self {
         Phases {
             tx,
+            vm: vm.to_owned(),
             current: Mutex::new(None),
         }
     }
 
+    /// The running phase's span; calls to other services made under it
+    /// become its children in the trace.
+    fn span(&self) -> tracing::Span {
+        self.current
+            .lock()
+            .expect("phase lock")
+            .as_ref()
+            .map(|(_, _, span)| span.clone())
+            .unwrap_or_else(tracing::Span::none)
+    }
+
     async fn start(&self, phase: &'static str, message: String) {
-        *self.current.lock().expect("phase lock") = Some((phase, Instant::now()));
+        let span = tracing::info_span!(
+            "step",
+            otel.name = %format!("vm {phase}"),
+            step = phase,
+            vm = %self.vm,
+        );
+        *self.current.lock().expect("phase lock") = Some((phase, Instant::now(), span));
         tracing::info!(phase, "{message}");
         let _ = self
             .tx
@@ -871,7 +905,7 @@ impl<'a> Phases<'a> {
 
     async fn end(&self) {
         let cur = self.current.lock().expect("phase lock").take();
-        if let Some((phase, started)) = cur {
+        if let Some((phase, started, _span)) = cur {
             let _ = self
                 .tx
                 .send(CreateEvent::Phase {

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument;
 
 use crate::config::{Backend, VmmConfig};
 use crate::error::Error;
@@ -152,7 +153,9 @@ impl Vmm for VmmService {
         let manager = self.manager.clone();
         // The create runs to completion (or rollback) even if the client
         // goes away half-way: a VM never outlives its cleanup.
-        let create = tokio::spawn(async move { manager.create(spec, events_tx).await });
+        // It stays in this call's trace: the steps are children of CreateVm.
+        let create =
+            tokio::spawn(async move { manager.create(spec, events_tx).await }.in_current_span());
         tokio::spawn(async move {
             while let Some(ev) = events_rx.recv().await {
                 let event = match ev {

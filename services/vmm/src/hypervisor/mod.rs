@@ -74,6 +74,12 @@ pub fn cleanup_after_exit(paths: &VmPaths, helper_pid: Option<u32>) {
     {
         kill(pid);
     }
+    // A vmm that died between spawning a process and recording its pid
+    // left it unrecorded; every process naming this VM's run dir is ours.
+    for pid in processes_naming(&paths.run) {
+        tracing::warn!(pid, run = %paths.run.display(), "killing an unrecorded process of this VM");
+        kill(pid);
+    }
     if let Ok(entries) = std::fs::read_dir(&paths.run) {
         for entry in entries.flatten() {
             let _ = std::fs::remove_file(entry.path());
@@ -87,6 +93,27 @@ pub fn cleanup_after_exit(paths: &VmPaths, helper_pid: Option<u32>) {
 /// against pid reuse.
 pub fn is_ours(pid: u32, paths: &VmPaths) -> bool {
     pid_alive(pid) && cmdline_contains(pid, &paths.run)
+}
+
+/// Live processes (other than this one) whose command line names `dir`.
+fn processes_naming(dir: &Path) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me && pid_alive(pid))
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                // With the separator, so `<id>` never matches a longer id.
+                let needle = dir.join("");
+                let needle = needle.as_os_str().as_encoded_bytes();
+                needle.len() > 1 && c.windows(needle.len()).any(|w| w == needle)
+            })
+        })
+        .collect()
 }
 
 /// Whether `pid` exists and is not a zombie.
