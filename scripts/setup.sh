@@ -33,6 +33,28 @@ for f in scripts/deps/*.cargo; do
   done
 done
 
+# Stock gRPC clients of other languages, for the tests that prove the API
+# works for other tools: a venv and a node_modules under target/clients,
+# never the host's own Python or Node packages.
+clients=target/clients
+mkdir -p "$clients"
+command -v npm >/dev/null || { log "npm is missing: install Node.js with its npm (Debian: apt-get install npm)"; exit 1; }
+if ! cmp -s scripts/deps/clients.pip "$clients/py/.installed" 2>/dev/null; then
+  log "pip install $(sed 's/#.*//' scripts/deps/clients.pip | xargs) into $clients/py"
+  rm -rf "$clients/py"
+  python3 -m venv "$clients/py"
+  "$clients/py/bin/pip" install --quiet --disable-pip-version-check -r scripts/deps/clients.pip
+  cp scripts/deps/clients.pip "$clients/py/.installed"
+fi
+if ! cmp -s scripts/deps/clients.npm "$clients/node/.installed" 2>/dev/null; then
+  npm_packages=$(sed 's/#.*//' scripts/deps/clients.npm | xargs)
+  log "npm install $npm_packages into $clients/node"
+  rm -rf "$clients/node"
+  mkdir -p "$clients/node"
+  (cd "$clients/node" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund $npm_packages)
+  cp scripts/deps/clients.npm "$clients/node/.installed"
+fi
+
 [ "${1:-}" = "--deps" ] && exit 0
 log "building the workspace"
 cargo build --workspace --locked

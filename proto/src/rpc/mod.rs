@@ -3,6 +3,8 @@
 //! - [`server`]: bind a unix socket (stale-socket recovery, mode 0660, group),
 //!   serve tonic routes with health, reflection and `banger.runtime.v1.Info`,
 //!   drain on SIGTERM/SIGINT and remove the socket.
+//! - [`authority`]: accept the `:authority` stock gRPC clients send over unix
+//!   sockets (the socket path), which h2 would refuse.
 //! - [`hybrid_vsock`]: dial a guest vsock port through a hybrid-vsock socket.
 //! - [`client`]: dial a unix socket and get a channel that injects the W3C
 //!   `traceparent` of the current span into every call.
@@ -10,6 +12,7 @@
 //! - [`trace_context`]: carrying the OpenTelemetry context through metadata.
 //! - [`status`]: mapping domain errors to one precise gRPC code each.
 
+pub mod authority;
 pub mod client;
 pub mod hybrid_vsock;
 pub mod peer;

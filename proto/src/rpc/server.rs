@@ -12,6 +12,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use super::RuntimeError;
+use super::authority::AuthorityFix;
 use crate::runtime::v1::info_server::{Info, InfoServer};
 use crate::runtime::v1::{GetInfoRequest, ServiceInfo};
 
@@ -123,14 +124,17 @@ impl BoundSocket {
                 .set_service_status(service, ServingStatus::Serving)
                 .await;
         }
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Reflection lists exactly what this socket serves, so a generic
+        // client never discovers an API it would get UNIMPLEMENTED from.
+        let served = served_services(&options.services);
+        let reflection_v1 = served
+            .iter()
+            .fold(reflection_builder(), |b, name| b.with_service_name(name))
             .build_v1()
             .expect("embedded descriptor sets are valid");
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        let reflection_v1alpha = served
+            .iter()
+            .fold(reflection_builder(), |b, name| b.with_service_name(name))
             .build_v1alpha()
             .expect("embedded descriptor sets are valid");
         let info = InfoServer::new(InfoService {
@@ -155,7 +159,7 @@ impl BoundSocket {
         let server = Server::builder()
             .trace_fn(super::trace_context::server_span)
             .add_routes(routes)
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            .serve_with_incoming_shutdown(incoming(listener), async {
                 shutdown.await;
                 tracing::info!("shutting down: draining in-flight calls");
                 notify_systemd("STOPPING=1");
@@ -190,6 +194,40 @@ impl BoundSocket {
             source,
         })
     }
+}
+
+/// Every fully qualified service a banger socket serves: its own APIs, then
+/// what the runtime adds to each.
+pub fn served_services(own: &[String]) -> Vec<String> {
+    let mut all = own.to_vec();
+    all.extend(
+        [
+            "banger.runtime.v1.Info",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]
+        .map(String::from),
+    );
+    all
+}
+
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
+
+/// Accepted connections, each behind [`AuthorityFix`] so stock clients'
+/// socket-path authorities reach h2 as `localhost`.
+fn incoming(
+    listener: UnixListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<AuthorityFix<tokio::net::UnixStream>>> {
+    use tokio_stream::StreamExt;
+    UnixListenerStream::new(listener).map(|conn| conn.map(AuthorityFix::new))
 }
 
 async fn remove_stale_socket(path: &Path) -> Result<(), RuntimeError> {
