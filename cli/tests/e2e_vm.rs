@@ -150,6 +150,52 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
+/// Runs `examples/python/create_exec_delete.py` against the vmm socket.
+fn python_example_creates_execs_deletes(env: &Env) {
+    let python = repo().join("target/clients/py/bin/python");
+    assert!(
+        python.is_file(),
+        "{} missing: run scripts/setup.sh --deps (installs the stock Python gRPC client)",
+        python.display()
+    );
+    let out = Command::new(python)
+        .arg(repo().join("examples/python/create_exec_delete.py"))
+        .arg("--socket")
+        .arg(env.home.join("run/vmm.sock"))
+        .args(["--image", "debian-bookworm", "--name", "pybox", "--"])
+        .args(["sh", "-c", "cat /etc/hostname; exit 3"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the Python example");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!(
+        "$ examples/python/create_exec_delete.py\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "the command's exit code comes back"
+    );
+    for expected in [
+        "[network]",
+        "created pybox",
+        "\npybox\n",
+        "exit status 3",
+        "deleted pybox",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "{expected:?} not in the example's output"
+        );
+    }
+    let vms = env.json(&["vm", "list"]);
+    assert!(
+        !vms.to_string().contains("pybox"),
+        "the example's VM is gone: {vms}"
+    );
+}
+
 struct Env {
     home: PathBuf,
     user_home: PathBuf,
@@ -417,6 +463,11 @@ fn vm_lifecycle_end_to_end() {
             "testbox2 reached testbox's sshd: {banner:?}"
         );
         env.ok(&["vm", "rm", "--force", "testbox2"]);
+
+        // Another tool's view: the documented Python example creates a VM
+        // through the raw gRPC API with a stock grpcio client (progress
+        // streamed), runs a command through the agent, and deletes it.
+        python_example_creates_execs_deletes(&env);
 
         // Stop and start keep the VM (and its disk); rm removes everything.
         env.ok(&["vm", "stop", "testbox"]);

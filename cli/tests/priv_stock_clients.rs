@@ -4,7 +4,9 @@
 //! options. Each lists services by reflection (v1 and v1alpha) and must see
 //! exactly what that socket serves, checks `grpc.health.v1`, and calls every
 //! unary and server-streaming method of the socket's API, which must answer
-//! with a real status (`proto/tests/clients/stock_client.{py,js}`).
+//! with a real status (`proto/tests/clients/stock_client.{py,js}`). Then
+//! hostile HTTP/2 and gRPC input (`hostile_client.py`) must leave the same
+//! process healthy.
 //!
 //! Privileged tier: `banger up` starts netd, which makes a bridge, so the
 //! whole test runs in a network namespace of its own. The clients come from
@@ -22,6 +24,24 @@ const SERVICES: [(&str, &str); 4] = [
     ("imagestore", "banger.imagestore.v1.ImageStore"),
     ("netd", "banger.netd.v1.Netd"),
     ("vmm", "banger.vmm.v1.Vmm"),
+];
+
+/// Errors a client branches on: (service, method, field=value, code, ErrorInfo reason).
+const REASONS: [(&str, &str, &str, &str, &str); 2] = [
+    (
+        "banger.kernelcat.v1.KernelCat",
+        "GetKernel",
+        "name=no-such-kernel",
+        "NOT_FOUND",
+        "KERNEL_MISSING",
+    ),
+    (
+        "banger.imagestore.v1.ImageStore",
+        "GetImage",
+        "name=no-such-image",
+        "NOT_FOUND",
+        "IMAGE_MISSING",
+    ),
 ];
 
 fn repo() -> PathBuf {
@@ -94,7 +114,18 @@ fn python_and_node_clients_work_on_every_socket() {
             py.arg(clients.join("stock_client.py"))
                 .arg(&socket)
                 .arg(service);
+            let reasons = REASONS.iter().filter(|r| r.0 == service);
+            for (_, method, assignment, code, reason) in reasons.clone() {
+                py.args(["--error", method, assignment, code, reason]);
+            }
             let summary = run_client(py, service);
+            for (_, method, _, _, reason) in reasons {
+                assert_eq!(
+                    summary["called"][format!("{method}:error")],
+                    *reason,
+                    "{service}: the ErrorInfo reason was checked"
+                );
+            }
             eprintln!("python {service}: {}", summary["called"]);
 
             let mut js = Command::new("node");
@@ -105,6 +136,30 @@ fn python_and_node_clients_work_on_every_socket() {
                 .env("NODE_PATH", &node_modules);
             let summary = run_client(js, service);
             eprintln!("node {service}: {}", summary["called"]);
+        }
+        // Hostile input on the privileged service's socket and on vmm's (one
+        // runtime serves all four): each case ends without a hang, and the
+        // same process stays healthy for everyone else.
+        for name in ["netd", "vmm"] {
+            let socket = home.join("run").join(format!("{name}.sock"));
+            let service = SERVICES.iter().find(|s| s.0 == name).unwrap().1;
+            let mut hostile = Command::new(&python);
+            hostile
+                .arg(clients.join("hostile_client.py"))
+                .arg(&socket)
+                .arg(service);
+            let out = hostile.output().expect("run the hostile client");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            eprintln!("hostile {service}: {stdout}");
+            assert!(
+                out.status.success(),
+                "hostile input hurt {service}: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let summary: serde_json::Value =
+                serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+            assert_eq!(summary["results"]["silent_connection"], "closed");
+            assert_eq!(summary["results"]["huge_path"], "closed");
         }
         banger(home, &["down"]);
     });

@@ -7,7 +7,17 @@ use tonic::{Code, Status};
 pub trait GrpcError: std::error::Error {
     /// The one gRPC code for this error.
     fn grpc_code(&self) -> Code;
+
+    /// A stable, machine-readable reason (`KERNEL_MISSING`, …) for errors a
+    /// client must branch on; sent as a `google.rpc.ErrorInfo` detail. The
+    /// reasons are part of the API: listed in `proto/README.md`, never renamed.
+    fn reason(&self) -> Option<&'static str> {
+        None
+    }
 }
+
+/// The `ErrorInfo.domain` of every banger error.
+pub const ERROR_DOMAIN: &str = "banger";
 
 /// Converts a domain error into a status; services call this from their
 /// `impl From<Error> for tonic::Status`.
@@ -16,7 +26,18 @@ pub fn to_status<E: GrpcError>(err: &E) -> Status {
     if matches!(code, Code::Internal | Code::Unknown) {
         tracing::error!(error = %err, "internal error");
     }
-    Status::new(code, err.to_string())
+    match err.reason() {
+        Some(reason) => {
+            use tonic_types::{ErrorDetails, StatusExt};
+            let details = ErrorDetails::with_error_info(
+                reason,
+                ERROR_DOMAIN,
+                std::collections::HashMap::new(),
+            );
+            Status::with_error_details(code, err.to_string(), details)
+        }
+        None => Status::new(code, err.to_string()),
+    }
 }
 
 /// Answer for an RPC whose capability is not built yet.

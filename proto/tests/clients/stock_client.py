@@ -8,13 +8,19 @@ socket's own API with an empty request, which must come back as a real gRPC
 answer (OK or a precise error code) — never UNIMPLEMENTED, INTERNAL or
 UNKNOWN, which is what a transport-level refusal looks like.
 
-Usage: stock_client.py SOCKET EXPECTED_SERVICE [--skip METHOD]...
+With `--error METHOD FIELD=VALUE CODE REASON`, also calls METHOD with that one
+string field set and checks the error's code and its `google.rpc.ErrorInfo`
+reason (read with grpcio-status, as a client that branches on it would).
+
+Usage: stock_client.py SOCKET EXPECTED_SERVICE [--skip METHOD]... [--error M F=V CODE REASON]...
 Prints one JSON summary line last; exits non-zero on any failure.
 """
 import json
 import sys
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
@@ -85,6 +91,7 @@ def main():
     args = sys.argv[1:]
     socket, expected = args[0], args[1]
     skip = {args[i + 1] for i, a in enumerate(args) if a == "--skip"}
+    errors = [args[i + 1 : i + 5] for i, a in enumerate(args) if a == "--error"]
     failures = []
     channel = grpc.insecure_channel("unix:" + socket)
 
@@ -135,6 +142,32 @@ def main():
                 failures.append(f"{path}: {code.name}: {e.details()}")
         called[method.name] = code.name
         print(f"{path} -> {code.name}", file=sys.stderr)
+
+    for method_name, assignment, want_code, want_reason in errors:
+        method = service.methods_by_name[method_name]
+        field, value = assignment.split("=", 1)
+        request = message_factory.GetMessageClass(method.input_type)(**{field: value})
+        call = channel.unary_unary(
+            f"/{expected}/{method_name}",
+            request_serializer=type(request).SerializeToString,
+            response_deserializer=message_factory.GetMessageClass(method.output_type).FromString,
+        )
+        try:
+            call(request, timeout=10)
+            failures.append(f"{method_name}({assignment}) succeeded, want {want_code}")
+            continue
+        except grpc.RpcError as e:
+            status = rpc_status.from_call(e)
+            reasons = []
+            for detail in status.details if status else []:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    reasons.append((info.reason, info.domain))
+            if e.code().name != want_code or (want_reason, "banger") not in reasons:
+                failures.append(
+                    f"{method_name}({assignment}): {e.code().name} {reasons}, want {want_code} {want_reason}"
+                )
+            called[f"{method_name}:error"] = want_reason
 
     info_path = "/banger.runtime.v1.Info/GetInfo"
     info_pool = load_pool(channel, "banger.runtime.v1.Info")

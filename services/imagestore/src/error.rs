@@ -120,6 +120,18 @@ impl GrpcError for Error {
             }
         }
     }
+
+    fn reason(&self) -> Option<&'static str> {
+        Some(match self {
+            Error::NotFound(_) => "IMAGE_MISSING",
+            Error::RemoteNotFound { .. } => "IMAGE_NOT_IN_REGISTRY",
+            Error::NoPlatform { .. } => "IMAGE_NO_PLATFORM",
+            Error::InUse { .. } => "IMAGE_IN_USE",
+            Error::Unauthorized { .. } => "REGISTRY_UNAUTHORIZED",
+            Error::DigestMismatch { .. } => "DOWNLOAD_CORRUPT",
+            _ => return None,
+        })
+    }
 }
 
 impl From<Error> for tonic::Status {

@@ -137,6 +137,17 @@ impl GrpcError for Error {
             Error::Internal(_) => Code::Internal,
         }
     }
+
+    fn reason(&self) -> Option<&'static str> {
+        Some(match self {
+            Error::NotFound { .. } => "KERNEL_MISSING",
+            Error::NotInCatalog { .. } => "KERNEL_NOT_IN_CATALOG",
+            Error::AlreadyExists { .. } => "KERNEL_EXISTS",
+            Error::InUse { .. } => "KERNEL_IN_USE",
+            Error::DigestMismatch { .. } | Error::Truncated { .. } => "DOWNLOAD_CORRUPT",
+            _ => return None,
+        })
+    }
 }
 
 impl From<Error> for tonic::Status {

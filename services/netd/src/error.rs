@@ -80,6 +80,14 @@ impl GrpcError for Error {
             }
         }
     }
+
+    fn reason(&self) -> Option<&'static str> {
+        Some(match self {
+            Error::Exhausted { .. } => "ADDRESSES_EXHAUSTED",
+            Error::TapConflict { .. } => "TAP_CONFLICT",
+            _ => return None,
+        })
+    }
 }
 
 impl From<Error> for tonic::Status {
