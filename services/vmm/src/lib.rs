@@ -4,10 +4,11 @@
 //!
 //! Read top-down: [`record`] (what a VM is), [`cmdline`] and [`disk`] (what a
 //! boot needs), [`hypervisor`] (the backends), [`manager`] (the lifecycle),
-//! then [`service`] (the gRPC adapter).
+//! then [`service`] (the gRPC adapter) and [`convert`] (errors as gRPC codes).
 
 pub mod cmdline;
 pub mod config;
+pub mod convert;
 pub mod disk;
 pub mod error;
 pub mod hypervisor;

@@ -20,7 +20,7 @@ use tracing::Instrument;
 use crate::cmdline::{self, CmdlineSpec};
 use crate::config::{Backend, VmmConfig};
 use crate::disk::{self, Identity};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Want};
 use crate::hypervisor::{self, Hypervisor, LaunchSpec};
 use crate::peers::Peers;
 use crate::record::{self, Store, VmRecord, VmState};
@@ -134,9 +134,11 @@ impl Manager {
     }
 
     fn backend(&self, b: Backend) -> Result<Arc<dyn Hypervisor>> {
-        self.inner.backends.get(&b).cloned().ok_or_else(|| {
-            Error::FailedPrecondition(format!("the {b} backend is not available in this vmm"))
-        })
+        self.inner
+            .backends
+            .get(&b)
+            .cloned()
+            .ok_or(Error::BackendUnavailable { backend: b })
     }
 
     fn view(&self, vm: VmRecord) -> VmView {
@@ -158,10 +160,9 @@ impl Manager {
 
     fn load(&self, name: &str) -> Result<VmRecord> {
         banger_proto::names::validate("vm", name)?;
-        self.inner
-            .store
-            .load(name)?
-            .ok_or_else(|| Error::NotFound(name.to_owned()))
+        self.inner.store.load(name)?.ok_or_else(|| Error::NotFound {
+            name: name.to_owned(),
+        })
     }
 
     /// One VM.
@@ -205,9 +206,7 @@ impl Manager {
             spec.memory_mib
         };
         if !(1..=64).contains(&vcpus) || memory_mib < 64 {
-            return Err(Error::InvalidArgument(format!(
-                "vcpus must be 1-64 and memory at least 64 MiB (got {vcpus} vCPUs, {memory_mib} MiB)"
-            )));
+            return Err(Error::InvalidSize { vcpus, memory_mib });
         }
         let backend = spec.backend.unwrap_or(cfg.hypervisor);
         self.backend(backend)?;
@@ -223,11 +222,11 @@ impl Manager {
                 && existing.memory_mib == memory_mib
                 && existing.nat == spec.nat
                 && existing.backend == backend
-                && matches!(existing.state, VmState::Running | VmState::Stopped);
+                && existing.state.can_answer_create();
             if same {
                 return Ok(self.view(existing));
             }
-            return Err(Error::AlreadyExists(spec.name));
+            return Err(Error::AlreadyExists { name: spec.name });
         }
         let mut vm = VmRecord {
             id: record::new_id(),
@@ -334,7 +333,7 @@ impl Manager {
             Ok(m)
         })
         .await
-        .map_err(|e| Error::Hypervisor(format!("disk task failed: {e}")))??;
+        .map_err(Error::task("disk"))??;
         vm.disk_bytes = std::fs::metadata(paths.disk())
             .map_err(Error::io("cannot stat", paths.disk()))?
             .len();
@@ -353,7 +352,7 @@ impl Manager {
         let disk_path = paths.disk();
         tokio::task::spawn_blocking(move || disk::write_identity(&disk_path, &identity))
             .await
-            .map_err(|e| Error::Hypervisor(format!("identity task failed: {e}")))??;
+            .map_err(Error::task("identity"))??;
         phase.end().await;
 
         if spec.no_start {
@@ -467,7 +466,7 @@ impl Manager {
         if vm.image.has_agent {
             let ping = hybrid_vsock::wait_ready(&paths.vsock(), AGENT_PORT, timeout)
                 .await
-                .map_err(|e| Error::Timeout(e.to_string()))?;
+                .map_err(Error::AgentNotReady)?;
             probes.push(Probe {
                 capability: "agent",
                 state: "ready",
@@ -513,9 +512,7 @@ impl Manager {
             let deadline = tokio::time::Instant::now() + timeout;
             while std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) == 0 {
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(Error::Timeout(format!(
-                        "the guest kernel wrote nothing to its console within {timeout:?}"
-                    )));
+                    return Err(Error::ConsoleSilent { timeout });
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -531,11 +528,12 @@ impl Manager {
     /// Waits until a VM is ready (for `WaitReady`).
     pub async fn wait_ready(&self, name: &str, timeout_secs: u32) -> Result<VmView> {
         let vm = self.load(name)?;
-        if vm.state != VmState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "VM {name} is {:?}, not running; start it with `banger vm start {name}`",
-                vm.state
-            )));
+        if !vm.state.can_reach_guest() {
+            return Err(Error::WrongState {
+                name: vm.name,
+                state: vm.state,
+                want: Want::Running,
+            });
         }
         let probes = self.probe(&vm, self.ready_timeout(timeout_secs)).await?;
         self.inner
@@ -646,14 +644,15 @@ impl Manager {
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
         let mut vm = self.load(name)?;
-        match vm.state {
-            VmState::Running => return Ok(self.view(vm)),
-            VmState::Stopped | VmState::Error => {}
-            s => {
-                return Err(Error::FailedPrecondition(format!(
-                    "VM {name} is {s:?}; wait for that to finish"
-                )));
-            }
+        if vm.state.is_busy() {
+            return Err(Error::WrongState {
+                name: vm.name,
+                state: vm.state,
+                want: Want::Settled,
+            });
+        }
+        if !vm.state.can_start() {
+            return Ok(self.view(vm)); // already running
         }
         let (tx, _rx) = mpsc::channel(16);
         let phases = Phases::new(&tx, &vm.name);
@@ -674,13 +673,15 @@ impl Manager {
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
         let mut vm = self.load(name)?;
-        if vm.state != VmState::Running {
-            return match vm.state {
-                VmState::Stopped | VmState::Error => Ok(self.view(vm)),
-                s => Err(Error::FailedPrecondition(format!(
-                    "VM {name} is {s:?}; wait for that to finish"
-                ))),
-            };
+        if vm.state.is_busy() {
+            return Err(Error::WrongState {
+                name: vm.name,
+                state: vm.state,
+                want: Want::Settled,
+            });
+        }
+        if !vm.state.can_stop() {
+            return Ok(self.view(vm)); // already stopped, or failed
         }
         let timeout = Duration::from_secs(u64::from(if timeout_secs == 0 {
             self.inner.cfg.stop_timeout_secs
@@ -752,10 +753,12 @@ impl Manager {
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
         let mut vm = self.load(name)?;
-        if vm.state == VmState::Running && !force {
-            return Err(Error::FailedPrecondition(format!(
-                "VM {name} is running; stop it first (`banger vm stop {name}`) or use --force"
-            )));
+        if !vm.state.can_delete(force) {
+            return Err(Error::WrongState {
+                name: vm.name,
+                state: vm.state,
+                want: Want::NotRunning,
+            });
         }
         vm.state = VmState::Deleting;
         self.inner.store.save(&vm)?;
@@ -783,22 +786,23 @@ impl Manager {
     /// A channel to the agent of a running VM (for `Exec`).
     pub async fn agent(&self, name: &str) -> Result<tonic::transport::Channel> {
         let vm = self.load(name)?;
-        if vm.state != VmState::Running {
-            return Err(Error::FailedPrecondition(format!(
-                "VM {name} is {:?}, not running",
-                vm.state
-            )));
+        if !vm.state.can_reach_guest() {
+            return Err(Error::WrongState {
+                name: vm.name,
+                state: vm.state,
+                want: Want::Running,
+            });
         }
         if !vm.image.has_agent {
-            return Err(Error::FailedPrecondition(format!(
-                "image {} has no banger agent; use `banger vm ssh {name}`",
-                vm.image.name
-            )));
+            return Err(Error::NoAgent {
+                name: vm.name,
+                image: vm.image.name,
+            });
         }
         let paths = self.inner.store.paths_of(&vm);
         hybrid_vsock::connect(&paths.vsock(), AGENT_PORT, Duration::from_secs(10))
             .await
-            .map_err(|e| Error::Agent(e.to_string()))
+            .map_err(Error::from)
     }
 
     /// Reconciles records with reality after a (re)start: adopts live
@@ -941,9 +945,11 @@ async fn wait_ssh(ip: &str, timeout: Duration) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Err(Error::Timeout(format!(
-        "SSH on {ip}:22 did not answer within {timeout:?} (last: {last})"
-    )))
+    Err(Error::SshNotReady {
+        ip: ip.into(),
+        timeout,
+        last,
+    })
 }
 
 /// The last [`CONSOLE_TAIL_LINES`] lines of a console log.
@@ -1055,7 +1061,10 @@ mod tests {
         }
         async fn launch(&self, spec: &LaunchSpec) -> Result<hypervisor::Launched> {
             if self.fail {
-                return Err(Error::Hypervisor("fake launch failure".into()));
+                return Err(Error::LaunchFailed {
+                    program: "fake".into(),
+                    reason: "launch failure".into(),
+                });
             }
             std::fs::create_dir_all(&spec.paths.run).unwrap();
             std::fs::write(spec.paths.vsock(), b"").unwrap();

@@ -130,7 +130,12 @@ impl Vmm for VmmService {
             Ok(pb::Hypervisor::Unspecified) => None,
             Ok(pb::Hypervisor::Firecracker) => Some(Backend::Firecracker),
             Ok(pb::Hypervisor::Qemu) => Some(Backend::Qemu),
-            Err(_) => return Err(Error::InvalidArgument("unknown hypervisor".into()).into()),
+            Err(_) => {
+                return Err(Error::UnknownHypervisor {
+                    value: r.hypervisor,
+                }
+                .into());
+            }
         };
         let spec = CreateSpec {
             name: r.name,
@@ -189,9 +194,7 @@ impl Vmm for VmmService {
                     let _ = out_tx.send(Err(Status::from(e))).await;
                 }
                 Err(e) => {
-                    let _ = out_tx
-                        .send(Err(Status::internal(format!("create task failed: {e}"))))
-                        .await;
+                    let _ = out_tx.send(Err(Error::task("create")(e).into())).await;
                 }
             }
         });
@@ -330,17 +333,17 @@ impl Vmm for VmmService {
         request: Request<Streaming<pb::ExecRequest>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty Exec stream"))?;
+        let first = inbound.message().await?.ok_or(Error::BadExecStream {
+            reason: "empty Exec stream",
+        })?;
         if first.vm.is_empty() {
-            return Err(
-                Error::InvalidArgument("the first Exec message must name the VM".into()).into(),
-            );
+            return Err(Error::BadExecStream {
+                reason: "the first Exec message must name the VM",
+            }
+            .into());
         }
-        let start = first.request.ok_or_else(|| {
-            Status::invalid_argument("the first Exec message must carry the agent `start`")
+        let start = first.request.ok_or(Error::BadExecStream {
+            reason: "the first Exec message must carry the agent `start`",
         })?;
         let channel = self.manager.agent(&first.vm).await?;
         // Forward the client's stdin messages to the agent as they come.
