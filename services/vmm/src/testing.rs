@@ -71,6 +71,16 @@ impl RecordingPeers {
         self.calls.lock().expect("calls").clone()
     }
 
+    /// Which of the lease, kernel hold and image hold were never
+    /// released: empty after a full rollback or delete.
+    pub fn unreleased(&self) -> Vec<&'static str> {
+        let calls = self.calls();
+        ["release_lease", "release_kernel", "release_image"]
+            .into_iter()
+            .filter(|p| !calls.iter().any(|c| c.starts_with(p)))
+            .collect()
+    }
+
     /// Forgets the calls so far.
     pub fn clear_calls(&self) {
         self.calls.lock().expect("calls").clear();

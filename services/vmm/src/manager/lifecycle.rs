@@ -131,14 +131,7 @@ impl Manager {
     pub async fn start(&self, name: &str, ready_timeout_secs: u32) -> Result<VmView> {
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
-        let mut vm = self.load(name)?;
-        if vm.state.is_busy() {
-            return Err(Error::WrongState {
-                name: vm.name,
-                state: vm.state,
-                want: Want::Settled,
-            });
-        }
+        let mut vm = Self::require(self.load(name)?, |s| !s.is_busy(), Want::Settled)?;
         if !vm.state.can_start() {
             return Ok(self.view(vm)); // already running
         }
@@ -159,14 +152,7 @@ impl Manager {
     pub async fn stop(&self, name: &str, force: bool, timeout_secs: u32) -> Result<VmView> {
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
-        let mut vm = self.load(name)?;
-        if vm.state.is_busy() {
-            return Err(Error::WrongState {
-                name: vm.name,
-                state: vm.state,
-                want: Want::Settled,
-            });
-        }
+        let mut vm = Self::require(self.load(name)?, |s| !s.is_busy(), Want::Settled)?;
         if !vm.state.can_stop() {
             return Ok(self.view(vm)); // already stopped, or failed
         }
@@ -229,14 +215,7 @@ impl Manager {
     pub async fn delete(&self, name: &str, force: bool) -> Result<()> {
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
-        let mut vm = self.load(name)?;
-        if !vm.state.can_delete(force) {
-            return Err(Error::WrongState {
-                name: vm.name,
-                state: vm.state,
-                want: Want::NotRunning,
-            });
-        }
+        let mut vm = Self::require(self.load(name)?, |s| s.can_delete(force), Want::NotRunning)?;
         vm.state = VmState::Deleting;
         self.inner.store.save(&vm)?;
         self.finish_delete(&mut vm).await

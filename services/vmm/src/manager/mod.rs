@@ -29,7 +29,7 @@ use crate::error::{Error, Result, Want};
 use crate::guest::Guest;
 use crate::hypervisor::Hypervisor;
 use crate::peers::Peers;
-use crate::record::{Store, VmRecord};
+use crate::record::{Store, VmRecord, VmState};
 
 pub use create::CreateSpec;
 pub use progress::{NoProgress, PhaseEvent, Progress};
@@ -159,6 +159,20 @@ impl Manager {
         })
     }
 
+    /// `vm` if its state passes `rule`, else [`Error::WrongState`] saying
+    /// what the operation wants.
+    fn require(vm: VmRecord, rule: impl Fn(VmState) -> bool, want: Want) -> Result<VmRecord> {
+        if rule(vm.state) {
+            Ok(vm)
+        } else {
+            Err(Error::WrongState {
+                name: vm.name,
+                state: vm.state,
+                want,
+            })
+        }
+    }
+
     /// The readiness timeout: `secs`, or the configured one for 0.
     fn ready_timeout(&self, secs: u32) -> Duration {
         Duration::from_secs(u64::from(if secs == 0 {
@@ -193,14 +207,7 @@ impl Manager {
 
     /// A channel to the agent of a running VM (for `Exec`).
     pub async fn agent(&self, name: &str) -> Result<tonic::transport::Channel> {
-        let vm = self.load(name)?;
-        if !vm.state.can_reach_guest() {
-            return Err(Error::WrongState {
-                name: vm.name,
-                state: vm.state,
-                want: Want::Running,
-            });
-        }
+        let vm = Self::require(self.load(name)?, VmState::can_reach_guest, Want::Running)?;
         if !vm.image.has_agent {
             return Err(Error::NoAgent {
                 name: vm.name,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{Manager, VmView};
 use crate::error::{Error, Result, Want};
-use crate::record::VmRecord;
+use crate::record::{VmRecord, VmState};
 
 /// The result of one readiness probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,14 +77,7 @@ impl Manager {
 
     /// Waits until a VM is ready (for `WaitReady`).
     pub async fn wait_ready(&self, name: &str, timeout_secs: u32) -> Result<VmView> {
-        let vm = self.load(name)?;
-        if !vm.state.can_reach_guest() {
-            return Err(Error::WrongState {
-                name: vm.name,
-                state: vm.state,
-                want: Want::Running,
-            });
-        }
+        let vm = Self::require(self.load(name)?, VmState::can_reach_guest, Want::Running)?;
         let probes = self.probe(&vm, self.ready_timeout(timeout_secs)).await?;
         self.set_probes(&vm.id, probes);
         Ok(self.view(vm))
