@@ -152,10 +152,9 @@ pub fn write_identity(disk: &Path, identity: &Identity) -> Result<()> {
     // debugfs parses its command file by whitespace; our temp path has none
     // unless the state dir does, which we refuse rather than mis-write.
     if tmp.path().to_string_lossy().contains(char::is_whitespace) {
-        return Err(Error::InvalidArgument(format!(
-            "state dir {} contains whitespace, which debugfs cannot handle",
-            tmp.path().display()
-        )));
+        return Err(Error::UnusableStateDir {
+            path: tmp.path().to_path_buf(),
+        });
     }
     let mut script = String::new();
     // debugfs's mkdir of an existing directory leaks an inode and corrupts

@@ -16,6 +16,27 @@ use banger_proto::rpc::{TracedChannel, connect_lazy};
 use crate::error::{Error, Result};
 use crate::record::{ImageInfo, KernelInfo, Lease};
 
+/// A status from another banger service as a domain error.
+fn peer_error(service: &'static str, status: tonic::Status) -> Error {
+    match status.code() {
+        // Transport failures (socket missing, connection refused) come
+        // back as Unknown/Unavailable: say what to do about them.
+        tonic::Code::Unknown | tonic::Code::Unavailable => Error::Peer {
+            service,
+            code: tonic::Code::Unavailable,
+            message: format!(
+                "banger-{service} is not reachable ({}); is it running? start the services with `banger up`",
+                status.message()
+            ),
+        },
+        code => Error::Peer {
+            service,
+            code,
+            message: status.message().to_owned(),
+        },
+    }
+}
+
 /// What the vmm needs from kernelcat, imagestore and netd.
 #[tonic::async_trait]
 pub trait Peers: Send + Sync + std::fmt::Debug {
@@ -63,7 +84,7 @@ impl Peers for GrpcPeers {
                 holder: holder.into(),
             })
             .await
-            .map_err(|s| Error::peer("imagestore", s))?
+            .map_err(|s| peer_error("imagestore", s))?
             .into_inner();
         let guest = r.guest.unwrap_or_default();
         Ok(ImageInfo {
@@ -86,7 +107,7 @@ impl Peers for GrpcPeers {
                 holder: holder.into(),
             })
             .await
-            .map_err(|s| Error::peer("imagestore", s))?;
+            .map_err(|s| peer_error("imagestore", s))?;
         Ok(())
     }
 
@@ -98,7 +119,7 @@ impl Peers for GrpcPeers {
                 holder: holder.into(),
             })
             .await
-            .map_err(|s| Error::peer("kernelcat", s))?
+            .map_err(|s| peer_error("kernelcat", s))?
             .into_inner();
         Ok(KernelInfo {
             name: r.name,
@@ -116,7 +137,7 @@ impl Peers for GrpcPeers {
                 holder: holder.into(),
             })
             .await
-            .map_err(|s| Error::peer("kernelcat", s))?;
+            .map_err(|s| peer_error("kernelcat", s))?;
         Ok(())
     }
 
@@ -130,7 +151,7 @@ impl Peers for GrpcPeers {
                 owner_gid: None,
             })
             .await
-            .map_err(|s| Error::peer("netd", s))?
+            .map_err(|s| peer_error("netd", s))?
             .into_inner();
         Ok(Lease {
             tap: l.tap,
@@ -150,7 +171,7 @@ impl Peers for GrpcPeers {
                 vm_id: vm_id.into(),
             })
             .await
-            .map_err(|s| Error::peer("netd", s))?;
+            .map_err(|s| peer_error("netd", s))?;
         Ok(())
     }
 }

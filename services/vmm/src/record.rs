@@ -27,6 +27,54 @@ pub enum VmState {
     Deleting,
 }
 
+/// The state rules: which operation may act on a VM in which state. Each
+/// operation asks here instead of matching states itself.
+impl VmState {
+    /// A create or delete is under way (or was cut short and waits for
+    /// reconcile): other operations must wait for it.
+    pub fn is_busy(self) -> bool {
+        matches!(self, VmState::Creating | VmState::Deleting)
+    }
+
+    /// `start` boots a VM in this state (a running one is left as it is).
+    pub fn can_start(self) -> bool {
+        matches!(self, VmState::Stopped | VmState::Error)
+    }
+
+    /// `stop` has a hypervisor to stop (a stopped or failed VM is left as
+    /// it is).
+    pub fn can_stop(self) -> bool {
+        self == VmState::Running
+    }
+
+    /// `delete` may go ahead; a running VM only with `force`.
+    pub fn can_delete(self, force: bool) -> bool {
+        force || self != VmState::Running
+    }
+
+    /// The guest can be reached (exec, wait-ready).
+    pub fn can_reach_guest(self) -> bool {
+        self == VmState::Running
+    }
+
+    /// A create of the same spec may answer with this VM as it is.
+    pub fn can_answer_create(self) -> bool {
+        matches!(self, VmState::Running | VmState::Stopped)
+    }
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VmState::Creating => "creating",
+            VmState::Running => "running",
+            VmState::Stopped => "stopped",
+            VmState::Error => "in error",
+            VmState::Deleting => "deleting",
+        })
+    }
+}
+
 /// A VM's network lease from netd.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
@@ -298,6 +346,34 @@ mod tests {
         store.remove(&b).unwrap();
         assert_eq!(store.load("b").unwrap(), None);
         assert!(!store.paths_of(&b).dir.exists());
+    }
+
+    #[test]
+    fn state_rules() {
+        use VmState::*;
+        let row = |s: VmState| {
+            [
+                s.is_busy(),
+                s.can_start(),
+                s.can_stop(),
+                s.can_delete(false),
+                s.can_delete(true),
+                s.can_reach_guest(),
+                s.can_answer_create(),
+            ]
+        };
+        //                 busy   start  stop   delete force  reach  reuse
+        assert_eq!(
+            row(Creating),
+            [true, false, false, true, true, false, false]
+        );
+        assert_eq!(row(Running), [false, false, true, false, true, true, true]);
+        assert_eq!(row(Stopped), [false, true, false, true, true, false, true]);
+        assert_eq!(row(Error), [false, true, false, true, true, false, false]);
+        assert_eq!(
+            row(Deleting),
+            [true, false, false, true, true, false, false]
+        );
     }
 
     #[test]

@@ -10,7 +10,6 @@ use banger_proto::agent::v1::agent_client::AgentClient;
 use banger_proto::config::{Config, Service};
 use banger_proto::vmm::v1 as pb;
 use banger_proto::vmm::v1::vmm_server::Vmm;
-use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,10 +19,11 @@ use tracing::Instrument;
 
 use crate::config::{Backend, VmmConfig};
 use crate::error::Error;
+use crate::guest::{AgentGuest, Guest};
 use crate::hypervisor::Hypervisor;
 use crate::hypervisor::firecracker::Firecracker;
 use crate::hypervisor::qemu::Qemu;
-use crate::manager::{CreateEvent, CreateSpec, Manager, VmView};
+use crate::manager::{CreateSpec, Manager, PhaseEvent, VmView};
 use crate::peers::{GrpcPeers, Peers};
 use crate::record::{Store, VmState};
 
@@ -43,6 +43,7 @@ impl VmmService {
             &config.paths.run_dir.join("vmm"),
         );
         let peers: Arc<dyn Peers> = Arc::new(GrpcPeers::new(&config.paths));
+        let guest: Arc<dyn Guest> = Arc::new(AgentGuest);
         let backends: Vec<Arc<dyn Hypervisor>> = vec![
             Arc::new(Qemu::from_config(&cfg)),
             Arc::new(Firecracker {
@@ -50,7 +51,7 @@ impl VmmService {
             }),
         ];
         Ok(Self::with_manager(Manager::new(
-            cfg, store, peers, backends,
+            cfg, store, peers, guest, backends,
         )))
     }
 
@@ -130,7 +131,12 @@ impl Vmm for VmmService {
             Ok(pb::Hypervisor::Unspecified) => None,
             Ok(pb::Hypervisor::Firecracker) => Some(Backend::Firecracker),
             Ok(pb::Hypervisor::Qemu) => Some(Backend::Qemu),
-            Err(_) => return Err(Error::InvalidArgument("unknown hypervisor".into()).into()),
+            Err(_) => {
+                return Err(Error::UnknownHypervisor {
+                    value: r.hypervisor,
+                }
+                .into());
+            }
         };
         let spec = CreateSpec {
             name: r.name,
@@ -148,37 +154,32 @@ impl Vmm for VmmService {
         // Cheap validation answers at once, before any stream.
         banger_proto::names::validate("vm", &spec.name).map_err(Error::from)?;
         banger_proto::names::validate("image", &spec.image).map_err(Error::from)?;
-        let (events_tx, mut events_rx) = mpsc::channel(32);
+        let (events_tx, mut events_rx) = mpsc::channel::<PhaseEvent>(32);
         let (out_tx, out_rx) = mpsc::channel(32);
         let manager = self.manager.clone();
         // The create runs to completion (or rollback) even if the client
         // goes away half-way: a VM never outlives its cleanup.
         // It stays in this call's trace: the steps are children of CreateVm.
         let create =
-            tokio::spawn(async move { manager.create(spec, events_tx).await }.in_current_span());
+            tokio::spawn(async move { manager.create(spec, &events_tx).await }.in_current_span());
         tokio::spawn(async move {
+            // The phases until the create is over (it drops the sender)…
             while let Some(ev) = events_rx.recv().await {
-                let event = match ev {
-                    CreateEvent::Phase {
-                        phase,
-                        message,
-                        seconds,
-                    } => pb::create_vm_event::Event::Progress(pb::CreateVmProgress {
-                        phase: phase.into(),
-                        message,
-                        done: 0,
-                        total: 0,
-                        seconds: seconds.unwrap_or_default(),
-                    }),
-                    CreateEvent::Done(v) => pb::create_vm_event::Event::Done(to_pb(*v)),
-                };
+                let event = pb::create_vm_event::Event::Progress(pb::CreateVmProgress {
+                    phase: ev.phase.into(),
+                    message: ev.message,
+                    done: 0,
+                    total: 0,
+                    seconds: ev.seconds.unwrap_or_default(),
+                });
                 let _ = out_tx
                     .send(Ok(pb::CreateVmEvent { event: Some(event) }))
                     .await;
             }
+            // …then its result: the one `done` (an idempotent create has
+            // no phases, only this), or the error.
             match create.await {
                 Ok(Ok(view)) => {
-                    // An idempotent create sends no events; answer with the VM.
                     let _ = out_tx
                         .send(Ok(pb::CreateVmEvent {
                             event: Some(pb::create_vm_event::Event::Done(to_pb(view))),
@@ -189,26 +190,11 @@ impl Vmm for VmmService {
                     let _ = out_tx.send(Err(Status::from(e))).await;
                 }
                 Err(e) => {
-                    let _ = out_tx
-                        .send(Err(Status::internal(format!("create task failed: {e}"))))
-                        .await;
+                    let _ = out_tx.send(Err(Error::task("create")(e).into())).await;
                 }
             }
         });
-        // Duplicate `done` events are collapsed: only the first reaches the client.
-        let mut seen_done = false;
-        let stream = ReceiverStream::new(out_rx).filter(move |ev| {
-            let is_done = matches!(
-                ev,
-                Ok(pb::CreateVmEvent {
-                    event: Some(pb::create_vm_event::Event::Done(_))
-                })
-            );
-            let keep = !(is_done && seen_done);
-            seen_done |= is_done;
-            futures::future::ready(keep)
-        });
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
     }
 
     #[tracing::instrument(skip_all, fields(vm = %request.get_ref().name))]
@@ -330,17 +316,17 @@ impl Vmm for VmmService {
         request: Request<Streaming<pb::ExecRequest>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         let mut inbound = request.into_inner();
-        let first = inbound
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty Exec stream"))?;
+        let first = inbound.message().await?.ok_or(Error::BadExecStream {
+            reason: "empty Exec stream",
+        })?;
         if first.vm.is_empty() {
-            return Err(
-                Error::InvalidArgument("the first Exec message must name the VM".into()).into(),
-            );
+            return Err(Error::BadExecStream {
+                reason: "the first Exec message must name the VM",
+            }
+            .into());
         }
-        let start = first.request.ok_or_else(|| {
-            Status::invalid_argument("the first Exec message must carry the agent `start`")
+        let start = first.request.ok_or(Error::BadExecStream {
+            reason: "the first Exec message must carry the agent `start`",
         })?;
         let channel = self.manager.agent(&first.vm).await?;
         // Forward the client's stdin messages to the agent as they come.

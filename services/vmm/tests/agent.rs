@@ -7,11 +7,11 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use banger_proto::agent::v1 as agent;
 use banger_proto::vmm::v1 as pb;
-use common::{FakePeers, create, manager, sh, wait_console};
+use common::{RecordingPeers, create, manager, sh, wait_console};
 
 /// The guest bundle, built once per test process.
 fn agent_binary() -> PathBuf {
@@ -59,14 +59,7 @@ async fn run(kernel: PathBuf, agent: PathBuf) {
          /bin/banger-agent &\n\
          while true; do /bin/busybox sleep 3600; done",
     );
-    let peers = Arc::new(FakePeers {
-        image,
-        kernel,
-        tap: "bgagent0".into(),
-        has_agent: true,
-        has_ssh_server: false,
-        calls: Mutex::default(),
-    });
+    let peers = Arc::new(RecordingPeers::new(image, kernel, "bgagent0").with_agent());
     let mgr = manager(dir.path(), peers.clone());
     let (mut client, stop_tx, server) = common::serve(dir.path(), mgr).await;
 

@@ -7,15 +7,16 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use banger_proto::vmm::v1 as pb;
 use banger_vmm::config::{Backend, VmmConfig};
+use banger_vmm::guest::AgentGuest;
 use banger_vmm::hypervisor::Hypervisor;
 use banger_vmm::hypervisor::firecracker::Firecracker;
 use banger_vmm::manager::Manager;
 use banger_vmm::record::Store;
-use common::{FakePeers, create, sh};
+use common::{RecordingPeers, create, sh};
 
 fn firecracker_on_path() -> bool {
     std::env::var_os("PATH").is_some_and(|paths| {
@@ -54,14 +55,7 @@ fn firecracker_create_rolls_back_a_guest_that_dies() {
             );
             let image =
                 common::busybox_ext4(dir.path(), "while true; do /bin/busybox sleep 3600; done");
-            let peers = Arc::new(FakePeers {
-                image,
-                kernel,
-                tap: "bgtest0".into(),
-                has_agent: false,
-                has_ssh_server: true,
-                calls: Mutex::default(),
-            });
+            let peers = Arc::new(RecordingPeers::new(image, kernel, "bgtest0").with_ssh_server());
             let cfg = VmmConfig {
                 hypervisor: Backend::Firecracker,
                 default_memory_mib: 256,
@@ -78,6 +72,7 @@ fn firecracker_create_rolls_back_a_guest_that_dies() {
                     &dir.path().join("run/vmm"),
                 ),
                 peers.clone(),
+                Arc::new(AgentGuest),
                 backends,
             );
             let (mut client, stop_tx, server) = common::serve(dir.path(), mgr).await;
@@ -93,13 +88,7 @@ fn firecracker_create_rolls_back_a_guest_that_dies() {
                 !dir.path().join("state/vmm/vms/box").exists(),
                 "VM dir left"
             );
-            let calls = peers.calls.lock().unwrap().clone();
-            for p in ["release_lease", "release_kernel", "release_image"] {
-                assert!(
-                    calls.iter().any(|c| c.starts_with(p)),
-                    "{p} missing: {calls:?}"
-                );
-            }
+            assert!(peers.unreleased().is_empty(), "{:?}", peers.calls());
             let list = client
                 .list_vms(pb::ListVmsRequest {})
                 .await

@@ -7,10 +7,10 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use banger_proto::vmm::v1 as pb;
-use common::{FakePeers, create, manager, sh, wait_console};
+use common::{RecordingPeers, create, manager, sh, wait_console};
 
 #[test]
 fn vm_lifecycle_with_real_qemu_in_a_netns() {
@@ -42,14 +42,7 @@ async fn lifecycle(kernel: PathBuf) {
          /bin/busybox nc -ll -p 22 -e /tmp/banner &\n\
          while true; do /bin/busybox sleep 3600; done",
     );
-    let peers = Arc::new(FakePeers {
-        image,
-        kernel,
-        tap: "bgtest0".into(),
-        has_agent: false,
-        has_ssh_server: true,
-        calls: Mutex::default(),
-    });
+    let peers = Arc::new(RecordingPeers::new(image, kernel, "bgtest0").with_ssh_server());
     let mgr = manager(dir.path(), peers.clone());
     let (mut client, stop_tx, server) = common::serve(dir.path(), mgr).await;
 
@@ -169,7 +162,7 @@ async fn lifecycle(kernel: PathBuf) {
         .unwrap();
     assert!(!dir.path().join("state/vmm/vms/box").exists());
     assert!(!dir.path().join(format!("run/vmm/{}", vm.id)).exists());
-    let calls = peers.calls.lock().unwrap().clone();
+    let calls = peers.calls();
     for c in [
         format!("release_lease {}", vm.id),
         format!("release_kernel generic-6.12 {}", vm.id),
@@ -185,12 +178,12 @@ async fn lifecycle(kernel: PathBuf) {
 
     // A boot that fails (the kernel file is missing) rolls everything
     // back and says why.
-    peers.calls.lock().unwrap().clear();
+    peers.clear_calls();
     let err = create(&mut client, "bad", "broken").await.unwrap_err();
     println!("failed create says: {}", err.message());
     assert!(err.message().contains("qemu"), "{}", err.message());
     assert!(!dir.path().join("state/vmm/vms/bad").exists());
-    let calls = peers.calls.lock().unwrap().clone();
+    let calls = peers.calls();
     assert!(
         calls.iter().any(|c| c.starts_with("release_lease")),
         "{calls:?}"

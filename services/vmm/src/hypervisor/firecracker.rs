@@ -144,9 +144,11 @@ impl Hypervisor for Firecracker {
 /// carries Firecracker's `fault_message`.
 pub async fn api_put(socket: &Path, path: &str, body: &Value) -> Result<()> {
     let socket: PathBuf = socket.to_path_buf();
-    let fail = |e: std::io::Error| {
-        Error::Hypervisor(format!("Firecracker API {} {path}: {e}", socket.display()))
+    let api = |message: String| Error::HypervisorApi {
+        api: "Firecracker API",
+        message,
     };
+    let fail = |e: std::io::Error| api(format!("{} {path}: {e}", socket.display()));
     let call = async {
         let mut stream = tokio::net::UnixStream::connect(&socket)
             .await
@@ -165,11 +167,7 @@ pub async fn api_put(socket: &Path, path: &str, body: &Value) -> Result<()> {
             .split_whitespace()
             .nth(1)
             .and_then(|c| c.parse().ok())
-            .ok_or_else(|| {
-                Error::Hypervisor(format!(
-                    "Firecracker API {path}: malformed response {status_line:?}"
-                ))
-            })?;
+            .ok_or_else(|| api(format!("{path}: malformed response {status_line:?}")))?;
         let mut length = 0usize;
         loop {
             let mut line = String::new();
@@ -192,13 +190,11 @@ pub async fn api_put(socket: &Path, path: &str, body: &Value) -> Result<()> {
             .ok()
             .and_then(|v| v["fault_message"].as_str().map(String::from))
             .unwrap_or_else(|| text.into_owned());
-        Err(Error::Hypervisor(format!(
-            "Firecracker refused PUT {path} ({code}): {fault}"
-        )))
+        Err(api(format!("refused PUT {path} ({code}): {fault}")))
     };
     tokio::time::timeout(Duration::from_secs(10), call)
         .await
-        .map_err(|_| Error::Hypervisor(format!("Firecracker API {path}: no answer in 10 s")))?
+        .map_err(|_| api(format!("{path}: no answer in 10 s")))?
 }
 
 #[cfg(test)]

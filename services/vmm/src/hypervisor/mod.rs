@@ -184,16 +184,16 @@ pub(crate) async fn wait_for_socket(
             return Ok(());
         }
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(Error::Hypervisor(format!(
-                "{what} exited ({status}) before creating {}",
-                path.display()
-            )));
+            return Err(Error::LaunchFailed {
+                program: what.into(),
+                reason: format!("exited ({status}) before creating {}", path.display()),
+            });
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(Error::Hypervisor(format!(
-                "{what} did not create {} within {timeout:?}",
-                path.display()
-            )));
+            return Err(Error::LaunchFailed {
+                program: what.into(),
+                reason: format!("did not create {} within {timeout:?}", path.display()),
+            });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -234,9 +234,12 @@ pub(crate) fn spawn(
     cmd.kill_on_drop(false);
     cmd.spawn().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::Hypervisor(format!("{program} not found: {install_hint}"))
+            Error::ProgramMissing {
+                program,
+                hint: install_hint.into(),
+            }
         } else {
-            Error::Hypervisor(format!("cannot start {program}: {e}"))
+            Error::SpawnFailed { program, source: e }
         }
     })
 }

@@ -258,13 +258,20 @@ impl Hypervisor for Qemu {
             qmp(&paths.qmp(), "system_powerdown"),
         )
         .await
-        .map_err(|_| Error::Hypervisor("QMP did not answer within 5 s".into()))?
+        .map_err(|_| qmp_error("no answer within 5 s".into()))?
+    }
+}
+
+fn qmp_error(message: String) -> Error {
+    Error::HypervisorApi {
+        api: "QMP",
+        message,
     }
 }
 
 /// Runs one QMP command: greeting, `qmp_capabilities`, the command.
 async fn qmp(socket: &Path, command: &str) -> Result<()> {
-    let fail = |e: std::io::Error| Error::Hypervisor(format!("QMP {}: {e}", socket.display()));
+    let fail = |e: std::io::Error| qmp_error(format!("{}: {e}", socket.display()));
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(fail)?;
@@ -276,12 +283,12 @@ async fn qmp(socket: &Path, command: &str) -> Result<()> {
                 .next_line()
                 .await
                 .map_err(fail)?
-                .ok_or_else(|| Error::Hypervisor("QMP closed the connection".into()))?;
+                .ok_or_else(|| qmp_error("closed the connection".into()))?;
             if line.contains("\"return\"") {
                 return Ok(());
             }
             if line.contains("\"error\"") {
-                return Err(Error::Hypervisor(format!("QMP refused: {line}")));
+                return Err(qmp_error(format!("refused: {line}")));
             }
             // Greeting and asynchronous events: keep reading.
         }

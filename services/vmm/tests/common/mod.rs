@@ -6,19 +6,20 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use banger_proto::rpc::{BoundSocket, ServeOptions, TracedChannel};
 use banger_proto::vmm::v1 as pb;
 use banger_proto::vmm::v1::vmm_client::VmmClient;
 use banger_proto::vmm::v1::vmm_server::VmmServer;
+use banger_vmm::VmmService;
 use banger_vmm::config::{QemuAccel, VmmConfig};
+use banger_vmm::guest::AgentGuest;
 use banger_vmm::hypervisor::Hypervisor;
 use banger_vmm::hypervisor::qemu::{Accel, Qemu};
 use banger_vmm::manager::Manager;
-use banger_vmm::peers::Peers;
-use banger_vmm::record::{ImageInfo, KernelInfo, Lease, Store};
-use banger_vmm::{Error, Result, VmmService};
+use banger_vmm::record::Store;
+pub use banger_vmm::testing::RecordingPeers;
 use tonic::service::Routes;
 
 /// The marker the guest's init prints on the console.
@@ -84,98 +85,6 @@ pub async fn wait_for_text(path: &Path, needle: &str, secs: u64) -> bool {
     false
 }
 
-/// Peers double: serves one image and one kernel, a fixed lease on a tap
-/// the test made, and records every call.
-#[derive(Debug)]
-pub struct FakePeers {
-    pub image: PathBuf,
-    pub kernel: PathBuf,
-    pub tap: String,
-    pub has_agent: bool,
-    pub has_ssh_server: bool,
-    pub calls: Mutex<Vec<String>>,
-}
-
-#[tonic::async_trait]
-impl Peers for FakePeers {
-    async fn resolve_image(&self, name: &str, holder: &str) -> Result<ImageInfo> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("resolve_image {name} {holder}"));
-        if name != "busybox" {
-            return Err(Error::Peer {
-                service: "imagestore",
-                code: tonic::Code::NotFound,
-                message: format!("no image {name}"),
-            });
-        }
-        Ok(ImageInfo {
-            name: name.into(),
-            ext4_path: self.image.clone(),
-            digest: "sha256:00".into(),
-            direct_boot: false,
-            default_kernel: String::new(),
-            size_bytes: std::fs::metadata(&self.image).unwrap().len(),
-            has_agent: self.has_agent,
-            has_ssh_server: self.has_ssh_server,
-        })
-    }
-    async fn release_image(&self, name: &str, holder: &str) -> Result<()> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("release_image {name} {holder}"));
-        Ok(())
-    }
-    async fn resolve_kernel(&self, name: &str, holder: &str) -> Result<KernelInfo> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("resolve_kernel {name} {holder}"));
-        let vmlinux_path = if name == "broken" {
-            PathBuf::from("/nonexistent/vmlinux") // QEMU refuses to start
-        } else {
-            self.kernel.clone()
-        };
-        Ok(KernelInfo {
-            name: name.into(),
-            vmlinux_path,
-            initrd_path: None,
-            kernel_version: "6.12".into(),
-        })
-    }
-    async fn release_kernel(&self, name: &str, holder: &str) -> Result<()> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("release_kernel {name} {holder}"));
-        Ok(())
-    }
-    async fn allocate(&self, vm_id: &str, nat: bool) -> Result<Lease> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("allocate {vm_id} {nat}"));
-        Ok(Lease {
-            tap: self.tap.clone(),
-            ip: "10.99.0.5".into(),
-            prefix_len: 24,
-            gateway: "10.99.0.1".into(),
-            mac: "06:00:0a:63:00:05".into(),
-            dns: vec!["10.99.0.1".into()],
-            nat,
-        })
-    }
-    async fn release_lease(&self, vm_id: &str) -> Result<()> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("release_lease {vm_id}"));
-        Ok(())
-    }
-}
-
 pub fn sh(cmd: &str) {
     let st = std::process::Command::new("sh")
         .arg("-c")
@@ -185,7 +94,8 @@ pub fn sh(cmd: &str) {
     assert!(st.success(), "{cmd} failed");
 }
 
-pub fn manager(dir: &std::path::Path, peers: Arc<FakePeers>) -> Manager {
+/// A manager with the real QEMU (TCG) and agent client over `peers`.
+pub fn manager(dir: &std::path::Path, peers: Arc<RecordingPeers>) -> Manager {
     let cfg = VmmConfig {
         qemu_accel: QemuAccel::Tcg,
         default_memory_mib: 256,
@@ -201,6 +111,7 @@ pub fn manager(dir: &std::path::Path, peers: Arc<FakePeers>) -> Manager {
         cfg,
         Store::new(&dir.join("state/vmm/vms"), &dir.join("run/vmm")),
         peers,
+        Arc::new(AgentGuest),
         backends,
     )
 }
@@ -231,7 +142,10 @@ pub async fn create(
                     phases.push(format!("{} {:.2}s", p.phase, p.seconds));
                 }
             }
-            pb::create_vm_event::Event::Done(vm) => done = Some(vm),
+            pb::create_vm_event::Event::Done(vm) => {
+                assert!(done.is_none(), "a second done event: {vm:?}");
+                done = Some(vm);
+            }
         }
     }
     Ok((phases, done.expect("create ended without done")))

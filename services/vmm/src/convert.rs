@@ -1,0 +1,58 @@
+//! The edge between the domain and gRPC: the one place that decides which
+//! status code each [`Error`] becomes.
+
+use banger_proto::rpc::GrpcError;
+use tonic::Code;
+
+use crate::error::Error;
+
+impl GrpcError for Error {
+    fn grpc_code(&self) -> Code {
+        match self {
+            Error::InvalidName(_)
+            | Error::InvalidSize { .. }
+            | Error::UnknownHypervisor { .. }
+            | Error::BadExecStream { .. } => Code::InvalidArgument,
+            Error::NotFound { .. } => Code::NotFound,
+            Error::AlreadyExists { .. } => Code::AlreadyExists,
+            Error::WrongState { .. } | Error::NoAgent { .. } | Error::BackendUnavailable { .. } => {
+                Code::FailedPrecondition
+            }
+            Error::Peer { code, .. } => *code,
+            Error::Io { .. } => Code::Internal,
+            Error::UnusableStateDir { .. } => Code::FailedPrecondition,
+            Error::Tool { .. }
+            | Error::ProgramMissing { .. }
+            | Error::SpawnFailed { .. }
+            | Error::LaunchFailed { .. }
+            | Error::HypervisorApi { .. } => Code::FailedPrecondition,
+            Error::Boot { .. } => Code::Aborted,
+            Error::AgentNotReady(_) | Error::SshNotReady { .. } | Error::ConsoleSilent { .. } => {
+                Code::DeadlineExceeded
+            }
+            Error::Agent(_) | Error::AgentCall { .. } => Code::Unavailable,
+            Error::TaskFailed { .. } => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        banger_proto::rpc::to_status(&e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_task_is_internal_not_a_precondition() {
+        let task = tokio::spawn(std::future::pending::<()>());
+        task.abort();
+        let join = task.await.unwrap_err();
+        let status = tonic::Status::from(Error::task("disk")(join));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(status.message().contains("disk task failed"), "{status:?}");
+    }
+}

@@ -1,0 +1,270 @@
+//! Create: a record saved first (so a crash leaves a `creating` record for
+//! reconcile to roll back), then resolve, network, disk, identity and boot,
+//! each a phase; any failure rolls back everything made so far.
+
+use tracing::Instrument;
+
+use super::progress::{Phases, Progress};
+use super::{Manager, VmView, console_tail};
+use crate::config::Backend;
+use crate::disk::{self, Identity};
+use crate::error::{Error, Result};
+use crate::record::{self, ImageInfo, VmRecord, VmState};
+
+/// What a create asks for (0 / None mean "use the configured default").
+#[derive(Debug, Clone, Default)]
+pub struct CreateSpec {
+    pub name: String,
+    pub image: String,
+    pub kernel: Option<String>,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub disk_bytes: u64,
+    pub nat: bool,
+    pub no_start: bool,
+    pub backend: Option<Backend>,
+    pub ssh_authorized_keys: Vec<String>,
+    pub ready_timeout_secs: u32,
+}
+
+impl Manager {
+    /// Creates a VM, reporting its phases to `progress`; on failure
+    /// everything made is rolled back and the error carries the console's
+    /// tail. A create of an existing VM with the same spec answers with it.
+    #[tracing::instrument(skip_all, fields(vm = %spec.name))]
+    pub async fn create(&self, spec: CreateSpec, progress: &dyn Progress) -> Result<VmView> {
+        banger_proto::names::validate("vm", &spec.name)?;
+        banger_proto::names::validate("image", &spec.image)?;
+        // Kernel names are kernelcat's to validate: the documented default
+        // `generic-6.12` has a dot, which the shared DNS-label rule refuses.
+        let cfg = &self.inner.cfg;
+        let vcpus = if spec.vcpus == 0 {
+            cfg.default_vcpus
+        } else {
+            spec.vcpus
+        };
+        let memory_mib = if spec.memory_mib == 0 {
+            cfg.default_memory_mib
+        } else {
+            spec.memory_mib
+        };
+        if !(1..=64).contains(&vcpus) || memory_mib < 64 {
+            return Err(Error::InvalidSize { vcpus, memory_mib });
+        }
+        let backend = spec.backend.unwrap_or(cfg.hypervisor);
+        self.backend(backend)?;
+        let lock = self.lock_of(&spec.name);
+        let _guard = lock.lock().await;
+        if let Some(existing) = self.inner.store.load(&spec.name)? {
+            let same = existing.image.name == spec.image
+                && spec
+                    .kernel
+                    .as_ref()
+                    .is_none_or(|k| *k == existing.kernel.name)
+                && existing.vcpus == vcpus
+                && existing.memory_mib == memory_mib
+                && existing.nat == spec.nat
+                && existing.backend == backend
+                && existing.state.can_answer_create();
+            if same {
+                return Ok(self.view(existing));
+            }
+            return Err(Error::AlreadyExists { name: spec.name });
+        }
+        let mut vm = VmRecord {
+            id: record::new_id(),
+            name: spec.name.clone(),
+            state: VmState::Creating,
+            image: ImageInfo {
+                name: spec.image.clone(),
+                ..Default::default()
+            },
+            kernel: Default::default(),
+            vcpus,
+            memory_mib,
+            disk_bytes: spec.disk_bytes,
+            backend,
+            nat: spec.nat,
+            ssh_authorized_keys: spec.ssh_authorized_keys.clone(),
+            lease: None,
+            pid: None,
+            helper_pid: None,
+            cmdline: String::new(),
+            accel: None,
+            created_unix: record::now_unix(),
+            started_unix: None,
+            error: None,
+        };
+        // Saved first: a crash from here on leaves a `creating` record that
+        // reconcile rolls back.
+        self.inner.store.save(&vm)?;
+        let result = self.create_steps(&mut vm, &spec, progress).await;
+        match result {
+            Ok(view) => Ok(view),
+            Err(e) => {
+                let tail = console_tail(&self.inner.store.paths_of(&vm).console_log());
+                tracing::warn!(error = %e, "create failed; rolling back");
+                self.rollback(&vm).await;
+                Err(match e {
+                    Error::Boot { .. } => e,
+                    e if vm.pid.is_some() || !tail.is_empty() => Error::Boot {
+                        cause: e.to_string(),
+                        console_tail: tail,
+                    },
+                    e => e,
+                })
+            }
+        }
+    }
+
+    async fn create_steps(
+        &self,
+        vm: &mut VmRecord,
+        spec: &CreateSpec,
+        progress: &dyn Progress,
+    ) -> Result<VmView> {
+        let store = &self.inner.store;
+        let peers = &self.inner.peers;
+        let phase = Phases::new(progress, &vm.name);
+
+        phase
+            .start("resolving", format!("image {}", spec.image))
+            .await;
+        vm.image = peers
+            .resolve_image(&spec.image, &vm.id)
+            .instrument(phase.span())
+            .await?;
+        store.save(vm)?;
+        let kernel = spec
+            .kernel
+            .clone()
+            .or_else(|| Some(vm.image.default_kernel.clone()).filter(|k| !k.is_empty()))
+            .unwrap_or_else(|| self.inner.cfg.default_kernel.clone());
+        vm.kernel.name = kernel.clone();
+        store.save(vm)?;
+        vm.kernel = peers
+            .resolve_kernel(&kernel, &vm.id)
+            .instrument(phase.span())
+            .await?;
+        store.save(vm)?;
+        phase.end().await;
+
+        phase.start("network", String::new()).await;
+        vm.lease = Some(
+            peers
+                .allocate(&vm.id, vm.nat)
+                .instrument(phase.span())
+                .await?,
+        );
+        store.save(vm)?;
+        let lease = vm.lease.clone().expect("just set");
+        phase.end().await;
+
+        phase
+            .start("disk", format!("copying {}", vm.image.ext4_path.display()))
+            .await;
+        let paths = store.paths_of(vm);
+        let size = if vm.disk_bytes == 0 {
+            vm.image.size_bytes + (self.inner.cfg.disk_headroom_mib << 20)
+        } else {
+            vm.disk_bytes
+        };
+        let (src, dst) = (vm.image.ext4_path.clone(), paths.disk());
+        let method = tokio::task::spawn_blocking(move || -> Result<disk::CopyMethod> {
+            let m = disk::copy_image(&src, &dst)?;
+            disk::grow(&dst, size)?;
+            Ok(m)
+        })
+        .await
+        .map_err(Error::task("disk"))??;
+        vm.disk_bytes = std::fs::metadata(paths.disk())
+            .map_err(Error::io("cannot stat", paths.disk()))?
+            .len();
+        store.save(vm)?;
+        tracing::info!(?method, bytes = vm.disk_bytes, "disk ready");
+        phase.end().await;
+
+        phase.start("identity", String::new()).await;
+        let identity = Identity {
+            hostname: vm.name.clone(),
+            ssh_authorized_keys: vm.ssh_authorized_keys.clone(),
+            dns: lease.dns.clone(),
+            ip: Some(format!("{}/{}", lease.ip, lease.prefix_len)),
+            gateway: Some(lease.gateway.clone()),
+        };
+        let disk_path = paths.disk();
+        tokio::task::spawn_blocking(move || disk::write_identity(&disk_path, &identity))
+            .await
+            .map_err(Error::task("identity"))??;
+        phase.end().await;
+
+        if spec.no_start {
+            vm.state = VmState::Stopped;
+            store.save(vm)?;
+        } else {
+            let timeout = self.ready_timeout(spec.ready_timeout_secs);
+            self.boot(vm, &phase, timeout).await?;
+        }
+        Ok(self.view(vm.clone()))
+    }
+
+    /// Undoes a create: process, sockets, disk, lease, holds, record.
+    pub(super) async fn rollback(&self, vm: &VmRecord) {
+        let mut vm = vm.clone();
+        self.kill_vm(&mut vm).await;
+        self.release_all(&vm).await;
+        if let Err(e) = self.inner.store.remove(&vm) {
+            tracing::error!(vm = %vm.name, "rollback cannot remove files: {e}");
+        }
+        self.forget_probes(&vm.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::manager::NoProgress;
+    use crate::testing::{self, Doubles};
+
+    #[tokio::test]
+    async fn failures_roll_back_everything() {
+        let t = Doubles::new(true);
+        let err = t
+            .mgr
+            .create(testing::spec("b", "img"), &NoProgress)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("fake launch failure"), "{err}");
+        assert!(!t.dir.path().join("state/vms/b").exists());
+        assert!(t.peers.unreleased().is_empty(), "{:?}", t.peers.calls());
+        // A peer error keeps its code and also rolls back.
+        let err = t
+            .mgr
+            .create(testing::spec("c", "missing"), &NoProgress)
+            .await
+            .unwrap_err();
+        assert_eq!(tonic::Status::from(err).code(), tonic::Code::NotFound);
+        assert!(t.mgr.list().unwrap().is_empty());
+        let err = t
+            .mgr
+            .create(testing::spec("Bad_Name", "img"), &NoProgress)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_never_answers_rolls_back_with_the_console() {
+        let t = Doubles::with_agent(false);
+        let mut spec = testing::spec("quiet", "img");
+        spec.ready_timeout_secs = 1;
+        let err = t.mgr.create(spec, &NoProgress).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("did not answer"), "{msg}");
+        assert!(msg.contains("booted"), "console tail missing: {msg}");
+        assert!(!t.dir.path().join("state/vms/quiet").exists());
+        assert_eq!(t.guest.calls(), ["ping"]);
+    }
+}

@@ -1,0 +1,102 @@
+//! Progress of a create (or a start): phases that start and end, with
+//! their durations. The manager reports to a [`Progress`]; the service
+//! turns the events into its stream, and callers without a stream pass
+//! [`NoProgress`].
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+/// One phase started (`seconds` = None) or ended (`seconds` = its duration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PhaseEvent {
+    pub phase: &'static str,
+    pub message: String,
+    pub seconds: Option<f64>,
+}
+
+/// Where progress goes.
+#[tonic::async_trait]
+pub trait Progress: Send + Sync {
+    /// Reports one event. May wait for a slow receiver; never fails (a
+    /// receiver that went away does not stop the operation).
+    async fn report(&self, event: PhaseEvent);
+}
+
+/// Progress nobody watches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+#[tonic::async_trait]
+impl Progress for NoProgress {
+    async fn report(&self, _: PhaseEvent) {}
+}
+
+#[tonic::async_trait]
+impl Progress for mpsc::Sender<PhaseEvent> {
+    async fn report(&self, event: PhaseEvent) {
+        let _ = self.send(event).await;
+    }
+}
+
+/// Reports phase starts and ends with durations, and opens one span per
+/// phase, so an operator reads `vm create` step by step in one trace.
+pub(crate) struct Phases<'a> {
+    progress: &'a dyn Progress,
+    vm: String,
+    /// The running phase, when it started, and its span.
+    current: Mutex<Option<(&'static str, Instant, tracing::Span)>>,
+}
+
+impl<'a> Phases<'a> {
+    pub(crate) fn new(progress: &'a dyn Progress, vm: &str) -> Self {
+        Phases {
+            progress,
+            vm: vm.to_owned(),
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The running phase's span; calls to other services made under it
+    /// become its children in the trace.
+    pub(crate) fn span(&self) -> tracing::Span {
+        self.current
+            .lock()
+            .expect("phase lock")
+            .as_ref()
+            .map(|(_, _, span)| span.clone())
+            .unwrap_or_else(tracing::Span::none)
+    }
+
+    pub(crate) async fn start(&self, phase: &'static str, message: String) {
+        let span = tracing::info_span!(
+            "step",
+            otel.name = %format!("vm {phase}"),
+            step = phase,
+            vm = %self.vm,
+        );
+        *self.current.lock().expect("phase lock") = Some((phase, Instant::now(), span));
+        tracing::info!(phase, "{message}");
+        self.progress
+            .report(PhaseEvent {
+                phase,
+                message,
+                seconds: None,
+            })
+            .await;
+    }
+
+    pub(crate) async fn end(&self) {
+        let cur = self.current.lock().expect("phase lock").take();
+        if let Some((phase, started, _span)) = cur {
+            self.progress
+                .report(PhaseEvent {
+                    phase,
+                    message: String::new(),
+                    seconds: Some(started.elapsed().as_secs_f64()),
+                })
+                .await;
+        }
+    }
+}

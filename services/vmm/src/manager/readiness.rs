@@ -1,0 +1,149 @@
+//! Readiness: what proves a booted guest is usable. The agent answers
+//! where the image has it, SSH where it has an SSH server; a guest with
+//! neither must at least write to its console. Capabilities the image
+//! cannot have are reported as skipped.
+
+use std::time::{Duration, Instant};
+
+use super::{Manager, VmView};
+use crate::error::{Error, Result, Want};
+use crate::record::{VmRecord, VmState};
+
+/// The result of one readiness probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub capability: &'static str,
+    pub state: &'static str,
+    pub detail: String,
+}
+
+impl Manager {
+    /// Probes every capability the image declares, within `timeout` in all.
+    pub(super) async fn probe(&self, vm: &VmRecord, timeout: Duration) -> Result<Vec<Probe>> {
+        let paths = self.inner.store.paths_of(vm);
+        let started = Instant::now();
+        let mut probes = Vec::new();
+        if vm.image.has_agent {
+            let version = self.inner.guest.ping(&paths.vsock(), timeout).await?;
+            probes.push(Probe {
+                capability: "agent",
+                state: "ready",
+                detail: format!(
+                    "banger-agent {version} after {:.1}s",
+                    started.elapsed().as_secs_f64()
+                ),
+            });
+        } else {
+            probes.push(Probe {
+                capability: "agent",
+                state: "skipped",
+                detail: "the image has no banger agent".into(),
+            });
+        }
+        // Every capability the image declares must answer: sshd too, so a
+        // `vm ssh` right after create works.
+        match (&vm.lease, vm.image.has_ssh_server) {
+            (Some(lease), true) => {
+                let remaining = timeout.saturating_sub(started.elapsed());
+                wait_ssh(&lease.ip, remaining).await?;
+                probes.push(Probe {
+                    capability: "ssh",
+                    state: "ready",
+                    detail: format!(
+                        "{}:22 answers after {:.1}s",
+                        lease.ip,
+                        started.elapsed().as_secs_f64()
+                    ),
+                });
+            }
+            _ => probes.push(Probe {
+                capability: "ssh",
+                state: "skipped",
+                detail: "the image has no SSH server".into(),
+            }),
+        }
+        if probes.iter().all(|p| p.state == "skipped") {
+            // Nothing in the guest can answer: the least we can know is
+            // that the kernel runs and writes to its console.
+            wait_console(&paths.console_log(), timeout).await?;
+            probes.push(Probe {
+                capability: "console",
+                state: "ready",
+                detail: "the kernel is writing to the console".into(),
+            });
+        }
+        Ok(probes)
+    }
+
+    /// Waits until a VM is ready (for `WaitReady`).
+    pub async fn wait_ready(&self, name: &str, timeout_secs: u32) -> Result<VmView> {
+        let vm = Self::require(self.load(name)?, VmState::can_reach_guest, Want::Running)?;
+        let probes = self.probe(&vm, self.ready_timeout(timeout_secs)).await?;
+        self.set_probes(&vm.id, probes);
+        Ok(self.view(vm))
+    }
+}
+
+/// Waits until the console log is not empty.
+async fn wait_console(log: &std::path::Path, timeout: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while std::fs::metadata(log).map(|m| m.len()).unwrap_or(0) == 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::ConsoleSilent { timeout });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// TCP connect to `ip:22` and read an `SSH-` banner, retrying until `timeout`.
+async fn wait_ssh(ip: &str, timeout: Duration) -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::from("no attempt");
+    while tokio::time::Instant::now() < deadline {
+        let attempt = async {
+            let mut s = tokio::net::TcpStream::connect((ip, 22)).await?;
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).await?;
+            if &buf == b"SSH-" {
+                Ok(())
+            } else {
+                Err(std::io::Error::other("not an SSH banner"))
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(3), attempt).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = "timed out".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(Error::SshNotReady {
+        ip: ip.into(),
+        timeout,
+        last,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_silent_console_times_out_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let err = wait_console(&log, Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("wrote nothing to its console"),
+            "{err}"
+        );
+        std::fs::write(&log, "Linux version").unwrap();
+        wait_console(&log, Duration::from_millis(100))
+            .await
+            .unwrap();
+    }
+}

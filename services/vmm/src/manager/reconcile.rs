@@ -1,0 +1,131 @@
+//! Reconcile after a (re)start of the vmm: records are matched with the
+//! processes that really run, and operations a crash cut short are
+//! finished or undone.
+
+use super::{Manager, console_tail};
+use crate::error::Result;
+use crate::hypervisor;
+use crate::record::{self, VmState};
+
+impl Manager {
+    /// Reconciles records with reality after a (re)start: adopts live
+    /// hypervisors, marks dead ones, rolls back half-done creates and
+    /// finishes half-done deletes, removes dirs without a record.
+    pub async fn reconcile(&self) -> Result<()> {
+        let (vms, orphans) = self.inner.store.list()?;
+        for dir in orphans {
+            tracing::warn!(dir = %dir.display(), "removing VM dir without a record");
+            record::remove_dir_all(&dir)?;
+        }
+        for mut vm in vms {
+            let paths = self.inner.store.paths_of(&vm);
+            let alive = vm.pid.is_some_and(|p| hypervisor::is_ours(p, &paths));
+            match vm.state {
+                VmState::Creating => {
+                    tracing::warn!(vm = %vm.name, "rolling back an interrupted create");
+                    self.rollback(&vm).await;
+                }
+                VmState::Deleting => {
+                    tracing::warn!(vm = %vm.name, "finishing an interrupted delete");
+                    self.finish_delete(&mut vm).await?;
+                }
+                VmState::Running if alive => {
+                    tracing::info!(vm = %vm.name, pid = ?vm.pid, "adopting running VM");
+                    self.supervise(&vm, None);
+                }
+                VmState::Running => {
+                    hypervisor::cleanup_after_exit(&paths, vm.helper_pid);
+                    vm.state = VmState::Error;
+                    vm.error = Some(format!(
+                        "the {} process exited while the vmm was down; last console lines:\n{}",
+                        vm.backend,
+                        console_tail(&paths.console_log())
+                    ));
+                    vm.pid = None;
+                    vm.helper_pid = None;
+                    self.inner.store.save(&vm)?;
+                }
+                VmState::Stopped | VmState::Error => {
+                    if alive {
+                        // A stop that was cut short: finish it.
+                        self.kill_vm(&mut vm).await;
+                    }
+                    if vm.pid.is_some() {
+                        vm.pid = None;
+                        vm.helper_pid = None;
+                        self.inner.store.save(&vm)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::hypervisor;
+    use crate::manager::NoProgress;
+    use crate::record::{self, VmState};
+    use crate::testing::{self, Doubles};
+
+    #[tokio::test]
+    async fn reconcile_adopts_marks_and_rolls_back() {
+        let t = Doubles::new(false);
+        let mgr = &t.mgr;
+        let create = async |name: &str| {
+            mgr.create(testing::spec(name, "img"), &NoProgress)
+                .await
+                .unwrap()
+                .vm
+        };
+        let live = create("live").await;
+        let half = create("half").await;
+        let dead = create("dead").await;
+        // "half" looks like a create cut short by a crash, "dead" lost its
+        // process while the vmm was down, "gone" was being deleted.
+        let mut h = mgr.store().load("half").unwrap().unwrap();
+        h.state = VmState::Creating;
+        mgr.store().save(&h).unwrap();
+        hypervisor::kill(dead.pid.unwrap());
+        hypervisor::wait_gone(dead.pid.unwrap(), Duration::from_secs(5)).await;
+        let mut gone = record::sample("gone");
+        gone.state = VmState::Deleting;
+        mgr.store().save(&gone).unwrap();
+        std::fs::create_dir_all(t.dir.path().join("state/vms/orphan")).unwrap();
+        // Undo what the first manager's supervisor may have recorded.
+        let mut d = mgr.store().load("dead").unwrap().unwrap();
+        d.state = VmState::Running;
+        d.pid = dead.pid;
+        mgr.store().save(&d).unwrap();
+
+        let restarted = t.restarted();
+        restarted.reconcile().await.unwrap();
+        let names: Vec<String> = restarted
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.vm.name)
+            .collect();
+        assert_eq!(names, ["dead", "live"]);
+        let l = restarted.get("live").unwrap().vm;
+        assert_eq!((l.state, l.pid), (VmState::Running, live.pid));
+        let d = restarted.get("dead").unwrap().vm;
+        assert_eq!(d.state, VmState::Error);
+        assert!(d.error.unwrap().contains("exited while the vmm was down"));
+        assert!(
+            !hypervisor::pid_alive(half.pid.unwrap()),
+            "half-created VM's process survived"
+        );
+        assert!(!t.dir.path().join("state/vms/half").exists());
+        assert!(!t.dir.path().join("state/vms/gone").exists());
+        assert!(!t.dir.path().join("state/vms/orphan").exists());
+        let calls = t.peers.calls();
+        assert!(calls.contains(&format!("release_lease {}", half.id)));
+        assert!(calls.contains(&format!("release_lease {}", gone.id)));
+        restarted.delete("live", true).await.unwrap();
+        assert!(!hypervisor::pid_alive(live.pid.unwrap()));
+    }
+}
