@@ -27,7 +27,14 @@ const SERVICES: [(&str, &str); 4] = [
 ];
 
 /// Errors a client branches on: (service, method, field=value, code, ErrorInfo reason).
-const REASONS: [(&str, &str, &str, &str, &str); 2] = [
+const REASONS: [(&str, &str, &str, &str, &str); 3] = [
+    (
+        "banger.vmm.v1.Vmm",
+        "GetVm",
+        "name=no-such-vm",
+        "NOT_FOUND",
+        "VM_MISSING",
+    ),
     (
         "banger.kernelcat.v1.KernelCat",
         "GetKernel",

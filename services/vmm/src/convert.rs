@@ -34,6 +34,17 @@ impl GrpcError for Error {
             Error::TaskFailed { .. } => Code::Internal,
         }
     }
+
+    fn reason(&self) -> Option<&'static str> {
+        match self {
+            Error::NotFound { .. } => Some("VM_MISSING"),
+            Error::AlreadyExists { .. } => Some("VM_EXISTS"),
+            Error::WrongState { .. } => Some("VM_WRONG_STATE"),
+            Error::NoAgent { .. } => Some("VM_NO_AGENT"),
+            Error::Peer { reason, .. } => *reason,
+            _ => None,
+        }
+    }
 }
 
 impl From<Error> for tonic::Status {
@@ -45,6 +56,21 @@ impl From<Error> for tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peers_reason_is_passed_on() {
+        let from_kernelcat = banger_proto::rpc::to_status(&Error::Peer {
+            service: "kernelcat",
+            code: Code::NotFound,
+            reason: Some("KERNEL_MISSING"),
+            message: "no kernel named k".into(),
+        });
+        assert_eq!(from_kernelcat.code(), Code::NotFound);
+        assert_eq!(
+            banger_proto::rpc::status::reason_of(&from_kernelcat),
+            Some("KERNEL_MISSING")
+        );
+    }
 
     #[tokio::test]
     async fn a_failed_task_is_internal_not_a_precondition() {

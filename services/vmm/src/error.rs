@@ -57,6 +57,8 @@ pub enum Error {
     Peer {
         service: &'static str,
         code: tonic::Code,
+        /// The peer's `ErrorInfo` reason, passed on too.
+        reason: Option<&'static str>,
         message: String,
     },
 

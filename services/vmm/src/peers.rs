@@ -24,6 +24,7 @@ fn peer_error(service: &'static str, status: tonic::Status) -> Error {
         tonic::Code::Unknown | tonic::Code::Unavailable => Error::Peer {
             service,
             code: tonic::Code::Unavailable,
+            reason: None,
             message: format!(
                 "banger-{service} is not reachable ({}); is it running? start the services with `banger up`",
                 status.message()
@@ -32,6 +33,7 @@ fn peer_error(service: &'static str, status: tonic::Status) -> Error {
         code => Error::Peer {
             service,
             code,
+            reason: banger_proto::rpc::status::reason_of(&status),
             message: status.message().to_owned(),
         },
     }

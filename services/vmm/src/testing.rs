@@ -99,6 +99,7 @@ impl Peers for RecordingPeers {
             return Err(Error::Peer {
                 service: "imagestore",
                 code: tonic::Code::NotFound,
+                reason: Some("IMAGE_MISSING"),
                 message: format!("no image {name}"),
             });
         }
