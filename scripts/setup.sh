@@ -13,10 +13,68 @@ missing=()
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# apt must never remove or downgrade what the host has: simulate first. A
+# package that would be removed because it came from bookworm-backports (the
+# host's qemu-utils 10 vs Debian 12's qemu-system-x86 7.2) is kept by taking
+# the missing packages of the same source package from that suite too;
+# anything else that would be removed or downgraded stops set-up with a
+# message saying what and why.
+apt_changes() { # PACKAGE... → "remove PKG" / "downgrade PKG OLD NEW" / "unsatisfiable …" lines
+  local sim
+  if ! sim=$(DEBIAN_FRONTEND=noninteractive apt-get install -s -q --no-install-recommends "$@" 2>&1); then
+    echo "unsatisfiable: $(grep -E '^ [^ ]+ : Depends' <<<"$sim" | head -3 | xargs)"
+    return
+  fi
+  while read -r action pkg rest; do
+    case "$action" in
+      Remv) echo "remove $pkg" ;;
+      Inst)
+        [[ "$rest" =~ ^\[([^]]+)\]\ \(([^ ]+) ]] || continue
+        dpkg --compare-versions "${BASH_REMATCH[2]}" lt "${BASH_REMATCH[1]}" &&
+          echo "downgrade $pkg ${BASH_REMATCH[1]} ${BASH_REMATCH[2]}"
+        ;;
+    esac
+  done <<<"$sim"
+}
+ensure_backports() {
+  local list=/etc/apt/sources.list.d/banger-backports.sources
+  [ -e "$list" ] && return 0
+  log "adding bookworm-backports to apt's sources (used only for packages named explicitly)"
+  printf '%s\n' "# Added by banger's scripts/setup.sh: bookworm-backports, used only for the" \
+    "# packages setup.sh names explicitly (backports are never chosen by default)." \
+    "Types: deb" "URIs: http://deb.debian.org/debian" "Suites: bookworm-backports" \
+    "Components: main" "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" | $SUDO tee "$list" >/dev/null
+  $SUDO apt-get update -q
+}
 if ((${#missing[@]})); then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
-  log "installing ${missing[*]}"
   $SUDO apt-get update -q
+  changes=$(apt_changes "${missing[@]}")
+  if [ -n "$changes" ]; then
+    # Source packages the host has from bookworm-backports.
+    mapfile -t sources < <(dpkg-query -W -f='${Version} ${source:Package}\n' | awk '$1 ~ /~bpo/ {print $2}' | sort -u)
+    if ((${#sources[@]})); then
+      ensure_backports
+      for i in "${!missing[@]}"; do
+        src=$(apt-cache show --no-all-versions "${missing[$i]}" 2>/dev/null | awk -F': ' '/^Source:/ {print $2; exit}' | cut -d' ' -f1)
+        src=${src:-${missing[$i]}}
+        for s in "${sources[@]}"; do
+          if [ "$src" = "$s" ] && apt-cache madison "${missing[$i]}" | grep -q bookworm-backports; then
+            log "taking ${missing[$i]} from bookworm-backports, like the installed packages of $s"
+            missing[$i]="${missing[$i]}/bookworm-backports"
+          fi
+        done
+      done
+      changes=$(apt_changes "${missing[@]}")
+    fi
+  fi
+  if [ -n "$changes" ]; then
+    log "installing ${missing[*]} would change packages this host already has:"
+    sed 's/^/  /' <<<"$changes" >&2
+    log "refusing: install them by hand in a way that keeps your packages, then run set-up again"
+    exit 1
+  fi
+  log "installing ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
