@@ -65,8 +65,10 @@ def main():
     for event in vmm.CreateVm(request):
         if event.HasField("progress"):
             pr = event.progress
-            took = f" ({pr.seconds:.2f}s)" if pr.seconds else ""
-            print(f"[{pr.phase}] {pr.message}{took}", flush=True)
+            if pr.seconds:  # a phase ended
+                print(f"[{pr.phase}] done in {pr.seconds:.2f}s", flush=True)
+            else:  # a phase started
+                print(f"[{pr.phase}] {pr.message}", flush=True)
         elif event.HasField("done"):
             vm = event.done
     if vm is None:
