@@ -56,6 +56,32 @@ pub struct Manifest {
     /// Holders (VM ids) using the kernel.
     #[serde(default)]
     pub holders: BTreeSet<String>,
+    /// Where a kernel from a Debian archive came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debian: Option<DebianFacts>,
+}
+
+/// The source facts of a kernel pulled from a Debian archive.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DebianFacts {
+    /// The kernel image package, e.g. `linux-image-6.12.117+deb12-cloud-amd64`.
+    pub package: String,
+    /// Its Debian version, e.g. `6.12.117-1~deb12u1`.
+    pub version: String,
+    /// The meta package followed to it.
+    pub meta_package: String,
+    /// Primary fingerprint of the archive key that signed the InRelease.
+    pub signing_key: String,
+    /// The archive (as configured in the catalog, before mirrors).
+    pub archive_url: String,
+    /// Where it was actually downloaded from (a mirror or the archive).
+    pub fetched_from: String,
+    /// Suite, e.g. `bookworm-security`.
+    pub suite: String,
+    /// SHA-256 of the `.deb`, as the signed index gives it.
+    pub deb_sha256: String,
+    /// Module files the initramfs loads, in order.
+    pub modules: Vec<String>,
 }
 
 /// A stored kernel as listed: its manifest plus where it lives.
@@ -483,6 +509,7 @@ mod tests {
             source: "import".into(),
             created_unix: 1,
             holders: BTreeSet::new(),
+            debian: None,
         }
     }
 

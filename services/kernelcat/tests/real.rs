@@ -183,6 +183,7 @@ async fn a_killed_service_leaves_no_half_kernel_and_a_retry_succeeds() {
         .pull_kernel(pb::PullKernelRequest {
             name: NAME.into(),
             force: false,
+            update: false,
         })
         .await
         .unwrap()
