@@ -351,8 +351,11 @@ impl Puller {
             holders: Default::default(),
             debian: Some(crate::debian::facts(src, &resolved, &fetched_from, &built)),
         };
-        let replace = force || update;
-        let kernel = self.store.commit(staging, &manifest, replace)?;
+        let kernel = if update {
+            self.store.commit_update(staging, &manifest)?
+        } else {
+            self.store.commit(staging, &manifest, force)?
+        };
         tracing::info!(
             kernel = %name,
             package = %resolved.kernel.package,

@@ -247,22 +247,24 @@ impl KernelCat for KernelCatService {
         request: Request<pb::ResolveKernelRequest>,
     ) -> Result<Response<pb::ResolvedKernel>, Status> {
         let pb::ResolveKernelRequest { name, holder } = request.into_inner();
-        let kernel = self
+        let (kernel, vmlinux, initrd) = self
             .blocking(move |s| {
                 if holder.is_empty() {
-                    s.get(&name)
+                    let k = s.get(&name)?;
+                    let (v, i) = (k.vmlinux_path(), k.initrd_path());
+                    Ok((k, v, i))
                 } else {
-                    s.hold(&name, &holder)
+                    // The holder gets its own pinned links (see store.rs),
+                    // which survive an update of the name.
+                    let (k, held) = s.hold(&name, &holder)?;
+                    Ok((k, held.vmlinux, held.initrd))
                 }
             })
             .await?;
         Ok(Response::new(pb::ResolvedKernel {
             name: kernel.manifest.name.clone(),
-            vmlinux_path: kernel.vmlinux_path().display().to_string(),
-            initrd_path: kernel
-                .initrd_path()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
+            vmlinux_path: vmlinux.display().to_string(),
+            initrd_path: initrd.map(|p| p.display().to_string()).unwrap_or_default(),
             arch: kernel.manifest.arch.clone(),
             kernel_version: kernel.manifest.kernel_version.clone(),
         }))

@@ -316,18 +316,9 @@ fn make_deb(members: &[(&str, &[u8])]) -> Vec<u8> {
     ar
 }
 
-/// The archive with the kernel package's `.deb` replaced by `deb`: the
-/// Packages stanza and InRelease are rewritten and signed by `key`.
-fn with_deb(a: &DebianArchive, key: &ThrowawayKey, deb: Vec<u8>) -> BTreeMap<String, Route> {
-    let old_sha = sha256_hex(&a.deb);
-    let packages = String::from_utf8(a.packages.to_vec())
-        .unwrap()
-        .replace(&old_sha, &sha256_hex(&deb))
-        .replace(
-            &format!("Size: {}\nSHA256: {}", a.deb.len(), sha256_hex(&deb)),
-            &format!("Size: {}\nSHA256: {}", deb.len(), sha256_hex(&deb)),
-        );
-    let packages = packages.into_bytes();
+/// The archive serving `packages` as its index, with InRelease rewritten
+/// for it and signed by `key`.
+fn resigned(a: &DebianArchive, key: &ThrowawayKey, packages: Vec<u8>) -> BTreeMap<String, Route> {
     let release = a
         .release_text
         .replace(&sha256_hex(&a.packages), &sha256_hex(&packages))
@@ -342,6 +333,21 @@ fn with_deb(a: &DebianArchive, key: &ThrowawayKey, deb: Vec<u8>) -> BTreeMap<Str
         Route::Ok(Arc::new(key.clearsign(&release))),
     );
     r.insert(a.packages_path(), Route::Ok(Arc::new(packages)));
+    r
+}
+
+/// The archive with the kernel package's `.deb` replaced by `deb`: the
+/// Packages stanza and InRelease are rewritten and signed by `key`.
+fn with_deb(a: &DebianArchive, key: &ThrowawayKey, deb: Vec<u8>) -> BTreeMap<String, Route> {
+    let old_sha = sha256_hex(&a.deb);
+    let packages = String::from_utf8(a.packages.to_vec())
+        .unwrap()
+        .replace(&old_sha, &sha256_hex(&deb))
+        .replace(
+            &format!("Size: {}\nSHA256: {}", a.deb.len(), sha256_hex(&deb)),
+            &format!("Size: {}\nSHA256: {}", deb.len(), sha256_hex(&deb)),
+        );
+    let mut r = resigned(a, key, packages.into_bytes());
     r.insert(a.deb_path.clone(), Route::Ok(Arc::new(deb)));
     r
 }
@@ -624,4 +630,135 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         let e = e.unwrap();
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
+}
+
+async fn pull_update(
+    client: &mut banger_proto::kernelcat::v1::kernel_cat_client::KernelCatClient<
+        banger_proto::rpc::TracedChannel,
+    >,
+    name: &str,
+) -> Result<pb::Kernel, tonic::Status> {
+    let mut stream = client
+        .pull_kernel(pb::PullKernelRequest {
+            name: name.into(),
+            force: false,
+            update: true,
+        })
+        .await?
+        .into_inner();
+    loop {
+        match stream.message().await? {
+            Some(pb::PullKernelEvent {
+                event: Some(pb::pull_kernel_event::Event::Done(k)),
+            }) => return Ok(k),
+            Some(_) => {}
+            None => panic!("the pull ended without a result"),
+        }
+    }
+}
+
+async fn resolve(service: &mut Service, holder: &str) -> std::path::PathBuf {
+    service
+        .client
+        .resolve_kernel(pb::ResolveKernelRequest {
+            name: NAME.into(),
+            holder: holder.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .vmlinux_path
+        .into()
+}
+
+fn inode(p: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().ino()
+}
+
+#[tokio::test]
+async fn update_switches_to_the_newest_package_and_holders_keep_theirs() {
+    let a = debian_archive::bookworm_security();
+    let key = ThrowawayKey::new();
+    let mine = ArchiveTrust {
+        keyrings: vec![key.keyring.clone()],
+        fingerprints: vec![key.fingerprint.clone()],
+    };
+    let archive = serve(&resigned(&a, &key, a.packages.to_vec()));
+    let catalog = HttpServer::start();
+    serve_catalog(
+        &catalog,
+        vec![entry(NAME, &archive.url("/debian-security"), &a)],
+    );
+    let guest = guest_dir();
+    let mut service = Service::start_with(settings(&catalog, &guest), Some(mine)).await;
+    let first = pull_update(&mut service.client, NAME)
+        .await
+        .expect("first pull");
+    assert_eq!(first.debian.as_ref().unwrap().version, a.kernel_version);
+    assert_eq!(first.debian.as_ref().unwrap().signing_key, key.fingerprint);
+    // Nothing newer: the stored kernel is kept, the .deb not fetched again.
+    let same = pull_update(&mut service.client, NAME).await.unwrap();
+    assert_eq!(same.created_unix, first.created_unix);
+    assert_eq!(archive.hits(&a.deb_path), 1);
+    let held_old = resolve(&mut service, "vm-1").await;
+    assert!(held_old.starts_with(service.kernels().join(".holds")));
+    let old_inode = inode(&held_old);
+
+    // A security update appears: a newer meta version and kernel package.
+    let newer = "6.12.999-1~test";
+    let filename = a.deb_path.trim_start_matches("/debian-security/");
+    let mut packages = String::from_utf8(a.packages.to_vec()).unwrap();
+    if !packages.ends_with("\n\n") {
+        packages.push('\n');
+    }
+    packages.push_str(&format!(
+        "Package: {meta}\nVersion: {newer}\nArchitecture: amd64\n\
+         Depends: {k} (= {newer})\n\n\
+         Package: {k}\nVersion: {newer}\nArchitecture: amd64\nFilename: {filename}\n\
+         Size: {size}\nSHA256: {sha}\n",
+        meta = a.meta_package,
+        k = a.kernel_package,
+        size = a.deb.len(),
+        sha = sha256_hex(&a.deb),
+    ));
+    for (path, route) in resigned(&a, &key, packages.into_bytes()) {
+        archive.route(&path, route);
+    }
+    let updated = pull_update(&mut service.client, NAME)
+        .await
+        .expect("update");
+    assert_eq!(updated.debian.as_ref().unwrap().version, newer);
+    assert_eq!(updated.holders, ["vm-1"], "the holder is still recorded");
+    let current = service.kernels().join(NAME).join("vmlinux");
+    assert_ne!(
+        inode(&current),
+        old_inode,
+        "the name points at the new kernel"
+    );
+    // vm-1 keeps the files it was given, also when it resolves again; a
+    // new VM gets the new kernel.
+    assert_eq!(inode(&held_old), old_inode);
+    assert_eq!(resolve(&mut service, "vm-1").await, held_old);
+    let held_new = resolve(&mut service, "vm-2").await;
+    assert_eq!(inode(&held_new), inode(&current));
+    // Deleting waits for every version's holders.
+    let err = service
+        .client
+        .delete_kernel(pb::DeleteKernelRequest { name: NAME.into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    for h in ["vm-1", "vm-2"] {
+        service
+            .client
+            .release_kernel(pb::ReleaseKernelRequest {
+                name: NAME.into(),
+                holder: h.into(),
+            })
+            .await
+            .unwrap();
+    }
+    assert!(!held_old.exists(), "released: the old files are gone");
+    assert_eq!(service.store_entries(), [".catalog-cache.json", NAME]);
 }
