@@ -91,7 +91,7 @@ pub fn read_deb(package: &str, deb: impl Read, max: u64) -> Result<DebKernel> {
         }
         std::io::copy(&mut member, &mut std::io::sink())
             .map_err(|e| bad(format!("reading {name}: {e}")))?;
-        if size % 2 == 1 {
+        if !size.is_multiple_of(2) {
             let mut pad = [0u8; 1];
             let _ = ar.read_exact(&mut pad);
         }
@@ -537,6 +537,47 @@ pub fn modinfo_depends(elf: &[u8]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A minimal ELF64 with one PT_NOTE segment holding `note`.
+    fn elf(machine: u16, note: &[u8]) -> Vec<u8> {
+        let mut e = vec![0u8; 64 + 56];
+        e[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        e[18..20].copy_from_slice(&machine.to_le_bytes());
+        e[0x20..0x28].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        e[0x36..0x38].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        e[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+        e[64..68].copy_from_slice(&4u32.to_le_bytes()); // PT_NOTE
+        e[64 + 8..64 + 16].copy_from_slice(&120u64.to_le_bytes());
+        e[64 + 32..64 + 40].copy_from_slice(&(note.len() as u64).to_le_bytes());
+        e.extend_from_slice(note);
+        e
+    }
+
+    fn note(name: &[u8], kind: u32) -> Vec<u8> {
+        let mut n = Vec::new();
+        n.extend_from_slice(&(name.len() as u32 + 1).to_le_bytes());
+        n.extend_from_slice(&4u32.to_le_bytes());
+        n.extend_from_slice(&kind.to_le_bytes());
+        n.extend_from_slice(name);
+        n.push(0);
+        while !n.len().is_multiple_of(4) {
+            n.push(0);
+        }
+        n.extend_from_slice(&[0x00, 0x10, 0x00, 0x01]);
+        n
+    }
+
+    #[test]
+    fn vmlinux_needs_x86_64_and_the_pvh_note() {
+        check_vmlinux(&elf(62, &note(b"Xen", XEN_ELFNOTE_PHYS32_ENTRY))).unwrap();
+        let err = check_vmlinux(&elf(183, &note(b"Xen", 18))).unwrap_err();
+        assert!(err.to_string().contains("another architecture"), "{err}");
+        let err = check_vmlinux(&elf(62, &note(b"GNU", 18))).unwrap_err();
+        assert!(err.to_string().contains("PVH"), "{err}");
+        let err = check_vmlinux(b"MZ not an elf").unwrap_err();
+        assert!(err.to_string().contains("ELF"), "{err}");
+        assert!(vmlinux_from_bzimage(&[0u8; 0x300], 1 << 20).is_err());
+    }
 
     #[test]
     fn module_names() {

@@ -24,7 +24,8 @@ pub enum Error {
     /// No catalog entry of that name.
     #[error(
         "kernel {name:?} is not in the catalog; see `banger kernel list --available` \
-         (configure [kernelcat] catalog_url for more entries, or build one with \
+         (`banger kernel pull debian-6.12` gets Debian's signed kernel, ready to boot; \
+         configure [kernelcat] catalog_url for more entries, or build one with \
          scripts/make-generic-kernel.sh and `banger kernel import`)"
     )]
     NotInCatalog { name: String },

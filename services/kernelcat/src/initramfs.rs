@@ -147,14 +147,14 @@ pub fn write_cpio(tree: &BTreeMap<String, Node>) -> Vec<u8> {
     }
     entry(&mut out, "TRAILER!!!", 0, 1, &[]);
     // Pad to 512 like cpio(1) does.
-    while out.len() % 512 != 0 {
+    while !out.len().is_multiple_of(512) {
         out.push(0);
     }
     out
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }

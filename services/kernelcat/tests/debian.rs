@@ -309,7 +309,7 @@ fn make_deb(members: &[(&str, &[u8])]) -> Vec<u8> {
             .as_bytes(),
         );
         ar.extend_from_slice(body);
-        if body.len() % 2 == 1 {
+        if !body.len().is_multiple_of(2) {
             ar.push(b'\n');
         }
     }
@@ -358,6 +358,16 @@ fn boot_files(a: &DebianArchive) -> (String, Vec<u8>, String) {
     (kernel.kver, kernel.vmlinuz, kernel.config)
 }
 
+/// A bad-input case: its name, the archive's routes, the trust override,
+/// the expected code and words the message must contain.
+type Case = (
+    &'static str,
+    BTreeMap<String, Route>,
+    Option<ArchiveTrust>,
+    tonic::Code,
+    &'static str,
+);
+
 #[tokio::test]
 async fn tampered_archives_are_refused_and_leave_the_stored_kernel_untouched() {
     let a = debian_archive::bookworm_security();
@@ -376,13 +386,7 @@ async fn tampered_archives_are_refused_and_leave_the_stored_kernel_untouched() {
     // (case, routes, trust override, expected code, words in the message)
     let signed_text = a.release_text.clone();
     let inrelease = a.files[&a.dists("InRelease")].clone();
-    let mut cases: Vec<(
-        &str,
-        BTreeMap<String, Route>,
-        Option<ArchiveTrust>,
-        tonic::Code,
-        &str,
-    )> = Vec::new();
+    let mut cases: Vec<Case> = Vec::new();
     let mut r = good.clone();
     let text = String::from_utf8(inrelease.to_vec()).unwrap();
     r.insert(
