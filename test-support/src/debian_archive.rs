@@ -146,21 +146,38 @@ fn signed_text(inrelease: &Path) -> String {
 /// its kernel package, built once per test binary.
 pub fn bookworm_security() -> DebianArchive {
     static ARCHIVE: OnceLock<DebianArchive> = OnceLock::new();
-    ARCHIVE.get_or_init(build_bookworm_security).clone()
+    ARCHIVE
+        .get_or_init(|| {
+            build(
+                "debian-security",
+                "bookworm-security",
+                "linux-image-6.12-cloud-amd64",
+            )
+        })
+        .clone()
 }
 
-fn build_bookworm_security() -> DebianArchive {
+/// The bookworm archive (Debian 12 itself, no Valid-Until, a 50 MB index)
+/// with `linux-image-cloud-amd64` (6.1) and its kernel package.
+pub fn bookworm() -> DebianArchive {
+    static ARCHIVE: OnceLock<DebianArchive> = OnceLock::new();
+    ARCHIVE
+        .get_or_init(|| build("debian", "bookworm", "linux-image-cloud-amd64"))
+        .clone()
+}
+
+fn build(archive: &str, suite: &str, meta: &str) -> DebianArchive {
     crate::require_program("gpgv", "gpgv");
     crate::require_program("lz4", "lz4");
     crate::require_program("apt-get", "apt");
     let lists = Path::new(APT_LISTS);
-    let inrelease = lists.join("deb.debian.org_debian-security_dists_bookworm-security_InRelease");
-    let index = lists.join(
-        "deb.debian.org_debian-security_dists_bookworm-security_main_binary-amd64_Packages.lz4",
-    );
+    let prefix = format!("deb.debian.org_{archive}_dists_{suite}");
+    let inrelease = lists.join(format!("{prefix}_InRelease"));
+    let index = lists.join(format!("{prefix}_main_binary-amd64_Packages.lz4"));
     let fresh = inrelease.is_file() && index.is_file() && {
         let text = std::fs::read_to_string(&inrelease).unwrap_or_default();
-        field(&text, "Valid-Until").is_some_and(|v| release_date(v) > unix_now() + 3600)
+        // A suite without Valid-Until (a stable release) never expires.
+        field(&text, "Valid-Until").is_none_or(|v| release_date(v) > unix_now() + 3600)
     };
     if !fresh {
         // The host's copy is missing or expired: refresh apt's lists (the
@@ -182,13 +199,24 @@ fn build_bookworm_security() -> DebianArchive {
         "apt's Packages does not match its InRelease; run apt-get update"
     );
     let text = String::from_utf8(packages.clone()).unwrap();
-    let meta = "linux-image-6.12-cloud-amd64";
     let stanza = |pkg: &str, version: Option<&str>| -> String {
         text.split("\n\n")
             .filter(|p| field(p, "Package") == Some(pkg))
             .filter(|p| version.is_none_or(|v| field(p, "Version") == Some(v)))
-            .max_by_key(|p| field(p, "Version").unwrap_or("").to_owned())
-            .unwrap_or_else(|| panic!("{pkg} is not in bookworm-security"))
+            .max_by(|a, b| {
+                let (va, vb) = (field(a, "Version").unwrap(), field(b, "Version").unwrap());
+                // Debian's order, from dpkg itself.
+                let gt = Command::new("dpkg")
+                    .args(["--compare-versions", va, "gt", vb])
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if gt {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Less
+                }
+            })
+            .unwrap_or_else(|| panic!("{pkg} is not in {suite}"))
             .to_owned()
     };
     let meta_stanza = stanza(meta, None);
@@ -213,8 +241,8 @@ fn build_bookworm_security() -> DebianArchive {
     }
     let deb = std::fs::read(&deb_file).expect("the downloaded .deb");
     assert_eq!(sha256_hex(&deb), sha, "apt-get download gave another .deb");
-    let root = "/debian-security".to_owned();
-    let suite = "bookworm-security".to_owned();
+    let root = format!("/{archive}");
+    let suite = suite.to_owned();
     let packages = Arc::new(packages);
     let deb = Arc::new(deb);
     let mut archive = DebianArchive {

@@ -766,3 +766,52 @@ async fn update_switches_to_the_newest_package_and_holders_keep_theirs() {
     assert!(!held_old.exists(), "released: the old files are gone");
     assert_eq!(service.store_entries(), [".catalog-cache.json", NAME]);
 }
+
+#[tokio::test]
+async fn pulls_the_embedded_debian_6_1_from_bookworm() {
+    let a = debian_archive::bookworm();
+    let archive = serve(&routes(&a));
+    let catalog = HttpServer::start();
+    serve_catalog(&catalog, vec![]);
+    let guest = guest_dir();
+    let mut s = settings(&catalog, &guest);
+    s.archive_mirrors.insert(
+        "http://deb.debian.org/debian".into(),
+        vec![archive.url("/debian")],
+    );
+    let mut service = Service::start(s).await;
+    let (_, result) = pull(&mut service.client, "debian-6.1", false).await;
+    let k = result.expect("pull debian-6.1");
+    let d = k.debian.as_ref().unwrap();
+    assert_eq!(
+        (d.package.as_str(), d.version.as_str()),
+        (a.kernel_package.as_str(), a.kernel_version.as_str())
+    );
+    assert_eq!(d.meta_package, "linux-image-cloud-amd64");
+    assert!(DEBIAN_PINNED_FINGERPRINTS.contains(&d.signing_key.as_str()));
+    assert!(k.kernel_version.starts_with("6.1."), "{}", k.kernel_version);
+    assert!(k.has_initrd);
+    let initrd = std::fs::read(service.kernels().join("debian-6.1/initrd")).unwrap();
+    let members = initramfs::read_cpio(&gunzip(&initrd)).unwrap();
+    let list = members
+        .iter()
+        .find(|m| m.0 == "etc/banger/modules")
+        .map(|m| String::from_utf8(m.2.clone()).unwrap())
+        .unwrap();
+    assert_eq!(d.modules, list.lines().collect::<Vec<_>>());
+    let config = std::fs::read_to_string(service.kernels().join("debian-6.1/config")).unwrap();
+    for (option, m) in [
+        ("VIRTIO_BLK", "virtio_blk"),
+        ("VIRTIO_NET", "virtio_net"),
+        ("VSOCKETS", "vsock"),
+        ("VIRTIO_VSOCKETS", "vmw_vsock_virtio_transport"),
+    ] {
+        if config.contains(&format!("CONFIG_{option}=m\n")) {
+            assert!(
+                list.contains(&format!("/{m}.ko")),
+                "{m} is loaded by the initramfs: {list}"
+            );
+        }
+    }
+    assert!(!list.is_empty());
+}
