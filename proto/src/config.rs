@@ -26,6 +26,57 @@ pub const SYSTEM_RUN_DIR: &str = "/run/banger";
 /// System state dir.
 pub const SYSTEM_STATE_DIR: &str = "/var/lib/banger";
 
+/// Env var naming the guest bundle dir (`banger-agent`, first-boot, units).
+pub const GUEST_DIR_ENV: &str = "BANGER_GUEST_DIR";
+/// Where packages install the guest bundle.
+pub const SYSTEM_GUEST_DIR: &str = "/usr/lib/banger/guest";
+
+/// The candidate guest bundle dirs in order: the configured one
+/// (`[imagestore] guest_dir`, `[kernelcat] guest_dir`), `$BANGER_GUEST_DIR`,
+/// `<dir of the running binary>/guest`, `/usr/lib/banger/guest`. One home,
+/// so imagestore (which injects the agent into images) and kernelcat
+/// (whose generated initramfs runs the agent as `/init`) agree.
+pub fn guest_dir_candidates(configured: Option<&Path>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = configured {
+        out.push(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os(GUEST_DIR_ENV).filter(|v| !v.is_empty()) {
+        out.push(PathBuf::from(p));
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        out.push(dir.join("guest"));
+    }
+    out.push(PathBuf::from(SYSTEM_GUEST_DIR));
+    out
+}
+
+/// The first candidate that is a directory.
+pub fn find_guest_dir(candidates: &[PathBuf]) -> Option<PathBuf> {
+    candidates.iter().find(|p| p.is_dir()).cloned()
+}
+
+/// The URLs to try for `upstream`, in order: its configured mirrors
+/// (`[imagestore.mirrors]`, `[kernelcat.archive_mirrors]`: upstream →
+/// list), then the upstream itself. Trailing slashes are dropped.
+pub fn mirrors_then_upstream(
+    mirrors: &std::collections::BTreeMap<String, Vec<String>>,
+    upstream: &str,
+) -> Vec<String> {
+    let key = upstream.trim_end_matches('/');
+    let mut out: Vec<String> = mirrors
+        .iter()
+        .filter(|(k, _)| k.trim_end_matches('/') == key)
+        .flat_map(|(_, v)| v.iter())
+        .map(|m| m.trim_end_matches('/').to_owned())
+        .collect();
+    out.push(key.to_owned());
+    out
+}
+
 /// Errors while loading configuration.
 #[derive(Debug, Error)]
 pub enum ConfigError {

@@ -5,6 +5,7 @@
 //! A test that needs something missing panics with what to install; it never
 //! passes silently.
 
+pub mod debian_archive;
 pub mod fixtures;
 pub mod netns;
 pub mod otlp;

@@ -35,6 +35,10 @@ pub enum KernelCommand {
         /// Replace a local kernel of the same name.
         #[arg(long)]
         force: bool,
+        /// Debian-archive kernels: resolve the newest package (security
+        /// updates) and switch the name to it once verified.
+        #[arg(long, conflicts_with = "force")]
+        update: bool,
     },
     /// Store a kernel from local files (read with your own rights).
     #[command(disable_version_flag = true)]
@@ -80,7 +84,11 @@ pub async fn run(ctx: &Context, command: KernelCommand) -> Result<ExitCode> {
     match command {
         KernelCommand::List { available: false } => list(ctx, &mut client).await,
         KernelCommand::List { available: true } => catalog(ctx, &mut client).await,
-        KernelCommand::Pull { name, force } => pull(ctx, &mut client, name, force).await,
+        KernelCommand::Pull {
+            name,
+            force,
+            update,
+        } => pull(ctx, &mut client, name, force, update).await,
         KernelCommand::Import {
             name,
             vmlinux,
@@ -136,6 +144,38 @@ struct KernelJson {
     created_unix: i64,
     total_size: u64,
     holders: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    debian: Option<DebianJson>,
+}
+
+/// Where a Debian kernel came from, as printed with `--json`.
+#[derive(Debug, Serialize)]
+struct DebianJson {
+    package: String,
+    version: String,
+    meta_package: String,
+    signing_key: String,
+    archive_url: String,
+    fetched_from: String,
+    suite: String,
+    deb_sha256: String,
+    modules: Vec<String>,
+}
+
+impl From<pb::DebianSource> for DebianJson {
+    fn from(d: pb::DebianSource) -> Self {
+        DebianJson {
+            package: d.package,
+            version: d.version,
+            meta_package: d.meta_package,
+            signing_key: d.signing_key,
+            archive_url: d.archive_url,
+            fetched_from: d.fetched_from,
+            suite: d.suite,
+            deb_sha256: d.deb_sha256,
+            modules: d.modules,
+        }
+    }
 }
 
 impl From<pb::Kernel> for KernelJson {
@@ -153,6 +193,7 @@ impl From<pb::Kernel> for KernelJson {
             created_unix: k.created_unix,
             total_size: k.total_size,
             holders: k.holders,
+            debian: k.debian.map(Into::into),
         }
     }
 }
@@ -170,6 +211,18 @@ struct EntryJson {
     description: String,
     state: &'static str,
     origin: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    debian: Option<CatalogDebianJson>,
+}
+
+/// A Debian-archive entry's source, as printed with `--json`.
+#[derive(Debug, Serialize)]
+struct CatalogDebianJson {
+    archive_url: String,
+    suite: String,
+    component: String,
+    arch: String,
+    package: String,
 }
 
 fn created(unix: i64) -> String {
@@ -233,6 +286,13 @@ async fn catalog(ctx: &Context, client: &mut KernelCatClient<TracedChannel>) -> 
                 size_bytes: e.size_bytes,
                 description: e.description,
                 origin: e.origin,
+                debian: e.debian.map(|d| CatalogDebianJson {
+                    archive_url: d.archive_url,
+                    suite: d.suite,
+                    component: d.component,
+                    arch: d.arch,
+                    package: d.package,
+                }),
             })
             .collect();
         output::print_json(&serde_json::json!({
@@ -297,9 +357,14 @@ async fn pull(
     client: &mut KernelCatClient<TracedChannel>,
     name: String,
     force: bool,
+    update: bool,
 ) -> Result<ExitCode> {
     let mut stream = client
-        .pull_kernel(pb::PullKernelRequest { name, force })
+        .pull_kernel(pb::PullKernelRequest {
+            name,
+            force,
+            update,
+        })
         .await?
         .into_inner();
     let bar = progress_bar(ctx);
@@ -347,7 +412,8 @@ fn print_kernel(ctx: &Context, k: pb::Kernel) -> Result<ExitCode> {
         output::print_json(&KernelJson::from(k))?;
         return Ok(ExitCode::SUCCESS);
     }
-    let rows = [
+    let debian = k.debian.clone();
+    let mut rows = vec![
         ("name", k.name),
         ("distro", k.distro),
         ("arch", k.arch),
@@ -375,6 +441,17 @@ fn print_kernel(ctx: &Context, k: pb::Kernel) -> Result<ExitCode> {
             },
         ),
     ];
+    if let Some(d) = debian {
+        rows.extend([
+            ("package", format!("{} {}", d.package, d.version)),
+            ("via", d.meta_package),
+            ("archive", format!("{} {}", d.archive_url, d.suite)),
+            ("fetched", d.fetched_from),
+            ("signed by", d.signing_key),
+            ("deb", format!("sha256:{}", d.deb_sha256)),
+            ("modules", d.modules.len().to_string()),
+        ]);
+    }
     for (key, value) in rows {
         println!("{key:9} {value}");
     }

@@ -730,6 +730,7 @@ async fn ensure_kernel(ctx: &Context, name: &str) -> Result<()> {
                 .pull_kernel(kc::PullKernelRequest {
                     name: name.into(),
                     force: false,
+                    update: false,
                 })
                 .await?
                 .into_inner();

@@ -60,11 +60,11 @@ impl ImageStoreConfig {
     /// The endpoints to try for `registry`, in order: its mirrors, then
     /// the registry itself.
     pub fn endpoints(&self, registry: &str) -> Vec<Endpoint> {
-        let mut out: Vec<Endpoint> = self
-            .mirrors
-            .get(registry)
-            .into_iter()
-            .flatten()
+        let mut order = banger_proto::config::mirrors_then_upstream(&self.mirrors, registry);
+        // The last one is the registry itself: a host, not a URL.
+        order.pop();
+        let mut out: Vec<Endpoint> = order
+            .iter()
             .map(|m| {
                 let (plain_http, rest) = if let Some(rest) = m.strip_prefix("http://") {
                     (true, rest)
@@ -73,7 +73,7 @@ impl ImageStoreConfig {
                 } else {
                     (false, m.as_str())
                 };
-                let host = rest.trim_end_matches('/').to_owned();
+                let host = rest.to_owned();
                 let plain_http = plain_http || self.insecure_registries.contains(&host);
                 Endpoint { host, plain_http }
             })

@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::unpack::{resolve, resolve_existing};
 
-/// Env var naming the guest bundle dir.
-pub const GUEST_DIR_ENV: &str = "BANGER_GUEST_DIR";
-/// Where packages install the guest bundle.
-pub const SYSTEM_GUEST_DIR: &str = "/usr/lib/banger/guest";
+// Where the guest bundle is looked for is shared with kernelcat (its
+// initramfs `/init` is the agent): one home, banger-proto's config module.
+pub use banger_proto::config::{
+    GUEST_DIR_ENV, SYSTEM_GUEST_DIR, find_guest_dir as find_bundle,
+    guest_dir_candidates as candidates,
+};
 
 /// The files of a guest bundle, and where each goes in the image (mode).
 const BUNDLE: [(&str, &str, u32); 4] = [
@@ -67,31 +69,6 @@ pub struct GuestFacts {
     pub os_id_like: Vec<String>,
     pub os_version_id: String,
     pub has_agent: bool,
-}
-
-/// The candidate bundle dirs in order: config, `$BANGER_GUEST_DIR`,
-/// `<dir of exe>/guest`, `/usr/lib/banger/guest`.
-pub fn candidates(configured: Option<&Path>) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Some(p) = configured {
-        out.push(p.to_path_buf());
-    }
-    if let Some(p) = std::env::var_os(GUEST_DIR_ENV).filter(|v| !v.is_empty()) {
-        out.push(PathBuf::from(p));
-    }
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(Path::to_path_buf))
-    {
-        out.push(dir.join("guest"));
-    }
-    out.push(PathBuf::from(SYSTEM_GUEST_DIR));
-    out
-}
-
-/// The first candidate that is a directory.
-pub fn find_bundle(candidates: &[PathBuf]) -> Option<PathBuf> {
-    candidates.iter().find(|p| p.is_dir()).cloned()
 }
 
 /// Copies the bundle's files into `root`, enables the units (by their

@@ -3,7 +3,11 @@
 //! with a timeout and cached in the state dir (the cache is used, with a
 //! warning, when the remote is unreachable).
 //!
-//! A catalog is a JSON array of entries, or an object `{"kernels": [...]}`.
+//! A catalog is a JSON array of entries, an object `{"kernels": [...]}`,
+//! or the format the original tool published, `{"version": N, "entries": [...]}`.
+//! An entry is a bundle (`tarball_url` + `tarball_sha256`) or a Debian
+//! archive source (`debian`: archive URL, suite, component, architecture and
+//! a meta package), whose trust comes from the archive's signature chain.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,8 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The catalog compiled into the binary. Empty until the project has a
-/// release host: we never list a download host we cannot serve.
+/// The catalog compiled into the binary: Debian's signed cloud kernels
+/// (we host no bundles, and never list a download host we cannot serve).
 pub const EMBEDDED_CATALOG: &str = include_str!("../../../configs/catalog.json");
 
 /// Origin of embedded entries.
@@ -39,10 +43,15 @@ pub struct CatalogEntry {
     /// Kernel release.
     #[serde(default)]
     pub kernel_version: String,
-    /// `http(s)://…/NAME.tar.zst` or `oci://host/repo:tag`.
+    /// `http(s)://…/NAME.tar.zst` or `oci://host/repo:tag` (bundle entries).
+    #[serde(default)]
     pub tarball_url: String,
     /// SHA-256 (hex) of the bundle as downloaded (for OCI: the layer digest).
+    #[serde(default)]
     pub tarball_sha256: String,
+    /// A Debian archive source instead of a bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debian: Option<DebianSource>,
     /// Download size in bytes (informational).
     #[serde(default)]
     pub size_bytes: u64,
@@ -54,6 +63,33 @@ pub struct CatalogEntry {
     pub origin: String,
 }
 
+/// Where a Debian kernel comes from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DebianSource {
+    /// Archive root, e.g. `http://deb.debian.org/debian-security`.
+    pub archive_url: String,
+    /// Suite or codename, e.g. `bookworm-security`.
+    pub suite: String,
+    /// Component, e.g. `main`.
+    #[serde(default = "default_component")]
+    pub component: String,
+    /// Debian architecture, e.g. `amd64` (`arm64` later).
+    #[serde(default = "default_deb_arch")]
+    pub arch: String,
+    /// The (meta) package followed to the kernel image, e.g.
+    /// `linux-image-6.12-cloud-amd64`.
+    pub package: String,
+}
+
+fn default_component() -> String {
+    "main".into()
+}
+
+fn default_deb_arch() -> String {
+    "amd64".into()
+}
+
 impl CatalogEntry {
     /// Checks the fields a pull relies on.
     pub fn validate(&self) -> Result<()> {
@@ -62,6 +98,34 @@ impl CatalogEntry {
             reason: reason.into(),
         };
         crate::store::validate_name(&self.name).map_err(|e| bad(&e.to_string()))?;
+        if let Some(d) = &self.debian {
+            if !self.tarball_url.is_empty() {
+                return Err(bad("give either tarball_url or debian, not both"));
+            }
+            if !(d.archive_url.starts_with("http://") || d.archive_url.starts_with("https://")) {
+                return Err(bad(
+                    "debian.archive_url must start with http:// or https://",
+                ));
+            }
+            let token = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-+._".contains(&b))
+                    && !s.starts_with('.')
+            };
+            if !(token(&d.suite) && token(&d.component) && token(&d.arch) && token(&d.package)) {
+                return Err(bad(
+                    "debian.suite, component, arch and package must be plain names",
+                ));
+            }
+            if d.arch != "amd64" {
+                return Err(bad(
+                    "only debian.arch = \"amd64\" is supported so far (arm64 needs an Image \
+                     extractor)",
+                ));
+            }
+            return Ok(());
+        }
         if self.tarball_sha256.len() != 64
             || !self.tarball_sha256.bytes().all(|b| b.is_ascii_hexdigit())
         {
@@ -82,7 +146,15 @@ impl CatalogEntry {
 #[serde(untagged)]
 enum CatalogFile {
     List(Vec<serde_json::Value>),
-    Object { kernels: Vec<serde_json::Value> },
+    Object {
+        kernels: Vec<serde_json::Value>,
+    },
+    /// The original tool's published format.
+    Versioned {
+        #[allow(dead_code)] // read for the shape only
+        version: u64,
+        entries: Vec<serde_json::Value>,
+    },
 }
 
 /// Parses catalog text; invalid entries are dropped with a warning each.
@@ -91,10 +163,15 @@ pub fn parse(
     origin: &str,
 ) -> std::result::Result<(Vec<CatalogEntry>, Vec<String>), String> {
     let file: CatalogFile = serde_json::from_str(text).map_err(|e| {
-        format!("not a catalog (a JSON list of entries or {{\"kernels\": [...]}}): {e}")
+        format!(
+            "not a catalog (a JSON list of entries, {{\"kernels\": [...]}} or \
+             {{\"version\": N, \"entries\": [...]}}): {e}"
+        )
     })?;
     let raw = match file {
-        CatalogFile::List(v) | CatalogFile::Object { kernels: v } => v,
+        CatalogFile::List(v)
+        | CatalogFile::Object { kernels: v }
+        | CatalogFile::Versioned { entries: v, .. } => v,
     };
     let mut entries = Vec::new();
     let mut warnings = Vec::new();
@@ -281,11 +358,45 @@ mod tests {
     const SHA: &str = "ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12";
 
     #[test]
-    fn embedded_catalog_is_valid_and_empty() {
+    fn embedded_catalog_ships_the_debian_kernels() {
         let (entries, warnings) = parse(EMBEDDED_CATALOG, EMBEDDED).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
-        // No invented download hosts: empty until a release host exists.
-        assert!(entries.is_empty());
+        let names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["debian-6.12", "debian-6.1"]);
+        let d = entries[0].debian.as_ref().unwrap();
+        assert_eq!(d.archive_url, "http://deb.debian.org/debian-security");
+        assert_eq!(d.suite, "bookworm-security");
+        assert_eq!(d.package, "linux-image-6.12-cloud-amd64");
+        let d = entries[1].debian.as_ref().unwrap();
+        assert_eq!(
+            (d.archive_url.as_str(), d.suite.as_str(), d.package.as_str()),
+            (
+                "http://deb.debian.org/debian",
+                "bookworm",
+                "linux-image-cloud-amd64"
+            )
+        );
+        assert!(entries.iter().all(|e| e.arch == "x86_64"));
+    }
+
+    #[test]
+    fn accepts_the_original_tools_format() {
+        let text = format!(
+            r#"{{"version": 1, "entries": [{{"name": "generic-6.12", "distro": "generic",
+              "arch": "x86_64", "kernel_version": "6.12.117",
+              "tarball_url": "https://h/generic-6.12.tar.zst", "tarball_sha256": "{SHA}",
+              "size_bytes": 123, "description": "d"}}]}}"#
+        );
+        let (entries, warnings) = parse(&text, "remote").unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(entries.len(), 1);
+        assert_eq!(entries[0].size_bytes, 123);
+        assert!(entries[0].debian.is_none());
+        // Debian entries are validated too.
+        let bad = r#"[{"name": "d", "debian": {"archive_url": "ftp://x", "suite": "s",
+            "package": "p"}}]"#;
+        let (entries, warnings) = parse(bad, "x").unwrap();
+        assert!(entries.is_empty() && warnings.len() == 1, "{warnings:?}");
     }
 
     #[test]

@@ -2,10 +2,16 @@
 //! bundle may unpack to. Every setting has a default, so the section may be
 //! absent.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
 use serde::Deserialize;
 
 /// Default time allowed to fetch the remote catalog.
 pub const DEFAULT_CATALOG_TIMEOUT_SECS: u64 = 10;
+/// Default seconds a Debian archive server may stall (connect, or no
+/// byte read) before the next mirror is tried.
+pub const DEFAULT_ARCHIVE_TIMEOUT_SECS: u64 = 30;
 /// Default cap on the uncompressed size of a kernel bundle (512 MiB).
 pub const DEFAULT_MAX_UNPACKED_BYTES: u64 = 512 * 1024 * 1024;
 
@@ -22,6 +28,21 @@ pub struct KernelCatConfig {
     pub max_unpacked_bytes: u64,
     /// Registries (`host:port`) spoken to over plain HTTP for `oci://` entries.
     pub insecure_registries: Vec<String>,
+    /// Per-archive mirrors for Debian-archive entries, tried in order,
+    /// then the archive itself, e.g.
+    /// `"http://deb.debian.org/debian-security" = ["http://127.0.0.1:8080/debian-security"]`
+    /// (the shape of `[imagestore.mirrors]`). HTTP proxies come from the
+    /// usual `http_proxy`/`https_proxy`/`no_proxy` environment variables.
+    pub archive_mirrors: BTreeMap<String, Vec<String>>,
+    /// Seconds an archive server may stall before the next one is tried.
+    pub archive_timeout_secs: u64,
+    /// The OpenPGP keyring Debian archive signatures are checked against
+    /// (only the pinned Debian keys in it are accepted).
+    pub archive_keyring: PathBuf,
+    /// Folder of the guest bundle whose `banger-agent` becomes a generated
+    /// initramfs's `/init`. Default: `$BANGER_GUEST_DIR`, else `guest/`
+    /// next to the binary, else `/usr/lib/banger/guest`.
+    pub guest_dir: Option<PathBuf>,
 }
 
 impl Default for KernelCatConfig {
@@ -31,6 +52,10 @@ impl Default for KernelCatConfig {
             catalog_timeout_secs: DEFAULT_CATALOG_TIMEOUT_SECS,
             max_unpacked_bytes: DEFAULT_MAX_UNPACKED_BYTES,
             insecure_registries: Vec::new(),
+            archive_mirrors: BTreeMap::new(),
+            archive_timeout_secs: DEFAULT_ARCHIVE_TIMEOUT_SECS,
+            archive_keyring: PathBuf::from(crate::archive::DEBIAN_KEYRING),
+            guest_dir: None,
         }
     }
 }
@@ -60,6 +85,32 @@ mod tests {
         assert_eq!(kc.catalog_url.as_deref(), Some("http://127.0.0.1:1/c.json"));
         assert_eq!(kc.insecure_registries, vec!["127.0.0.1:5000".to_owned()]);
         assert_eq!(kc.max_unpacked_bytes, DEFAULT_MAX_UNPACKED_BYTES);
+    }
+
+    #[test]
+    fn shipped_config_is_the_defaults_and_mirrors_parse() {
+        let text = include_str!("../../../configs/banger.toml");
+        let cfg = Config::parse(text, "banger.toml").unwrap();
+        let kc: KernelCatConfig = cfg.section("kernelcat").unwrap();
+        assert_eq!(kc, KernelCatConfig::default());
+        let cfg = Config::parse(
+            "[kernelcat.archive_mirrors]\n\"http://deb.debian.org/debian-security\" = \
+             [\"http://127.0.0.1:8080/debian-security/\", \"http://m2/ds\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let kc: KernelCatConfig = cfg.section("kernelcat").unwrap();
+        assert_eq!(
+            banger_proto::config::mirrors_then_upstream(
+                &kc.archive_mirrors,
+                "http://deb.debian.org/debian-security"
+            ),
+            [
+                "http://127.0.0.1:8080/debian-security",
+                "http://m2/ds",
+                "http://deb.debian.org/debian-security"
+            ]
+        );
     }
 
     #[test]

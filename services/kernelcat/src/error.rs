@@ -24,7 +24,8 @@ pub enum Error {
     /// No catalog entry of that name.
     #[error(
         "kernel {name:?} is not in the catalog; see `banger kernel list --available` \
-         (configure [kernelcat] catalog_url for more entries, or build one with \
+         (`banger kernel pull debian-6.12` gets Debian's signed kernel, ready to boot; \
+         configure [kernelcat] catalog_url for more entries, or build one with \
          scripts/make-generic-kernel.sh and `banger kernel import`)"
     )]
     NotInCatalog { name: String },
@@ -94,6 +95,43 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A Debian archive file whose signature chain does not hold.
+    #[error("{url} is not trusted: {reason}; nothing was stored")]
+    Untrusted { url: String, reason: String },
+    /// A download larger than the signed index declares (cut off while
+    /// streaming).
+    #[error(
+        "{url} sent more than the {declared} bytes the signed index declares; refused while \
+         streaming, nothing was stored"
+    )]
+    LargerThanDeclared { url: String, declared: u64 },
+    /// A download whose size differs from the signed index.
+    #[error("{url} is {actual} bytes but the signed index declares {expected}; nothing was stored")]
+    SizeMismatch {
+        url: String,
+        expected: u64,
+        actual: u64,
+    },
+    /// A package or index the archive does not have.
+    #[error("{what} is not in {archive}; check the catalog entry (suite, component, package)")]
+    NotInArchive { what: String, archive: String },
+    /// A kernel that lacks something a microVM needs.
+    #[error("kernel {kver} cannot boot a banger microVM: {option} {reason}")]
+    KernelUnfit {
+        kver: String,
+        option: String,
+        reason: String,
+    },
+    /// The guest agent binary (the initramfs `/init`) is not found.
+    #[error(
+        "the guest agent binary banger-agent is not in any of {}; build it with \
+         scripts/build-guest.sh or set [kernelcat] guest_dir",
+        looked_in.join(", ")
+    )]
+    NoAgent { looked_in: Vec<String> },
+    /// A helper program failed or is missing.
+    #[error("{program}: {message}")]
+    Tool { program: String, message: String },
     /// A bug or an unexpected internal failure.
     #[error("internal error: {0}")]
     Internal(String),
@@ -134,6 +172,13 @@ impl GrpcError for Error {
             Error::Cancelled => Code::Cancelled,
             Error::StoreBusy { .. } => Code::FailedPrecondition,
             Error::Io { .. } => Code::Internal,
+            Error::Untrusted { .. } => Code::FailedPrecondition,
+            Error::LargerThanDeclared { .. } => Code::DataLoss,
+            Error::SizeMismatch { .. } => Code::DataLoss,
+            Error::NotInArchive { .. } => Code::NotFound,
+            Error::KernelUnfit { .. } => Code::FailedPrecondition,
+            Error::NoAgent { .. } => Code::FailedPrecondition,
+            Error::Tool { .. } => Code::FailedPrecondition,
             Error::Internal(_) => Code::Internal,
         }
     }

@@ -183,6 +183,7 @@ pub async fn import(
         source: "import".into(),
         created_unix: store::now_unix(),
         holders: Default::default(),
+        debian: None,
     };
     let kernel = store.commit(staging, &manifest, header.force)?;
     tracing::info!(kernel = %header.name, sha256 = %manifest.vmlinux_sha256, "kernel imported");

@@ -113,6 +113,7 @@ pub struct Puller {
     http: reqwest::Client,
     max_unpacked_bytes: u64,
     insecure_registries: Vec<String>,
+    archives: crate::debian::Archives,
     running: Mutex<HashMap<String, Weak<Job>>>,
 }
 
@@ -124,6 +125,7 @@ impl Puller {
         http: reqwest::Client,
         max_unpacked_bytes: u64,
         insecure_registries: Vec<String>,
+        archives: crate::debian::Archives,
     ) -> Puller {
         Puller {
             store,
@@ -131,12 +133,15 @@ impl Puller {
             http,
             max_unpacked_bytes,
             insecure_registries,
+            archives,
             running: Mutex::new(HashMap::new()),
         }
     }
 
     /// Starts pulling `name`, or joins the pull of `name` already running.
-    pub fn pull(self: &Arc<Self>, name: &str, force: bool) -> Result<Arc<Job>> {
+    /// `update` (Debian entries): resolve the newest package and replace
+    /// the stored kernel only if it differs.
+    pub fn pull(self: &Arc<Self>, name: &str, force: bool, update: bool) -> Result<Arc<Job>> {
         store::validate_name(name)?;
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         running.retain(|_, job| job.strong_count() > 0);
@@ -146,12 +151,14 @@ impl Puller {
             tracing::info!(kernel = name, "joining the pull already running");
             return Ok(job);
         }
-        self.store.check_replaceable(name, force)?;
+        if !update {
+            self.store.check_replaceable(name, force)?;
+        }
         let (tx, rx) = watch::channel(JobState::default());
         let this = Arc::clone(self);
         let owned = name.to_owned();
         let task = tokio::spawn(async move {
-            let result = this.run(&owned, force, &tx).await;
+            let result = this.run(&owned, force, update, &tx).await;
             if let Err(e) = &result {
                 tracing::warn!(kernel = %owned, error = %e, "pull failed");
             }
@@ -175,10 +182,22 @@ impl Puller {
         &self,
         name: &str,
         force: bool,
+        update: bool,
         tx: &watch::Sender<JobState>,
     ) -> Result<StoredKernel> {
         let entry = self.catalog.lookup(name).await?;
         entry.validate()?;
+        if let Some(src) = &entry.debian {
+            return self.run_debian(&entry, src, force, update, tx).await;
+        }
+        if update {
+            return Err(Error::BadCatalogEntry {
+                name: name.into(),
+                reason: "--update applies to Debian-archive entries only; use --force to \
+                         download a bundle again"
+                    .into(),
+            });
+        }
         let staging = self.store.stage(name)?;
         let bundle_path = staging.path().join(".download.tar.zst");
         let set = |phase, done, total| {
@@ -235,9 +254,115 @@ impl Puller {
             source: format!("pull:{}", entry.tarball_url),
             created_unix: store::now_unix(),
             holders: Default::default(),
+            debian: None,
         };
         let kernel = self.store.commit(staging, &manifest, force)?;
         tracing::info!(kernel = name, sha256 = %manifest.vmlinux_sha256, "kernel pulled");
+        Ok(kernel)
+    }
+
+    /// Pulls a Debian-archive entry (see [`crate::debian`]).
+    #[tracing::instrument(skip_all, fields(kernel = %entry.name, archive = %src.archive_url))]
+    async fn run_debian(
+        &self,
+        entry: &CatalogEntry,
+        src: &crate::catalog::DebianSource,
+        force: bool,
+        update: bool,
+        tx: &watch::Sender<JobState>,
+    ) -> Result<StoredKernel> {
+        let name = &entry.name;
+        let set = |phase, done, total| {
+            tx.send_modify(|s| {
+                s.progress = Progress {
+                    phase,
+                    bytes_done: done,
+                    bytes_total: total,
+                }
+            })
+        };
+        // Fail fast, before any download, when /init cannot be built.
+        let agent = self.archives.agent()?;
+        let staging = self.store.stage(name)?;
+        let work = staging.path().join(".archive");
+        std::fs::create_dir(&work).map_err(Error::io("cannot create", &work))?;
+        let resolved = self.archives.resolve(src, &work).await?;
+        let existing = match self.store.get(name) {
+            Ok(k) => Some(k),
+            Err(Error::NotFound { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(k) = &existing {
+            let same = k.manifest.debian.as_ref().is_some_and(|d| {
+                d.package == resolved.kernel.package && d.version == resolved.kernel.version
+            });
+            if update && same {
+                tracing::info!(kernel = %name, version = %resolved.kernel.version, "already the newest package");
+                return Ok(k.clone());
+            }
+            if !update {
+                self.store.check_replaceable(name, force)?;
+            }
+        }
+        let total = resolved.kernel.size;
+        set(Phase::Downloading, 0, total);
+        let progress = |done: u64| {
+            tx.send_modify(|s| {
+                s.progress.bytes_done = done;
+                s.progress.bytes_total = total;
+            })
+        };
+        let (deb_bytes, fetched_from) = self
+            .archives
+            .download_deb(src, &resolved, &progress)
+            .await?;
+        set(Phase::Verifying, total, total);
+        set(Phase::Unpacking, total, total);
+        let max = self.max_unpacked_bytes;
+        let package = resolved.kernel.package.clone();
+        let (staging, built) = tokio::task::spawn_blocking(move || {
+            let result = crate::debian::build(&staging, &package, &deb_bytes, &agent, max);
+            (staging, result)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("unpack task failed: {e}")))?;
+        let built = built?;
+        std::fs::remove_dir_all(&work).map_err(Error::io("cannot remove", &work))?;
+        let vmlinux = staging.path().join(store::VMLINUX);
+        let (sha, vm_size) = store::hash_file(&vmlinux)?;
+        let info = store::inspect_vmlinux(&vmlinux)?;
+        let manifest = Manifest {
+            name: name.clone(),
+            distro: non_empty(&entry.distro).unwrap_or_else(|| "debian".into()),
+            arch: info
+                .arch
+                .or(non_empty(&entry.arch))
+                .unwrap_or_else(|| "x86_64".into()),
+            kernel_version: built.kver.clone(),
+            vmlinux_sha256: sha,
+            vmlinux_size: vm_size,
+            has_initrd: true,
+            has_config: true,
+            source: format!(
+                "debian:{} {}/{} {}",
+                src.archive_url, src.suite, src.component, resolved.kernel.package
+            ),
+            created_unix: store::now_unix(),
+            holders: Default::default(),
+            debian: Some(crate::debian::facts(src, &resolved, &fetched_from, &built)),
+        };
+        let kernel = if update {
+            self.store.commit_update(staging, &manifest)?
+        } else {
+            self.store.commit(staging, &manifest, force)?
+        };
+        tracing::info!(
+            kernel = %name,
+            package = %resolved.kernel.package,
+            version = %resolved.kernel.version,
+            signing_key = %resolved.fingerprint,
+            "Debian kernel pulled"
+        );
         Ok(kernel)
     }
 

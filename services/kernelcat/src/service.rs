@@ -11,8 +11,10 @@ use futures::StreamExt;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::archive::ArchiveTrust;
 use crate::catalog::{self, Catalog, CatalogEntry};
 use crate::config::KernelCatConfig;
+use crate::debian::Archives;
 use crate::error::Error;
 use crate::import::{self, ImportFile, ImportHeader};
 use crate::pull::{Job, JobState, Puller};
@@ -47,6 +49,22 @@ impl KernelCatService {
         root: impl Into<std::path::PathBuf>,
         settings: KernelCatConfig,
     ) -> Result<Self, Error> {
+        let trust = ArchiveTrust {
+            keyrings: vec![settings.archive_keyring.clone()],
+            ..ArchiveTrust::default()
+        };
+        Self::with_trust(root, settings, trust)
+    }
+
+    /// Opens the service with explicit archive trust (keyrings and pinned
+    /// fingerprints). Not reachable from banger.toml: the pins are
+    /// Debian's; tests use it to check the date and suite logic with a
+    /// throwaway key.
+    pub fn with_trust(
+        root: impl Into<std::path::PathBuf>,
+        settings: KernelCatConfig,
+        trust: ArchiveTrust,
+    ) -> Result<Self, Error> {
         let store = Arc::new(Store::open(root)?);
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(settings.catalog_timeout_secs.max(1)))
@@ -61,12 +79,29 @@ impl KernelCatService {
             store.root().join(CATALOG_CACHE),
             http.clone(),
         ));
+        let stall = Duration::from_secs(settings.archive_timeout_secs.max(1));
+        let archive_http = reqwest::Client::builder()
+            .connect_timeout(stall)
+            .read_timeout(stall)
+            .user_agent(concat!("banger-kernelcat/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
+        let archives = Archives {
+            http: archive_http,
+            mirrors: settings.archive_mirrors.clone(),
+            trust,
+            max_bytes: settings.max_unpacked_bytes,
+            guest_candidates: banger_proto::config::guest_dir_candidates(
+                settings.guest_dir.as_deref(),
+            ),
+        };
         let puller = Arc::new(Puller::new(
             Arc::clone(&store),
             Arc::clone(&catalog),
             http,
             settings.max_unpacked_bytes,
             settings.insecure_registries.clone(),
+            archives,
         ));
         Ok(KernelCatService {
             store,
@@ -104,6 +139,17 @@ fn kernel_to_pb(k: StoredKernel) -> pb::Kernel {
         created_unix: m.created_unix,
         total_size: k.total_size,
         holders: m.holders.into_iter().collect(),
+        debian: m.debian.map(|d| pb::DebianSource {
+            package: d.package,
+            version: d.version,
+            meta_package: d.meta_package,
+            signing_key: d.signing_key,
+            archive_url: d.archive_url,
+            fetched_from: d.fetched_from,
+            suite: d.suite,
+            deb_sha256: d.deb_sha256,
+            modules: d.modules,
+        }),
     }
 }
 
@@ -119,6 +165,13 @@ fn entry_to_pb(e: CatalogEntry, pulled: bool) -> pb::CatalogEntry {
         description: e.description,
         pulled,
         origin: e.origin,
+        debian: e.debian.map(|d| pb::CatalogDebian {
+            archive_url: d.archive_url,
+            suite: d.suite,
+            component: d.component,
+            arch: d.arch,
+            package: d.package,
+        }),
     }
 }
 
@@ -194,22 +247,24 @@ impl KernelCat for KernelCatService {
         request: Request<pb::ResolveKernelRequest>,
     ) -> Result<Response<pb::ResolvedKernel>, Status> {
         let pb::ResolveKernelRequest { name, holder } = request.into_inner();
-        let kernel = self
+        let (kernel, vmlinux, initrd) = self
             .blocking(move |s| {
                 if holder.is_empty() {
-                    s.get(&name)
+                    let k = s.get(&name)?;
+                    let (v, i) = (k.vmlinux_path(), k.initrd_path());
+                    Ok((k, v, i))
                 } else {
-                    s.hold(&name, &holder)
+                    // The holder gets its own pinned links (see store.rs),
+                    // which survive an update of the name.
+                    let (k, held) = s.hold(&name, &holder)?;
+                    Ok((k, held.vmlinux, held.initrd))
                 }
             })
             .await?;
         Ok(Response::new(pb::ResolvedKernel {
             name: kernel.manifest.name.clone(),
-            vmlinux_path: kernel.vmlinux_path().display().to_string(),
-            initrd_path: kernel
-                .initrd_path()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
+            vmlinux_path: vmlinux.display().to_string(),
+            initrd_path: initrd.map(|p| p.display().to_string()).unwrap_or_default(),
             arch: kernel.manifest.arch.clone(),
             kernel_version: kernel.manifest.kernel_version.clone(),
         }))
@@ -261,8 +316,12 @@ impl KernelCat for KernelCatService {
         &self,
         request: Request<pb::PullKernelRequest>,
     ) -> Result<Response<Self::PullKernelStream>, Status> {
-        let pb::PullKernelRequest { name, force } = request.into_inner();
-        let job = self.puller.pull(&name, force)?;
+        let pb::PullKernelRequest {
+            name,
+            force,
+            update,
+        } = request.into_inner();
+        let job = self.puller.pull(&name, force, update)?;
         Ok(Response::new(job_stream(job)))
     }
 

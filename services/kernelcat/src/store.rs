@@ -5,6 +5,12 @@
 //! kernel; deletion renames it away first (`.trash-…`). Leftovers of both
 //! are removed when the store is opened. Holds (VMs using a kernel) are
 //! persisted in the manifest so they survive a restart.
+//!
+//! A hold also pins the files the holder was given: `ResolveKernel` with a
+//! holder hard-links `vmlinux`/`initrd` into `.holds/<name>/<holder>/` and
+//! returns those paths. So an update (`pull --update`) can switch the name
+//! to a newer kernel while VMs created on the old one keep booting exactly
+//! the files they were given, until they release it (are deleted).
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -29,6 +35,8 @@ pub const MANIFEST: &str = "manifest.json";
 
 const STAGING_PREFIX: &str = ".staging-";
 const TRASH_PREFIX: &str = ".trash-";
+/// Per-holder hard links of the files a holder was given.
+const HOLDS: &str = ".holds";
 
 /// What the store records about a kernel (`manifest.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -56,6 +64,32 @@ pub struct Manifest {
     /// Holders (VM ids) using the kernel.
     #[serde(default)]
     pub holders: BTreeSet<String>,
+    /// Where a kernel from a Debian archive came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debian: Option<DebianFacts>,
+}
+
+/// The source facts of a kernel pulled from a Debian archive.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DebianFacts {
+    /// The kernel image package, e.g. `linux-image-6.12.117+deb12-cloud-amd64`.
+    pub package: String,
+    /// Its Debian version, e.g. `6.12.117-1~deb12u1`.
+    pub version: String,
+    /// The meta package followed to it.
+    pub meta_package: String,
+    /// Primary fingerprint of the archive key that signed the InRelease.
+    pub signing_key: String,
+    /// The archive (as configured in the catalog, before mirrors).
+    pub archive_url: String,
+    /// Where it was actually downloaded from (a mirror or the archive).
+    pub fetched_from: String,
+    /// Suite, e.g. `bookworm-security`.
+    pub suite: String,
+    /// SHA-256 of the `.deb`, as the signed index gives it.
+    pub deb_sha256: String,
+    /// Module files the initramfs loads, in order.
+    pub modules: Vec<String>,
 }
 
 /// A stored kernel as listed: its manifest plus where it lives.
@@ -215,18 +249,45 @@ impl Store {
     /// atomically replacing an existing kernel when `force` is set.
     pub fn commit(
         &self,
-        mut staging: Staging,
+        staging: Staging,
         manifest: &Manifest,
         force: bool,
     ) -> Result<StoredKernel> {
+        self.install(staging, manifest, force, false)
+    }
+
+    /// Installs an update of `manifest.name`: replaces the stored kernel
+    /// even while it is held. Holders keep the files they were given (their
+    /// `.holds/` links) and stay recorded, so the name cannot be deleted
+    /// while any VM uses any version of it.
+    pub fn commit_update(&self, staging: Staging, manifest: &Manifest) -> Result<StoredKernel> {
+        self.install(staging, manifest, true, true)
+    }
+
+    fn install(
+        &self,
+        mut staging: Staging,
+        manifest: &Manifest,
+        force: bool,
+        update: bool,
+    ) -> Result<StoredKernel> {
         let name = manifest.name.clone();
         let staged = staging.path().to_path_buf();
-        banger_proto::fsutil::write_json_atomic(&staged.join(MANIFEST), manifest)
-            .map_err(Error::io("cannot write manifest in", &staged))?;
         let target = self.root.join(&name);
         {
             let _guard = self.guard();
-            self.check_replaceable(&name, force)?;
+            let mut manifest = manifest.clone();
+            if update {
+                match self.load(&name) {
+                    Ok(old) => manifest.holders = old.manifest.holders,
+                    Err(Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            } else {
+                self.check_replaceable(&name, force)?;
+            }
+            banger_proto::fsutil::write_json_atomic(&staged.join(MANIFEST), &manifest)
+                .map_err(Error::io("cannot write manifest in", &staged))?;
             if target.exists() {
                 // Swap in one step: readers see the old or the new kernel,
                 // never none; the old one ends up in the staging path and is
@@ -249,21 +310,62 @@ impl Store {
         self.load(&name)
     }
 
-    /// Marks `name` as used by `holder` (idempotent).
-    pub fn hold(&self, name: &str, holder: &str) -> Result<StoredKernel> {
-        self.update_holders(name, |h| {
+    /// Marks `name` as used by `holder` (idempotent) and returns the files
+    /// pinned for it: the first hold links the current files; later ones
+    /// (even after an update) return the same, so a holder always boots
+    /// what it was first given.
+    pub fn hold(&self, name: &str, holder: &str) -> Result<(StoredKernel, HeldFiles)> {
+        validate_holder(holder)?;
+        let kernel = self.update_holders(name, |h| {
             h.insert(holder.to_owned());
-        })
+        })?;
+        let _guard = self.guard();
+        let dir = self.root.join(HOLDS).join(name).join(holder);
+        if !dir.join(VMLINUX).is_file() {
+            let tmp = self
+                .root
+                .join(HOLDS)
+                .join(name)
+                .join(format!(".{holder}-{:016x}", rand::random::<u64>()));
+            fs::create_dir_all(&tmp).map_err(Error::io("cannot create", &tmp))?;
+            let mut files = vec![VMLINUX];
+            if kernel.manifest.has_initrd {
+                files.push(INITRD);
+            }
+            for f in files {
+                fs::hard_link(kernel.dir.join(f), tmp.join(f))
+                    .map_err(Error::io("cannot pin the kernel file in", &tmp))?;
+            }
+            let _ = fs::remove_dir_all(&dir);
+            fs::rename(&tmp, &dir).map_err(Error::io("cannot create", &dir))?;
+        }
+        let held = HeldFiles {
+            vmlinux: dir.join(VMLINUX),
+            initrd: dir.join(INITRD).is_file().then(|| dir.join(INITRD)),
+        };
+        Ok((kernel, held))
     }
 
-    /// Drops `holder`'s hold on `name` (idempotent; absent kernel is fine).
+    /// Drops `holder`'s hold on `name` and its pinned files (idempotent;
+    /// absent kernel is fine).
     pub fn release(&self, name: &str, holder: &str) -> Result<()> {
+        validate_holder(holder)?;
         match self.update_holders(name, |h| {
             h.remove(holder);
         }) {
-            Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e),
+            Ok(_) | Err(Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
         }
+        let dir = self.root.join(HOLDS).join(name).join(holder);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io("cannot remove", &dir)(e)),
+        }
+        // Drop the now empty parents (fails harmlessly while others hold).
+        let _ = fs::remove_dir(self.root.join(HOLDS).join(name));
+        let _ = fs::remove_dir(self.root.join(HOLDS));
+        Ok(())
     }
 
     fn update_holders(
@@ -305,6 +407,32 @@ impl Store {
             trash
         };
         fs::remove_dir_all(&trash).map_err(Error::io("cannot remove", &trash))
+    }
+}
+
+/// The files pinned for a holder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldFiles {
+    /// The holder's `vmlinux`.
+    pub vmlinux: PathBuf,
+    /// The holder's `initrd`, if the kernel has one.
+    pub initrd: Option<PathBuf>,
+}
+
+/// A holder id names a directory: plain characters only.
+fn validate_holder(holder: &str) -> Result<()> {
+    let ok = !holder.is_empty()
+        && holder.len() <= 128
+        && !holder.starts_with('.')
+        && holder
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::BadImport {
+            reason: format!("invalid holder id {holder:?}: use letters, digits, '-', '_', '.'"),
+        })
     }
 }
 
@@ -483,6 +611,7 @@ mod tests {
             source: "import".into(),
             created_unix: 1,
             holders: BTreeSet::new(),
+            debian: None,
         }
     }
 
@@ -565,6 +694,47 @@ mod tests {
         store.release("k", "vm-1").unwrap();
         store.release("absent", "vm-1").unwrap();
         store.delete("k").unwrap();
+    }
+
+    #[test]
+    fn an_update_switches_the_name_while_holders_keep_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("kernels");
+        let store = Store::open(&root).unwrap();
+        install(&store, "k", b"old", false).unwrap();
+        let (_, held) = store.hold("k", "vm-1").unwrap();
+        assert!(held.vmlinux.starts_with(root.join(".holds/k/vm-1")));
+        assert_eq!(fs::read(&held.vmlinux).unwrap(), b"old");
+        // A plain replace is still refused while held; an update is not.
+        assert!(matches!(
+            install(&store, "k", b"new", true),
+            Err(Error::InUse { .. })
+        ));
+        let staging = store.stage("k").unwrap();
+        fs::write(staging.path().join(VMLINUX), b"new").unwrap();
+        let k = store.commit_update(staging, &manifest("k")).unwrap();
+        assert_eq!(fs::read(k.vmlinux_path()).unwrap(), b"new");
+        assert_eq!(
+            fs::read(&held.vmlinux).unwrap(),
+            b"old",
+            "the holder keeps its kernel"
+        );
+        assert_eq!(k.manifest.holders, BTreeSet::from(["vm-1".to_owned()]));
+        // The same holder resolving again still gets its own files; a new
+        // holder gets the new kernel.
+        let (_, again) = store.hold("k", "vm-1").unwrap();
+        assert_eq!(fs::read(&again.vmlinux).unwrap(), b"old");
+        let (_, other) = store.hold("k", "vm-2").unwrap();
+        assert_eq!(fs::read(&other.vmlinux).unwrap(), b"new");
+        assert!(matches!(store.delete("k"), Err(Error::InUse { .. })));
+        store.release("k", "vm-1").unwrap();
+        store.release("k", "vm-2").unwrap();
+        assert!(
+            !root.join(".holds/k/vm-1").exists(),
+            "released files are gone"
+        );
+        store.delete("k").unwrap();
+        assert!(store.hold("k", "../x").is_err());
     }
 
     #[test]

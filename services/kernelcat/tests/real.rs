@@ -105,7 +105,14 @@ struct Daemon(Child);
 
 impl Daemon {
     fn start(home: &std::path::Path) -> Daemon {
+        Self::start_with_env(home, &[])
+    }
+
+    fn start_with_env(home: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_banger-kernelcat"))
+            .envs(env.iter().copied())
+            .env_remove("no_proxy")
+            .env_remove("NO_PROXY")
             .arg("--home")
             .arg(home)
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -183,6 +190,7 @@ async fn a_killed_service_leaves_no_half_kernel_and_a_retry_succeeds() {
         .pull_kernel(pb::PullKernelRequest {
             name: NAME.into(),
             force: false,
+            update: false,
         })
         .await
         .unwrap()
@@ -216,4 +224,65 @@ async fn a_killed_service_leaves_no_half_kernel_and_a_retry_succeeds() {
         banger_test_support::fixtures::kernel_sha256()
     );
     assert_eq!(store_entries(&kernels), [".catalog-cache.json", NAME]);
+}
+
+/// An air-gapped site with only an HTTP proxy: the embedded `debian-6.12`
+/// entry, no mirror configured, `http_proxy` set for the service. Every
+/// archive request must go through the proxy (here a server on 127.0.0.1
+/// answering for deb.debian.org from the real signed files).
+#[tokio::test]
+async fn the_debian_archive_is_reached_through_the_http_proxy() {
+    let a = banger_test_support::debian_archive::bookworm_security();
+    let proxy = HttpServer::start();
+    for (path, data) in &a.files {
+        // A proxied request names the absolute URL.
+        proxy.route(
+            &format!("http://deb.debian.org{path}"),
+            Route::Ok(data.clone()),
+        );
+    }
+    let home = tempfile::tempdir().unwrap();
+    let guest = home.path().join("guest");
+    std::fs::create_dir_all(&guest).unwrap();
+    std::fs::write(guest.join("banger-agent"), b"agent").unwrap();
+    std::fs::write(
+        home.path().join("banger.toml"),
+        format!(
+            "[kernelcat]\nguest_dir = \"{}\"\narchive_timeout_secs = 5\n",
+            guest.display()
+        ),
+    )
+    .unwrap();
+    let proxy_url = format!("http://{}", proxy.addr);
+    let _daemon = Daemon::start_with_env(home.path(), &[("http_proxy", &proxy_url)]);
+    let mut client = connect(&home.path().join("run/kernelcat.sock")).await;
+    let mut stream = client
+        .pull_kernel(pb::PullKernelRequest {
+            name: "debian-6.12".into(),
+            force: false,
+            update: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let kernel = loop {
+        match stream.message().await.expect("pull through the proxy") {
+            Some(pb::PullKernelEvent {
+                event: Some(pb::pull_kernel_event::Event::Done(k)),
+            }) => break k,
+            Some(_) => {}
+            None => panic!("no result"),
+        }
+    };
+    let d = kernel.debian.unwrap();
+    assert_eq!(d.fetched_from, "http://deb.debian.org/debian-security");
+    assert_eq!(
+        proxy.hits(&format!("http://deb.debian.org{}", a.deb_path)),
+        1,
+        "the .deb came through the proxy"
+    );
+    assert_eq!(
+        proxy.hits(&format!("http://deb.debian.org{}", a.dists("InRelease"))),
+        1
+    );
 }

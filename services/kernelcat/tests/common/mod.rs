@@ -30,6 +30,11 @@ pub enum Route {
     /// Sends the first `usize` bytes, then waits for the gate to open
     /// before sending the rest (a download that stays in flight).
     Gated(Arc<Vec<u8>>, usize, Gate),
+    /// Accepts the request and never answers (a stalled server).
+    Stall,
+    /// 200 without a Content-Length, then zeros until the client hangs up
+    /// (a body far larger than anything declared).
+    Endless,
 }
 
 /// A gate a [`Route::Gated`] response waits on.
@@ -150,6 +155,19 @@ fn handle(
             out.write_all(&body[..cut])?;
             count(cut);
         }
+        Some(Route::Stall) => {
+            std::thread::sleep(Duration::from_secs(120));
+        }
+        Some(Route::Endless) => {
+            out.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+            let chunk = vec![0u8; 64 * 1024];
+            for _ in 0..(1 << 16) {
+                if out.write_all(&chunk).is_err() {
+                    break;
+                }
+                count(chunk.len());
+            }
+        }
         Some(Route::Gated(body, first, gate)) => {
             out.write_all(head(200, "OK", body.len()).as_bytes())?;
             out.write_all(&body[..first])?;
@@ -246,9 +264,21 @@ pub struct Service {
 
 impl Service {
     pub async fn start(settings: KernelCatConfig) -> Service {
+        Self::start_with(settings, None).await
+    }
+
+    /// With explicit archive trust (a throwaway key's tests).
+    pub async fn start_with(
+        settings: KernelCatConfig,
+        trust: Option<banger_kernelcat::archive::ArchiveTrust>,
+    ) -> Service {
         let dir = tempfile::tempdir().unwrap();
-        let service = KernelCatService::with_settings(dir.path().join("state/kernels"), settings)
-            .expect("open the service");
+        let root = dir.path().join("state/kernels");
+        let service = match trust {
+            Some(trust) => KernelCatService::with_trust(root, settings, trust),
+            None => KernelCatService::with_settings(root, settings),
+        }
+        .expect("open the service");
         let socket = dir.path().join("run/kernelcat.sock");
         let bound = BoundSocket::bind(ServeOptions {
             socket: socket.clone(),
@@ -330,6 +360,7 @@ pub async fn pull(
         .pull_kernel(pb::PullKernelRequest {
             name: name.into(),
             force,
+            update: false,
         })
         .await
     {
