@@ -434,6 +434,25 @@ fn vm_lifecycle_end_to_end() {
         assert_eq!(adopted["pid"], vm1["pid"], "the same hypervisor process");
         env.ok(&["vm", "ssh", "testbox", "--", "true"]);
 
+        // `banger down` with a VM running says so and leaves it running; the
+        // next `up` adopts it.
+        let down = env.run(&["down"]);
+        assert!(down.status.success());
+        let said = String::from_utf8_lossy(&down.stderr);
+        assert!(
+            said.contains("still running: testbox") && said.contains("--stop-vms"),
+            "down names the running VM and the way to stop it: {said}"
+        );
+        assert!(
+            hypervisors_of(&env.home)
+                .iter()
+                .any(|c| c.contains("qemu-system")),
+            "the VM kept running"
+        );
+        env.ok(&["up"]);
+        assert_eq!(env.json(&["vm", "show", "testbox"])["pid"], vm1["pid"]);
+        env.ok(&["vm", "ssh", "testbox", "--", "true"]);
+
         // A second VM: another IP, and the two reach each other.
         env.ok(&[
             "vm",
@@ -469,8 +488,21 @@ fn vm_lifecycle_end_to_end() {
         // streamed), runs a command through the agent, and deletes it.
         python_example_creates_execs_deletes(&env);
 
-        // Stop and start keep the VM (and its disk); rm removes everything.
-        env.ok(&["vm", "stop", "testbox"]);
+        // `down --stop-vms` stops the VM cleanly before the services; after
+        // `up` it is there, stopped. Then start keeps the VM and its disk.
+        let down = env.json(&["down", "--stop-vms"]);
+        assert_eq!(down["vms_left_running"], serde_json::json!([]), "{down:#}");
+        assert_eq!(down["stopped"].as_array().unwrap().len(), 4, "{down:#}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !hypervisors_of(&env.home).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(
+            hypervisors_of(&env.home),
+            Vec::<String>::new(),
+            "the VM was stopped"
+        );
+        env.ok(&["up"]);
         assert_eq!(env.json(&["vm", "show", "testbox"])["state"], "stopped");
         env.ok(&["vm", "start", "testbox"]);
         env.ok(&["vm", "ssh", "testbox", "--", "true"]);

@@ -33,6 +33,10 @@ pub struct DownArgs {
     /// Seconds to wait for each service to drain before killing it.
     #[arg(long, default_value_t = 15)]
     pub timeout: u64,
+    /// Stop the running VMs cleanly first (without it they keep running,
+    /// and the next `banger up` adopts them).
+    #[arg(long)]
+    pub stop_vms: bool,
 }
 
 /// `banger status` flags.
@@ -79,7 +83,51 @@ pub async fn up(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Names of the VMs vmm reports running (empty when vmm is not answering).
+async fn running_vms(ctx: &Context) -> Vec<String> {
+    use banger_proto::vmm::v1::vmm_client::VmmClient;
+    use banger_proto::vmm::v1::{ListVmsRequest, VmState};
+    let Ok(channel) = ctx.channel(Service::Vmm).await else {
+        return Vec::new();
+    };
+    match VmmClient::new(channel).list_vms(ListVmsRequest {}).await {
+        Ok(list) => list
+            .into_inner()
+            .vms
+            .into_iter()
+            .filter(|vm| vm.state() == VmState::Running)
+            .map(|vm| vm.name)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Stops each VM cleanly through vmm (its graceful-stop timeout applies).
+async fn stop_vms(ctx: &Context, names: &[String]) -> Result<()> {
+    use banger_proto::vmm::v1::StopVmRequest;
+    use banger_proto::vmm::v1::vmm_client::VmmClient;
+    let mut vmm = VmmClient::new(ctx.channel(Service::Vmm).await?);
+    for name in names {
+        vmm.stop_vm(StopVmRequest {
+            name: name.clone(),
+            force: false,
+            timeout_seconds: 0,
+        })
+        .await
+        .with_context(|| format!("cannot stop VM {name}; the services are left running"))?;
+        if !ctx.json {
+            eprintln!("vm {name}: stopped");
+        }
+    }
+    Ok(())
+}
+
 pub async fn down(ctx: &Context, args: DownArgs) -> Result<ExitCode> {
+    let mut running = running_vms(ctx).await;
+    if args.stop_vms && !running.is_empty() {
+        stop_vms(ctx, &running).await?;
+        running.clear();
+    }
     let mut stopped = Vec::new();
     for service in Service::ALL.iter().rev().copied() {
         let Some(pid) = read_pid(ctx, service) else {
@@ -109,9 +157,22 @@ pub async fn down(ctx: &Context, args: DownArgs) -> Result<ExitCode> {
         stopped.push(serde_json::json!({"service": service.short_name(), "pid": pid}));
     }
     if ctx.json {
-        output::print_json(&stopped)?;
-    } else if stopped.is_empty() {
-        eprintln!("no banger services were running");
+        output::print_json(&serde_json::json!({
+            "stopped": stopped,
+            "vms_left_running": running,
+        }))?;
+    } else {
+        if stopped.is_empty() {
+            eprintln!("no banger services were running");
+        }
+        if !running.is_empty() {
+            eprintln!(
+                "{} VM(s) still running: {}; they keep running, and the next `banger up` adopts them \
+                 (`banger down --stop-vms` stops them first)",
+                running.len(),
+                running.join(", ")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
