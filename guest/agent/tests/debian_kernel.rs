@@ -78,6 +78,7 @@ struct DebianKernel {
     vmlinux: PathBuf,
 }
 
+/// Downloads (once, cached): call it outside any network namespace.
 fn debian_kernel() -> &'static DebianKernel {
     static KERNEL: OnceLock<DebianKernel> = OnceLock::new();
     KERNEL.get_or_init(|| {
@@ -450,8 +451,11 @@ echo "ROOT-INIT-MARKER"
 
 #[test]
 fn debian_kernel_boots_through_the_agent_init_to_the_real_root() {
+    // Downloads and builds happen out here; the namespace has no route out.
+    let kernel = debian_kernel();
+    let _ = guest_bundle::bundle();
+    let _ = banger_test_support::fixtures::kernel_vmlinux();
     banger_test_support::netns::in_new_netns(|| {
-        let kernel = debian_kernel();
         let work = tempfile::tempdir().unwrap();
         let initrd = initramfs(kernel, work.path());
         let disk = root_disk(work.path(), ROOT_INIT, &[]);
@@ -517,8 +521,9 @@ fn debian_kernel_boots_through_the_agent_init_to_the_real_root() {
 
 #[test]
 fn a_module_that_fails_to_load_is_named_on_the_console() {
+    let kernel = debian_kernel();
+    let _ = guest_bundle::bundle();
     banger_test_support::netns::in_new_netns(|| {
-        let kernel = debian_kernel();
         let work = tempfile::tempdir().unwrap();
         let initrd_dir = work.path();
         let _ = initramfs(kernel, initrd_dir);
@@ -539,7 +544,10 @@ fn a_module_that_fails_to_load_is_named_on_the_console() {
         let want = format!("banger-init: FAILED loading {victim}: finit_module {victim}:");
         let (text, at) = wait_marker(&mut vm, &console, start, &want);
         assert!(text.contains("Attempted to kill init"), "{text}");
-        eprintln!("TIMING: bad module → VM gone in {:.2} s", at.as_secs_f64());
+        eprintln!(
+            "TIMING: bad module → FAILED line on the console after {:.2} s",
+            at.as_secs_f64()
+        );
     });
 }
 
@@ -555,8 +563,9 @@ async fn agent_on_the_debian_kernel_answers_over_vsock() {
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().to_owned();
     let (qemu_vm, _vhost, uds, console) = tokio::task::spawn_blocking(move || {
+        let kernel = debian_kernel();
+        let _ = guest_bundle::bundle();
         banger_test_support::netns::in_new_netns(move || {
-            let kernel = debian_kernel();
             let initrd = initramfs(kernel, &dir);
             let agent = guest_bundle::bundle().join("banger-agent");
             let disk = root_disk(

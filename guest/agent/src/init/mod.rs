@@ -250,16 +250,21 @@ fn mount_dev_and_console() -> Result<(), InitError> {
     Ok(())
 }
 
+/// Mounts an API filesystem with the flags systemd would give it (the real
+/// root's init keeps these mounts): /dev nosuid, proc and sysfs also
+/// noexec and nodev.
 fn mount_fs(source: &str, target: &str, fstype: &str) -> Result<(), InitError> {
     let _ = fs::create_dir(target);
-    mount(
-        Some(source),
-        target,
-        Some(fstype),
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(sys(format!("mount -t {fstype} {source} {target}")))
+    let (flags, data) = if fstype == "devtmpfs" {
+        (MsFlags::MS_NOSUID, Some("mode=0755"))
+    } else {
+        (
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV,
+            None,
+        )
+    };
+    mount(Some(source), target, Some(fstype), flags, data)
+        .map_err(sys(format!("mount -t {fstype} {source} {target}")))
 }
 
 /// `finit_module(2)`; a module already loaded (or built in) is fine.
