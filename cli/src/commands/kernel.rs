@@ -298,6 +298,18 @@ async fn pull(
     name: String,
     force: bool,
 ) -> Result<ExitCode> {
+    let kernel = pull_with_progress(ctx, client, name, force).await?;
+    print_kernel(ctx, kernel)
+}
+
+/// Pulls a catalog kernel, showing a progress bar (none under `--json`).
+/// Also used by `vm create`/`vm run` when their kernel is missing.
+pub(crate) async fn pull_with_progress(
+    ctx: &Context,
+    client: &mut KernelCatClient<TracedChannel>,
+    name: String,
+    force: bool,
+) -> Result<pb::Kernel> {
     let mut stream = client
         .pull_kernel(pb::PullKernelRequest { name, force })
         .await?
@@ -339,7 +351,7 @@ async fn pull(
     if let Some(bar) = &bar {
         bar.finish_with_message("done");
     }
-    print_kernel(ctx, result)
+    Ok(result)
 }
 
 fn print_kernel(ctx: &Context, k: pb::Kernel) -> Result<ExitCode> {
