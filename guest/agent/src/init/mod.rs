@@ -33,6 +33,7 @@ pub mod netlink;
 use std::ffi::OsString;
 use std::fs;
 use std::io::Write as _;
+use std::os::fd::{AsRawFd as _, IntoRawFd as _};
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
 use std::process::ExitCode;
@@ -247,6 +248,11 @@ fn mount_dev_and_console() -> Result<(), InitError> {
     nix::unistd::dup2_stdin(&console).map_err(sys("dup2 stdin"))?;
     nix::unistd::dup2_stdout(&console).map_err(sys("dup2 stdout"))?;
     nix::unistd::dup2_stderr(&console).map_err(sys("dup2 stderr"))?;
+    if console.as_raw_fd() <= 2 {
+        // The open took a free stdio slot: that slot is the console now,
+        // so it must stay open.
+        let _ = console.into_raw_fd();
+    }
     Ok(())
 }
 
@@ -284,8 +290,9 @@ fn load_module(path: &str) -> Result<(), InitError> {
         nix::kmod::ModuleInitFlags::from_bits_retain(flags),
     ) {
         Ok(()) | Err(nix::Error::EEXIST) => Ok(()),
+        // The step already names the module.
         Err(errno) => Err(InitError::Sys {
-            call: format!("finit_module {path}"),
+            call: "finit_module".into(),
             errno,
         }),
     }
