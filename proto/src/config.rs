@@ -25,6 +25,11 @@ pub const SYSTEM_CONFIG: &str = "/etc/banger/banger.toml";
 pub const SYSTEM_RUN_DIR: &str = "/run/banger";
 /// System state dir.
 pub const SYSTEM_STATE_DIR: &str = "/var/lib/banger";
+/// The kernel of a VM when neither the request nor its image names one
+/// (`[vmm] default_kernel`): Debian's signed cloud kernel, which a fresh
+/// host pulls with no build step. vmm and the CLI (which pulls it when
+/// missing) both read it from here.
+pub const DEFAULT_KERNEL: &str = "debian-6.12";
 
 /// Env var naming the guest bundle dir (`banger-agent`, first-boot, units).
 pub const GUEST_DIR_ENV: &str = "BANGER_GUEST_DIR";

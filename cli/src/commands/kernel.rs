@@ -359,6 +359,19 @@ async fn pull(
     force: bool,
     update: bool,
 ) -> Result<ExitCode> {
+    let kernel = pull_with_progress(ctx, client, name, force, update).await?;
+    print_kernel(ctx, kernel)
+}
+
+/// Pulls a catalog kernel, showing a progress bar (none under `--json`).
+/// Also used by `vm create`/`vm run` when their kernel is missing.
+pub(crate) async fn pull_with_progress(
+    ctx: &Context,
+    client: &mut KernelCatClient<TracedChannel>,
+    name: String,
+    force: bool,
+    update: bool,
+) -> Result<pb::Kernel> {
     let mut stream = client
         .pull_kernel(pb::PullKernelRequest {
             name,
@@ -404,7 +417,7 @@ async fn pull(
     if let Some(bar) = &bar {
         bar.finish_with_message("done");
     }
-    print_kernel(ctx, result)
+    Ok(result)
 }
 
 fn print_kernel(ctx: &Context, k: pb::Kernel) -> Result<ExitCode> {

@@ -289,6 +289,9 @@ fn parse_size(s: &str) -> Result<u64> {
 
 async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
     let key = ensure_ssh_key()?;
+    if let Some(kernel) = chosen_kernel(ctx, args).await? {
+        ensure_kernel(ctx, &kernel).await?;
+    }
     let request = pb::CreateVmRequest {
         name: args.name.clone(),
         image: args.image.clone(),
@@ -677,9 +680,6 @@ async fn run_flow(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
         }
         Err(s) => return Err(s.into()),
     };
-    if !image.default_kernel.is_empty() {
-        ensure_kernel(ctx, &image.default_kernel).await?;
-    }
     let name = args.name.unwrap_or_else(|| {
         let suffix: String = format!("{:04x}", std::process::id() & 0xffff);
         let mut base = image.name.clone();
@@ -715,6 +715,46 @@ async fn run_flow(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     code
 }
 
+/// The kernel vmm will boot for this create, chosen as vmm chooses it:
+/// `--kernel`, else the image's default, else `[vmm] default_kernel`.
+/// `None` when the image does not exist (vmm then says so).
+async fn chosen_kernel(ctx: &Context, args: &CreateArgs) -> Result<Option<String>> {
+    if let Some(k) = &args.kernel {
+        return Ok(Some(k.clone()));
+    }
+    let image = ImageStoreClient::new(ctx.channel(Service::ImageStore).await?)
+        .get_image(img::GetImageRequest {
+            name: args.image.clone(),
+        })
+        .await;
+    match image {
+        Ok(i) if !i.get_ref().default_kernel.is_empty() => Ok(Some(i.into_inner().default_kernel)),
+        Ok(_) => Ok(Some(config_default_kernel(ctx)?)),
+        Err(s) if s.code() == tonic::Code::NotFound => Ok(None),
+        Err(s) => Err(s.into()),
+    }
+}
+
+/// `[vmm] default_kernel` of the config the CLI loaded (the vmm reads the
+/// same file).
+fn config_default_kernel(ctx: &Context) -> Result<String> {
+    #[derive(serde::Deserialize)]
+    #[serde(default)]
+    struct VmmKernel {
+        default_kernel: String,
+    }
+    impl Default for VmmKernel {
+        fn default() -> Self {
+            VmmKernel {
+                default_kernel: banger_proto::config::DEFAULT_KERNEL.into(),
+            }
+        }
+    }
+    Ok(ctx.config.section::<VmmKernel>("vmm")?.default_kernel)
+}
+
+/// Pulls `name` (with progress) when kernelcat does not have it, so a
+/// fresh host's first `vm create` works without a `kernel pull` first.
 async fn ensure_kernel(ctx: &Context, name: &str) -> Result<()> {
     let mut kernels = KernelCatClient::new(ctx.channel(Service::KernelCat).await?);
     match kernels
@@ -724,17 +764,11 @@ async fn ensure_kernel(ctx: &Context, name: &str) -> Result<()> {
         Ok(_) => Ok(()),
         Err(s) if s.code() == tonic::Code::NotFound => {
             if !ctx.json {
-                eprintln!("pulling kernel {name} …");
+                eprintln!("kernel {name} is not stored yet: pulling it");
             }
-            let mut stream = kernels
-                .pull_kernel(kc::PullKernelRequest {
-                    name: name.into(),
-                    force: false,
-                    update: false,
-                })
-                .await?
-                .into_inner();
-            while stream.message().await?.is_some() {}
+            super::kernel::pull_with_progress(ctx, &mut kernels, name.into(), false, false)
+                .await
+                .with_context(|| format!("cannot pull kernel {name} for this VM"))?;
             Ok(())
         }
         Err(s) => Err(s.into()),
@@ -759,6 +793,24 @@ async fn wait_tcp(ip: &str, port: u16, timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_kernel_comes_from_vmm_config_else_debian() {
+        let ctx = |toml: &str| Context {
+            config: banger_proto::config::Config::parse(toml, "t.toml").unwrap(),
+            json: true,
+        };
+        assert_eq!(config_default_kernel(&ctx("")).unwrap(), "debian-6.12");
+        assert_eq!(
+            config_default_kernel(&ctx("[vmm]\nhypervisor = \"qemu\"\n")).unwrap(),
+            "debian-6.12"
+        );
+        assert_eq!(
+            config_default_kernel(&ctx("[vmm]\ndefault_kernel = \"generic-6.12\"\n")).unwrap(),
+            "generic-6.12"
+        );
+        assert!(config_default_kernel(&ctx("[vmm]\ndefault_kernel = 3\n")).is_err());
+    }
 
     #[test]
     fn sizes() {

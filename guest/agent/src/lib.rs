@@ -9,12 +9,14 @@
 //! vsock or unix listeners (the latter so tests run it on the host).
 //!
 //! The binary is statically linked so one build runs on every distro,
-//! busybox-only images included.
+//! busybox-only images included. The same binary is the `/init` of the
+//! initramfs kernelcat generates for modular kernels ([`init`]).
 
 #![forbid(unsafe_code)]
 
 pub mod error;
 pub mod exec;
+pub mod init;
 pub mod power;
 pub mod serve;
 pub mod service;

@@ -23,6 +23,20 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Multi-call: the kernel execs the initramfs' `/init` (a copy of this
+    // binary); `banger-agent init` is the same mode by name.
+    let mut argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked_as = argv
+        .first()
+        .map(std::path::Path::new)
+        .and_then(std::path::Path::file_name)
+        .map(std::ffi::OsStr::to_owned);
+    if invoked_as.as_deref() == Some("init".as_ref()) {
+        return banger_agent::init::main(argv.split_off(1));
+    }
+    if argv.get(1).is_some_and(|a| a == "init") {
+        return banger_agent::init::main(argv.split_off(2));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("BANGER_LOG")

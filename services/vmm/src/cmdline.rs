@@ -173,6 +173,31 @@ mod tests {
         assert!(line.starts_with("console=ttyS0 reboot=k panic=1 root=/dev/vda rw "));
     }
 
+    /// Modular kernels (Debian's) load their drivers from the initrd:
+    /// `nomodule` would leave them without a disk, network and vsock.
+    #[test]
+    fn never_nomodule() {
+        let lease = lease();
+        for direct_boot in [false, true] {
+            for l in [None, Some(&lease)] {
+                for tsc_khz in [None, Some(1)] {
+                    let line = build(&CmdlineSpec {
+                        hostname: "nomodule",
+                        lease: l,
+                        direct_boot,
+                        tsc_khz,
+                    });
+                    assert!(
+                        !line
+                            .split(' ')
+                            .any(|w| w == "nomodule" || w.starts_with("nomodule=")),
+                        "{line}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn dns_is_optional() {
         let mut l = lease();

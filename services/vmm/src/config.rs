@@ -74,7 +74,7 @@ impl Default for VmmConfig {
             firecracker_binary: "firecracker".into(),
             vhost_vsock_binary: "vhost-device-vsock".into(),
             tsc_khz: 0,
-            default_kernel: "generic-6.12".into(),
+            default_kernel: banger_proto::config::DEFAULT_KERNEL.into(),
             default_vcpus: 1,
             default_memory_mib: 1024,
             disk_headroom_mib: 1024,
@@ -100,6 +100,7 @@ mod tests {
         assert_eq!(vmm.qemu_accel, QemuAccel::Tcg);
         assert_eq!(vmm.default_memory_mib, 1024);
         assert_eq!(vmm.ready_timeout_secs, 120);
+        assert_eq!(vmm.default_kernel, "debian-6.12");
     }
 
     #[test]

@@ -220,6 +220,20 @@ mod tests {
     }
 
     #[test]
+    fn initrd_goes_into_boot_source() {
+        let mut s = spec(Path::new("/x"));
+        s.initrd = Some("/s/kernels/debian-6.12/initrd".into());
+        let reqs = config_requests(&s);
+        let boot = &reqs.iter().find(|(k, _)| k == "/boot-source").unwrap().1;
+        assert_eq!(
+            boot,
+            &json!({"kernel_image_path": "/k/vmlinux",
+                    "initrd_path": "/s/kernels/debian-6.12/initrd",
+                    "boot_args": "console=ttyS0 reboot=k panic=1 root=/dev/vda rw"})
+        );
+    }
+
+    #[test]
     fn request_bodies() {
         let root = Path::new("/x");
         let reqs = config_requests(&spec(root));

@@ -269,7 +269,7 @@ mod tests {
         );
         let vm = view.vm;
         assert_eq!(vm.state, VmState::Running);
-        assert_eq!(vm.kernel.name, "generic-6.12", "configured default kernel");
+        assert_eq!(vm.kernel.name, "debian-6.12", "configured default kernel");
         assert_eq!(vm.disk_bytes, 8 << 20, "image size plus headroom");
         assert!(vm.cmdline.contains("tsc_early_khz=1000000"));
         assert!(
@@ -281,7 +281,7 @@ mod tests {
             t.peers.calls(),
             [
                 format!("resolve_image img {}", vm.id),
-                format!("resolve_kernel generic-6.12 {}", vm.id),
+                format!("resolve_kernel debian-6.12 {}", vm.id),
                 format!("allocate {} true", vm.id),
             ]
         );
@@ -299,7 +299,7 @@ mod tests {
         assert!(!t.dir.path().join("state/vms/a").exists());
         let calls = t.peers.calls();
         assert!(calls.contains(&format!("release_lease {}", vm.id)));
-        assert!(calls.contains(&format!("release_kernel generic-6.12 {}", vm.id)));
+        assert!(calls.contains(&format!("release_kernel debian-6.12 {}", vm.id)));
         assert!(calls.contains(&format!("release_image img {}", vm.id)));
     }
 
