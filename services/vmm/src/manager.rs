@@ -244,6 +244,7 @@ impl Manager {
             backend,
             nat: spec.nat,
             ssh_authorized_keys: spec.ssh_authorized_keys.clone(),
+            ssh_host_key: None,
             lease: None,
             pid: None,
             helper_pid: None,
@@ -351,9 +352,12 @@ impl Manager {
             gateway: Some(lease.gateway.clone()),
         };
         let disk_path = paths.disk();
-        tokio::task::spawn_blocking(move || disk::write_identity(&disk_path, &identity))
-            .await
-            .map_err(|e| Error::Hypervisor(format!("identity task failed: {e}")))??;
+        let host_key =
+            tokio::task::spawn_blocking(move || disk::write_identity(&disk_path, &identity))
+                .await
+                .map_err(|e| Error::Hypervisor(format!("identity task failed: {e}")))??;
+        vm.ssh_host_key = Some(host_key);
+        store.save(vm)?;
         phase.end().await;
 
         if spec.no_start {

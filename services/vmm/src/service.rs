@@ -113,6 +113,7 @@ fn to_pb(v: VmView) -> pb::Vm {
                 detail: p.detail,
             })
             .collect(),
+        ssh_host_public_key: vm.ssh_host_key.unwrap_or_default(),
     }
 }
 
