@@ -285,7 +285,8 @@ fn parse_size(s: &str) -> Result<u64> {
         .trim()
         .parse()
         .with_context(|| format!("bad size {s:?}: use e.g. 4G or 512M"))?;
-    Ok(n * mult)
+    n.checked_mul(mult)
+        .with_context(|| format!("size {s:?} is too large: it does not fit in 64 bits of bytes"))
 }
 
 async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
@@ -883,6 +884,11 @@ mod tests {
         assert_eq!(parse_size("1000").unwrap(), 1000);
         assert!(parse_size("4X").is_err());
         assert!(parse_size("G").is_err());
+        // 2^64 / 2^40 = 16777216: one more overflows, and must say so, not wrap.
+        assert_eq!(parse_size("16777215T").unwrap(), 16_777_215 << 40);
+        let err = parse_size("16777216T").unwrap_err().to_string();
+        assert!(err.contains("too large"), "{err}");
+        assert!(parse_size("99999999999999999999").is_err());
     }
 
     #[test]

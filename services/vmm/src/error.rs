@@ -14,6 +14,9 @@ pub enum Error {
     /// A VM, image or kernel name is not a DNS label.
     #[error(transparent)]
     InvalidName(#[from] banger_proto::names::InvalidName),
+    /// A request field breaks a limit or is not what it claims (an SSH key).
+    #[error(transparent)]
+    Invalid(#[from] crate::validate::Invalid),
     /// No VM has this name.
     #[error("no VM named {0:?}; see `banger vm list`")]
     NotFound(String),
@@ -103,7 +106,9 @@ impl Error {
 impl GrpcError for Error {
     fn grpc_code(&self) -> Code {
         match self {
-            Error::InvalidArgument(_) | Error::InvalidName(_) => Code::InvalidArgument,
+            Error::InvalidArgument(_) | Error::InvalidName(_) | Error::Invalid(_) => {
+                Code::InvalidArgument
+            }
             Error::NotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,

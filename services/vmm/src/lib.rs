@@ -15,6 +15,7 @@ pub mod manager;
 pub mod peers;
 pub mod record;
 pub mod service;
+pub mod validate;
 
 pub use error::{Error, Result};
 pub use service::VmmService;

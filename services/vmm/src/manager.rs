@@ -191,8 +191,8 @@ impl Manager {
     ) -> Result<VmView> {
         banger_proto::names::validate("vm", &spec.name)?;
         banger_proto::names::validate("image", &spec.image)?;
-        // Kernel names are kernelcat's to validate: the documented default
-        // `generic-6.12` has a dot, which the shared DNS-label rule refuses.
+        // Kernel names (dotted: `generic-6.12`), sizes, timeouts and SSH keys
+        // are checked at the API edge (service.rs, validate.rs).
         let cfg = &self.inner.cfg;
         let vcpus = if spec.vcpus == 0 {
             cfg.default_vcpus
