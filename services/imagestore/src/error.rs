@@ -17,6 +17,10 @@ pub enum Error {
     /// A bad image name.
     #[error(transparent)]
     InvalidName(#[from] banger_proto::names::InvalidName),
+    /// Free text that would be stored and printed back holds control
+    /// characters (newlines, terminal escapes).
+    #[error("the {field} {value:?} contains control characters; use printable text only")]
+    ControlCharacters { field: &'static str, value: String },
     /// A `--platform` that is not `os/arch[/variant]`.
     #[error("invalid platform {0:?}: use `os/arch[/variant]`, e.g. `linux/amd64`")]
     InvalidPlatform(String),
@@ -105,7 +109,7 @@ impl GrpcError for Error {
             Error::InvalidReference { .. } | Error::InvalidName(_) | Error::InvalidPlatform(_) => {
                 Code::InvalidArgument
             }
-            Error::BadArchive(_) => Code::InvalidArgument,
+            Error::BadArchive(_) | Error::ControlCharacters { .. } => Code::InvalidArgument,
             Error::NotFound(_) | Error::RemoteNotFound { .. } | Error::NoPlatform { .. } => {
                 Code::NotFound
             }
