@@ -4,9 +4,9 @@
 //! `docker.io/library/debian:bookworm` through the mirror config; the fixture
 //! kernel imported as `generic-6.12`; `vm create --nat` under QEMU TCG;
 //! `vm ssh -- id`, which verifies the VM's own host key (and refuses any
-//! other); `vm exec`; a vmm restart with a VM running; two VMs that reach
-//! each other; a vmm killed during create; stop/start/rm; and after rm no
-//! tap, lease, nftables element, disk, record or known_hosts entry left.
+//! other); `vm exec`; a vmm restart with a VM running; two VMs that cannot
+//! reach each other; a vmm killed during create; stop/start/rm; and after rm
+//! no tap, lease, nftables element, disk, record or known_hosts entry left.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -229,6 +229,10 @@ fn taps() -> Vec<String> {
         .collect()
 }
 
+fn guard_elements() -> String {
+    sh("nft -j list set bridge banger leases")
+}
+
 fn nat_elements() -> String {
     sh("nft -j list set inet banger nat_sources")
 }
@@ -444,11 +448,14 @@ fn vm_lifecycle_end_to_end() {
         );
         std::fs::write(&pin, &genuine).unwrap();
         env.ok(&["vm", "ssh", "testbox2", "--", "true"]);
-        let banner = env.ok(&[
+        // VMs are isolated from each other by default ([netd] vm_to_vm).
+        let probe = env.run(&[
             "vm",
             "exec",
             "testbox2",
             "--",
+            "timeout",
+            "5",
             "bash",
             "-c",
             &format!(
@@ -457,8 +464,8 @@ fn vm_lifecycle_end_to_end() {
             ),
         ]);
         assert!(
-            banner.starts_with("SSH-2.0"),
-            "testbox2 reached testbox's sshd: {banner:?}"
+            !probe.status.success() && !String::from_utf8_lossy(&probe.stdout).contains("SSH-"),
+            "testbox2 reached testbox's sshd although VMs are isolated"
         );
         env.ok(&["vm", "rm", "--force", "testbox2"]);
         assert!(!pin.exists(), "vm rm left the VM's known_hosts entry");
@@ -512,6 +519,11 @@ fn vm_lifecycle_end_to_end() {
         assert_eq!(env.json(&["vm", "list"]), serde_json::json!([]));
         assert_eq!(env.json(&["network", "leases"]), serde_json::json!([]));
         assert_eq!(taps(), Vec::<String>::new(), "taps left behind");
+        let guard = guard_elements();
+        assert!(
+            guard.contains("\"leases\"") && !guard.contains("\"elem\""),
+            "guard elements left (or no guard set): {guard}"
+        );
         let elements = nat_elements();
         assert!(
             !elements.contains("\"elem\""),
