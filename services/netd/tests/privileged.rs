@@ -882,3 +882,34 @@ fn runs_unprivileged_with_only_cap_net_admin_and_refuses_without() {
         );
     });
 }
+
+/// Dev mode as root with `[paths] socket_group`: netd gives its socket that
+/// group although it keeps only CAP_NET_ADMIN afterwards (it used to drop
+/// to CAP_NET_ADMIN first, then fail the chown with EPERM).
+#[test]
+fn root_netd_with_a_socket_group_starts() {
+    netns_test(|| async {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(
+            home.path().join("banger.toml"),
+            "[paths]\nsocket_group = \"nogroup\"\n",
+        )
+        .unwrap();
+        let gid = nix::unistd::Group::from_name("nogroup")
+            .unwrap()
+            .expect("group nogroup (Debian's base-passwd has it)")
+            .gid;
+        let mut d = Daemon::spawn(home.path(), &[]);
+        let mut c = d.client().await;
+        assert_eq!(
+            d.caps(),
+            (NET_ADMIN_ONLY.into(), NET_ADMIN_ONLY.into()),
+            "root netd still drops all but CAP_NET_ADMIN"
+        );
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(home.path().join("run/netd.sock")).unwrap();
+        assert_eq!(meta.gid(), gid.as_raw(), "socket group");
+        assert_eq!(meta.mode() & 0o777, 0o660);
+        c.allocate(alloc("x", false, None)).await.unwrap();
+    });
+}
