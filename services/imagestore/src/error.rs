@@ -40,6 +40,13 @@ pub enum Error {
         "the registry refused access to {reference}: {message}; log in with `docker login` (credentials come from ~/.docker/config.json)"
     )]
     Unauthorized { reference: String, message: String },
+    /// The registry names a token realm that would get the credentials in
+    /// clear on another host.
+    #[error(
+        "registry {registry} asks for your credentials to be sent to {realm}, another host, over plain HTTP; \
+         refusing to send them (its token realm must be HTTPS or on the registry's own host)"
+    )]
+    UnsafeTokenRealm { registry: String, realm: String },
     /// The registry does not have the manifest or a blob.
     #[error("{reference} was not found in the registry: {message}")]
     RemoteNotFound { reference: String, message: String },
@@ -113,7 +120,7 @@ impl GrpcError for Error {
             Error::NotFound(_) | Error::RemoteNotFound { .. } | Error::NoPlatform { .. } => {
                 Code::NotFound
             }
-            Error::InUse { .. } => Code::FailedPrecondition,
+            Error::InUse { .. } | Error::UnsafeTokenRealm { .. } => Code::FailedPrecondition,
             Error::Unreachable { .. } | Error::Download { .. } => Code::Unavailable,
             Error::Unauthorized { .. } => Code::Unauthenticated,
             Error::Unsupported { .. } | Error::BadLayer { .. } => Code::FailedPrecondition,
