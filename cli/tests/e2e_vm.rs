@@ -3,9 +3,10 @@
 //! systemd and openssh-server) pushed to a local registry and pulled as
 //! `docker.io/library/debian:bookworm` through the mirror config; the fixture
 //! kernel imported as `generic-6.12`; `vm create --nat` under QEMU TCG;
-//! `vm ssh -- id`; `vm exec`; a vmm restart with a VM running; two VMs that
+//! `vm ssh -- id`, which verifies the VM's own host key (and refuses any
+//! other); `vm exec`; a vmm restart with a VM running; two VMs that cannot
 //! reach each other; a vmm killed during create; stop/start/rm; and after rm
-//! no tap, lease, nftables element, disk or record left.
+//! no tap, lease, nftables element, disk, record or known_hosts entry left.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -309,6 +310,10 @@ fn taps() -> Vec<String> {
         .collect()
 }
 
+fn guard_elements() -> String {
+    sh("nft -j list set bridge banger leases")
+}
+
 fn nat_elements() -> String {
     sh("nft -j list set inet banger nat_sources")
 }
@@ -324,6 +329,22 @@ fn hypervisors_of(home: &Path) -> Vec<String> {
             (c.contains("qemu-system") || c.contains("vhost-device-vsock")) && c.contains(&needle)
         })
         .collect()
+}
+
+/// The guest's SSH host public keys (`/etc/ssh/ssh_host_*_key.pub`), one
+/// per line, read through the agent.
+fn guest_host_keys(env: &Env, vm: &str) -> String {
+    env.ok(&[
+        "vm",
+        "exec",
+        vm,
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/ssh/ssh_host_*_key.pub",
+    ])
+    .trim()
+    .to_owned()
 }
 
 fn kill9(pid: i32) {
@@ -461,6 +482,11 @@ fn vm_lifecycle_end_to_end() {
         assert_create_is_one_trace(&collector, "testbox");
         let vm1 = env.json(&["vm", "show", "testbox"]);
         assert_eq!(vm1["state"], "running", "{vm1:#}");
+        // The guest serves exactly the host key the vmm made and reported
+        // (the `vm ssh` above already verified it strictly).
+        let host_key1 = vm1["ssh_host_public_key"].as_str().unwrap().to_owned();
+        assert!(host_key1.starts_with("ssh-ed25519 "), "{vm1:#}");
+        assert_eq!(guest_host_keys(&env, "testbox"), host_key1);
         let leases = env.json(&["network", "leases"]);
         assert_eq!(leases.as_array().unwrap().len(), 1, "{leases:#}");
         assert!(
@@ -513,11 +539,36 @@ fn vm_lifecycle_end_to_end() {
         ]);
         let vm2 = env.json(&["vm", "show", "testbox2"]);
         assert_ne!(vm1["ip"], vm2["ip"], "two VMs, two addresses");
-        let banner = env.ok(&[
+        let host_key2 = vm2["ssh_host_public_key"].as_str().unwrap().to_owned();
+        assert_ne!(host_key1, host_key2, "two VMs of one image, two host keys");
+        assert_eq!(guest_host_keys(&env, "testbox2"), host_key2);
+        // A pinned key that is not the guest's (as when a neighbour answers
+        // for the VM's address): `vm ssh` refuses; with the right pin back, it
+        // goes through.
+        let pin = env.user_home.join(".config/banger/known_hosts.d/testbox2");
+        let genuine = std::fs::read_to_string(&pin).unwrap();
+        assert_eq!(genuine, format!("testbox2 {host_key2}\n"));
+        std::fs::write(&pin, format!("testbox2 {host_key1}\n")).unwrap();
+        let refused = env.run(&["vm", "ssh", "testbox2", "--", "true"]);
+        assert_eq!(
+            refused.status.code(),
+            Some(255),
+            "vm ssh accepted a host key other than the pinned one"
+        );
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("not the one the vmm made"),
+            "no hint about the pin"
+        );
+        std::fs::write(&pin, &genuine).unwrap();
+        env.ok(&["vm", "ssh", "testbox2", "--", "true"]);
+        // VMs are isolated from each other by default ([netd] vm_to_vm).
+        let probe = env.run(&[
             "vm",
             "exec",
             "testbox2",
             "--",
+            "timeout",
+            "5",
             "bash",
             "-c",
             &format!(
@@ -526,10 +577,11 @@ fn vm_lifecycle_end_to_end() {
             ),
         ]);
         assert!(
-            banner.starts_with("SSH-2.0"),
-            "testbox2 reached testbox's sshd: {banner:?}"
+            !probe.status.success() && !String::from_utf8_lossy(&probe.stdout).contains("SSH-"),
+            "testbox2 reached testbox's sshd although VMs are isolated"
         );
         env.ok(&["vm", "rm", "--force", "testbox2"]);
+        assert!(!pin.exists(), "vm rm left the VM's known_hosts entry");
 
         // Another tool's view: the documented Python example creates a VM
         // through the raw gRPC API with a stock grpcio client (progress
@@ -660,6 +712,11 @@ fn vm_lifecycle_end_to_end() {
         assert_eq!(env.json(&["vm", "list"]), serde_json::json!([]));
         assert_eq!(env.json(&["network", "leases"]), serde_json::json!([]));
         assert_eq!(taps(), Vec::<String>::new(), "taps left behind");
+        let guard = guard_elements();
+        assert!(
+            guard.contains("\"leases\"") && !guard.contains("\"elem\""),
+            "guard elements left (or no guard set): {guard}"
+        );
         let elements = nat_elements();
         assert!(
             !elements.contains("\"elem\""),

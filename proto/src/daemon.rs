@@ -26,12 +26,26 @@ pub struct DaemonArgs {
 /// Boxed error of a service's setup.
 pub type SetupError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Runs a service binary: parses [`DaemonArgs`], loads the config, binds
-/// the service's socket, builds its routes with `build` and serves them.
+/// Runs a service binary: parses [`DaemonArgs`], loads the config, builds
+/// its routes with `build`, binds the service's socket and serves them.
 pub fn main<F, Fut>(service: Service, build: F) -> ExitCode
 where
     F: FnOnce(Config) -> Fut,
     Fut: Future<Output = Result<Routes, SetupError>>,
+{
+    main_with(service, build, || Ok(()))
+}
+
+/// [`main`] with a step that runs once the socket is bound (its mode and
+/// group set) and before the first request is served: where a service
+/// gives up the privileges that binding still needed (netd keeps only
+/// CAP_NET_ADMIN, but the socket's `chown` to `[paths] socket_group` needs
+/// CAP_CHOWN).
+pub fn main_with<F, Fut, A>(service: Service, build: F, after_bind: A) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: Future<Output = Result<Routes, SetupError>>,
+    A: FnOnce() -> Result<(), SetupError>,
 {
     let args = DaemonArgs::parse();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -47,7 +61,7 @@ where
         let _enter = runtime.enter();
         crate::telemetry::init(service.binary(), "info")
     };
-    let code = match runtime.block_on(run(service, args, build)) {
+    let code = match runtime.block_on(run(service, args, build, after_bind)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{}: {e}", service.binary());
@@ -59,10 +73,16 @@ where
     code
 }
 
-async fn run<F, Fut>(service: Service, args: DaemonArgs, build: F) -> Result<(), SetupError>
+async fn run<F, Fut, A>(
+    service: Service,
+    args: DaemonArgs,
+    build: F,
+    after_bind: A,
+) -> Result<(), SetupError>
 where
     F: FnOnce(Config) -> Fut,
     Fut: Future<Output = Result<Routes, SetupError>>,
+    A: FnOnce() -> Result<(), SetupError>,
 {
     let config = Config::load(&ConfigLocation {
         home: args.home,
@@ -87,6 +107,12 @@ where
         services: vec![service.api_service().to_owned()],
     })
     .await?;
+    if let Err(e) = after_bind() {
+        // Nothing was served: leave no socket or pid file behind.
+        let _ = std::fs::remove_file(paths.socket(service));
+        let _ = std::fs::remove_file(paths.pid_file(service));
+        return Err(e);
+    }
     socket.serve(routes, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())

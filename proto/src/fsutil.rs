@@ -5,8 +5,10 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::Path;
 
-/// Writes `data` to `path` atomically: a temporary file in the same
-/// directory, fsync, rename over `path`, fsync of the directory.
+/// Writes `data` to `path` atomically: a temporary file of its own in the
+/// same directory (a random name, created exclusively, so concurrent
+/// writers — threads or processes — never share one), fsync, rename over
+/// `path`, fsync of the directory.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
@@ -15,12 +17,8 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
+    let (tmp, mut f) = create_temp_beside(dir, file_name)?;
     let result = (|| {
-        let mut f = File::create(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
@@ -30,6 +28,34 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Creates `.<name>.tmp-<random>` in `dir` with O_EXCL, retrying on the
+/// (unlikely) collision with another writer's name.
+fn create_temp_beside(
+    dir: &Path,
+    name: &std::ffi::OsStr,
+) -> io::Result<(std::path::PathBuf, File)> {
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..16 {
+        // RandomState keys come from the OS (once per thread), stepped per
+        // instance: distinct across threads, calls and processes.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".tmp-{:016x}", h.finish()));
+        let tmp = dir.join(tmp_name);
+        match File::options().write(true).create_new(true).open(&tmp) {
+            Ok(f) => return Ok((tmp, f)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "could not pick an unused temporary name",
+    ))
 }
 
 /// Serializes `value` as pretty JSON and writes it with [`write_atomic`].
@@ -51,5 +77,36 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"second");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "temporary file left behind");
+    }
+
+    /// Threads of one process replacing the same file: every write lands
+    /// whole (never two writers in one temp file), none fails, no temp is
+    /// left. With a per-process temp name they shared one file: writes
+    /// interleaved, and a rename of a temp another thread had already
+    /// renamed failed with ENOENT.
+    #[test]
+    fn concurrent_writers_never_share_a_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("record.json");
+        let contents: Vec<Vec<u8>> = (0..8u8).map(|i| vec![b'a' + i; 64 << 10]).collect();
+        std::thread::scope(|s| {
+            for content in &contents {
+                let (path, contents) = (&path, &contents);
+                s.spawn(move || {
+                    for _ in 0..25 {
+                        write_atomic(path, content).unwrap();
+                        let now = fs::read(path).unwrap();
+                        assert!(
+                            contents.contains(&now),
+                            "a torn file: {} bytes starting {:?}",
+                            now.len(),
+                            &now[..now.len().min(8)]
+                        );
+                    }
+                });
+            }
+        });
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "temporary files left behind: {names:?}");
     }
 }

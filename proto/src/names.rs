@@ -44,9 +44,62 @@ pub fn validate(kind: &'static str, name: &str) -> Result<(), InvalidName> {
     Ok(())
 }
 
+/// Checks a dotted name (kernel names: `generic-6.12`, `debian-6.12`): one
+/// or more DNS labels by [`validate`] joined by `.`, at most 63 characters
+/// in all, so a release number reads naturally while the name can never be
+/// `.`, `..`, hidden, or hold a path separator or a control character.
+pub fn validate_dotted(kind: &'static str, name: &str) -> Result<(), InvalidName> {
+    if name.len() > 63 {
+        return Err(InvalidName {
+            kind,
+            name: name.to_owned(),
+            reason: "it is longer than 63 characters",
+        });
+    }
+    for label in name.split('.') {
+        if let Err(mut e) = validate(kind, label) {
+            e.name = name.to_owned();
+            e.reason = match e.reason {
+                "it is empty" if name.is_empty() => "it is empty",
+                "it is empty" => "it has an empty part between dots",
+                "it starts or ends with '-'" => "a dot-separated part starts or ends with '-'",
+                _ => "it has characters other than a-z, 0-9, '-' and '.'",
+            };
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dotted_names() {
+        for ok in ["generic-6.12", "debian-6.1", "a", "x.y.z", &"a".repeat(63)] {
+            assert_eq!(validate_dotted("kernel", ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a..b",
+            "a.",
+            "../../etc/x",
+            "a/b",
+            "a b",
+            "x\nINJECT",
+            "k\u{1b}[31m",
+            "Generic-6.12",
+            &"a".repeat(64),
+        ] {
+            let err = validate_dotted("kernel", bad).unwrap_err();
+            assert_eq!(err.name, bad);
+            assert!(err.to_string().contains("invalid kernel name"), "{err}");
+        }
+    }
 
     #[test]
     fn accepts_dns_labels() {

@@ -204,6 +204,7 @@ pub async fn run(ctx: &Context, command: VmCommand) -> Result<ExitCode> {
                     force,
                 })
                 .await?;
+            forget_host_key(&name)?;
             if ctx.json {
                 output::print_json(&json!({ "deleted": name }))?;
             } else {
@@ -284,7 +285,8 @@ fn parse_size(s: &str) -> Result<u64> {
         .trim()
         .parse()
         .with_context(|| format!("bad size {s:?}: use e.g. 4G or 512M"))?;
-    Ok(n * mult)
+    n.checked_mul(mult)
+        .with_context(|| format!("size {s:?} is too large: it does not fit in 64 bits of bytes"))
 }
 
 async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
@@ -362,7 +364,9 @@ async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
             eprintln!("{t}");
         }
     }
-    done.context("the vmm ended the create without a result")
+    let vm = done.context("the vmm ended the create without a result")?;
+    record_host_key(&vm)?;
+    Ok(vm)
 }
 
 async fn list(ctx: &Context) -> Result<ExitCode> {
@@ -444,6 +448,7 @@ fn vm_json(vm: &pb::Vm) -> serde_json::Value {
         "started_unix": vm.started_unix,
         "error": vm.error,
         "vsock_path": vm.vsock_path,
+        "ssh_host_public_key": vm.ssh_host_public_key,
         "probes": vm.probes.iter().map(|p| json!({
             "capability": p.capability, "state": p.state, "detail": p.detail
         })).collect::<Vec<_>>(),
@@ -468,6 +473,9 @@ fn print_vm(ctx: &Context, vm: &pb::Vm) -> Result<()> {
     println!("nat:        {}", vm.nat);
     if vm.pid > 0 {
         println!("pid:        {}", vm.pid);
+    }
+    if !vm.ssh_host_public_key.is_empty() {
+        println!("host key:   {}", vm.ssh_host_public_key);
     }
     for p in &vm.probes {
         println!("ready:      {}: {} ({})", p.capability, p.state, p.detail);
@@ -558,14 +566,20 @@ struct SshKey {
     public: String,
 }
 
-/// `~/.config/banger/id_ed25519`, made with `ssh-keygen` on first use.
-fn ensure_ssh_key() -> Result<SshKey> {
+/// `$XDG_CONFIG_HOME/banger` (else `~/.config/banger`): banger's SSH key
+/// and the known host keys of the user's VMs.
+fn config_dir() -> Result<PathBuf> {
     let base = std::env::var_os("XDG_CONFIG_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .context("neither XDG_CONFIG_HOME nor HOME is set: cannot place banger's SSH key")?;
-    let dir = base.join("banger");
+        .context("neither XDG_CONFIG_HOME nor HOME is set: cannot place banger's SSH files")?;
+    Ok(base.join("banger"))
+}
+
+/// `~/.config/banger/id_ed25519`, made with `ssh-keygen` on first use.
+fn ensure_ssh_key() -> Result<SshKey> {
+    let dir = config_dir()?;
     let private = dir.join("id_ed25519");
     let public_path = dir.join("id_ed25519.pub");
     if !private.exists() {
@@ -587,16 +601,80 @@ fn ensure_ssh_key() -> Result<SshKey> {
     Ok(SshKey { private, public })
 }
 
-/// The `ssh` argv for a VM (no host-key prompts: banger's own VMs get a
-/// fresh host key at every create).
-fn ssh_argv(key: &std::path::Path, ip: &str, command: &[String]) -> Vec<String> {
+/// `~/.config/banger/known_hosts.d/<vm>`: the one host key `vm ssh` accepts
+/// for that VM, under the alias of the VM's name (so a reused IP never
+/// matches another VM's entry).
+fn known_hosts_path(vm: &str) -> Result<PathBuf> {
+    // The name becomes a file name: only a DNS label may.
+    banger_proto::names::validate("vm", vm)?;
+    Ok(config_dir()?.join("known_hosts.d").join(vm))
+}
+
+/// Records the host key the vmm generated for `vm` (at create, the creator
+/// pins it; a later create of the same name replaces it).
+fn record_host_key(vm: &pb::Vm) -> Result<()> {
+    if vm.ssh_host_public_key.is_empty() {
+        return Ok(());
+    }
+    let path = known_hosts_path(&vm.name)?;
+    let dir = path.parent().expect("known_hosts.d");
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    banger_proto::fsutil::write_atomic(&path, known_hosts_line(vm).as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn known_hosts_line(vm: &pb::Vm) -> String {
+    format!("{} {}\n", vm.name, vm.ssh_host_public_key.trim())
+}
+
+/// Drops the known host key of a deleted VM; absent is fine.
+fn forget_host_key(vm: &str) -> Result<()> {
+    let path = known_hosts_path(vm)?;
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// How `vm ssh` checks the guest's host key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostKeyCheck {
+    /// Only the pinned key in the VM's known_hosts file.
+    Strict,
+    /// A VM from before host-key pinning: trust the first key it shows and
+    /// pin that.
+    FirstUse,
+}
+
+/// The `ssh` argv for a VM: banger's key, and the VM's own known_hosts
+/// file under the VM's name as alias, checked strictly.
+fn ssh_argv(
+    key: &std::path::Path,
+    known_hosts: &std::path::Path,
+    check: HostKeyCheck,
+    vm: &str,
+    ip: &str,
+    command: &[String],
+) -> Vec<String> {
+    let strict = match check {
+        HostKeyCheck::Strict => "yes",
+        HostKeyCheck::FirstUse => "accept-new",
+    };
     let mut a: Vec<String> = vec![
         "-i".into(),
         key.display().to_string(),
         "-o".into(),
-        "StrictHostKeyChecking=no".into(),
+        format!("StrictHostKeyChecking={strict}"),
         "-o".into(),
-        "UserKnownHostsFile=/dev/null".into(),
+        format!("UserKnownHostsFile={}", known_hosts.display()),
+        "-o".into(),
+        "GlobalKnownHostsFile=/dev/null".into(),
+        "-o".into(),
+        format!("HostKeyAlias={vm}"),
+        "-o".into(),
+        "HostKeyAlgorithms=ssh-ed25519".into(),
         "-o".into(),
         "LogLevel=ERROR".into(),
         "-o".into(),
@@ -623,10 +701,45 @@ fn ssh(vm: &pb::Vm, command: &[String]) -> Result<ExitCode> {
         );
     }
     let key = ensure_ssh_key()?;
+    let known_hosts = known_hosts_path(&vm.name)?;
+    let check = if vm.ssh_host_public_key.is_empty() {
+        eprintln!(
+            "warning: VM {} has no pinned SSH host key (it was created before banger pinned them); \
+             trusting the key it shows now and recording it in {}",
+            vm.name,
+            known_hosts.display()
+        );
+        std::fs::create_dir_all(known_hosts.parent().expect("known_hosts.d"))?;
+        HostKeyCheck::FirstUse
+    } else {
+        if !known_hosts.exists() {
+            // A VM created by another client: the vmm's word is the pin.
+            record_host_key(vm)?;
+        }
+        HostKeyCheck::Strict
+    };
     let status = std::process::Command::new("ssh")
-        .args(ssh_argv(&key.private, &vm.ip, command))
+        .args(ssh_argv(
+            &key.private,
+            &known_hosts,
+            check,
+            &vm.name,
+            &vm.ip,
+            command,
+        ))
         .status()
         .context("cannot run ssh: install openssh-client")?;
+    if status.code() == Some(255)
+        && check == HostKeyCheck::Strict
+        && std::fs::read_to_string(&known_hosts).ok().as_deref() != Some(&known_hosts_line(vm))
+    {
+        eprintln!(
+            "banger: the host key pinned for {} in {} is not the one the vmm made for it; \
+             if the VM was re-created by another client, delete that file and retry",
+            vm.name,
+            known_hosts.display()
+        );
+    }
     Ok(ExitCode::from(
         status.code().unwrap_or(255).clamp(0, 255) as u8
     ))
@@ -709,8 +822,12 @@ async fn run_flow(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
     if args.rm {
         vmm(ctx)
             .await?
-            .delete_vm(pb::DeleteVmRequest { name, force: true })
+            .delete_vm(pb::DeleteVmRequest {
+                name: name.clone(),
+                force: true,
+            })
             .await?;
+        forget_host_key(&name)?;
     }
     code
 }
@@ -820,6 +937,11 @@ mod tests {
         assert_eq!(parse_size("1000").unwrap(), 1000);
         assert!(parse_size("4X").is_err());
         assert!(parse_size("G").is_err());
+        // 2^64 / 2^40 = 16777216: one more overflows, and must say so, not wrap.
+        assert_eq!(parse_size("16777215T").unwrap(), 16_777_215 << 40);
+        let err = parse_size("16777216T").unwrap_err().to_string();
+        assert!(err.contains("too large"), "{err}");
+        assert!(parse_size("99999999999999999999").is_err());
     }
 
     #[test]
@@ -837,12 +959,32 @@ mod tests {
     }
 
     #[test]
-    fn ssh_command_line() {
-        let a = ssh_argv(std::path::Path::new("/k/id"), "10.0.0.2", &["id".into()]);
+    fn ssh_command_line_checks_the_pinned_host_key() {
+        let a = ssh_argv(
+            std::path::Path::new("/k/id"),
+            std::path::Path::new("/k/known_hosts.d/box"),
+            HostKeyCheck::Strict,
+            "box",
+            "10.0.0.2",
+            &["id".into()],
+        );
         assert_eq!(
             a.join(" "),
-            "-i /k/id -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
+            "-i /k/id -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/k/known_hosts.d/box \
+             -o GlobalKnownHostsFile=/dev/null -o HostKeyAlias=box -o HostKeyAlgorithms=ssh-ed25519 \
              -o LogLevel=ERROR -o IdentitiesOnly=yes root@10.0.0.2 -- id"
         );
+    }
+
+    #[test]
+    fn known_hosts_paths_are_vm_names_only() {
+        assert!(known_hosts_path("../../etc/passwd").is_err());
+        assert!(known_hosts_path("a/b").is_err());
+        let vm = pb::Vm {
+            name: "box".into(),
+            ssh_host_public_key: "ssh-ed25519 AAAAC3 box\n".into(),
+            ..Default::default()
+        };
+        assert_eq!(known_hosts_line(&vm), "box ssh-ed25519 AAAAC3 box\n");
     }
 }

@@ -17,6 +17,10 @@ pub enum Error {
     /// A bad image name.
     #[error(transparent)]
     InvalidName(#[from] banger_proto::names::InvalidName),
+    /// Free text that would be stored and printed back holds control
+    /// characters (newlines, terminal escapes).
+    #[error("the {field} {value:?} contains control characters; use printable text only")]
+    ControlCharacters { field: &'static str, value: String },
     /// A `--platform` that is not `os/arch[/variant]`.
     #[error("invalid platform {0:?}: use `os/arch[/variant]`, e.g. `linux/amd64`")]
     InvalidPlatform(String),
@@ -36,6 +40,13 @@ pub enum Error {
         "the registry refused access to {reference}: {message}; log in with `docker login` (credentials come from ~/.docker/config.json)"
     )]
     Unauthorized { reference: String, message: String },
+    /// The registry names a token realm that would get the credentials in
+    /// clear on another host.
+    #[error(
+        "registry {registry} asks for your credentials to be sent to {realm}, another host, over plain HTTP; \
+         refusing to send them (its token realm must be HTTPS or on the registry's own host)"
+    )]
+    UnsafeTokenRealm { registry: String, realm: String },
     /// The registry does not have the manifest or a blob.
     #[error("{reference} was not found in the registry: {message}")]
     RemoteNotFound { reference: String, message: String },
@@ -105,11 +116,11 @@ impl GrpcError for Error {
             Error::InvalidReference { .. } | Error::InvalidName(_) | Error::InvalidPlatform(_) => {
                 Code::InvalidArgument
             }
-            Error::BadArchive(_) => Code::InvalidArgument,
+            Error::BadArchive(_) | Error::ControlCharacters { .. } => Code::InvalidArgument,
             Error::NotFound(_) | Error::RemoteNotFound { .. } | Error::NoPlatform { .. } => {
                 Code::NotFound
             }
-            Error::InUse { .. } => Code::FailedPrecondition,
+            Error::InUse { .. } | Error::UnsafeTokenRealm { .. } => Code::FailedPrecondition,
             Error::Unreachable { .. } | Error::Download { .. } => Code::Unavailable,
             Error::Unauthorized { .. } => Code::Unauthenticated,
             Error::Unsupported { .. } | Error::BadLayer { .. } => Code::FailedPrecondition,

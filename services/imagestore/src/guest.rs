@@ -143,14 +143,25 @@ pub fn facts(root: &Path) -> GuestFacts {
             continue;
         };
         let v = v.trim().trim_matches('"').trim_matches('\'').to_owned();
+        // These are printed back by `image show`: keep only values in the
+        // charset os-release(5) gives them, never an image's escape codes.
+        let token = |t: &str| os_release_token(t).then(|| t.to_owned());
         match k.trim() {
-            "ID" => facts.os_id = v,
-            "ID_LIKE" => facts.os_id_like = v.split_whitespace().map(str::to_owned).collect(),
-            "VERSION_ID" => facts.os_version_id = v,
+            "ID" => facts.os_id = token(&v).unwrap_or_default(),
+            "ID_LIKE" => facts.os_id_like = v.split_whitespace().filter_map(token).collect(),
+            "VERSION_ID" => facts.os_version_id = token(&v).unwrap_or_default(),
             _ => {}
         }
     }
     facts
+}
+
+/// An os-release `ID`/`VERSION_ID` word: 1-64 of `0-9 a-z . _ -` (and, to
+/// be lenient with real images, `A-Z + ~`).
+fn os_release_token(t: &str) -> bool {
+    (1..=64).contains(&t.len())
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-+~".contains(&b))
 }
 
 /// `/sbin/init` resolved through its symlinks inside the root.

@@ -12,6 +12,7 @@ pub mod reference;
 pub mod registry;
 pub mod service;
 pub mod store;
+pub mod token;
 pub mod unpack;
 
 pub use error::Error;

@@ -1,6 +1,6 @@
 //! Registry access through oci-client: endpoint selection (mirrors, then
 //! upstream; plain HTTP only for insecure hosts and `http://` mirrors),
-//! per-request credentials, platform resolution of indexes and manifest
+//! per-request credentials (through banger's own token flow, [`crate::token`]), platform resolution of indexes and manifest
 //! lists, and streaming a blob into the cache while verifying it.
 
 use std::sync::Arc;
@@ -95,7 +95,13 @@ pub struct Remote {
     client: Client,
     /// The image's reference on this endpoint.
     pub reference: Reference,
+    /// Anonymous until [`Remote::authorize`] ran the token flow.
     auth: RegistryAuth,
+    /// The caller's credentials for this endpoint's host, if any.
+    credentials: Option<Credentials>,
+    /// For banger's own token flow (see [`crate::token`]).
+    http: reqwest::Client,
+    scheme: &'static str,
     no_platform: Arc<AtomicBool>,
 }
 
@@ -132,6 +138,22 @@ pub fn remotes(
         }],
         None => Vec::new(),
     };
+    let mut http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(60));
+    for cert in &ca {
+        let cert = reqwest::Certificate::from_pem(&cert.data).map_err(|e| {
+            Error::io(
+                "cannot use ca_file",
+                config.ca_file.clone().unwrap_or_default(),
+            )(std::io::Error::other(e))
+        })?;
+        http = http.add_root_certificate(cert);
+    }
+    let http = http.build().map_err(|e| Error::Unreachable {
+        reference: image.to_string(),
+        message: format!("cannot build an HTTP client: {e}"),
+    })?;
     Ok(config
         .endpoints(&image.registry)
         .into_iter()
@@ -160,20 +182,14 @@ pub fn remotes(
                 read_timeout: Some(std::time::Duration::from_secs(60)),
                 ..ClientConfig::default()
             });
-            let cred = credentials.iter().find(|c| c.registry == host);
-            let auth = match cred {
-                Some(c) if !c.identity_token.is_empty() => {
-                    RegistryAuth::Bearer(c.identity_token.clone())
-                }
-                Some(c) if !c.username.is_empty() => {
-                    RegistryAuth::Basic(c.username.clone(), c.password.clone())
-                }
-                _ => RegistryAuth::Anonymous,
-            };
+            let credentials = credentials.iter().find(|c| c.registry == host).cloned();
             Remote {
                 client,
                 reference,
-                auth,
+                auth: RegistryAuth::Anonymous,
+                credentials,
+                http: http.clone(),
+                scheme: if plain_http { "http" } else { "https" },
                 no_platform,
             }
         })
@@ -188,7 +204,12 @@ pub async fn resolve(
     platform: &Platform,
 ) -> Result<Resolved, Error> {
     let mut last = None;
-    for remote in remotes {
+    for mut remote in remotes {
+        if let Err(e) = remote.authorize().await {
+            tracing::warn!(endpoint = %remote.reference.registry(), error = %e, "endpoint failed");
+            last = Some(e);
+            continue;
+        }
         match remote
             .client
             .pull_image_manifest_and_list_digest(&remote.reference, &remote.auth)
@@ -227,6 +248,10 @@ pub async fn resolve(
 /// The digest the reference points to now (HEAD), on the first endpoint that answers.
 pub async fn head_digest(remotes: &[Remote]) -> Option<String> {
     for remote in remotes {
+        let mut remote = remote.clone();
+        if remote.authorize().await.is_err() {
+            continue;
+        }
         if let Ok(d) = remote
             .client
             .fetch_manifest_digest(&remote.reference, &remote.auth)
@@ -239,6 +264,20 @@ pub async fn head_digest(remotes: &[Remote]) -> Option<String> {
 }
 
 impl Remote {
+    /// Runs the token flow for this endpoint's credentials (see
+    /// [`crate::token`]); without credentials it stays anonymous.
+    async fn authorize(&mut self) -> Result<(), Error> {
+        self.auth = crate::token::authorize(
+            &self.http,
+            self.scheme,
+            self.reference.resolve_registry(),
+            self.reference.repository(),
+            self.credentials.as_ref(),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Fetches a small blob (the config) into memory, verified.
     pub async fn fetch_small(&self, desc: &OciDescriptor) -> Result<Vec<u8>, Error> {
         let mut out = Vec::new();

@@ -283,6 +283,7 @@ impl Store {
     pub async fn pull(&self, req: PullRequest, tx: ProgressTx) -> Result<Record, Error> {
         let image = ImageRef::parse(&req.reference)?;
         let platform = Platform::parse(&req.platform)?;
+        validate_kernel_ref(&req.kernel_ref)?;
         let name = if req.name.is_empty() {
             image.default_name()
         } else {
@@ -572,6 +573,13 @@ impl Store {
     ) -> Result<Record, Error> {
         banger_proto::names::validate("image", &req.name)?;
         let platform = Platform::parse(&req.platform)?;
+        validate_kernel_ref(&req.kernel_ref)?;
+        if req.file_name.chars().any(char::is_control) {
+            return Err(Error::ControlCharacters {
+                field: "file name",
+                value: req.file_name,
+            });
+        }
         let lock = self.name_lock(&req.name);
         let _name = lock.lock().await;
         let _gate = self.gate.read().await;
@@ -666,4 +674,13 @@ impl Store {
         }
         Ok(record)
     }
+}
+
+/// A `--kernel-ref` is a kernel name (dotted DNS labels, `generic-6.12`);
+/// empty means none.
+fn validate_kernel_ref(kernel_ref: &str) -> Result<(), Error> {
+    if kernel_ref.is_empty() {
+        return Ok(());
+    }
+    Ok(banger_proto::names::validate_dotted("kernel", kernel_ref)?)
 }

@@ -115,3 +115,77 @@ async fn docker_save_and_oci_archives() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
+
+/// Free text that is stored and printed back (`image show`) never carries
+/// control characters: hostile header fields are refused, hostile
+/// os-release values are dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_free_text_is_refused_or_dropped() {
+    let ts = TestStore::new();
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(config(&[])), sock.path()).await;
+
+    let with_header = |edit: &dyn Fn(&mut pb::ImportImageHeader)| {
+        let mut msgs = messages("hostile", "bb.tar", docker_save_archive());
+        if let Some(Part::Header(h)) = msgs[0].part.as_mut() {
+            edit(h);
+        }
+        msgs
+    };
+    for (what, msgs) in [
+        (
+            "kernel",
+            with_header(&|h| h.kernel_ref = "../../etc/x y\nINJECT".into()),
+        ),
+        (
+            "kernel",
+            with_header(&|h| h.kernel_ref = "k\u{1b}[2J".into()),
+        ),
+        (
+            "file name",
+            with_header(&|h| h.file_name = "bb\u{1b}]0;pwned\u{7}.tar".into()),
+        ),
+        (
+            "file name",
+            with_header(&|h| h.file_name = "a\nb.tar".into()),
+        ),
+    ] {
+        let err = import(&mut client, msgs).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err:?}");
+        assert!(err.message().contains(what), "{what}: {}", err.message());
+    }
+    assert!(
+        !ts.state.path().join("images/hostile").exists(),
+        "a refused import left an image"
+    );
+
+    // An image whose os-release values carry escape sequences: imported,
+    // but those values are not kept.
+    let mut layer = TarBuilder::new();
+    layer.dir("etc", 0o755, 0, 0).file(
+        "etc/os-release",
+        0o644,
+        0,
+        0,
+        b"ID=\"evil\x1b[31m\"\nID_LIKE=\"debian \x1b[2J\"\nVERSION_ID=12\n",
+    );
+    let layer = layer.finish();
+    let config_json = serde_json::json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]}})
+    .to_string();
+    let manifest =
+        serde_json::json!([{"Config": "config.json", "RepoTags": ["x:1"], "Layers": ["l/layer.tar"]}])
+            .to_string();
+    let mut t = TarBuilder::new();
+    t.file("manifest.json", 0o644, 0, 0, manifest.as_bytes())
+        .file("config.json", 0o644, 0, 0, config_json.as_bytes())
+        .dir("l", 0o755, 0, 0)
+        .file("l/layer.tar", 0o644, 0, 0, &layer);
+    let img = import(&mut client, messages("escapes", "x.tar", t.finish()))
+        .await
+        .unwrap();
+    let guest = img.guest.unwrap();
+    assert_eq!(guest.os_id, "", "an ID with an escape sequence was kept");
+    assert_eq!(guest.os_id_like, ["debian"]);
+    assert_eq!(guest.os_version_id, "12");
+}

@@ -75,17 +75,24 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
-/// Serves `/token` on 127.0.0.1: full requested access for tester:s3cret,
-/// none for anyone else.
-async fn token_server(signer: std::sync::Arc<Signer>) -> String {
+/// Every request the token server saw: method, target, headers and body.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+/// Serves `/token` on 127.0.0.1: full requested access for tester:s3cret
+/// (Basic, GET) or for the refresh token `REFRESH-123` (the OAuth2 POST
+/// form of the distribution spec), none for anyone else. Records what it saw.
+async fn token_server(signer: std::sync::Arc<Signer>) -> (String, Seen) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let seen = Seen::default();
+    let log = seen.clone();
     tokio::spawn(async move {
         loop {
             let Ok((mut sock, _)) = listener.accept().await else {
                 return;
             };
             let signer = signer.clone();
+            let log = log.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -96,20 +103,57 @@ async fn token_server(signer: std::sync::Arc<Signer>) -> String {
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
-                let text = String::from_utf8_lossy(&buf).into_owned();
-                let target = text.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let head_len = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse().ok())?
+                    })
+                    .unwrap_or(0);
+                while buf.len() < head_len + length {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = String::from_utf8_lossy(&buf[head_len..]).into_owned();
+                log.lock().unwrap().push(format!("{head}{body}"));
+                let target = head.split_whitespace().nth(1).unwrap_or("").to_owned();
                 let query = target.split_once('?').map(|(_, q)| q).unwrap_or("");
-                let authed = text.lines().any(|l| {
+                let basic_ok = head.lines().any(|l| {
                     l.to_ascii_lowercase().starts_with("authorization: basic ")
                         && STANDARD
                             .decode(l[21..].trim())
                             .is_ok_and(|d| d == b"tester:s3cret")
                 });
+                let form: Vec<(String, String)> = if head.starts_with("POST ") {
+                    body.split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| (k.to_owned(), percent_decode(v)))
+                        .collect()
+                } else {
+                    query
+                        .split('&')
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| (k.to_owned(), percent_decode(v)))
+                        .collect()
+                };
+                let field = |name: &str| {
+                    form.iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.as_str())
+                };
+                let refresh_ok = field("grant_type") == Some("refresh_token")
+                    && field("refresh_token") == Some("REFRESH-123");
+                let authed = basic_ok || refresh_ok;
                 let mut access = Vec::new();
-                for (k, v) in query.split('&').filter_map(|kv| kv.split_once('=')) {
+                for (k, v) in &form {
                     if k == "scope" && authed {
-                        let scope = percent_decode(v);
-                        let parts: Vec<&str> = scope.split(':').collect();
+                        let parts: Vec<&str> = v.split(':').collect();
                         if let [kind, name, actions] = parts[..] {
                             access.push(serde_json::json!({
                                 "type": kind, "name": name,
@@ -135,11 +179,18 @@ async fn token_server(signer: std::sync::Arc<Signer>) -> String {
             });
         }
     });
-    addr
+    (addr, seen)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
-async fn bearer_token_flow_with_basic_credentials() {
+/// A token-auth registry on 127.0.0.1 whose realm is
+/// `http://<realm_host>:<token port>/token`, holding `private/busybox`.
+struct Setup {
+    registry: Registry,
+    seen: Seen,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(realm_host: &str) -> Setup {
     banger_test_support::require_program("openssl", "openssl");
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("key.pem");
@@ -177,9 +228,10 @@ async fn bearer_token_flow_with_basic_credentials() {
         key,
         cert_der_b64: STANDARD.encode(der),
     });
-    let token_addr = token_server(signer).await;
+    let (token_addr, seen) = token_server(signer).await;
+    let port = token_addr.rsplit(':').next().unwrap();
     let registry = Registry::start_with(RegistryAuth::TokenYaml(format!(
-        "    realm: http://{token_addr}/token\n    service: banger-registry\n    issuer: banger-test\n    rootcertbundle: {}\n",
+        "    realm: http://{realm_host}:{port}/token\n    service: banger-registry\n    issuer: banger-test\n    rootcertbundle: {}\n",
         cert.display()
     )));
     let src = tempfile::tempdir().unwrap();
@@ -190,27 +242,84 @@ async fn bearer_token_flow_with_basic_credentials() {
     })
     .await
     .unwrap();
+    seen.lock().unwrap().clear();
+    Setup {
+        registry,
+        seen,
+        _dir: dir,
+    }
+}
 
-    let ts = TestStore::new();
-    let sock = tempfile::tempdir().unwrap();
-    let mut client = serve(ts.open(config(&[&registry.addr])), sock.path()).await;
-    let reference = format!("{}/private/busybox:latest", registry.addr);
-    let request = |password: &str| pb::PullImageRequest {
-        reference: reference.clone(),
-        credentials: if password.is_empty() {
+fn request(registry: &str, password: &str, identity_token: &str) -> pb::PullImageRequest {
+    pb::PullImageRequest {
+        reference: format!("{registry}/private/busybox:latest"),
+        credentials: if password.is_empty() && identity_token.is_empty() {
             vec![]
         } else {
             vec![pb::RegistryCredentials {
-                registry: registry.addr.clone(),
-                username: "tester".into(),
+                registry: registry.into(),
+                username: if password.is_empty() { "" } else { "tester" }.into(),
                 password: password.into(),
-                identity_token: String::new(),
+                identity_token: identity_token.into(),
             }]
         },
         ..Default::default()
-    };
-    let (_, anonymous) = pull(&mut client, request("")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn basic_credentials_never_go_to_a_plain_http_realm_on_another_host() {
+    // The registry is 127.0.0.1; its realm names `localhost`: same machine
+    // here, but to the client another host, over plain HTTP.
+    let s = setup("localhost").await;
+    let ts = TestStore::new();
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(config(&[&s.registry.addr])), sock.path()).await;
+    let (_, result) = pull(&mut client, request(&s.registry.addr, "s3cret", "")).await;
+    let err = result.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("plain HTTP") && err.message().contains("localhost"),
+        "{}",
+        err.message()
+    );
+    let seen = s.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .all(|r| !r.to_ascii_lowercase().contains("authorization")),
+        "credentials reached the foreign realm: {seen:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn identity_token_is_a_refresh_token_not_a_bearer() {
+    let s = setup("127.0.0.1").await;
+    let ts = TestStore::new();
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(config(&[&s.registry.addr])), sock.path()).await;
+    let (_, result) = pull(&mut client, request(&s.registry.addr, "", "REFRESH-123")).await;
+    assert_eq!(result.unwrap().name, "busybox-latest");
+    let seen = s.seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|r| r.starts_with("POST /token")
+            && r.contains("grant_type=refresh_token")
+            && r.contains("refresh_token=REFRESH-123")),
+        "no OAuth2 refresh-token exchange: {seen:#?}"
+    );
+    assert!(
+        seen.iter().all(|r| !r.contains("Bearer REFRESH-123")),
+        "{seen:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn bearer_token_flow_with_basic_credentials() {
+    let s = setup("127.0.0.1").await;
+    let ts = TestStore::new();
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(config(&[&s.registry.addr])), sock.path()).await;
+    let (_, anonymous) = pull(&mut client, request(&s.registry.addr, "", "")).await;
     assert_eq!(anonymous.unwrap_err().code(), tonic::Code::Unauthenticated);
-    let (_, ok) = pull(&mut client, request("s3cret")).await;
+    let (_, ok) = pull(&mut client, request(&s.registry.addr, "s3cret", "")).await;
     assert_eq!(ok.unwrap().name, "busybox-latest");
 }

@@ -24,6 +24,9 @@ pub struct NetdConfig {
     pub nat: bool,
     /// Uid allowed to change state besides root (the vmm's user).
     pub vmm_uid: Option<u32>,
+    /// Let VMs on the bridge reach each other. Off by default: each VM
+    /// reaches only the gateway (the host) and, with NAT, the outside.
+    pub vm_to_vm: bool,
 }
 
 impl Default for NetdConfig {
@@ -34,6 +37,7 @@ impl Default for NetdConfig {
             dns: Vec::new(),
             nat: true,
             vmm_uid: None,
+            vm_to_vm: false,
         }
     }
 }
@@ -75,6 +79,17 @@ impl NetdConfig {
             ));
         }
         Ok(())
+    }
+
+    /// What the bridge guard enforces under these settings.
+    pub fn guard(&self) -> crate::ops::Guard {
+        crate::ops::Guard {
+            bridge: self.bridge.clone(),
+            tap_prefix: crate::lease::TAP_PREFIX.to_owned(),
+            subnet: self.subnet,
+            gateway: self.gateway(),
+            vm_to_vm: self.vm_to_vm,
+        }
     }
 
     /// The gateway: the first host address, carried by the bridge.
@@ -138,6 +153,7 @@ mod tests {
         assert!(netd.nat);
         assert!(netd.dns.is_empty());
         assert_eq!(netd.vmm_uid, None);
+        assert!(!netd.vm_to_vm, "VMs are isolated by default");
         assert_eq!(netd.gateway(), Ipv4Addr::new(172, 30, 0, 1));
         assert_eq!(netd.capacity(), 253);
         netd.validate().unwrap();

@@ -13,12 +13,15 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 use serde_json::{Value, json};
 
 use crate::error::Error;
-use crate::ops::{Link, NetOps};
+use crate::ops::{Guard, Link, NetOps};
 
 /// Our nftables table: family `inet`, name `banger`.
 pub const TABLE: &str = "banger";
 /// The set of lease addresses that are masqueraded.
 pub const NAT_SET: &str = "nat_sources";
+/// The set of (tap, leased address) pairs the bridge guard lets through,
+/// in table `bridge banger`.
+pub const GUARD_SET: &str = "leases";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 /// Bumped whenever the rules change, so an old table is repaired on start.
 const RULES_VERSION: &str = "v1";
@@ -293,6 +296,35 @@ impl NetOps for LinuxOps {
         apply(json!({"nftables": [{"add": element(ip)}, {"delete": element(ip)}]})).await
     }
 
+    #[tracing::instrument(skip(self))]
+    async fn ensure_guard(&self, guard: &Guard) -> Result<bool, Error> {
+        if guard_matches(list_guard().await?.as_ref(), guard) {
+            return Ok(false);
+        }
+        apply(guard_batch(guard)).await?;
+        Ok(true)
+    }
+
+    async fn guard_entries(&self) -> Result<BTreeSet<(String, Ipv4Addr)>, Error> {
+        Ok(list_guard()
+            .await?
+            .map(|t| guard_elements(&t))
+            .unwrap_or_default())
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn add_guard_entry(&self, tap: &str, ip: Ipv4Addr) -> Result<(), Error> {
+        apply(json!({"nftables": [{"add": guard_element(tap, ip)}]})).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn remove_guard_entry(&self, tap: &str, ip: Ipv4Addr) -> Result<(), Error> {
+        apply(json!({"nftables": [
+            {"add": guard_element(tap, ip)}, {"delete": guard_element(tap, ip)}
+        ]}))
+        .await
+    }
+
     async fn foreign_forward_drops(&self) -> Result<Vec<String>, Error> {
         let out = tokio::task::spawn_blocking(|| {
             nftables::helper::get_current_ruleset_raw(
@@ -407,6 +439,163 @@ pub fn table_batch(bridge: &str) -> Value {
     json!({ "nftables": cmds })
 }
 
+fn guard_element(tap: &str, ip: Ipv4Addr) -> Value {
+    json!({"element": {"family": "bridge", "table": TABLE, "name": GUARD_SET,
+        "elem": [{"concat": [tap, ip.to_string()]}]}})
+}
+
+/// Base chains of table `bridge banger`: (name, type, hook, priority).
+const GUARD_CHAINS: [(&str, &str, &str, i32); 2] = [
+    // Before anything else sees the frame on the bridge.
+    ("prerouting", "filter", "prerouting", -200),
+    ("forward", "filter", "forward", 0),
+];
+
+/// Rule comments name the settings they were made for, so a changed subnet
+/// or `vm_to_vm` is seen as a table to repair.
+fn guard_comment(what: &str, guard: &Guard) -> String {
+    format!(
+        "banger:{RULES_VERSION}:{what}:{}:{}",
+        guard.bridge, guard.subnet
+    )
+}
+
+/// The guard's rules per chain, as (chain, what, expr).
+fn guard_rules(guard: &Guard) -> Vec<(&'static str, &'static str, Value)> {
+    let from_tap = meta_match("iifname", "==", &format!("{}*", guard.tap_prefix));
+    let not_leased = |field: &str, protocol: &str| {
+        json!({"match": {"op": "!=", "right": format!("@{GUARD_SET}"),
+            "left": {"concat": [{"meta": {"key": "iifname"}},
+                                {"payload": {"protocol": protocol, "field": field}}]}}})
+    };
+    // Bridge-family hooks see the port a frame came in on, which the inet
+    // hooks never do (there the input is the bridge itself): so this is
+    // where a source address is bound to its tap, and the inet table's
+    // masquerade on `ip saddr @nat_sources` can only ever match a packet
+    // that entered on the tap leased that address.
+    let mut rules = vec![
+        (
+            "prerouting",
+            "spoofed-ip",
+            json!([from_tap.clone(), not_leased("saddr", "ip"), {"drop": null}]),
+        ),
+        (
+            "prerouting",
+            "spoofed-arp",
+            json!([from_tap.clone(), not_leased("saddr ip", "arp"), {"drop": null}]),
+        ),
+        (
+            // IPv6, VLAN tags, anything else: VMs get IPv4 only.
+            "prerouting",
+            "other-protocols",
+            json!([from_tap.clone(),
+                   {"match": {"op": "!=", "left": {"meta": {"key": "protocol"}},
+                              "right": {"set": ["ip", "arp"]}}},
+                   {"drop": null}]),
+        ),
+    ];
+    if !guard.vm_to_vm {
+        rules.push((
+            // Routed back out through the gateway (a VM that points its
+            // neighbour entry at the gateway's MAC).
+            "prerouting",
+            "isolate-routed",
+            json!([from_tap.clone(),
+                   {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                              "right": {"prefix": {"addr": guard.subnet.network().to_string(),
+                                                   "len": guard.subnet.prefix_len()}}}},
+                   {"match": {"op": "!=", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                              "right": guard.gateway.to_string()}},
+                   {"drop": null}]),
+        ));
+        rules.push((
+            // Bridged port to port (ARP included).
+            "forward",
+            "isolate-bridged",
+            json!([from_tap,
+                   meta_match("oifname", "==", &format!("{}*", guard.tap_prefix)),
+                   {"drop": null}]),
+        ));
+    }
+    rules
+}
+
+/// Table `bridge banger` as one batch: create what is missing, replace the
+/// chains' rules, keep the set (and its elements).
+pub fn guard_batch(guard: &Guard) -> Value {
+    let mut cmds = vec![
+        json!({"add": {"table": {"family": "bridge", "name": TABLE}}}),
+        json!({"add": {"set": {"family": "bridge", "table": TABLE, "name": GUARD_SET,
+            "type": ["ifname", "ipv4_addr"]}}}),
+    ];
+    for (name, kind, hook, prio) in GUARD_CHAINS {
+        let chain = json!({"family": "bridge", "table": TABLE, "name": name});
+        cmds.push(json!({"add": {"chain": chain}}));
+        cmds.push(json!({"flush": {"chain": chain}}));
+        cmds.push(json!({"delete": {"chain": chain}}));
+        cmds.push(json!({"add": {"chain": {
+            "family": "bridge", "table": TABLE, "name": name,
+            "type": kind, "hook": hook, "prio": prio, "policy": "accept"
+        }}}));
+    }
+    for (chain, what, expr) in guard_rules(guard) {
+        cmds.push(json!({"add": {"rule": {
+            "family": "bridge", "table": TABLE, "chain": chain,
+            "comment": guard_comment(what, guard), "expr": expr
+        }}}));
+    }
+    json!({ "nftables": cmds })
+}
+
+/// Whether a listing of `bridge banger` has the set, both base chains and
+/// exactly the rules `guard` implies, recognised by their comments.
+pub fn guard_matches(listing: Option<&Value>, guard: &Guard) -> bool {
+    let Some(listing) = listing else {
+        return false;
+    };
+    let objects = listing["nftables"].as_array().cloned().unwrap_or_default();
+    let has_set = objects.iter().any(|o| {
+        o["set"]["name"] == GUARD_SET && o["set"]["type"] == json!(["ifname", "ipv4_addr"])
+    });
+    let chains_ok = GUARD_CHAINS.iter().all(|(name, kind, hook, prio)| {
+        objects.iter().any(|o| {
+            let c = &o["chain"];
+            c["name"] == *name && c["type"] == *kind && c["hook"] == *hook && c["prio"] == *prio
+        })
+    });
+    let wanted = guard_rules(guard);
+    let rules_ok = GUARD_CHAINS.iter().all(|(chain, ..)| {
+        let present: Vec<String> = objects
+            .iter()
+            .filter(|o| o["rule"]["chain"] == *chain)
+            .map(|o| o["rule"]["comment"].as_str().unwrap_or("").to_owned())
+            .collect();
+        let want: Vec<String> = wanted
+            .iter()
+            .filter(|(c, ..)| c == chain)
+            .map(|(_, what, _)| guard_comment(what, guard))
+            .collect();
+        present == want
+    });
+    has_set && chains_ok && rules_ok
+}
+
+/// (tap, address) pairs in the `leases` set of a `bridge banger` listing.
+pub fn guard_elements(listing: &Value) -> BTreeSet<(String, Ipv4Addr)> {
+    let objects = listing["nftables"].as_array().cloned().unwrap_or_default();
+    objects
+        .iter()
+        .filter(|o| o["set"]["name"] == GUARD_SET)
+        .flat_map(|o| o["set"]["elem"].as_array().cloned().unwrap_or_default())
+        .filter_map(|e| {
+            let pair = e["concat"].as_array()?;
+            let tap = pair.first()?.as_str()?.to_owned();
+            let ip = pair.get(1)?.as_str()?.parse().ok()?;
+            Some((tap, ip))
+        })
+        .collect()
+}
+
 /// Whether a listing of our table (`nft -j list table inet banger`) has
 /// the set, both base chains as we make them, and exactly our rules for
 /// `bridge`, recognised by their comments.
@@ -500,6 +689,29 @@ async fn list_table() -> Result<Option<Value>, Error> {
     }
 }
 
+/// `nft -j list table bridge banger`, or `None` when the table is absent.
+async fn list_guard() -> Result<Option<Value>, Error> {
+    let out = tokio::task::spawn_blocking(|| {
+        nftables::helper::get_current_ruleset_raw(
+            nftables::helper::DEFAULT_NFT,
+            ["list", "table", "bridge", TABLE],
+        )
+    })
+    .await
+    .map_err(|e| Error::Nft(format!("listing table bridge {TABLE}: {e}")))?;
+    match out {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::Nft(format!("unreadable `nft -j` output: {e}"))),
+        Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
+            if stderr.contains("No such file or directory") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Error::Nft(nft_message(e))),
+    }
+}
+
 /// Applies one batch atomically, validated against the crate's schema.
 async fn apply(batch: Value) -> Result<(), Error> {
     let doc: nftables::schema::Nftables<'static> = serde_json::from_value(batch).map_err(|e| {
@@ -534,9 +746,19 @@ mod tests {
 
     #[test]
     fn batches_match_the_nftables_schema() {
+        let guard = |vm_to_vm| Guard {
+            bridge: "banger0".into(),
+            tap_prefix: "bg-".into(),
+            subnet: "172.30.0.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(172, 30, 0, 1),
+            vm_to_vm,
+        };
         for batch in [
             table_batch("banger0"),
             json!({"nftables": [{"add": element(Ipv4Addr::new(172, 30, 0, 2))}]}),
+            guard_batch(&guard(false)),
+            guard_batch(&guard(true)),
+            json!({"nftables": [{"add": guard_element("bg-a", Ipv4Addr::new(172, 30, 0, 2))}]}),
         ] {
             serde_json::from_value::<nftables::schema::Nftables>(batch).unwrap();
         }

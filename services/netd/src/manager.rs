@@ -43,6 +43,7 @@ pub struct Status {
 pub struct Reconciled {
     pub bridge_changed: bool,
     pub table_changed: bool,
+    pub guard_changed: bool,
     pub taps_recreated: Vec<String>,
     pub taps_deleted: Vec<String>,
     pub nat_added: Vec<Ipv4Addr>,
@@ -122,6 +123,9 @@ impl Manager {
         } else {
             fixed.table_changed = self.ops.remove_nat_table().await?;
         }
+        // The guard applies with or without NAT: anti-spoofing and VM
+        // isolation are about the bridge, not the uplink.
+        fixed.guard_changed = self.ops.ensure_guard(&cfg.guard()).await?;
 
         let links = self.ops.links().await?;
         let bridge_index = links.iter().find(|l| l.name == cfg.bridge).map(|l| l.index);
@@ -147,6 +151,16 @@ impl Manager {
             }
         }
 
+        let wanted: BTreeSet<(String, Ipv4Addr)> =
+            leases.values().map(|l| (l.tap.clone(), l.ip)).collect();
+        let present = self.ops.guard_entries().await?;
+        for (tap, ip) in wanted.difference(&present) {
+            self.ops.add_guard_entry(tap, *ip).await?;
+        }
+        for (tap, ip) in present.difference(&wanted) {
+            self.ops.remove_guard_entry(tap, *ip).await?;
+        }
+
         if cfg.nat {
             let wanted: BTreeSet<Ipv4Addr> =
                 leases.values().filter(|l| l.nat).map(|l| l.ip).collect();
@@ -164,6 +178,7 @@ impl Manager {
             leases = leases.len(),
             bridge_changed = fixed.bridge_changed,
             table_changed = fixed.table_changed,
+            guard_changed = fixed.guard_changed,
             taps_recreated = ?fixed.taps_recreated,
             taps_deleted = ?fixed.taps_deleted,
             nat_added = ?fixed.nat_added,
@@ -236,6 +251,7 @@ impl Manager {
                 &self.config.bridge,
             )
             .await?;
+        self.ops.add_guard_entry(&lease.tap, lease.ip).await?;
         if lease.nat {
             self.ops.add_nat_source(lease.ip).await?;
         }
@@ -247,6 +263,9 @@ impl Manager {
     async fn undo(&self, lease: &Lease) {
         if let Err(e) = self.ops.delete_tap(&lease.tap).await {
             tracing::warn!(tap = %lease.tap, error = %e, "cannot remove tap after a failed allocation");
+        }
+        if let Err(e) = self.ops.remove_guard_entry(&lease.tap, lease.ip).await {
+            tracing::warn!(tap = %lease.tap, error = %e, "cannot remove guard element after a failed allocation");
         }
         if lease.nat
             && let Err(e) = self.ops.remove_nat_source(lease.ip).await
@@ -265,6 +284,7 @@ impl Manager {
             return Ok(false);
         };
         self.ops.delete_tap(&lease.tap).await?;
+        self.ops.remove_guard_entry(&lease.tap, lease.ip).await?;
         if lease.nat {
             self.ops.remove_nat_source(lease.ip).await?;
         }
@@ -448,13 +468,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ops = RecordingOps::default();
         let (_, first) = start(dir.path(), config("172.30.0.0/24"), &ops).await;
-        assert!(first.bridge_changed && first.table_changed);
+        assert!(first.bridge_changed && first.table_changed && first.guard_changed);
         assert_eq!(
             ops.take_calls(),
             vec![
                 Call::EnsureBridge("banger0".into()),
                 Call::EnsureNatTable,
-                Call::SetIpForward(true)
+                Call::SetIpForward(true),
+                Call::EnsureGuard { vm_to_vm: false },
             ]
         );
         let (_, second) = start(dir.path(), config("172.30.0.0/24"), &ops).await;
@@ -483,6 +504,7 @@ mod tests {
                     uid: 1000,
                     gid: 1001
                 },
+                Call::AddGuardEntry("bg-a".into(), a.ip),
                 Call::AddNatSource(a.ip)
             ]
         );
@@ -492,6 +514,14 @@ mod tests {
         assert_eq!(b.ip, Ipv4Addr::new(172, 30, 0, 3));
         assert!(!b.nat);
         assert!(!ops.state().nat_sources.contains(&b.ip));
+        // Every lease is in the guard, NAT or not: its tap may send only
+        // from its own address.
+        assert_eq!(
+            ops.state().guard_entries,
+            [("bg-a".to_owned(), a.ip), ("bg-b".to_owned(), b.ip)]
+                .into_iter()
+                .collect()
+        );
         assert_eq!(m.list().await, vec![a, b]);
     }
 
@@ -529,10 +559,14 @@ mod tests {
         assert!(m.release("a").await.unwrap());
         assert_eq!(
             ops.take_calls(),
-            vec![Call::DeleteTap("bg-a".into()), Call::RemoveNatSource(a.ip)]
+            vec![
+                Call::DeleteTap("bg-a".into()),
+                Call::RemoveGuardEntry("bg-a".into(), a.ip),
+                Call::RemoveNatSource(a.ip)
+            ]
         );
         let st = ops.state();
-        assert!(st.taps.is_empty() && st.nat_sources.is_empty());
+        assert!(st.taps.is_empty() && st.nat_sources.is_empty() && st.guard_entries.is_empty());
         assert!(LeaseStore::new(dir.path()).load().unwrap().is_empty());
     }
 

@@ -22,6 +22,24 @@ pub struct Link {
     pub controller: Option<u32>,
 }
 
+/// What the bridge guard enforces on every port that is one of our taps
+/// (table `bridge banger`): a frame from a tap must carry that tap's leased
+/// address (IPv4 source, ARP sender) or it is dropped, other protocols from
+/// taps are dropped, and unless `vm_to_vm` no VM reaches another VM, neither
+/// bridged port to port nor routed back through the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Guard {
+    /// The bridge the taps are ports of.
+    pub bridge: String,
+    /// Tap names start with this (`bg-`).
+    pub tap_prefix: String,
+    /// The VMs' subnet and the gateway inside it.
+    pub subnet: ipnet::Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// Let VMs on the bridge reach each other (`[netd] vm_to_vm`).
+    pub vm_to_vm: bool,
+}
+
 /// Privileged network operations; every method is idempotent.
 #[tonic::async_trait]
 pub trait NetOps: Send + Sync + 'static {
@@ -54,6 +72,15 @@ pub trait NetOps: Send + Sync + 'static {
     async fn add_nat_source(&self, ip: Ipv4Addr) -> Result<(), Error>;
     /// Removes `ip` from the `nat_sources` set; absent is fine.
     async fn remove_nat_source(&self, ip: Ipv4Addr) -> Result<(), Error>;
+    /// Creates or repairs table `bridge banger` for `guard` in one atomic
+    /// batch, keeping its `leases` set. Returns whether anything changed.
+    async fn ensure_guard(&self, guard: &Guard) -> Result<bool, Error>;
+    /// The (tap, leased address) pairs the guard lets through.
+    async fn guard_entries(&self) -> Result<BTreeSet<(String, Ipv4Addr)>, Error>;
+    /// Lets frames from `tap` with source `ip` through the guard.
+    async fn add_guard_entry(&self, tap: &str, ip: Ipv4Addr) -> Result<(), Error>;
+    /// Removes (`tap`, `ip`) from the guard; absent is fine.
+    async fn remove_guard_entry(&self, tap: &str, ip: Ipv4Addr) -> Result<(), Error>;
     /// Forward-hook chains of *other* tables whose policy is drop (e.g.
     /// Docker's `ip filter FORWARD`), as `family table chain`; read only,
     /// since they drop VM traffic whatever our table accepts.
@@ -74,6 +101,9 @@ pub enum Call {
     RemoveNatTable,
     AddNatSource(Ipv4Addr),
     RemoveNatSource(Ipv4Addr),
+    EnsureGuard { vm_to_vm: bool },
+    AddGuardEntry(String, Ipv4Addr),
+    RemoveGuardEntry(String, Ipv4Addr),
     SetIpForward(bool),
 }
 
@@ -87,6 +117,9 @@ pub struct FakeNet {
     pub others: Vec<String>,
     pub nat_table: bool,
     pub nat_sources: BTreeSet<Ipv4Addr>,
+    /// The guard table as last ensured.
+    pub guard: Option<Guard>,
+    pub guard_entries: BTreeSet<(String, Ipv4Addr)>,
     pub ip_forward: bool,
     /// Foreign forward chains with policy drop.
     pub foreign_drops: Vec<String>,
@@ -234,6 +267,43 @@ impl NetOps for RecordingOps {
     async fn remove_nat_source(&self, ip: Ipv4Addr) -> Result<(), Error> {
         self.record(Call::RemoveNatSource(ip));
         self.net.lock().expect("lock").nat_sources.remove(&ip);
+        Ok(())
+    }
+
+    async fn ensure_guard(&self, guard: &Guard) -> Result<bool, Error> {
+        let mut net = self.net.lock().expect("lock");
+        if net.guard.as_ref() == Some(guard) {
+            return Ok(false);
+        }
+        net.guard = Some(guard.clone());
+        drop(net);
+        self.record(Call::EnsureGuard {
+            vm_to_vm: guard.vm_to_vm,
+        });
+        Ok(true)
+    }
+
+    async fn guard_entries(&self) -> Result<BTreeSet<(String, Ipv4Addr)>, Error> {
+        Ok(self.net.lock().expect("lock").guard_entries.clone())
+    }
+
+    async fn add_guard_entry(&self, tap: &str, ip: Ipv4Addr) -> Result<(), Error> {
+        self.record(Call::AddGuardEntry(tap.into(), ip));
+        self.net
+            .lock()
+            .expect("lock")
+            .guard_entries
+            .insert((tap.into(), ip));
+        Ok(())
+    }
+
+    async fn remove_guard_entry(&self, tap: &str, ip: Ipv4Addr) -> Result<(), Error> {
+        self.record(Call::RemoveGuardEntry(tap.into(), ip));
+        self.net
+            .lock()
+            .expect("lock")
+            .guard_entries
+            .remove(&(tap.into(), ip));
         Ok(())
     }
 

@@ -26,6 +26,18 @@ fn caps_err(what: &str) -> impl FnOnce(caps::errors::CapsError) -> PrivError + '
     }
 }
 
+/// Fails with [`PrivError::NoNetAdmin`] unless CAP_NET_ADMIN is effective
+/// (checked first, so a netd without it says so before any netlink call).
+pub fn require_net_admin() -> Result<(), PrivError> {
+    let has = caps::has_cap(None, CapSet::Effective, Capability::CAP_NET_ADMIN)
+        .map_err(caps_err("read the effective capabilities"))?;
+    if has {
+        Ok(())
+    } else {
+        Err(PrivError::NoNetAdmin)
+    }
+}
+
 /// Keeps only CAP_NET_ADMIN in the effective, permitted, inheritable,
 /// ambient and bounding sets, and returns the effective set.
 ///
@@ -34,11 +46,7 @@ fn caps_err(what: &str) -> impl FnOnce(caps::errors::CapsError) -> PrivError + '
 /// reduced with CAP_SETPCAP; without it (e.g. systemd already bounded us)
 /// extra bounding capabilities are left and logged.
 pub fn restrict_to_net_admin() -> Result<CapsHashSet, PrivError> {
-    let has = caps::has_cap(None, CapSet::Effective, Capability::CAP_NET_ADMIN)
-        .map_err(caps_err("read the effective capabilities"))?;
-    if !has {
-        return Err(PrivError::NoNetAdmin);
-    }
+    require_net_admin()?;
     let only: CapsHashSet = [Capability::CAP_NET_ADMIN].into_iter().collect();
     let can_setpcap = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
         .map_err(caps_err("read the effective capabilities"))?;

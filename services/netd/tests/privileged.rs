@@ -508,6 +508,17 @@ fn killed_with_sigkill_and_restarted_keeps_exactly_the_leases() {
 
 /// Receives one UDP datagram in namespace `ns` and returns its source.
 fn udp_source_seen(receiver: &NamedNetns, sender: &NamedNetns, to: SocketAddr) -> Ipv4Addr {
+    udp_source_within(receiver, sender, to, Duration::from_secs(20))
+        .expect("no datagram reached the receiving namespace")
+}
+
+/// Like [`udp_source_seen`], but `None` when nothing arrives within `wait`.
+fn udp_source_within(
+    receiver: &NamedNetns,
+    sender: &NamedNetns,
+    to: SocketAddr,
+    wait: Duration,
+) -> Option<Ipv4Addr> {
     let enter = |name: String| {
         let f = std::fs::File::open(format!("/run/netns/{name}")).unwrap();
         nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
@@ -517,14 +528,10 @@ fn udp_source_seen(receiver: &NamedNetns, sender: &NamedNetns, to: SocketAddr) -
     let listener = std::thread::spawn(move || {
         enter(rx_name);
         let sock = UdpSocket::bind(to).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
+        sock.set_read_timeout(Some(wait)).unwrap();
         ready_tx.send(()).unwrap();
         let mut buf = [0u8; 64];
-        let (_, from) = sock
-            .recv_from(&mut buf)
-            .expect("no datagram reached the uplink namespace");
-        from
+        sock.recv_from(&mut buf).ok().map(|(_, from)| from)
     });
     ready_rx.recv().unwrap();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
@@ -539,10 +546,178 @@ fn udp_source_seen(receiver: &NamedNetns, sender: &NamedNetns, to: SocketAddr) -
     let from = listener.join().unwrap();
     stop_tx.send(()).unwrap();
     talker.join().unwrap();
-    match from {
+    from.map(|from| match from {
         SocketAddr::V4(a) => *a.ip(),
         other => panic!("unexpected source {other}"),
-    }
+    })
+}
+
+/// Replaces the tap netd made for `lease` with a veth of the same name on
+/// the bridge, its peer in `ns` as `eth0` with `addr`, default route via
+/// the gateway and a static gateway neighbour (so a spoofing guest needs no
+/// ARP answer to send). A tap carries nothing without a hypervisor; a veth
+/// named like the tap is the same bridge port to nftables.
+fn veth_guest(lease: &pb::Lease, ns: &NamedNetns, addr: &str) {
+    let in_ns = |argv: &[&str]| {
+        let st = ns.exec(argv).status().unwrap();
+        assert!(st.success(), "{argv:?} in {}", ns.name);
+    };
+    run(&["ip", "link", "del", &lease.tap]);
+    run(&[
+        "ip", "link", "add", &lease.tap, "type", "veth", "peer", "name", "vm-eth0",
+    ]);
+    run(&["ip", "link", "set", "vm-eth0", "netns", &ns.name]);
+    run(&["ip", "link", "set", &lease.tap, "master", "banger0", "up"]);
+    in_ns(&["ip", "link", "set", "vm-eth0", "name", "eth0"]);
+    in_ns(&["ip", "addr", "add", addr, "dev", "eth0"]);
+    in_ns(&["ip", "link", "set", "eth0", "up"]);
+    in_ns(&["ip", "route", "add", "default", "via", &lease.gateway]);
+    in_ns(&[
+        "ip",
+        "neigh",
+        "replace",
+        &lease.gateway,
+        "lladdr",
+        "02:ba:ac:1e:00:01",
+        "dev",
+        "eth0",
+    ]);
+}
+
+/// The uplink namespace as in [`nat_masquerades_only_leases_with_nat`].
+fn uplink(ns: &NamedNetns) {
+    let in_ns = |argv: &[&str]| {
+        let st = ns.exec(argv).status().unwrap();
+        assert!(st.success(), "{argv:?} in {}", ns.name);
+    };
+    run(&[
+        "ip", "link", "add", "up-h", "type", "veth", "peer", "name", "up-u",
+    ]);
+    run(&["ip", "link", "set", "up-u", "netns", &ns.name]);
+    run(&["ip", "addr", "add", "192.0.2.1/24", "dev", "up-h"]);
+    run(&["ip", "link", "set", "up-h", "up"]);
+    in_ns(&["ip", "addr", "add", "192.0.2.2/24", "dev", "up-u"]);
+    in_ns(&["ip", "link", "set", "up-u", "up"]);
+    in_ns(&["ip", "route", "add", "172.30.0.0/24", "via", "192.0.2.1"]);
+}
+
+#[test]
+fn guard_binds_addresses_to_taps_and_isolates_vms() {
+    netns_test(|| async {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let (m, _) = start_manager(test_config("172.30.0.0/24"), &state).await;
+        let (mut client, stop) = serve(m, dir.path()).await;
+        let (nat_vm, plain_vm, out) = (
+            NamedNetns::new("netd-natvm"),
+            NamedNetns::new("netd-plainvm"),
+            NamedNetns::new("netd-out"),
+        );
+        uplink(&out);
+        let nat = client
+            .allocate(alloc("natvm", true, None))
+            .await
+            .unwrap()
+            .into_inner();
+        let plain = client
+            .allocate(alloc("plainvm", false, None))
+            .await
+            .unwrap()
+            .into_inner();
+        let cidr = |l: &pb::Lease| format!("{}/{}", l.ip, l.prefix_len);
+        veth_guest(&nat, &nat_vm, &cidr(&nat));
+        let target: SocketAddr = "192.0.2.2:9999".parse().unwrap();
+        let short = Duration::from_secs(3);
+        assert_eq!(
+            udp_source_seen(&out, &nat_vm, target),
+            Ipv4Addr::new(192, 0, 2, 1),
+            "the NAT VM is masqueraded"
+        );
+
+        // The VM without NAT takes the NAT VM's address: not masqueraded
+        // (not even let onto the bridge).
+        veth_guest(&plain, &plain_vm, &cidr(&nat));
+        let seen = udp_source_within(&out, &plain_vm, target, short);
+        assert_eq!(
+            seen, None,
+            "a spoofed source left the host (seen as {seen:?})"
+        );
+
+        // With its own address it gets out un-NATed, as before.
+        let st = plain_vm
+            .exec(["ip", "addr", "flush", "dev", "eth0"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let st = plain_vm
+            .exec(["ip", "addr", "add", &cidr(&plain), "dev", "eth0"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let st = plain_vm
+            .exec(["ip", "route", "replace", "default", "via", &plain.gateway])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        assert_eq!(
+            udp_source_seen(&out, &plain_vm, target),
+            plain.ip.parse::<Ipv4Addr>().unwrap(),
+            "its own address passes the guard"
+        );
+
+        // VMs cannot reach each other by default, bridged or routed.
+        let to_plain: SocketAddr = format!("{}:9998", plain.ip).parse().unwrap();
+        let seen = udp_source_within(&plain_vm, &nat_vm, to_plain, short);
+        assert_eq!(seen, None, "VM-to-VM traffic got through by default");
+        let st = nat_vm
+            .exec([
+                "ip",
+                "neigh",
+                "replace",
+                &plain.ip,
+                "lladdr",
+                "02:ba:ac:1e:00:01",
+                "dev",
+                "eth0",
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let seen = udp_source_within(&plain_vm, &nat_vm, to_plain, short);
+        assert_eq!(seen, None, "VM-to-VM traffic routed through the gateway");
+        let st = nat_vm
+            .exec(["ip", "neigh", "del", &plain.ip, "dev", "eth0"])
+            .status()
+            .unwrap();
+        assert!(st.success());
+
+        // `[netd] vm_to_vm = true` lets them talk (and still guards sources).
+        drop(stop);
+        let shared = NetdConfig {
+            vm_to_vm: true,
+            ..test_config("172.30.0.0/24")
+        };
+        let (_m, fixed) = start_manager(shared, &state).await;
+        assert!(fixed.guard_changed, "{fixed:?}");
+        assert_eq!(
+            udp_source_within(&plain_vm, &nat_vm, to_plain, Duration::from_secs(20)),
+            Some(nat.ip.parse().unwrap()),
+            "vm_to_vm = true: the VMs reach each other"
+        );
+        let guarded: Value =
+            serde_json::from_str(&run(&["nft", "-j", "list", "table", "bridge", "banger"]))
+                .unwrap();
+        let entries = banger_netd::linux::guard_elements(&guarded);
+        assert_eq!(
+            entries,
+            [
+                (nat.tap.clone(), nat.ip.parse().unwrap()),
+                (plain.tap.clone(), plain.ip.parse().unwrap())
+            ]
+            .into_iter()
+            .collect()
+        );
+    });
 }
 
 #[test]
@@ -705,5 +880,36 @@ fn runs_unprivileged_with_only_cap_net_admin_and_refuses_without() {
             nat_elements(),
             [lease.ip.parse().unwrap()].into_iter().collect()
         );
+    });
+}
+
+/// Dev mode as root with `[paths] socket_group`: netd gives its socket that
+/// group although it keeps only CAP_NET_ADMIN afterwards (it used to drop
+/// to CAP_NET_ADMIN first, then fail the chown with EPERM).
+#[test]
+fn root_netd_with_a_socket_group_starts() {
+    netns_test(|| async {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(
+            home.path().join("banger.toml"),
+            "[paths]\nsocket_group = \"nogroup\"\n",
+        )
+        .unwrap();
+        let gid = nix::unistd::Group::from_name("nogroup")
+            .unwrap()
+            .expect("group nogroup (Debian's base-passwd has it)")
+            .gid;
+        let mut d = Daemon::spawn(home.path(), &[]);
+        let mut c = d.client().await;
+        assert_eq!(
+            d.caps(),
+            (NET_ADMIN_ONLY.into(), NET_ADMIN_ONLY.into()),
+            "root netd still drops all but CAP_NET_ADMIN"
+        );
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(home.path().join("run/netd.sock")).unwrap();
+        assert_eq!(meta.gid(), gid.as_raw(), "socket group");
+        assert_eq!(meta.mode() & 0o777, 0o660);
+        c.allocate(alloc("x", false, None)).await.unwrap();
     });
 }

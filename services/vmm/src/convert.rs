@@ -10,6 +10,7 @@ impl GrpcError for Error {
     fn grpc_code(&self) -> Code {
         match self {
             Error::InvalidName(_)
+            | Error::Invalid(_)
             | Error::InvalidSize { .. }
             | Error::UnknownHypervisor { .. }
             | Error::BadExecStream { .. } => Code::InvalidArgument,

@@ -124,10 +124,19 @@ pub struct Identity {
     pub gateway: Option<String>,
 }
 
+/// Where sshd finds the VM's host key, and the image's own host keys that
+/// are removed so sshd serves only the VM's.
+const HOST_KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
+
 /// Writes `identity` and the files it implies (`/etc/hostname`, root's
 /// `authorized_keys`, mode 0600 in a 0700 dir, owned by root) into the ext4
-/// at `disk`, then reads `identity.json` back to prove it landed.
-pub fn write_identity(disk: &Path, identity: &Identity) -> Result<()> {
+/// at `disk`, with a fresh SSH host key made here on the host
+/// (`/etc/ssh/ssh_host_ed25519_key`, 0600, and its `.pub`, 0644): the
+/// image's own host keys are removed, so no two VMs of an image share one
+/// and the guest never runs keygen. Reads `identity.json` and the public key
+/// back to prove they landed, and returns the public key (one
+/// `ssh-ed25519 AAAA… <hostname>` line) for clients to verify the guest by.
+pub fn write_identity(disk: &Path, identity: &Identity) -> Result<String> {
     let tmp = tempfile::Builder::new()
         .prefix(".identity-")
         .tempdir_in(disk.parent().unwrap_or(Path::new("/tmp")))
@@ -148,6 +157,7 @@ pub fn write_identity(disk: &Path, identity: &Identity) -> Result<()> {
         std::fs::write(tmp.path().join(name), content)
             .map_err(Error::io("cannot write", tmp.path().join(name)))?;
     }
+    let host_public = generate_host_key(&tmp.path().join("host_key"), &identity.hostname)?;
     let host = |n: &str| tmp.path().join(n).display().to_string();
     // debugfs parses its command file by whitespace; our temp path has none
     // unless the state dir does, which we refuse rather than mis-write.
@@ -159,10 +169,13 @@ pub fn write_identity(disk: &Path, identity: &Identity) -> Result<()> {
     let mut script = String::new();
     // debugfs's mkdir of an existing directory leaks an inode and corrupts
     // link counts (e2fsprogs 1.47), so only make the ones that are missing.
-    for dir in ["/etc", "/etc/banger", "/root", "/root/.ssh"] {
+    for dir in ["/etc", "/etc/banger", "/etc/ssh", "/root", "/root/.ssh"] {
         if !exists(disk, dir)? {
             script.push_str(&format!("mkdir {dir}\n"));
         }
+    }
+    for name in image_host_keys(disk)? {
+        script.push_str(&format!("rm /etc/ssh/{name}\n"));
     }
     let mut put = |guest: &str, local: &str, mode: &str| {
         script.push_str(&format!(
@@ -173,6 +186,8 @@ pub fn write_identity(disk: &Path, identity: &Identity) -> Result<()> {
     put("/etc/banger/identity.json", "identity.json", "0100644");
     put("/etc/hostname", "hostname", "0100644");
     put("/root/.ssh/authorized_keys", "authorized_keys", "0100600");
+    put(HOST_KEY, "host_key", "0100600");
+    put(&format!("{HOST_KEY}.pub"), "host_key.pub", "0100644");
     script.push_str("sif /root/.ssh mode 040700\nsif /root/.ssh uid 0\nsif /root/.ssh gid 0\n");
     let script_path = tmp.path().join("commands");
     File::create(&script_path)
@@ -205,16 +220,79 @@ pub fn write_identity(disk: &Path, identity: &Identity) -> Result<()> {
         ));
     }
     let back = read_file(disk, "/etc/banger/identity.json")?;
-    if back != json.as_bytes() {
+    let key_back = read_file(disk, &format!("{HOST_KEY}.pub"))?;
+    if back != json.as_bytes() || key_back != format!("{host_public}\n").as_bytes() {
         return Err(Error::tool(
             "debugfs",
             format!(
-                "identity.json read back from {} differs from what was written",
+                "identity.json or the SSH host key read back from {} differs from what was written",
                 disk.display()
             ),
         ));
     }
-    Ok(())
+    Ok(host_public)
+}
+
+/// Makes an ed25519 key pair at `path` and `path.pub` with `ssh-keygen`
+/// (no passphrase, `comment` as its comment) and returns the public line.
+fn generate_host_key(path: &Path, comment: &str) -> Result<String> {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| {
+            Error::tool(
+                "ssh-keygen",
+                format!(
+                    "cannot run it ({e}); install openssh-client (`apt-get install openssh-client`)"
+                ),
+            )
+        })?;
+    if !out.status.success() {
+        return Err(Error::tool(
+            "ssh-keygen",
+            format!(
+                "making the VM's SSH host key failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    let public = path.with_extension("pub");
+    let line = std::fs::read_to_string(&public).map_err(Error::io("cannot read", &public))?;
+    Ok(line.trim().to_owned())
+}
+
+/// The image's SSH host key files in `/etc/ssh` (`ssh_host_*_key` and
+/// `.pub`); names outside that pattern are never handed to debugfs.
+fn image_host_keys(disk: &Path) -> Result<Vec<String>> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg("ls -p /etc/ssh")
+        .arg(disk)
+        .output()
+        .map_err(|e| tool_missing("debugfs", e))?;
+    // `ls -p` prints `/inode/mode/uid/gid/name/size/` per entry; a missing
+    // /etc/ssh prints nothing on stdout.
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().split('/').nth(5).map(str::to_owned))
+        .filter(|name| is_host_key_name(name))
+        .collect())
+}
+
+/// `ssh_host_<type>_key` or `ssh_host_<type>_key.pub`, `<type>` of
+/// `[a-z0-9_]`.
+fn is_host_key_name(name: &str) -> bool {
+    let base = name.strip_suffix(".pub").unwrap_or(name);
+    base.strip_prefix("ssh_host_")
+        .and_then(|t| t.strip_suffix("_key"))
+        .is_some_and(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        })
 }
 
 /// Whether `guest_path` exists in the ext4 image.
@@ -290,6 +368,18 @@ mod tests {
         std::fs::create_dir_all(tree.join("etc")).unwrap();
         std::fs::write(tree.join("etc/hostname"), "image-default\n").unwrap();
         std::fs::write(tree.join("etc/os-release"), "ID=test\n").unwrap();
+        // The host keys every VM of this image would share without ours.
+        std::fs::create_dir_all(tree.join("etc/ssh")).unwrap();
+        for key in [
+            "ssh_host_rsa_key",
+            "ssh_host_rsa_key.pub",
+            "ssh_host_ecdsa_key",
+            "ssh_host_ed25519_key",
+            "ssh_host_ed25519_key.pub",
+        ] {
+            std::fs::write(tree.join("etc/ssh").join(key), "image's own key\n").unwrap();
+        }
+        std::fs::write(tree.join("etc/ssh/sshd_config"), "# kept\n").unwrap();
         let img = dir.join("image.ext4");
         run_tool(
             Command::new("mkfs.ext4")
@@ -339,9 +429,37 @@ mod tests {
         assert_eq!(blocks * bsize, 64 << 20);
 
         let id = identity();
-        write_identity(&disk, &id).unwrap();
+        let first_key = write_identity(&disk, &id).unwrap();
         // Twice: the second write replaces, it does not fail on existing files.
-        write_identity(&disk, &id).unwrap();
+        let host_key = write_identity(&disk, &id).unwrap();
+        assert!(host_key.starts_with("ssh-ed25519 AAAA"), "{host_key}");
+        assert_ne!(first_key, host_key, "a fresh host key per write");
+        assert_eq!(
+            read_file(&disk, "/etc/ssh/ssh_host_ed25519_key.pub").unwrap(),
+            format!("{host_key}\n").as_bytes()
+        );
+        let private = read_file(&disk, "/etc/ssh/ssh_host_ed25519_key").unwrap();
+        assert!(
+            private.starts_with(b"-----BEGIN OPENSSH PRIVATE KEY-----"),
+            "{}",
+            String::from_utf8_lossy(&private)
+        );
+        // sshd serves only ours: the image's other host keys are gone, the
+        // rest of /etc/ssh stays.
+        for gone in [
+            "ssh_host_rsa_key",
+            "ssh_host_rsa_key.pub",
+            "ssh_host_ecdsa_key",
+        ] {
+            assert!(
+                !exists(&disk, &format!("/etc/ssh/{gone}")).unwrap(),
+                "{gone} left in the VM's disk"
+            );
+        }
+        assert_eq!(
+            read_file(&disk, "/etc/ssh/sshd_config").unwrap(),
+            b"# kept\n"
+        );
         let json: serde_json::Value =
             serde_json::from_slice(&read_file(&disk, "/etc/banger/identity.json").unwrap())
                 .unwrap();
@@ -370,6 +488,11 @@ mod tests {
         assert!(keys.contains("User:     0   Group:     0"), "{keys}");
         let ssh = stat("/root/.ssh");
         assert!(ssh.contains("Mode:  0700"), "{ssh}");
+        let private = stat("/etc/ssh/ssh_host_ed25519_key");
+        assert!(private.contains("Mode:  0600"), "{private}");
+        assert!(private.contains("User:     0   Group:     0"), "{private}");
+        let public = stat("/etc/ssh/ssh_host_ed25519_key.pub");
+        assert!(public.contains("Mode:  0644"), "{public}");
         // The image itself was never written.
         assert_eq!(
             read_file(&img, "/etc/hostname").unwrap(),
@@ -413,6 +536,27 @@ mod tests {
             "copy is not sparse: {} blocks",
             meta.blocks()
         );
+    }
+
+    #[test]
+    fn only_host_key_names_are_removed() {
+        for ok in [
+            "ssh_host_rsa_key",
+            "ssh_host_ecdsa_key.pub",
+            "ssh_host_ed25519_key",
+        ] {
+            assert!(is_host_key_name(ok), "{ok}");
+        }
+        for other in [
+            "sshd_config",
+            "moduli",
+            "ssh_host__key",
+            "ssh_host_rsa_key.bak",
+            "ssh_host_a b_key",
+            "ssh_host_x_key\nrm /etc/passwd",
+        ] {
+            assert!(!is_host_key_name(other), "{other}");
+        }
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub enum Error {
     BadExecStream { reason: &'static str },
 
     // ---- the VM ----
+    /// A request field breaks a limit or is not what it claims (an SSH key).
+    #[error(transparent)]
+    Invalid(#[from] crate::validate::Invalid),
     /// No VM has this name.
     #[error("no VM named {name:?}; see `banger vm list`")]
     NotFound { name: String },

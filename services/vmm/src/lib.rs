@@ -21,6 +21,7 @@ pub mod record;
 pub mod service;
 #[doc(hidden)]
 pub mod testing;
+pub mod validate;
 
 pub use error::{Error, Result};
 pub use service::VmmService;

@@ -128,6 +128,10 @@ pub struct VmRecord {
     pub backend: Backend,
     pub nat: bool,
     pub ssh_authorized_keys: Vec<String>,
+    /// The VM's SSH host public key (`ssh-ed25519 AAAA… name`), made on the
+    /// host at create; absent in records older than host-key pinning.
+    #[serde(default)]
+    pub ssh_host_key: Option<String>,
     /// Set once netd allocated the network.
     pub lease: Option<Lease>,
     /// Hypervisor pid while running.
@@ -308,6 +312,7 @@ pub(crate) fn sample(name: &str) -> VmRecord {
         backend: Backend::Qemu,
         nat: true,
         ssh_authorized_keys: vec!["ssh-ed25519 AAAA test".into()],
+        ssh_host_key: None,
         lease: None,
         pid: None,
         helper_pid: None,

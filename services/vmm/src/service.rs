@@ -26,6 +26,7 @@ use crate::hypervisor::qemu::Qemu;
 use crate::manager::{CreateSpec, Manager, PhaseEvent, VmView};
 use crate::peers::{GrpcPeers, Peers};
 use crate::record::{Store, VmState};
+use crate::validate;
 
 /// The VM manager service.
 #[derive(Debug, Clone)]
@@ -114,6 +115,7 @@ fn to_pb(v: VmView) -> pb::Vm {
                 detail: p.detail,
             })
             .collect(),
+        ssh_host_public_key: vm.ssh_host_key.unwrap_or_default(),
     }
 }
 
@@ -154,6 +156,12 @@ impl Vmm for VmmService {
         // Cheap validation answers at once, before any stream.
         banger_proto::names::validate("vm", &spec.name).map_err(Error::from)?;
         banger_proto::names::validate("image", &spec.image).map_err(Error::from)?;
+        if let Some(kernel) = &spec.kernel {
+            banger_proto::names::validate_dotted("kernel", kernel).map_err(Error::from)?;
+        }
+        validate::resources(spec.vcpus, spec.memory_mib, spec.disk_bytes).map_err(Error::from)?;
+        validate::timeout("ready_timeout_seconds", spec.ready_timeout_secs).map_err(Error::from)?;
+        validate::ssh_public_keys(&spec.ssh_authorized_keys).map_err(Error::from)?;
         let (events_tx, mut events_rx) = mpsc::channel::<PhaseEvent>(32);
         let (out_tx, out_rx) = mpsc::channel(32);
         let manager = self.manager.clone();
@@ -203,6 +211,7 @@ impl Vmm for VmmService {
         request: Request<pb::StartVmRequest>,
     ) -> Result<Response<pb::Vm>, Status> {
         let r = request.into_inner();
+        validate::timeout("ready_timeout_seconds", r.ready_timeout_seconds).map_err(Error::from)?;
         let v = self.manager.start(&r.name, r.ready_timeout_seconds).await?;
         Ok(Response::new(to_pb(v)))
     }
@@ -213,6 +222,7 @@ impl Vmm for VmmService {
         request: Request<pb::StopVmRequest>,
     ) -> Result<Response<pb::Vm>, Status> {
         let r = request.into_inner();
+        validate::timeout("timeout_seconds", r.timeout_seconds).map_err(Error::from)?;
         let v = self
             .manager
             .stop(&r.name, r.force, r.timeout_seconds)
@@ -226,6 +236,8 @@ impl Vmm for VmmService {
         request: Request<pb::RestartVmRequest>,
     ) -> Result<Response<pb::Vm>, Status> {
         let r = request.into_inner();
+        validate::timeout("timeout_seconds", r.timeout_seconds).map_err(Error::from)?;
+        validate::timeout("ready_timeout_seconds", r.ready_timeout_seconds).map_err(Error::from)?;
         let v = self
             .manager
             .restart(&r.name, r.timeout_seconds, r.ready_timeout_seconds)
@@ -354,6 +366,7 @@ impl Vmm for VmmService {
         request: Request<pb::WaitReadyRequest>,
     ) -> Result<Response<pb::WaitReadyResponse>, Status> {
         let r = request.into_inner();
+        validate::timeout("timeout_seconds", r.timeout_seconds).map_err(Error::from)?;
         let v = self.manager.wait_ready(&r.name, r.timeout_seconds).await?;
         Ok(Response::new(pb::WaitReadyResponse { vm: Some(to_pb(v)) }))
     }

@@ -35,8 +35,8 @@ impl Manager {
     pub async fn create(&self, spec: CreateSpec, progress: &dyn Progress) -> Result<VmView> {
         banger_proto::names::validate("vm", &spec.name)?;
         banger_proto::names::validate("image", &spec.image)?;
-        // Kernel names are kernelcat's to validate: the documented default
-        // `generic-6.12` has a dot, which the shared DNS-label rule refuses.
+        // Kernel names (dotted: `generic-6.12`), sizes, timeouts and SSH keys
+        // are checked at the API edge (service.rs, validate.rs).
         let cfg = &self.inner.cfg;
         let vcpus = if spec.vcpus == 0 {
             cfg.default_vcpus
@@ -86,6 +86,7 @@ impl Manager {
             backend,
             nat: spec.nat,
             ssh_authorized_keys: spec.ssh_authorized_keys.clone(),
+            ssh_host_key: None,
             lease: None,
             pid: None,
             helper_pid: None,
@@ -193,9 +194,12 @@ impl Manager {
             gateway: Some(lease.gateway.clone()),
         };
         let disk_path = paths.disk();
-        tokio::task::spawn_blocking(move || disk::write_identity(&disk_path, &identity))
-            .await
-            .map_err(Error::task("identity"))??;
+        let host_key =
+            tokio::task::spawn_blocking(move || disk::write_identity(&disk_path, &identity))
+                .await
+                .map_err(Error::task("identity"))??;
+        vm.ssh_host_key = Some(host_key);
+        store.save(vm)?;
         phase.end().await;
 
         if spec.no_start {

@@ -128,7 +128,10 @@ pub async fn create(
             kernel: kernel.into(),
             memory_mib: 256,
             nat: true,
-            ssh_authorized_keys: vec!["ssh-ed25519 AAAAtest test@host".into()],
+            ssh_authorized_keys: vec![
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB9gQtxjDPmHJhap51lRxwAqkw/Ne2kdxvQmZb3iW/UI test@host"
+                    .into(),
+            ],
             ..Default::default()
         })
         .await?
