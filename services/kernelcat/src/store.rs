@@ -490,16 +490,9 @@ fn dir_size(dir: &Path) -> u64 {
 /// numbers read naturally (`generic-6.12`) while a name can never be `.`,
 /// `..`, hidden, or contain a path separator.
 pub fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .split('.')
-            .all(|label| banger_proto::names::validate("kernel", label).is_ok());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidKernelName { name: name.into() })
-    }
+    // The one rule for dotted names, shared with vmm's API edge.
+    banger_proto::names::validate_dotted("kernel", name)
+        .map_err(|_| Error::InvalidKernelName { name: name.into() })
 }
 
 /// Current time in Unix seconds.
