@@ -8,7 +8,11 @@
 //!   with `[paths]` defaulting to `/run/banger` and `/var/lib/banger`.
 //!
 //! Each service reads its own `[section]` through [`Config::section`], so
-//! the loader never needs to know every service's settings.
+//! the loader never needs to know every service's settings; it knows only
+//! their names ([`SECTIONS`]) and refuses any other top-level section, so a
+//! misspelled `[vmmm]` is an error instead of silently ignored defaults.
+//! Unknown keys inside a section are refused by that section's own type
+//! (`#[serde(deny_unknown_fields)]`) when its service reads it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -82,6 +86,10 @@ pub fn mirrors_then_upstream(
     out
 }
 
+/// The top-level sections of banger.toml: `[paths]` and one per service
+/// ([`Service::short_name`]). A new section is added here.
+pub const SECTIONS: &[&str] = &["paths", "kernelcat", "imagestore", "netd", "vmm"];
+
 /// Errors while loading configuration.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -94,6 +102,12 @@ pub enum ConfigError {
     /// The config file is not valid TOML or has wrong types.
     #[error("invalid config file {path}: {message}")]
     Parse { path: String, message: String },
+    /// A top-level section banger does not know (a typo, most likely).
+    #[error(
+        "invalid config file {path}: unknown section [{section}]; the sections are {}",
+        SECTIONS.iter().map(|s| format!("[{s}]")).collect::<Vec<_>>().join(", ")
+    )]
+    UnknownSection { path: String, section: String },
 }
 
 /// The banger services, in start order.
@@ -267,6 +281,12 @@ impl Config {
             message,
         };
         let table: toml::Table = toml::from_str(text).map_err(|e| parse_err(e.to_string()))?;
+        if let Some(section) = table.keys().find(|k| !SECTIONS.contains(&k.as_str())) {
+            return Err(ConfigError::UnknownSection {
+                path: origin.to_owned(),
+                section: section.clone(),
+            });
+        }
         let paths: PathsSection = match table.get("paths") {
             Some(v) => v
                 .clone()
@@ -328,7 +348,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("banger.toml"),
-            "[paths]\nrun_dir = \"/nope\"\n[demo]\nbridge = \"br9\"\n",
+            "[paths]\nrun_dir = \"/nope\"\n[netd]\nbridge = \"br9\"\n",
         )
         .unwrap();
         let cfg = Config::load(&ConfigLocation {
@@ -342,7 +362,7 @@ mod tests {
             cfg.paths.socket(Service::Netd),
             dir.path().join("run/netd.sock")
         );
-        let demo: Demo = cfg.section("demo").unwrap();
+        let demo: Demo = cfg.section("netd").unwrap();
         assert_eq!(
             demo,
             Demo {
@@ -361,7 +381,7 @@ mod tests {
         })
         .unwrap();
         assert!(cfg.source.is_none());
-        assert_eq!(cfg.section::<Demo>("demo").unwrap(), Demo::default());
+        assert_eq!(cfg.section::<Demo>("netd").unwrap(), Demo::default());
     }
 
     #[test]
@@ -378,8 +398,45 @@ mod tests {
 
     #[test]
     fn type_errors_name_the_section() {
-        let cfg = Config::parse("[demo]\ncount = \"x\"\n", "t.toml").unwrap();
-        let err = cfg.section::<Demo>("demo").unwrap_err().to_string();
-        assert!(err.contains("[demo]"), "{err}");
+        let cfg = Config::parse("[netd]\ncount = \"x\"\n", "t.toml").unwrap();
+        let err = cfg.section::<Demo>("netd").unwrap_err().to_string();
+        assert!(err.contains("[netd]"), "{err}");
+    }
+
+    #[test]
+    fn unknown_sections_are_refused_naming_the_valid_ones() {
+        let err = Config::parse("[vmmm]\ndefault_vcpus = 2\n", "t.toml").unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::UnknownSection { section, .. } if section == "vmmm"),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        for needle in [
+            "t.toml",
+            "[vmmm]",
+            "[paths]",
+            "[kernelcat]",
+            "[imagestore]",
+            "[netd]",
+            "[vmm]",
+        ] {
+            assert!(message.contains(needle), "{needle} missing from: {message}");
+        }
+        // A top-level key outside any section is refused the same way.
+        assert!(matches!(
+            Config::parse("bridge = \"br0\"\n", "t.toml"),
+            Err(ConfigError::UnknownSection { .. })
+        ));
+    }
+
+    #[test]
+    fn the_shipped_config_and_every_section_parse() {
+        let shipped = include_str!("../../configs/banger.toml");
+        let cfg = Config::parse(shipped, "configs/banger.toml").unwrap();
+        assert_eq!(cfg.paths.run_dir, PathBuf::from(SYSTEM_RUN_DIR));
+        // Every service has its section in the list.
+        for service in Service::ALL {
+            assert!(SECTIONS.contains(&service.short_name()), "{service}");
+        }
     }
 }

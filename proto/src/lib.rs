@@ -9,13 +9,32 @@
 //! - [`names`]: the one validator for VM, image and kernel names.
 //! - [`fsutil`]: the one atomic-write helper.
 //! - [`telemetry`]: tracing, JSON logs under systemd, OTLP export when configured.
+//! - [`tls`]: the one rustls crypto provider (*ring*), installed before any HTTP client.
+//!
+//! # Features
+//!
+//! `host` (default) is everything only host processes need: `config`,
+//! `daemon`, `telemetry`, `tls`, `fsutil`, `names` and the server/client halves of
+//! [`rpc`], with their heavy dependencies (OpenTelemetry and its OTLP
+//! exporter, toml, clap, tracing-subscriber, tonic-health and reflection,
+//! rustls).
+//! The static guest agent depends on this crate with `default-features =
+//! false`: the generated API, [`rpc::hybrid_vsock`], [`rpc::status`] and
+//! [`rpc::signal`], nothing else.
 
+#[cfg(feature = "host")]
 pub mod config;
+#[cfg(feature = "host")]
 pub mod daemon;
+#[cfg(feature = "host")]
 pub mod fsutil;
+#[cfg(feature = "host")]
 pub mod names;
 pub mod rpc;
+#[cfg(feature = "host")]
 pub mod telemetry;
+#[cfg(feature = "host")]
+pub mod tls;
 
 /// Encoded `FileDescriptorSet` of every banger proto, for server reflection
 /// and for clients that want to decode messages dynamically.

@@ -51,6 +51,8 @@ impl LogFormat {
 /// Installs the global subscriber for a process named `service_name`
 /// (`RUST_LOG` filters, default `default_level`).
 pub fn init(service_name: &'static str, default_level: &str) -> TelemetryGuard {
+    // Before the OTLP HTTP exporter (or anything else) builds a client.
+    crate::tls::install_crypto_provider();
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));

@@ -11,18 +11,33 @@
 //! - [`peer`]: the caller's uid/gid/pid, from the socket's peer credentials.
 //! - [`trace_context`]: carrying the OpenTelemetry context through metadata.
 //! - [`status`]: mapping domain errors to one precise gRPC code each.
+//! - [`signal`]: waiting for SIGTERM/SIGINT.
+//!
+//! `server`, `client`, `peer` and `trace_context` are host pieces (feature
+//! `host`); the guest agent builds with `hybrid_vsock`, `status` and
+//! `signal` only.
 
+#[cfg(feature = "host")]
 pub mod authority;
+#[cfg(feature = "host")]
 pub mod client;
 pub mod hybrid_vsock;
+#[cfg(feature = "host")]
 pub mod peer;
+#[cfg(feature = "host")]
 pub mod server;
+pub mod signal;
 pub mod status;
+#[cfg(feature = "host")]
 pub mod trace_context;
 
+#[cfg(feature = "host")]
 pub use client::{TracedChannel, connect, connect_lazy};
+#[cfg(feature = "host")]
 pub use peer::{Peer, peer};
-pub use server::{BoundSocket, ServeOptions, shutdown_signal};
+#[cfg(feature = "host")]
+pub use server::{BoundSocket, ServeOptions};
+pub use signal::shutdown_signal;
 pub use status::{GrpcError, to_status};
 
 use std::path::PathBuf;

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::Error;
 
-/// The blob cache rooted at `$STATE/imagestore/blobs`.
+/// The blob cache rooted at `$STATE/blobs`.
 #[derive(Debug)]
 pub struct BlobCache {
     dir: PathBuf,

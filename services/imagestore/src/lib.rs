@@ -1,6 +1,7 @@
 //! `banger-imagestore` owns OCI images: registry pulls into the blob cache
-//! under `$STATE/imagestore/blobs`, layer flattening, and the ext4 root
-//! filesystems under `$STATE/imagestore/images`.
+//! under `$STATE/blobs`, layer flattening, and the ext4 root filesystems
+//! under `$STATE/images` (both decided by `banger_proto::config::Paths`:
+//! `blobs()` and `state(Service::ImageStore)`).
 
 pub mod blobs;
 pub mod config;

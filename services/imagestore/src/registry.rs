@@ -131,6 +131,8 @@ pub fn remotes(
     platform: &Platform,
     credentials: &[Credentials],
 ) -> Result<Vec<Remote>, Error> {
+    // Every remote gets its own oci-client, which needs the provider.
+    banger_proto::tls::install_crypto_provider();
     let ca = match &config.ca_file {
         Some(path) => vec![Certificate {
             encoding: CertificateEncoding::Pem,

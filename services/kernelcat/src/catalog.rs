@@ -435,6 +435,7 @@ mod tests {
     #[tokio::test]
     async fn unreachable_remote_without_cache_warns() {
         let dir = tempfile::tempdir().unwrap();
+        banger_proto::tls::install_crypto_provider();
         // Port 1 on loopback: nothing listens, the connection is refused.
         let catalog = Catalog::new(
             "[]",

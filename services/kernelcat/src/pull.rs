@@ -414,6 +414,7 @@ impl Puller {
         let parsed: oci_client::Reference = reference
             .parse()
             .map_err(|e| oci_err(format!("invalid reference: {e}")))?;
+        banger_proto::tls::install_crypto_provider();
         let client = oci_client::Client::new(ClientConfig {
             protocol: ClientProtocol::HttpsExcept(self.insecure_registries.clone()),
             ..Default::default()

@@ -66,6 +66,7 @@ impl KernelCatService {
         trust: ArchiveTrust,
     ) -> Result<Self, Error> {
         let store = Arc::new(Store::open(root)?);
+        banger_proto::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(settings.catalog_timeout_secs.max(1)))
             .read_timeout(Duration::from_secs(60))

@@ -18,6 +18,7 @@ use tonic::Code;
 async fn push_artifact(reference: &str, registry_addr: &str, bundle: Vec<u8>) {
     use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
     use oci_client::secrets::RegistryAuth;
+    banger_proto::tls::install_crypto_provider();
     let client = oci_client::Client::new(ClientConfig {
         protocol: ClientProtocol::HttpsExcept(vec![registry_addr.to_owned()]),
         ..Default::default()

@@ -1,19 +1,12 @@
-//! The real [`NetOps`]: rtnetlink for links and addresses, tun ioctls for
-//! taps, the `nftables` crate (one atomic JSON batch through `nft`) for
-//! table `inet banger`, /proc/sys for forwarding. Nothing here shells out
-//! to `ip` or `iptables`, and nothing touches any other nftables table.
+//! Table `inet banger`: one atomic JSON batch through `nft` per change.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 
-use futures::TryStreamExt;
-use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec};
 use serde_json::{Value, json};
 
 use crate::error::Error;
-use crate::ops::{Guard, Link, NetOps};
+use crate::ops::Guard;
 
 /// Our nftables table: family `inet`, name `banger`.
 pub const TABLE: &str = "banger";
@@ -22,238 +15,16 @@ pub const NAT_SET: &str = "nat_sources";
 /// The set of (tap, leased address) pairs the bridge guard lets through,
 /// in table `bridge banger`.
 pub const GUARD_SET: &str = "leases";
-const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 /// Bumped whenever the rules change, so an old table is repaired on start.
 const RULES_VERSION: &str = "v1";
 
-/// Kernel-backed [`NetOps`] for the network namespace it was created in.
-#[derive(Clone)]
-pub struct LinuxOps {
-    handle: Handle,
-}
+/// The `nft` side of [`super::LinuxOps`] (stateless: every call runs `nft`).
+#[derive(Clone, Copy)]
+pub(super) struct Nft;
 
-impl std::fmt::Debug for LinuxOps {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LinuxOps")
-    }
-}
-
-fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
-    let what = what.into();
-    move |e| Error::Netlink {
-        what,
-        message: e.to_string(),
-    }
-}
-
-fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
-}
-
-impl LinuxOps {
-    /// Opens a netlink connection in the current network namespace; must
-    /// run inside a tokio runtime (the connection is a spawned task).
-    pub fn new() -> Result<LinuxOps, Error> {
-        let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| Error::Netlink {
-            what: "opening a netlink socket".into(),
-            message: e.to_string(),
-        })?;
-        tokio::spawn(conn);
-        Ok(LinuxOps { handle })
-    }
-
-    async fn link_by_name(&self, name: &str) -> Result<Option<LinkMessage>, Error> {
-        let mut stream = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute();
-        match stream.try_next().await {
-            Ok(link) => Ok(link),
-            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
-            Err(e) => Err(nl(format!("looking up link {name}"))(e)),
-        }
-    }
-
-    async fn set_up(&self, index: u32, controller: Option<u32>, name: &str) -> Result<(), Error> {
-        let mut msg = LinkUnspec::new_with_index(index).up();
-        if let Some(c) = controller {
-            msg = msg.controller(c);
-        }
-        self.handle
-            .link()
-            .set(msg.build())
-            .execute()
-            .await
-            .map_err(nl(format!("setting {name} up")))
-    }
-}
-
-fn to_link(msg: &LinkMessage) -> Link {
-    let mut link = Link {
-        name: String::new(),
-        index: msg.header.index,
-        up: msg.header.flags.contains(LinkFlags::Up),
-        is_bridge: false,
-        controller: None,
-    };
-    for attr in &msg.attributes {
-        match attr {
-            LinkAttribute::IfName(n) => link.name = n.clone(),
-            LinkAttribute::Controller(c) => link.controller = Some(*c),
-            LinkAttribute::LinkInfo(infos) => {
-                link.is_bridge = infos
-                    .iter()
-                    .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
-            }
-            _ => {}
-        }
-    }
-    link
-}
-
-#[tonic::async_trait]
-impl NetOps for LinuxOps {
+impl Nft {
     #[tracing::instrument(skip(self))]
-    async fn ensure_bridge(
-        &self,
-        name: &str,
-        gateway: Ipv4Addr,
-        prefix_len: u8,
-    ) -> Result<bool, Error> {
-        let mut changed = false;
-        // A bridge without an explicit address takes the lowest of its
-        // ports' and changes it as taps come and go, leaving guests with a
-        // stale gateway MAC; a fixed one derived from the gateway avoids that.
-        let mac = mac_bytes(gateway);
-        let link = match self.link_by_name(name).await? {
-            Some(link) => link,
-            None => {
-                self.handle
-                    .link()
-                    .add(LinkBridge::new(name).address(mac.to_vec()).build())
-                    .execute()
-                    .await
-                    .map_err(nl(format!("creating bridge {name}")))?;
-                changed = true;
-                self.link_by_name(name)
-                    .await?
-                    .ok_or_else(|| Error::Netlink {
-                        what: format!("creating bridge {name}"),
-                        message: "the bridge vanished right after creation".into(),
-                    })?
-            }
-        };
-        let info = to_link(&link);
-        if !info.is_bridge {
-            return Err(Error::Config(format!(
-                "{name} exists and is not a bridge; delete it or set another [netd] bridge"
-            )));
-        }
-        let has_mac = link
-            .attributes
-            .iter()
-            .any(|a| matches!(a, LinkAttribute::Address(m) if m[..] == mac[..]));
-        if !has_mac {
-            self.handle
-                .link()
-                .set(
-                    LinkUnspec::new_with_index(info.index)
-                        .address(mac.to_vec())
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(nl(format!("setting the address of {name}")))?;
-            changed = true;
-        }
-        let addrs: Vec<_> = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(info.index)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl(format!("listing addresses of {name}")))?;
-        let has_gateway = addrs.iter().any(|a| {
-            a.header.prefix_len == prefix_len
-                && a.attributes
-                    .iter()
-                    .any(|attr| matches!(attr, AddressAttribute::Local(IpAddr::V4(ip)) if *ip == gateway))
-        });
-        if !has_gateway {
-            self.handle
-                .address()
-                .add(info.index, IpAddr::V4(gateway), prefix_len)
-                .execute()
-                .await
-                .map_err(nl(format!("adding {gateway}/{prefix_len} to {name}")))?;
-            changed = true;
-        }
-        if !info.up {
-            self.set_up(info.index, None, name).await?;
-            changed = true;
-        }
-        Ok(changed)
-    }
-
-    #[tracing::instrument(skip(self))]
-    async fn ensure_tap(&self, tap: &str, uid: u32, gid: u32, bridge: &str) -> Result<(), Error> {
-        // An existing tap is left to whoever holds it (a running VM's
-        // hypervisor: TUNSETIFF on it would fail with EBUSY); only its
-        // bridge port and up state are repaired.
-        if self.link_by_name(tap).await?.is_none() {
-            crate::tun::create_persistent_tap(tap, uid, gid)?;
-        }
-        let bridge_link = self
-            .link_by_name(bridge)
-            .await?
-            .ok_or_else(|| Error::Netlink {
-                what: format!("attaching {tap}"),
-                message: format!("bridge {bridge} does not exist; restart banger-netd"),
-            })?;
-        let tap_link = self
-            .link_by_name(tap)
-            .await?
-            .ok_or_else(|| Error::Netlink {
-                what: format!("attaching {tap}"),
-                message: "the tap vanished right after creation".into(),
-            })?;
-        let (t, b) = (to_link(&tap_link), to_link(&bridge_link));
-        if t.controller != Some(b.index) || !t.up {
-            self.set_up(t.index, Some(b.index), tap).await?;
-        }
-        Ok(())
-    }
-
-    #[tracing::instrument(skip(self))]
-    async fn delete_tap(&self, tap: &str) -> Result<(), Error> {
-        let Some(link) = self.link_by_name(tap).await? else {
-            return Ok(());
-        };
-        match self.handle.link().del(link.header.index).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
-            Err(e) => Err(nl(format!("deleting {tap}"))(e)),
-        }
-    }
-
-    async fn links(&self) -> Result<Vec<Link>, Error> {
-        let msgs: Vec<LinkMessage> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl("listing links"))?;
-        Ok(msgs.iter().map(to_link).collect())
-    }
-
-    #[tracing::instrument(skip(self))]
-    async fn ensure_nat_table(&self, bridge: &str) -> Result<bool, Error> {
+    pub(super) async fn ensure_nat_table(&self, bridge: &str) -> Result<bool, Error> {
         if table_matches(list_table().await?.as_ref(), bridge) {
             return Ok(false);
         }
@@ -262,7 +33,7 @@ impl NetOps for LinuxOps {
     }
 
     #[tracing::instrument(skip(self))]
-    async fn remove_nat_table(&self) -> Result<bool, Error> {
+    pub(super) async fn remove_nat_table(&self) -> Result<bool, Error> {
         if list_table().await?.is_none() {
             return Ok(false);
         }
@@ -273,11 +44,11 @@ impl NetOps for LinuxOps {
         Ok(true)
     }
 
-    async fn nat_installed(&self, bridge: &str) -> Result<bool, Error> {
+    pub(super) async fn nat_installed(&self, bridge: &str) -> Result<bool, Error> {
         Ok(table_matches(list_table().await?.as_ref(), bridge))
     }
 
-    async fn nat_sources(&self) -> Result<BTreeSet<Ipv4Addr>, Error> {
+    pub(super) async fn nat_sources(&self) -> Result<BTreeSet<Ipv4Addr>, Error> {
         Ok(list_table()
             .await?
             .map(|t| set_elements(&t))
@@ -285,19 +56,19 @@ impl NetOps for LinuxOps {
     }
 
     #[tracing::instrument(skip(self))]
-    async fn add_nat_source(&self, ip: Ipv4Addr) -> Result<(), Error> {
+    pub(super) async fn add_nat_source(&self, ip: Ipv4Addr) -> Result<(), Error> {
         apply(json!({"nftables": [{"add": element(ip)}]})).await
     }
 
     #[tracing::instrument(skip(self))]
-    async fn remove_nat_source(&self, ip: Ipv4Addr) -> Result<(), Error> {
+    pub(super) async fn remove_nat_source(&self, ip: Ipv4Addr) -> Result<(), Error> {
         // Adding first makes the delete succeed whether or not the element
         // was there, and both happen in one transaction.
         apply(json!({"nftables": [{"add": element(ip)}, {"delete": element(ip)}]})).await
     }
 
     #[tracing::instrument(skip(self))]
-    async fn ensure_guard(&self, guard: &Guard) -> Result<bool, Error> {
+    pub(super) async fn ensure_guard(&self, guard: &Guard) -> Result<bool, Error> {
         if guard_matches(list_guard().await?.as_ref(), guard) {
             return Ok(false);
         }
@@ -305,7 +76,7 @@ impl NetOps for LinuxOps {
         Ok(true)
     }
 
-    async fn guard_entries(&self) -> Result<BTreeSet<(String, Ipv4Addr)>, Error> {
+    pub(super) async fn guard_entries(&self) -> Result<BTreeSet<(String, Ipv4Addr)>, Error> {
         Ok(list_guard()
             .await?
             .map(|t| guard_elements(&t))
@@ -313,19 +84,19 @@ impl NetOps for LinuxOps {
     }
 
     #[tracing::instrument(skip(self))]
-    async fn add_guard_entry(&self, tap: &str, ip: Ipv4Addr) -> Result<(), Error> {
+    pub(super) async fn add_guard_entry(&self, tap: &str, ip: Ipv4Addr) -> Result<(), Error> {
         apply(json!({"nftables": [{"add": guard_element(tap, ip)}]})).await
     }
 
     #[tracing::instrument(skip(self))]
-    async fn remove_guard_entry(&self, tap: &str, ip: Ipv4Addr) -> Result<(), Error> {
+    pub(super) async fn remove_guard_entry(&self, tap: &str, ip: Ipv4Addr) -> Result<(), Error> {
         apply(json!({"nftables": [
             {"add": guard_element(tap, ip)}, {"delete": guard_element(tap, ip)}
         ]}))
         .await
     }
 
-    async fn foreign_forward_drops(&self) -> Result<Vec<String>, Error> {
+    pub(super) async fn foreign_forward_drops(&self) -> Result<Vec<String>, Error> {
         let out = tokio::task::spawn_blocking(|| {
             nftables::helper::get_current_ruleset_raw(
                 nftables::helper::DEFAULT_NFT,
@@ -339,32 +110,6 @@ impl NetOps for LinuxOps {
             .map_err(|e| Error::Nft(format!("unreadable `nft -j` output: {e}")))?;
         Ok(forward_drops(&listing))
     }
-
-    async fn ip_forward(&self) -> Result<bool, Error> {
-        let text = tokio::fs::read_to_string(IP_FORWARD)
-            .await
-            .map_err(|source| Error::Sysctl {
-                path: IP_FORWARD,
-                source,
-            })?;
-        Ok(text.trim() == "1")
-    }
-
-    #[tracing::instrument(skip(self))]
-    async fn set_ip_forward(&self, on: bool) -> Result<(), Error> {
-        tokio::fs::write(IP_FORWARD, if on { "1\n" } else { "0\n" })
-            .await
-            .map_err(|source| Error::Sysctl {
-                path: IP_FORWARD,
-                source,
-            })
-    }
-}
-
-/// The bridge's MAC: the lease MAC scheme applied to the gateway address.
-fn mac_bytes(gateway: Ipv4Addr) -> [u8; 6] {
-    let [a, b, c, d] = gateway.octets();
-    [0x02, 0xba, a, b, c, d]
 }
 
 fn element(ip: Ipv4Addr) -> Value {
