@@ -348,7 +348,8 @@ fn qemu(kernel: &Path, initrd: &Path, append: &str, console: &Path, extra: &[Str
     banger_test_support::require_program("qemu-system-x86_64", "qemu-system-x86");
     Reaped(
         Command::new("qemu-system-x86_64")
-            .args(["-M", "microvm,memory-backend=mem"])
+            // qboot: see banger_vmm's QBOOT (Debian's SeaBIOS microvm build is unreliable).
+            .args(["-bios", "qboot.rom", "-M", "microvm,memory-backend=mem"])
             .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
             .args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "512"])
             .args([

@@ -166,7 +166,8 @@ async fn agent_in_a_tcg_guest_over_hybrid_vsock() {
     let booted = Instant::now();
     let mut qemu = Reaped(
         Command::new("qemu-system-x86_64")
-            .args(["-M", "microvm,memory-backend=mem"])
+            // qboot: see banger_vmm's QBOOT (Debian's SeaBIOS microvm build is unreliable).
+            .args(["-bios", "qboot.rom", "-M", "microvm,memory-backend=mem"])
             .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
             .args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "256"])
             .args([

@@ -77,18 +77,24 @@ async fn the_pulled_kernel_boots_and_loads_its_modules() {
         .arg("120")
         .args(["unshare", "-n", "qemu-system-x86_64"])
         .args([
+            // qboot: see banger_vmm's QBOOT (Debian's SeaBIOS microvm build
+            // lets the initrd overwrite the ACPI tables).
+            "-bios",
+            "qboot.rom",
             "-M",
-            "microvm,acpi=on",
+            "microvm,memory-backend=mem",
+            "-object",
+            "memory-backend-memfd,id=mem,size=1024M,share=on",
             "-accel",
             "tcg",
             "-cpu",
             "max",
             "-smp",
-            "2",
+            "1",
         ])
         .args([
             "-m",
-            "512",
+            "1024",
             "-nographic",
             "-no-reboot",
             "-nodefaults",
@@ -108,7 +114,8 @@ async fn the_pulled_kernel_boots_and_loads_its_modules() {
         .args(["-device", "virtio-blk-device,drive=d"])
         .args([
             "-netdev",
-            "user,id=n,restrict=on",
+            // A NIC on an empty hub: eth0 exists, and leads nowhere.
+            "hubport,id=n,hubid=0",
             "-device",
             "virtio-net-device,netdev=n",
         ])

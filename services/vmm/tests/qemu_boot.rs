@@ -92,7 +92,18 @@ async fn qemu_backend_boots_busybox_guest_under_tcg() {
     let started = Instant::now();
     let status = tokio::process::Command::new("qemu-system-x86_64")
         .args([
-            "-M", "microvm", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "256M",
+            "-bios",
+            "qboot.rom",
+            "-M",
+            "microvm",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-smp",
+            "1",
+            "-m",
+            "256M",
         ])
         .args([
             "-nodefaults",

@@ -103,12 +103,19 @@ fn esc(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
 }
 
+/// The microvm firmware (in QEMU's data dir; qemu-system-data ships it).
+pub const QBOOT: &str = "qboot.rom";
+
 /// QEMU's arguments for `spec`.
 pub fn argv(spec: &LaunchSpec, accel: Accel) -> Vec<String> {
     let p = &spec.paths;
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
-    push(&["-M", "microvm,memory-backend=mem"]);
+    // qboot, QEMU's own minimal microvm firmware: Debian's QEMU 10 defaults
+    // microvm to a SeaBIOS build that lets the initrd overwrite the ACPI
+    // tables (Debian's cloud kernel then finds no virtio devices) and
+    // sometimes hangs after "Booting from ROM"; qboot is also faster.
+    push(&["-bios", QBOOT, "-M", "microvm,memory-backend=mem"]);
     push(&[
         "-object",
         &format!(
@@ -329,7 +336,7 @@ mod tests {
         let a = argv(&spec(), Accel::Tcg).join(" ");
         assert_eq!(
             a,
-            "-M microvm,memory-backend=mem \
+            "-bios qboot.rom -M microvm,memory-backend=mem \
              -object memory-backend-memfd,id=mem,size=512M,share=on \
              -accel tcg -cpu max -smp 2 -m 512M \
              -nodefaults -nographic -no-reboot -monitor none \
