@@ -413,37 +413,24 @@ pub fn forward_drops(listing: &Value) -> Vec<String> {
 
 /// `nft -j list table inet banger`, or `None` when the table is absent.
 async fn list_table() -> Result<Option<Value>, Error> {
-    let out = tokio::task::spawn_blocking(|| {
-        nftables::helper::get_current_ruleset_raw(
-            nftables::helper::DEFAULT_NFT,
-            ["list", "table", "inet", TABLE],
-        )
-    })
-    .await
-    .map_err(|e| Error::Nft(format!("listing table inet {TABLE}: {e}")))?;
-    match out {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| Error::Nft(format!("unreadable `nft -j` output: {e}"))),
-        Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
-            if stderr.contains("No such file or directory") =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(Error::Nft(nft_message(e))),
-    }
+    list_family_table("inet").await
 }
 
 /// `nft -j list table bridge banger`, or `None` when the table is absent.
 async fn list_guard() -> Result<Option<Value>, Error> {
-    let out = tokio::task::spawn_blocking(|| {
+    list_family_table("bridge").await
+}
+
+/// `nft -j list table FAMILY banger`, or `None` when the table is absent.
+async fn list_family_table(family: &'static str) -> Result<Option<Value>, Error> {
+    let out = tokio::task::spawn_blocking(move || {
         nftables::helper::get_current_ruleset_raw(
             nftables::helper::DEFAULT_NFT,
-            ["list", "table", "bridge", TABLE],
+            ["list", "table", family, TABLE],
         )
     })
     .await
-    .map_err(|e| Error::Nft(format!("listing table bridge {TABLE}: {e}")))?;
+    .map_err(|e| Error::Nft(format!("listing table {family} {TABLE}: {e}")))?;
     match out {
         Ok(text) => serde_json::from_str(&text)
             .map(Some)
