@@ -8,6 +8,7 @@
 //! - [`config`]: the one config loader (`banger.toml`, `--home`, `BANGER_HOME`).
 //! - [`names`]: the one validator for VM, image and kernel names.
 //! - [`fsutil`]: the one atomic-write helper.
+//! - [`guest`]: the guest contract (paths, `identity.json`, first-boot events).
 //! - [`telemetry`]: tracing, JSON logs under systemd, OTLP export when configured.
 //! - [`tls`]: the one rustls crypto provider (*ring*), installed before any HTTP client.
 //!
@@ -19,7 +20,7 @@
 //! exporter, toml, clap, tracing-subscriber, tonic-health and reflection,
 //! rustls).
 //! The static guest agent depends on this crate with `default-features =
-//! false`: the generated API, [`rpc::hybrid_vsock`], [`rpc::status`] and
+//! false`: the generated API, [`guest`], [`rpc::hybrid_vsock`], [`rpc::status`] and
 //! [`rpc::signal`], nothing else.
 
 #[cfg(feature = "host")]
@@ -28,6 +29,7 @@ pub mod config;
 pub mod daemon;
 #[cfg(feature = "host")]
 pub mod fsutil;
+pub mod guest;
 #[cfg(feature = "host")]
 pub mod names;
 pub mod rpc;

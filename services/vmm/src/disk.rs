@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use serde::Serialize;
+use banger_proto::guest::IDENTITY_PATH;
 
 use crate::error::{Error, Result};
 
@@ -110,19 +110,8 @@ pub fn grow(disk: &Path, bytes: u64) -> Result<()> {
     Ok(())
 }
 
-/// The per-VM identity, `/etc/banger/identity.json` in the guest (schema
-/// agreed with `banger-first-boot`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Identity {
-    pub hostname: String,
-    pub ssh_authorized_keys: Vec<String>,
-    pub dns: Vec<String>,
-    /// `a.b.c.d/nn`; absent without a network.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ip: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<String>,
-}
+/// The per-VM identity: one type shared with the guest's first boot.
+pub use banger_proto::guest::Identity;
 
 /// Where sshd finds the VM's host key, and the image's own host keys that
 /// are removed so sshd serves only the VM's.
@@ -183,7 +172,7 @@ pub fn write_identity(disk: &Path, identity: &Identity) -> Result<String> {
             host(local)
         ));
     };
-    put("/etc/banger/identity.json", "identity.json", "0100644");
+    put(IDENTITY_PATH, "identity.json", "0100644");
     put("/etc/hostname", "hostname", "0100644");
     put("/root/.ssh/authorized_keys", "authorized_keys", "0100600");
     put(HOST_KEY, "host_key", "0100600");
@@ -219,7 +208,7 @@ pub fn write_identity(disk: &Path, identity: &Identity) -> Result<String> {
             ),
         ));
     }
-    let back = read_file(disk, "/etc/banger/identity.json")?;
+    let back = read_file(disk, IDENTITY_PATH)?;
     let key_back = read_file(disk, &format!("{HOST_KEY}.pub"))?;
     if back != json.as_bytes() || key_back != format!("{host_public}\n").as_bytes() {
         return Err(Error::tool(
@@ -402,6 +391,7 @@ mod tests {
             dns: vec!["1.1.1.1".into()],
             ip: Some("172.30.0.5/24".into()),
             gateway: Some("172.30.0.1".into()),
+            ..Identity::default()
         }
     }
 

@@ -192,6 +192,7 @@ impl Manager {
             dns: lease.dns.clone(),
             ip: Some(format!("{}/{}", lease.ip, lease.prefix_len)),
             gateway: Some(lease.gateway.clone()),
+            ..Identity::default()
         };
         let disk_path = paths.disk();
         let host_key =
