@@ -2,7 +2,9 @@
 //! rollback (`create.rs`); start, stop, restart and delete (`lifecycle.rs`);
 //! readiness probes (`readiness.rs`); supervision of hypervisor processes
 //! (`supervise.rs`); reconcile after a vmm restart (`reconcile.rs`); and
-//! the progress a create reports ([`progress`]). This file holds the
+//! the progress a create reports ([`progress`]); prepared images, made
+//! once per digest by a one-off VM (`prepare.rs`); the console logs of
+//! failed creates (`evidence.rs`). This file holds the
 //! [`Manager`] itself, its per-VM locks, and the read-only operations.
 //!
 //! Every operation on one VM holds that VM's lock. A supervisor task per
@@ -12,7 +14,9 @@
 //! [`Peers`] and the guest through [`Guest`]: no proto type reaches it.
 
 mod create;
+mod evidence;
 mod lifecycle;
+pub mod prepare;
 pub mod progress;
 mod readiness;
 mod reconcile;
@@ -32,6 +36,7 @@ use crate::peers::Peers;
 use crate::record::{Store, VmRecord, VmState};
 
 pub use create::CreateSpec;
+pub use prepare::{FailedPreparation, Prepared, needs_preparation};
 pub use progress::{NoProgress, PhaseEvent, Progress};
 pub use readiness::Probe;
 
@@ -62,6 +67,8 @@ struct Inner {
     tsc_khz: Option<u32>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     probes: Mutex<HashMap<String, Vec<Probe>>>,
+    /// Preparations under way, by image digest.
+    preparing: prepare::Preparing,
 }
 
 impl Manager {
@@ -89,6 +96,7 @@ impl Manager {
                 tsc_khz,
                 locks: Mutex::default(),
                 probes: Mutex::default(),
+                preparing: Mutex::default(),
             }),
         }
     }
@@ -199,10 +207,14 @@ impl Manager {
             .collect())
     }
 
-    /// The console log of `name` (for `ConsoleLog`).
+    /// The console log of `name` (for `ConsoleLog`): the VM's, or when no
+    /// VM has that name, the kept log of its last failed create.
     pub fn console_path(&self, name: &str) -> Result<PathBuf> {
-        let vm = self.load(name)?;
-        Ok(self.inner.store.paths_of(&vm).console_log())
+        match self.load(name) {
+            Ok(vm) => Ok(self.inner.store.paths_of(&vm).console_log()),
+            Err(e @ Error::NotFound { .. }) => self.evidence_of(name).ok_or(e),
+            Err(e) => Err(e),
+        }
     }
 
     /// A channel to the agent of a running VM (for `Exec`).
