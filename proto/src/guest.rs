@@ -85,6 +85,21 @@ fn is_default<T: Default + PartialEq>(t: &T) -> bool {
     *t == T::default()
 }
 
+/// Whether VMs of an image need its prepared filesystem (one home for the
+/// rule; vmm acts on it, the CLI shows it): images booted by first boot
+/// (`direct_boot`, agent injected) that lack systemd or sshd and name a
+/// distribution, whose package manager can install them. An image with no
+/// os-release at all (busybox) boots with the agent as PID 1 instead.
+pub fn needs_preparation(
+    direct_boot: bool,
+    has_agent: bool,
+    os_id: &str,
+    has_systemd: bool,
+    has_ssh_server: bool,
+) -> bool {
+    direct_boot && has_agent && !os_id.is_empty() && !(has_systemd && has_ssh_server)
+}
+
 /// Why first boot failed, as the host reports it to the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -194,15 +194,16 @@ struct Running {
     helper_pid: Option<u32>,
 }
 
-/// Whether VMs of `image` need its prepared filesystem: images booted by
-/// first boot that lack systemd or sshd and name a distribution (whose
-/// package manager can install them). Images with no os-release at all
-/// (busybox) boot with the agent as PID 1 instead.
+/// Whether VMs of `image` need its prepared filesystem
+/// ([`banger_proto::guest::needs_preparation`]).
 pub fn needs_preparation(image: &ImageInfo) -> bool {
-    image.direct_boot
-        && image.has_agent
-        && !image.os_id.is_empty()
-        && !(image.has_systemd && image.has_ssh_server)
+    banger_proto::guest::needs_preparation(
+        image.direct_boot,
+        image.has_agent,
+        &image.os_id,
+        image.has_systemd,
+        image.has_ssh_server,
+    )
 }
 
 impl Manager {
