@@ -715,6 +715,119 @@ pub(super) type Preparing = std::sync::Mutex<HashMap<String, Inflight>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manager::NoProgress;
+    use crate::testing::{self, Doubles};
+    use std::sync::atomic::Ordering;
+
+    #[tokio::test]
+    async fn concurrent_creates_of_an_unprepared_image_share_one_preparation() {
+        let t = Doubles::unprepared(false);
+        let (a, b) = tokio::join!(
+            t.mgr.create(testing::spec("a", "img"), &NoProgress),
+            t.mgr.create(testing::spec("b", "img"), &NoProgress)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(t.hypervisor.preparations.load(Ordering::SeqCst), 1);
+        assert!(a.vm.image.prepared && b.vm.image.prepared);
+        assert!(
+            a.vm.image
+                .ext4_path
+                .starts_with(t.dir.path().join("state/vms/.prepared"))
+        );
+        let (done, failed) = t.mgr.prepared_images();
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert!(failed.is_empty());
+        assert_eq!(done[0].packages, ["systemd-sysv", "openssh-server"]);
+        // The preparation VM's lease was given back; nothing of it is left.
+        let calls = t.peers.calls();
+        let prep_allocs = calls
+            .iter()
+            .filter(|c| c.starts_with("allocate prep-"))
+            .count();
+        let prep_releases = calls
+            .iter()
+            .filter(|c| c.starts_with("release_lease prep-"))
+            .count();
+        assert_eq!((prep_allocs, prep_releases), (1, 1), "{calls:?}");
+        assert!(
+            PreparedStore::new(&t.dir.path().join("state/vms"))
+                .leftovers()
+                .is_empty()
+        );
+        assert_eq!(
+            t.mgr.list().unwrap().len(),
+            2,
+            "the prepared dir is not a VM"
+        );
+        // A later create copies it without preparing again.
+        t.mgr
+            .create(testing::spec("c", "img"), &NoProgress)
+            .await
+            .unwrap();
+        assert_eq!(t.hypervisor.preparations.load(Ordering::SeqCst), 1);
+        // `force` prepares again; dropping it makes the next create prepare.
+        t.mgr
+            .prepare_image("img", None, true, &NoProgress)
+            .await
+            .unwrap();
+        assert_eq!(t.hypervisor.preparations.load(Ordering::SeqCst), 2);
+        assert!(t.mgr.drop_prepared(&done[0].digest).unwrap());
+        t.mgr
+            .create(testing::spec("d", "img"), &NoProgress)
+            .await
+            .unwrap();
+        assert_eq!(t.hypervisor.preparations.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_failed_preparation_ends_at_once_keeps_its_log_and_leaves_the_image_unprepared() {
+        let t = Doubles::unprepared(true);
+        let started = Instant::now();
+        let (a, b) = tokio::join!(
+            t.mgr.create(testing::spec("a", "img"), &NoProgress),
+            t.mgr.create(testing::spec("b", "img"), &NoProgress)
+        );
+        // The guest keeps a rescue shell for 30 s; the failure event ends
+        // the wait long before.
+        assert!(started.elapsed() < Duration::from_secs(20));
+        assert_eq!(t.hypervisor.preparations.load(Ordering::SeqCst), 1);
+        for err in [a.unwrap_err(), b.unwrap_err()] {
+            let msg = err.to_string();
+            assert!(
+                msg.contains("preparing image img for its first boot failed"),
+                "{msg}"
+            );
+            assert!(msg.contains("apt-get update failed (DNS"), "{msg}");
+            assert!(msg.contains("console log is kept at"), "{msg}");
+            assert_eq!(
+                banger_proto::rpc::status::reason_of(&tonic::Status::from(err)),
+                Some("IMAGE_PREPARATION_FAILED")
+            );
+        }
+        let (done, failed) = t.mgr.prepared_images();
+        assert!(done.is_empty());
+        assert_eq!(failed.len(), 1);
+        let log = std::fs::read_to_string(&failed[0].log).unwrap();
+        assert!(log.contains("Temporary failure resolving"), "{log}");
+        assert!(t.mgr.list().unwrap().is_empty(), "both creates rolled back");
+        let calls = t.peers.calls();
+        assert!(
+            calls.iter().any(|c| c.starts_with("release_lease prep-")),
+            "{calls:?}"
+        );
+        assert!(
+            PreparedStore::new(&t.dir.path().join("state/vms"))
+                .leftovers()
+                .is_empty()
+        );
+        // No hypervisor of the preparation is left.
+        let run = t.dir.path().join("run");
+        assert!(
+            std::fs::read_dir(&run).map_or(true, |mut d| d.next().is_none()),
+            "run dirs left: {:?}",
+            std::fs::read_dir(&run).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        );
+    }
 
     fn image(systemd: bool, sshd: bool, os: &str) -> ImageInfo {
         ImageInfo {
