@@ -249,6 +249,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_is_the_default() {
+        let text = include_str!("../../../configs/banger.toml");
+        let cfg = banger_proto::config::Config::parse(text, "configs/banger.toml").unwrap();
+        let vmm: VmmConfig = cfg.section("vmm").unwrap();
+        assert_eq!(vmm.prepare_timeout_secs, VmmConfig::default().prepare_timeout_secs);
+        let guest: GuestConfig = cfg.section("guest").unwrap();
+        assert_eq!(guest, GuestConfig::default());
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let cfg =
             banger_proto::config::Config::parse("[vmm]\nhypervisr = \"qemu\"\n", "t.toml").unwrap();
