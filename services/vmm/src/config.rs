@@ -253,7 +253,10 @@ mod tests {
         let text = include_str!("../../../configs/banger.toml");
         let cfg = banger_proto::config::Config::parse(text, "configs/banger.toml").unwrap();
         let vmm: VmmConfig = cfg.section("vmm").unwrap();
-        assert_eq!(vmm.prepare_timeout_secs, VmmConfig::default().prepare_timeout_secs);
+        assert_eq!(
+            vmm.prepare_timeout_secs,
+            VmmConfig::default().prepare_timeout_secs
+        );
         let guest: GuestConfig = cfg.section("guest").unwrap();
         assert_eq!(guest, GuestConfig::default());
     }

@@ -100,6 +100,7 @@ impl Peers for GrpcPeers {
             has_ssh_server: guest.has_ssh_server,
             has_systemd: guest.has_systemd,
             os_id: guest.os_id,
+            os_id_like: guest.os_id_like,
             prepared: false,
         })
     }

@@ -106,6 +106,9 @@ pub struct ImageInfo {
     /// os-release `ID` (empty: none, e.g. busybox).
     #[serde(default)]
     pub os_id: String,
+    /// os-release `ID_LIKE` words.
+    #[serde(default)]
+    pub os_id_like: Vec<String>,
     /// The VM's disk is a copy of the image's prepared filesystem (an init
     /// and sshd installed once for this digest), not of the image itself.
     #[serde(default)]

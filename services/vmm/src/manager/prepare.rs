@@ -201,6 +201,7 @@ pub fn needs_preparation(image: &ImageInfo) -> bool {
         image.direct_boot,
         image.has_agent,
         &image.os_id,
+        &image.os_id_like,
         image.has_systemd,
         image.has_ssh_server,
     )
@@ -235,8 +236,10 @@ impl Manager {
             if !needs_preparation(&image) {
                 return Err(Error::NothingToPrepare {
                     image: image.name.clone(),
-                    why: if image.os_id.is_empty() {
-                        "it names no distribution (no os-release): its VMs run the banger agent as PID 1"
+                    why: if banger_proto::guest::family_of(&image.os_id, &image.os_id_like)
+                        .is_none()
+                    {
+                        "it names no distribution first boot can install on (e.g. busybox): its VMs run the banger agent as PID 1"
                     } else if !image.direct_boot || !image.has_agent {
                         "it boots its own init (imported without banger's first boot)"
                     } else {
