@@ -132,13 +132,32 @@ pub fn cause_name(cause: FailureCause) -> &'static str {
 /// Guest text made safe to print: control characters (escape sequences,
 /// carriage returns of progress bars) dropped, length capped.
 pub fn clean(text: &str, max: usize) -> String {
-    let mut out: String = text
-        .chars()
-        .filter(|c| !c.is_control() || *c == '\t')
-        .take(max)
-        .collect();
-    if text.chars().count() > max {
-        out.push('…');
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    let mut kept = 0;
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // An ANSI sequence: ESC [ params final-byte, or ESC + one char.
+            if chars.next_if_eq(&'[').is_some() {
+                for p in chars.by_ref() {
+                    if ('\x40'..='\x7e').contains(&p) {
+                        break;
+                    }
+                }
+            } else {
+                chars.next();
+            }
+            continue;
+        }
+        if c.is_control() && c != '\t' {
+            continue;
+        }
+        if kept == max {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+        kept += 1;
     }
     out
 }

@@ -236,16 +236,53 @@ pub fn console_tail(path: &std::path::Path) -> String {
     tail_lines(path, CONSOLE_TAIL_LINES)
 }
 
-/// The last `n` lines of a text file, empty if unreadable.
+/// The last `n` lines of a text file as a person reads them, empty if
+/// unreadable.
 fn tail_lines(path: &std::path::Path, n: usize) -> String {
     let Ok(data) = std::fs::read(path) else {
         return String::new();
     };
     let text = String::from_utf8_lossy(&data);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| l.trim_end_matches('\r'))
-        .collect::<Vec<_>>()
-        .join("\n")
+    // What a terminal would show: a progress bar redraws its line after
+    // each `\r`, so only the last state of a line counts; escape sequences
+    // and other control bytes are dropped; first-boot's event lines are
+    // for vmm, not for people.
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let shown = l
+                .trim_end_matches('\r')
+                .rsplit('\r')
+                .find(|seg| !seg.trim().is_empty())
+                .unwrap_or("");
+            crate::firstboot::clean(shown, 500)
+        })
+        .filter(|l| !l.trim().is_empty() && !l.contains(banger_proto::guest::EVENT_MARKER.trim()))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_console_tail_shows_what_a_terminal_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let event = banger_proto::guest::FirstBootEvent::Handover {
+            init: "/sbin/init".into(),
+        }
+        .to_console_line();
+        std::fs::write(
+            &log,
+            format!(
+                "one\r\n\r\nProgress: [ 10%]\rProgress: [ 90%]\rSetting up sshd\r\n\x1b[1;31mred\x1b[0m\n{event}\nlast\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            super::tail_lines(&log, 30),
+            "one\nSetting up sshd\nred\nlast"
+        );
+        assert_eq!(super::tail_lines(&log, 1), "last");
+    }
 }
