@@ -106,11 +106,12 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "panic".into());
-            Err(("first boot".into(), FirstBootError::Panic(what)))
+            Err(Box::new(("first boot".into(), FirstBootError::Panic(what))))
         });
-    let Err((step, err)) = outcome else {
+    let Err(failure) = outcome else {
         return ExitCode::SUCCESS;
     };
+    let (step, err) = *failure;
     rescue::report(&console, &step, &err);
     if opts.pid1 && std::process::id() == 1 {
         rescue::pid1_loop(&console, opts.rescue_shell.clone());
@@ -121,11 +122,12 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     ExitCode::FAILURE
 }
 
-type Step<T> = Result<T, (String, FirstBootError)>;
+/// A step's result: its name travels with the error (boxed: the error is large).
+type Step<T> = Result<T, Box<(String, FirstBootError)>>;
 
 /// Names the step an error happened in.
 fn step<T>(name: &str, r: Result<T, FirstBootError>) -> Step<T> {
-    r.map_err(|e| (name.to_owned(), e))
+    r.map_err(|e| Box::new((name.to_owned(), e)))
 }
 
 fn run(opts: &Options, console: &Console) -> Step<()> {
@@ -334,7 +336,7 @@ fn install_packages(
     }
     // A Command error names its own step (`apt update`); the rescue
     // report prefers that.
-    result.map_err(|e| (format!("{} install", manager.name), e))
+    result.map_err(|e| Box::new((format!("{} install", manager.name), e)))
 }
 
 /// Whether the image is busybox/scratch-like: no init, no known
@@ -372,13 +374,13 @@ fn boot_vm(opts: &Options, loaded: Option<&Loaded>, console: &Console) -> Step<(
                 false,
             )?;
             handover::find(root).ok_or_else(|| {
-                (
+                Box::new((
                     "finding the init".to_owned(),
                     FirstBootError::NoInitAfterInstall {
                         manager: manager.into(),
                         packages,
                     },
-                )
+                ))
             })?
         }
     };
@@ -391,10 +393,10 @@ fn boot_vm(opts: &Options, loaded: Option<&Loaded>, console: &Console) -> Step<(
         init: init.path().into(),
     });
     console.log(format!("exec {}", init.path()));
-    Err((
-        "handing over to the init".into(),
-        handover::exec(root, init.path(), &opts.init_args),
-    ))
+    step(
+        "handing over to the init",
+        Err(handover::exec(root, init.path(), &opts.init_args)),
+    )
 }
 
 fn supervise(root: &Root, console: &Console) -> Step<()> {

@@ -421,6 +421,9 @@ fn change(
     Ok(())
 }
 
+/// One of the rewrite functions above.
+type Rewrite = fn(&str, &BTreeMap<String, String>) -> String;
+
 /// Applies the proxy and mirror settings for `manager`; returns how to undo them.
 pub fn apply(
     root: &Root,
@@ -456,7 +459,7 @@ pub fn apply(
     if mirrors.is_empty() {
         return Ok(restore);
     }
-    let mut files: Vec<(String, fn(&str, &BTreeMap<String, String>) -> String)> = Vec::new();
+    let mut files: Vec<(String, Rewrite)> = Vec::new();
     match manager.sources {
         Sources::Apt => {
             files.push(("/etc/apt/sources.list".into(), rewrite_apt_list));
