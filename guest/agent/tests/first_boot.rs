@@ -283,6 +283,8 @@ fn debian_without_init_installs_systemd_and_ssh_with_progress_events() {
         [
             "Started",
             "installing apt systemd-sysv,openssh-server",
+            "update 0/1",
+            "update 1/1",
             "unpack 50/100",
             "configure 100/100",
             "installed 2",

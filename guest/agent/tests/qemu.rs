@@ -4,6 +4,8 @@
 //! `-device vhost-user-vsock-device` — exactly how vmm talks to guests.
 //! No network device, so no namespace is needed.
 
+#[path = "common/bookworm.rs"]
+mod bookworm;
 mod common;
 #[path = "common/guest_bundle.rs"]
 mod guest_bundle;
@@ -624,5 +626,180 @@ async fn first_boot_hands_a_systemd_image_to_systemd_with_agent_sshd_and_a_conso
     assert!(
         console.contains("login:"),
         "no login prompt on ttyS0:\n{console}"
+    );
+}
+
+/// `debugfs -R CMD disk` output (the disk is not mounted on the host).
+fn debugfs(disk: &Path, cmd: &str) -> String {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(cmd)
+        .arg(disk)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits for the guest to power off by itself.
+async fn wait_poweroff(vm: &mut DiskVm, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = vm.qemu.0.try_wait().unwrap() {
+            assert!(status.success(), "QEMU exit {status}\n{}", vm.console_log());
+            return vm.console_log();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no poweroff within {timeout:?}\n{}",
+            vm.console_log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Preparation for real: a minbase bookworm (no init, no sshd) whose only
+/// package source is a placeholder URL that the identity's mirror setting
+/// rewrites to a local repository inside the disk. The preparation VM
+/// installs with real apt under TCG, cleans up and powers off; then a VM of
+/// the prepared disk boots straight into systemd with sshd, and dpkg never
+/// ran again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preparation_installs_once_and_the_prepared_disk_boots_systemd_without_apt() {
+    use banger_proto::guest::FirstBootEvent;
+    banger_test_support::require_root();
+    banger_test_support::require_program("debugfs", "e2fsprogs");
+    let minbase = bookworm::debootstrap("bookworm-minbase", None);
+    let repo = bookworm::init_repo(&minbase);
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    bookworm::copy_tree(&minbase, &tree);
+    bookworm::copy_tree(&repo, &tree.join("banger-repo"));
+    let _ = std::fs::remove_file(tree.join("etc/apt/sources.list.d/debian.sources"));
+    let placeholder = "deb [trusted=yes] http://mirror.invalid/repo ./\n";
+    std::fs::write(tree.join("etc/apt/sources.list"), placeholder).unwrap();
+    let _ = std::fs::remove_file(tree.join("etc/machine-id"));
+    install_bundle(
+        &tree,
+        &format!(
+            r#"{{"hostname": "prep", "ssh_authorized_keys": ["{TEST_KEY}"], "dns": ["10.0.0.53"],
+               "purpose": "prepare",
+               "network": {{"http_proxy": "http://proxy.invalid:3128",
+                            "mirrors": {{"debian": {{"http://mirror.invalid/repo": "file:/banger-repo"}}}}}}}}"#
+        ),
+    );
+    let disk = dir.path().join("root.ext4");
+    mkfs(&tree, &disk, "2G");
+    drop(tree);
+
+    let started = Instant::now();
+    let mut vm = DiskVm::boot(dir.path(), &disk, 512);
+    let console = wait_poweroff(&mut vm, Duration::from_secs(1200)).await;
+    let prepared_in = started.elapsed();
+    drop(vm);
+    let events = console_events(&console);
+    let packages = vec!["systemd-sysv".to_string(), "openssh-server".to_string()];
+    assert!(
+        events.contains(&FirstBootEvent::Installing {
+            manager: "apt".into(),
+            packages: packages.clone()
+        }),
+        "{console}"
+    );
+    let progress = events
+        .iter()
+        .filter(|e| matches!(e, FirstBootEvent::Progress { .. }))
+        .count();
+    assert!(progress >= 3, "{progress} progress events\n{console}");
+    assert_eq!(
+        events.last(),
+        Some(&FirstBootEvent::Prepared {
+            packages: packages.clone()
+        }),
+        "{console}"
+    );
+    assert!(console.contains("reboot: Power down"), "{console}");
+    eprintln!("TIMING: preparation (apt under TCG, then poweroff): {prepared_in:?}");
+
+    // The prepared filesystem: fit for every VM.
+    assert!(debugfs(&disk, "stat /usr/lib/systemd/systemd").contains("Type: regular"));
+    assert!(debugfs(&disk, "stat /usr/sbin/sshd").contains("Type: regular"));
+    let machine_id = debugfs(&disk, "stat /etc/machine-id");
+    assert!(
+        machine_id.contains("Size: 0\n") || machine_id.contains("Size: 0 "),
+        "{machine_id}"
+    );
+    assert!(!debugfs(&disk, "ls -l /etc/ssh").contains("ssh_host_"));
+    let lists = debugfs(&disk, "ls /var/lib/apt/lists");
+    assert!(
+        !lists.contains("Packages") && !lists.contains("banger-repo"),
+        "{lists}"
+    );
+    assert_eq!(debugfs(&disk, "cat /etc/apt/sources.list"), placeholder);
+    assert!(!debugfs(&disk, "ls /etc/apt/apt.conf.d").contains("80banger-proxy"));
+    assert!(!debugfs(&disk, "ls /var/lib/banger").contains("identity.applied"));
+    assert!(
+        !debugfs(&disk, "ls -l /root").contains(".ssh"),
+        "prep keys left behind"
+    );
+    let dpkg_log = debugfs(&disk, "cat /var/log/dpkg.log");
+    assert!(dpkg_log.contains(" install openssh-server"), "{dpkg_log}");
+
+    // A VM of the prepared disk (vmm would write its identity the same way).
+    let identity = dir.path().join("identity.json");
+    std::fs::write(
+        &identity,
+        format!("{{\"hostname\": \"after-prep\", \"ssh_authorized_keys\": [\"{TEST_KEY}\"]}}"),
+    )
+    .unwrap();
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg("rm /etc/banger/identity.json")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg(format!(
+            "write {} /etc/banger/identity.json",
+            identity.display()
+        ))
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let booted = Instant::now();
+    let vm = DiskVm::boot(dir.path(), &disk, 512);
+    let (ch, _) = vm.channel(Duration::from_secs(300)).await;
+    eprintln!(
+        "TIMING: prepared disk: QEMU start → agent answered {:?}",
+        booted.elapsed()
+    );
+    assert_eq!(sh_out(&ch, "cat /proc/1/comm").await, "systemd");
+    assert_eq!(sh_out(&ch, "systemctl is-active ssh").await, "active");
+    assert_eq!(sh_out(&ch, "hostname").await, "after-prep");
+    assert_eq!(
+        sh_out(&ch, "cat /var/log/dpkg.log").await,
+        dpkg_log.trim(),
+        "dpkg ran again in the VM"
+    );
+    let machine_id = sh_out(&ch, "cat /etc/machine-id").await;
+    assert_eq!(
+        machine_id.len(),
+        32,
+        "systemd made a machine id: {machine_id:?}"
+    );
+    let console = vm.shutdown(ch).await;
+    assert!(
+        !console_events(&console)
+            .iter()
+            .any(|e| matches!(e, FirstBootEvent::Installing { .. })),
+        "{console}"
     );
 }

@@ -260,7 +260,15 @@ pub fn install(runner: &Runner<'_>, packages: &[String]) -> Result<(), FirstBoot
     });
     let started = Instant::now();
     let argv = |base: &[&str]| -> Vec<String> { base.iter().map(|s| s.to_string()).collect() };
+    let update_progress = |done| FirstBootEvent::Progress {
+        step: "update".into(),
+        done,
+        total: 1,
+        detail: String::new(),
+    };
     if !runner.manager.update.is_empty() {
+        // The index refresh has no status lines: its start and end are the progress.
+        console.event(&update_progress(0));
         let update = argv(runner.manager.update);
         match runner.run("update", &update) {
             // apt before 2.1 (Ubuntu 20.04) lacks --error-on.
@@ -275,6 +283,7 @@ pub fn install(runner: &Runner<'_>, packages: &[String]) -> Result<(), FirstBoot
             }
             other => other?,
         }
+        console.event(&update_progress(1));
     }
     let mut install = argv(runner.manager.install);
     install.extend(packages.iter().cloned());
