@@ -426,8 +426,9 @@ fn dns_failure_in_apt_update_is_reported_as_dns_and_install_never_runs() {
     );
     let r = g.run(&["--pid1"]);
     assert!(!r.ok);
-    let (step, cause, _, excerpt) = r.failed();
+    let (step, cause, message, excerpt) = r.failed();
     assert_eq!(step, "apt update");
+    assert!(message.contains("Temporary failure resolving"), "{message}");
     assert_eq!(cause, FailureCause::Dns);
     assert!(
         excerpt[0].contains("Temporary failure resolving 'deb.debian.org'"),

@@ -182,6 +182,17 @@ pub fn excerpt<S: AsRef<str>>(lines: &[S]) -> Vec<String> {
     picked.split_off(skip)
 }
 
+/// The one excerpt line that best says why: the first showing `cause`,
+/// else the last.
+pub fn summary(excerpt: &[String], cause: FailureCause) -> String {
+    excerpt
+        .iter()
+        .find(|l| cause_of(l) == Some(cause))
+        .or(excerpt.last())
+        .cloned()
+        .unwrap_or_else(|| "no output".into())
+}
+
 /// One `APT::Status-Fd` line: `dlstatus:ID:PERCENT:TEXT` while
 /// downloading, `pmstatus:PACKAGE:PERCENT:TEXT` while dpkg works.
 #[derive(Debug, Clone, PartialEq)]
@@ -340,6 +351,12 @@ E: Sub-process /usr/bin/dpkg returned an error code (1)";
                      \u{1b}[1;31mE: \u{1b}[0mUnable to locate package openssh-server\n\
                      pmstatus:dpkg-exec:0.0:Running dpkg\n\
                      E: Unable to locate package openssh-server\n";
+        let dns: Vec<String> = excerpt(&DNS.lines().collect::<Vec<_>>());
+        assert!(
+            summary(&dns, FailureCause::Dns).contains("Temporary failure resolving"),
+            "{dns:?}"
+        );
+        assert_eq!(summary(&[], FailureCause::Other), "no output");
         let lines: Vec<&str> = noisy.lines().collect();
         assert_eq!(
             excerpt(&lines),

@@ -199,10 +199,7 @@ impl Runner<'_> {
             command: command_line,
             status: status.to_string(),
             cause,
-            summary: excerpt
-                .last()
-                .cloned()
-                .unwrap_or_else(|| "no output".into()),
+            summary: classify::summary(&excerpt, cause),
             excerpt,
         })
     }
