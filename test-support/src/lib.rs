@@ -6,12 +6,31 @@
 //! passes silently.
 
 pub mod debian_archive;
+pub mod debian_mirror;
 pub mod fixtures;
+pub mod minbase;
 pub mod netns;
 pub mod otlp;
 pub mod registry;
+pub mod serve;
 
 use std::path::Path;
+use std::process::Command;
+
+/// Runs `cmd` to completion and returns its stdout; panics with its stderr
+/// when it cannot start or fails (tools come from `scripts/deps/*.apt`).
+pub fn run(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (see scripts/deps/*.apt)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
 
 /// Panics with an install hint unless `program` is on PATH.
 pub fn require_program(program: &str, debian_package: &str) {
