@@ -4,7 +4,7 @@
 //! bookworm, bookworm-updates and bookworm-security, no `sources.list`, the
 //! `docker-*` apt and dpkg settings, empty apt lists and caches, no
 //! bootstrap logs, an empty `/dev`), as an OCI layout whose command is
-//! `bash`. Built once into `target/test-cache/debian-minbase-v1/` (delete it
+//! `bash`. Built once into `target/test-cache/debian-minbase-v2/` (delete it
 //! to rebuild; bump the version when the recipe changes). The layout holds
 //! two tags: [`TAG`], and [`MARKED_TAG`], the same image plus one tiny layer
 //! (a new digest, for a case that needs an image never prepared before).
@@ -23,7 +23,7 @@ pub const MARKED_TAG: &str = "bookworm-marked";
 /// The file the extra layer of [`MARKED_TAG`] adds.
 pub const MARKER_PATH: &str = "/etc/banger-test-marker";
 
-const CACHE_NAME: &str = "debian-minbase-v1";
+const CACHE_NAME: &str = "debian-minbase-v2";
 
 /// The official image's `/etc/apt/sources.list.d/debian.sources`.
 pub const DEBIAN_SOURCES: &str = "\
@@ -129,8 +129,25 @@ fn build_cached() -> MinbaseImage {
     make_official(&rootfs);
     check_official(&rootfs).unwrap_or_else(|e| panic!("the minbase recipe is wrong: {e}"));
 
+    // The layers are GNU tar archives, as debuerreotype makes Docker Hub's
+    // (`./`-prefixed, numeric owners, xattrs); umoci only stores them.
+    // (umoci 0.4.7's own `insert` writes a tar whose last member lacks its
+    // padding, which strict readers refuse.)
     let layout = partial.join("oci");
     let image_ref = format!("{}:{TAG}", layout.display());
+    let layer = partial.join("layer.tar");
+    run(Command::new("tar")
+        .args([
+            "--create",
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+        ])
+        .arg("--file")
+        .arg(&layer)
+        .arg("--directory")
+        .arg(&rootfs)
+        .arg("."));
     run(Command::new("umoci")
         .arg("init")
         .arg("--layout")
@@ -140,10 +157,9 @@ fn build_cached() -> MinbaseImage {
         .arg("--image")
         .arg(&image_ref));
     run(Command::new("nice")
-        .args(["-n", "10", "umoci", "insert", "--image"])
+        .args(["-n", "10", "umoci", "raw", "add-layer", "--image"])
         .arg(&image_ref)
-        .arg(&rootfs)
-        .arg("/"));
+        .arg(&layer));
     run(Command::new("umoci")
         .args(["config", "--image"])
         .arg(&image_ref)
@@ -155,15 +171,24 @@ fn build_cached() -> MinbaseImage {
             "--architecture",
             "amd64",
         ]));
-    let marker = partial.join("marker");
+    let marker_root = partial.join("marker");
+    let marker = marker_root.join(MARKER_PATH.trim_start_matches('/'));
+    std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
     std::fs::write(&marker, "an extra layer: a new image digest\n").unwrap();
+    run(Command::new("tar")
+        .args(["--create", "--numeric-owner", "--owner=0", "--group=0"])
+        .arg("--file")
+        .arg(&layer)
+        .arg("--directory")
+        .arg(&marker_root)
+        .arg(MARKER_PATH.trim_start_matches('/')));
     run(Command::new("umoci")
-        .args(["insert", "--image"])
+        .args(["raw", "add-layer", "--image"])
         .arg(&image_ref)
         .args(["--tag", MARKED_TAG])
-        .arg(&marker)
-        .arg(MARKER_PATH));
-    std::fs::remove_file(&marker).unwrap();
+        .arg(&layer));
+    std::fs::remove_file(&layer).unwrap();
+    std::fs::remove_dir_all(&marker_root).unwrap();
     run(Command::new("umoci").args(["gc", "--layout"]).arg(&layout));
     std::fs::write(partial.join("done"), "").unwrap();
     if std::fs::rename(&partial, &dir).is_err() {
