@@ -145,6 +145,44 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    /// A failed test must not leave services or guests running in its
+    /// (then unreachable) namespace: stop them, then end what is left of
+    /// the processes of this home, by pid.
+    fn drop(&mut self) {
+        let _ = Command::new(bin_dir().join("banger"))
+            .arg("--home")
+            .arg(&self.home)
+            .args(["down", "--stop-vms"])
+            .env("HOME", &self.user_home)
+            .stdin(Stdio::null())
+            .output();
+        for pid in processes_of(&self.home) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Pids of the processes whose command line names `home` (services,
+/// hypervisors, vsock bridges of this test).
+fn processes_of(home: &Path) -> Vec<i32> {
+    let needle = home.display().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            String::from_utf8_lossy(&cmdline)
+                .contains(&needle)
+                .then_some(pid)
+        })
+        .collect()
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -343,7 +381,18 @@ fn an_unmodified_docker_hub_image_is_prepared_once_and_fails_fast_without_a_mirr
             shown["prepared"] == serde_json::json!(true), // #12 field
             &format!("image show says debian-bookworm is prepared: {shown:#}"),
         );
+        // The install ran in a one-off preparation VM, so even a booted a
+        // copy of its result.
         let a_state = package_state(&env, "a");
+        for (file, mtime) in &a_state.mtimes {
+            host_side(
+                *mtime < a_state.booted,
+                &format!(
+                    "{file} changed after a booted ({mtime} ≥ {})",
+                    a_state.booted
+                ),
+            );
+        }
         assert!(
             files.requests().iter().any(|r| r.path.ends_with(".deb")),
             "the guest's apt fetched from the mirror"
@@ -353,7 +402,8 @@ fn an_unmodified_docker_hub_image_is_prepared_once_and_fails_fast_without_a_mirr
         let dns_before = dns.queries().len();
         let files_before = files.requests().len();
         let started = Instant::now();
-        env.ok(&["vm", "create", "--image", "debian-bookworm", "--name", "b"]);
+        let out = env.create(&["--image", "debian-bookworm", "--name", "b"]);
+        assert!(out.status.success(), "vm create b failed: {}", text(&out));
         env.ok(&["vm", "ssh", "b", "--", "true"]);
         let b_time = started.elapsed();
         let b_state = package_state(&env, "b");
@@ -387,14 +437,8 @@ fn an_unmodified_docker_hub_image_is_prepared_once_and_fails_fast_without_a_mirr
 
         // C: the debootstrapped systemd image, for comparison.
         let started = Instant::now();
-        env.ok(&[
-            "vm",
-            "create",
-            "--image",
-            "debian-bookworm-systemd",
-            "--name",
-            "c",
-        ]);
+        let out = env.create(&["--image", "debian-bookworm-systemd", "--name", "c"]);
+        assert!(out.status.success(), "vm create c failed: {}", text(&out));
         env.ok(&["vm", "ssh", "c", "--", "true"]);
         let c_time = started.elapsed();
         eprintln!(

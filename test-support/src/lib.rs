@@ -1,6 +1,10 @@
 //! Real components for banger's tests, shared by every crate's test tier:
 //! private network namespaces, a Debian `docker-registry` bound to
-//! 127.0.0.1, an OTLP trace receiver, and the fixtures in `../shared/fixtures`.
+//! 127.0.0.1, an OTLP trace receiver, the fixtures in `../shared/fixtures`
+//! and the cached ones under `target/test-cache` (debootstrapped trees, the
+//! official-like minbase `debian:bookworm`, Debian archives and a guest
+//! mirror built from Debian's signed files), and the file and DNS servers a
+//! test runs in its namespace to serve them.
 //!
 //! A test that needs something missing panics with what to install; it never
 //! passes silently.
