@@ -329,20 +329,24 @@ fn write(root: &Path, url_path: &str, data: &[u8]) {
     std::fs::write(&dest, data).unwrap_or_else(|e| panic!("{}: {e}", dest.display()));
 }
 
+/// A second name in the tree for a file of the tree (a by-hash path): a
+/// hard link, so a test that changes one in place changes both.
 fn link(root: &Path, from: &str, to: &str) {
-    place(
-        &root.join(from.trim_start_matches('/')),
-        &root.join(to.trim_start_matches('/')),
+    let (from, to) = (
+        root.join(from.trim_start_matches('/')),
+        root.join(to.trim_start_matches('/')),
     );
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::hard_link(&from, &to)
+        .unwrap_or_else(|e| panic!("link {} to {}: {e}", from.display(), to.display()));
 }
 
-/// A hard link where the filesystem allows, else a copy.
+/// A cached file copied into the tree (a copy, so a test tampering with the
+/// tree never touches the cache).
 fn place(from: &Path, to: &Path) {
     std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-    if std::fs::hard_link(from, to).is_err() {
-        std::fs::copy(from, to)
-            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
-    }
+    std::fs::copy(from, to)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", from.display(), to.display()));
 }
 
 #[cfg(test)]

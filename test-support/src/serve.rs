@@ -24,6 +24,19 @@ pub struct Served {
     pub status: u16,
 }
 
+/// A mirror's misbehaviour, for the bad-input cases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Fault {
+    /// Serve the files.
+    #[default]
+    None,
+    /// Answer every request with this status (e.g. 404, 500) and no file.
+    Status(u16),
+    /// Read the request and never answer (until the fault is cleared or
+    /// the server dropped).
+    Stall,
+}
+
 /// A static HTTP/1.1 file server (keep-alive, pipelining, `GET`/`HEAD`),
 /// serving the files under a root and nothing outside it. Stops listening
 /// on drop.
@@ -32,6 +45,7 @@ pub struct FileServer {
     /// The bound address (the port is the real one when 0 was asked).
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<Served>>>,
+    fault: Arc<Mutex<Fault>>,
     stop: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
 }
@@ -46,17 +60,19 @@ impl FileServer {
         let root = Arc::new(root.to_path_buf());
         let log: Arc<Mutex<Vec<Served>>> = Arc::default();
         let stop: Arc<AtomicBool> = Arc::default();
+        let fault: Arc<Mutex<Fault>> = Arc::default();
         let acceptor = {
-            let (log, stop) = (log.clone(), stop.clone());
+            let (log, stop, fault) = (log.clone(), stop.clone(), fault.clone());
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         return;
                     }
                     let Ok(stream) = stream else { continue };
-                    let (root, log) = (root.clone(), log.clone());
+                    let (root, log, fault, stop) =
+                        (root.clone(), log.clone(), fault.clone(), stop.clone());
                     std::thread::spawn(move || {
-                        let _ = serve_connection(stream, &root, &log);
+                        let _ = serve_connection(stream, &root, &log, &fault, &stop);
                     });
                 }
             })
@@ -64,6 +80,7 @@ impl FileServer {
         FileServer {
             addr,
             log,
+            fault,
             stop,
             acceptor: Some(acceptor),
         }
@@ -77,6 +94,11 @@ impl FileServer {
     /// Every request answered so far, in order.
     pub fn requests(&self) -> Vec<Served> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Misbehave from now on (or stop misbehaving with [`Fault::None`]).
+    pub fn set_fault(&self, fault: Fault) {
+        *self.fault.lock().unwrap() = fault;
     }
 }
 
@@ -99,6 +121,8 @@ fn serve_connection(
     stream: TcpStream,
     root: &Path,
     log: &Mutex<Vec<Served>>,
+    fault: &Mutex<Fault>,
+    stop: &AtomicBool,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -130,14 +154,28 @@ fn serve_connection(
         );
         close |= version != "HTTP/1.1";
         let path = percent_decode(target.split(['?', '#']).next().unwrap_or("/"));
-        let file = (method == "GET" || method == "HEAD")
+        let mut stalled = false;
+        while *fault.lock().unwrap() == Fault::Stall && !stop.load(Ordering::SeqCst) {
+            stalled = true;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if stalled {
+            // Whatever the client does next, this connection is spent.
+            return Ok(());
+        }
+        let forced = match *fault.lock().unwrap() {
+            Fault::Status(status) => Some(status),
+            _ => None,
+        };
+        let file = (forced.is_none() && (method == "GET" || method == "HEAD"))
             .then(|| resolve(root, &path))
             .flatten()
             .and_then(|p| std::fs::File::open(p).ok())
             .filter(|f| f.metadata().is_ok_and(|m| m.is_file()));
-        let status = match (&file, method) {
-            (_, "GET" | "HEAD") if file.is_some() => 200,
-            (_, "GET" | "HEAD") => 404,
+        let status = match (forced, &file, method) {
+            (Some(status), _, _) => status,
+            (None, Some(_), _) => 200,
+            (None, None, "GET" | "HEAD") => 404,
             _ => 405,
         };
         log.lock().unwrap().push(Served {
@@ -159,10 +197,10 @@ fn serve_connection(
                 }
             }
             None => {
-                let (reason, body) = if status == 404 {
-                    ("Not Found", "not found\n")
-                } else {
-                    ("Method Not Allowed", "method not allowed\n")
+                let (reason, body) = match status {
+                    404 => ("Not Found", "not found\n"),
+                    405 => ("Method Not Allowed", "method not allowed\n"),
+                    _ => ("Injected Fault", "injected fault\n"),
                 };
                 write!(
                     out,
@@ -516,5 +554,30 @@ mod tests {
         let addr = server.addr;
         drop(server);
         assert!(TcpStream::connect(addr).is_err(), "stopped listening");
+    }
+
+    #[test]
+    fn file_server_faults_answer_a_status_or_stall() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("f"), b"F").unwrap();
+        let server = FileServer::start(root.path(), "127.0.0.1:0".parse().unwrap());
+        let get = |timeout| {
+            let mut conn = TcpStream::connect(server.addr).unwrap();
+            conn.set_read_timeout(Some(timeout)).unwrap();
+            conn.write_all(b"GET /f HTTP/1.1\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut all = String::new();
+            conn.read_to_string(&mut all).map(|_| all)
+        };
+        server.set_fault(Fault::Status(500));
+        let got = get(Duration::from_secs(5)).unwrap();
+        assert!(got.starts_with("HTTP/1.1 500 "), "{got}");
+        server.set_fault(Fault::Stall);
+        assert!(
+            get(Duration::from_millis(300)).is_err(),
+            "a stalled server answered"
+        );
+        server.set_fault(Fault::None);
+        assert!(get(Duration::from_secs(5)).unwrap().ends_with("\r\n\r\nF"));
     }
 }
