@@ -35,6 +35,73 @@ pub fn fail(err: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// The one renderer of a long call's phases (`vm create`, `image
+/// prepare`): a spinner showing the running phase, its message and count,
+/// and the ended phases' durations for `--timings`. Hidden under `--json`.
+pub struct PhaseBar {
+    bar: Option<indicatif::ProgressBar>,
+    pub timings: Vec<(String, f64)>,
+}
+
+impl PhaseBar {
+    pub fn new(hidden: bool) -> PhaseBar {
+        let bar = (!hidden).then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                    .expect("valid"),
+            );
+            bar.enable_steady_tick(std::time::Duration::from_millis(120));
+            bar
+        });
+        PhaseBar {
+            bar,
+            timings: Vec::new(),
+        }
+    }
+
+    /// One progress event: a phase that ended (`seconds` > 0), or one that
+    /// started or moved on.
+    pub fn event(&mut self, phase: &str, message: &str, done: u64, total: u64, seconds: f64) {
+        if seconds > 0.0 {
+            self.timings.push((phase.to_owned(), seconds));
+            return;
+        }
+        if let Some(bar) = &self.bar {
+            let mut msg = if message.is_empty() {
+                phase.to_owned()
+            } else {
+                format!("{phase}: {message}")
+            };
+            if total > 0 {
+                msg.push_str(&format!(" ({done}/{total})"));
+            }
+            bar.set_message(msg);
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// How long ago unix time `unix` was, e.g. `5m`.
+pub fn age(unix: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default();
+    let secs = (now - unix).max(0) as u64;
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
 /// Human-readable byte size, e.g. `8.0 MiB`.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -87,8 +87,9 @@ pub fn mirrors_then_upstream(
 }
 
 /// The top-level sections of banger.toml: `[paths]` and one per service
-/// ([`Service::short_name`]). A new section is added here.
-pub const SECTIONS: &[&str] = &["paths", "kernelcat", "imagestore", "netd", "vmm"];
+/// ([`Service::short_name`]), and `[guest]` (read by vmm: how guests reach
+/// package mirrors). A new section is added here.
+pub const SECTIONS: &[&str] = &["paths", "kernelcat", "imagestore", "netd", "vmm", "guest"];
 
 /// Errors while loading configuration.
 #[derive(Debug, Error)]

@@ -85,6 +85,76 @@ fn is_default<T: Default + PartialEq>(t: &T) -> bool {
     *t == T::default()
 }
 
+/// Whether VMs of an image need its prepared filesystem (one home for the
+/// rule; vmm acts on it, the CLI shows it): images booted by first boot
+/// (`direct_boot`, agent injected) that lack systemd or sshd and name a
+/// distribution, whose package manager can install them. An image with no
+/// os-release at all (busybox) boots with the agent as PID 1 instead.
+pub fn needs_preparation(
+    direct_boot: bool,
+    has_agent: bool,
+    os_id: &str,
+    os_id_like: &[String],
+    has_systemd: bool,
+    has_ssh_server: bool,
+) -> bool {
+    direct_boot
+        && has_agent
+        && family_of(os_id, os_id_like).is_some()
+        && !(has_systemd && has_ssh_server)
+}
+
+/// The distribution families first boot knows how to install an init and
+/// sshd on, by os-release `ID`: `debian`, `fedora`, `arch`, `suse`,
+/// `alpine`.
+const FAMILIES: &[(&str, &[&str])] = &[
+    (
+        "debian",
+        &[
+            "debian",
+            "ubuntu",
+            "raspbian",
+            "linuxmint",
+            "pop",
+            "devuan",
+            "kali",
+        ],
+    ),
+    (
+        "fedora",
+        &[
+            "fedora",
+            "rhel",
+            "centos",
+            "rocky",
+            "almalinux",
+            "ol",
+            "amzn",
+        ],
+    ),
+    ("arch", &["arch", "archlinux", "manjaro", "endeavouros"]),
+    ("suse", &["opensuse", "suse", "sles", "sled"]),
+    ("alpine", &["alpine", "postmarketos"]),
+];
+
+/// The family of a distribution: its `ID` first, then each `ID_LIKE` word
+/// (`opensuse-leap` and `opensuse-tumbleweed` are `opensuse`).
+pub fn family_of(id: &str, id_like: &[String]) -> Option<&'static str> {
+    std::iter::once(id)
+        .chain(id_like.iter().map(String::as_str))
+        .find_map(|word| {
+            let word = if word.starts_with("opensuse") {
+                "opensuse"
+            } else {
+                word
+            };
+            FAMILIES
+                .iter()
+                .find(|(_, ids)| ids.contains(&word))
+                .map(|(family, _)| *family)
+        })
+}
+
 /// Why first boot failed, as the host reports it to the user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -244,6 +314,30 @@ mod tests {
             FirstBootEvent::parse_console_line(&format!("{EVENT_MARKER}{{\"phase\":\"bogus\"}}")),
             None
         );
+    }
+
+    #[test]
+    fn families_by_id_then_id_like() {
+        let like = |w: &[&str]| w.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(family_of("debian", &[]), Some("debian"));
+        assert_eq!(family_of("ubuntu", &like(&["debian"])), Some("debian"));
+        assert_eq!(
+            family_of("rocky", &like(&["rhel", "centos", "fedora"])),
+            Some("fedora")
+        );
+        assert_eq!(
+            family_of("opensuse-tumbleweed", &like(&["opensuse", "suse"])),
+            Some("suse")
+        );
+        assert_eq!(family_of("mydistro", &like(&["arch"])), Some("arch"));
+        assert_eq!(family_of("alpine", &[]), Some("alpine"));
+        assert_eq!(family_of("busybox", &[]), None);
+        assert_eq!(family_of("", &[]), None);
+        assert!(!needs_preparation(true, true, "busybox", &[], false, false));
+        assert!(needs_preparation(true, true, "debian", &[], false, false));
+        assert!(needs_preparation(true, true, "debian", &[], true, false));
+        assert!(!needs_preparation(true, true, "debian", &[], true, true));
+        assert!(!needs_preparation(false, true, "debian", &[], false, false));
     }
 
     #[test]

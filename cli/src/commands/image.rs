@@ -12,6 +12,8 @@ use anyhow::{Context as _, Result};
 use banger_proto::config::Service;
 use banger_proto::imagestore::v1 as pb;
 use banger_proto::imagestore::v1::image_store_client::ImageStoreClient;
+use banger_proto::vmm::v1 as vmm;
+use banger_proto::vmm::v1::vmm_client::VmmClient;
 use base64::Engine;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -48,6 +50,19 @@ pub enum ImageCommand {
     Rm { name: String },
     /// Delete cached blobs no image needs.
     Prune,
+    /// Prepare an image that has no init or SSH server: a one-off VM installs
+    /// them with the image's package manager, once per image digest, and every
+    /// later VM boots straight into systemd. `vm create` does this on its own
+    /// the first time; this is the explicit form.
+    Prepare {
+        name: String,
+        /// Kernel to boot the preparation with (default: the image's, then the configured one).
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Prepare again even if the image is prepared.
+        #[arg(long)]
+        force: bool,
+    },
     /// Import a `docker save` or OCI archive (streamed to the image store).
     Import {
         /// Image name.
@@ -81,6 +96,86 @@ struct ImageJson {
     guest: GuestJson,
     holders: Vec<String>,
     layers: Vec<String>,
+    /// Whether VMs of the image need a prepared filesystem.
+    needs_preparation: bool,
+    /// vmm's preparation of this digest, if any (done or failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    preparation: Option<PreparedJson>,
+}
+
+/// vmm's preparation of an image digest, as `--json` prints it.
+#[derive(Debug, Serialize, Default, Clone)]
+struct PreparedJson {
+    prepared: bool,
+    packages: Vec<String>,
+    finished_unix: i64,
+    seconds: f64,
+    has_systemd: bool,
+    has_ssh_server: bool,
+    size_bytes: u64,
+    kernel: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    failed_reason: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    failed_log: String,
+}
+
+impl From<&vmm::PreparedImage> for PreparedJson {
+    fn from(p: &vmm::PreparedImage) -> Self {
+        PreparedJson {
+            prepared: p.prepared,
+            packages: p.packages.clone(),
+            finished_unix: p.finished_unix,
+            seconds: p.seconds,
+            has_systemd: p.has_systemd,
+            has_ssh_server: p.has_ssh_server,
+            size_bytes: p.size_bytes,
+            kernel: p.kernel.clone(),
+            failed_reason: p.failed_reason.clone(),
+            failed_log: p.failed_log.clone(),
+        }
+    }
+}
+
+impl ImageJson {
+    fn with_preparation(mut self, prepared: &HashMap<String, vmm::PreparedImage>) -> Self {
+        self.preparation = prepared.get(&self.digest).map(PreparedJson::from);
+        self
+    }
+
+    /// `yes`, `no` (needs it, not done yet), `failed`, or `-` (needs none).
+    fn prepared_word(&self) -> &'static str {
+        match &self.preparation {
+            Some(p) if p.prepared => "yes",
+            Some(_) if self.needs_preparation => "failed",
+            _ if self.needs_preparation => "no",
+            _ => "-",
+        }
+    }
+}
+
+/// vmm's preparations by digest; empty (with a note) when vmm cannot be
+/// reached, so images stay listable without it.
+async fn preparations(ctx: &Context) -> HashMap<String, vmm::PreparedImage> {
+    let list = async {
+        let mut client = VmmClient::new(ctx.channel(Service::Vmm).await?);
+        anyhow::Ok(
+            client
+                .list_prepared_images(vmm::ListPreparedImagesRequest {})
+                .await?
+                .into_inner()
+                .images,
+        )
+    };
+    match list.await {
+        Ok(images) => images.into_iter().map(|p| (p.digest.clone(), p)).collect(),
+        Err(e) => {
+            if !ctx.json {
+                eprintln!("banger: cannot ask vmm which images are prepared ({e:#})");
+            }
+            HashMap::new()
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Default)]
@@ -109,13 +204,22 @@ impl From<&pb::Image> for ImageJson {
             guest: GuestJson {
                 has_systemd: g.has_systemd,
                 has_ssh_server: g.has_ssh_server,
-                os_id: g.os_id,
-                os_id_like: g.os_id_like,
+                os_id: g.os_id.clone(),
+                os_id_like: g.os_id_like.clone(),
                 os_version_id: g.os_version_id,
                 has_agent: g.has_agent,
             },
             holders: i.holders.clone(),
             layers: i.layers.clone(),
+            needs_preparation: banger_proto::guest::needs_preparation(
+                i.direct_boot,
+                g.has_agent,
+                &g.os_id,
+                &g.os_id_like,
+                g.has_systemd,
+                g.has_ssh_server,
+            ),
+            preparation: None,
         }
     }
 }
@@ -160,11 +264,23 @@ pub async fn run(ctx: &Context, command: ImageCommand) -> Result<ExitCode> {
                 .await?
                 .into_inner()
                 .images;
+            let prepared = preparations(ctx).await;
+            let images: Vec<ImageJson> = images
+                .iter()
+                .map(|i| ImageJson::from(i).with_preparation(&prepared))
+                .collect();
             if ctx.json {
-                output::print_json(&images.iter().map(ImageJson::from).collect::<Vec<_>>())?;
+                output::print_json(&images)?;
             } else {
-                let mut t =
-                    output::table(["NAME", "REFERENCE", "DIGEST", "SIZE", "KERNEL", "CREATED"]);
+                let mut t = output::table([
+                    "NAME",
+                    "REFERENCE",
+                    "DIGEST",
+                    "SIZE",
+                    "KERNEL",
+                    "PREPARED",
+                    "CREATED",
+                ]);
                 for i in &images {
                     t.add_row(vec![
                         i.name.clone(),
@@ -172,6 +288,7 @@ pub async fn run(ctx: &Context, command: ImageCommand) -> Result<ExitCode> {
                         short_digest(&i.digest),
                         output::human_bytes(i.size_bytes),
                         i.default_kernel.clone(),
+                        i.prepared_word().to_owned(),
                         created(i.created_unix),
                     ]);
                 }
@@ -183,7 +300,8 @@ pub async fn run(ctx: &Context, command: ImageCommand) -> Result<ExitCode> {
                 .get_image(pb::GetImageRequest { name })
                 .await?
                 .into_inner();
-            let json = ImageJson::from(&image);
+            let prepared = preparations(ctx).await;
+            let json = ImageJson::from(&image).with_preparation(&prepared);
             if ctx.json {
                 output::print_json(&json)?;
             } else {
@@ -209,16 +327,99 @@ pub async fn run(ctx: &Context, command: ImageCommand) -> Result<ExitCode> {
                     g.has_ssh_server,
                     g.has_agent
                 );
+                println!("prepared:       {}", prepared_line(&json));
                 println!("holders:        {}", json.holders.join(", "));
                 println!("layers:         {}", json.layers.len());
             }
         }
         ImageCommand::Rm { name } => {
+            let digest = client
+                .get_image(pb::GetImageRequest { name: name.clone() })
+                .await?
+                .into_inner()
+                .digest;
             client
                 .delete_image(pb::DeleteImageRequest { name: name.clone() })
                 .await?;
+            // The prepared filesystem goes with the last image of its
+            // digest (another name may share it).
+            let others = client
+                .list_images(pb::ListImagesRequest {})
+                .await?
+                .into_inner()
+                .images
+                .iter()
+                .any(|i| i.digest == digest);
+            if !others {
+                let dropped = async {
+                    let mut vmm = VmmClient::new(ctx.channel(Service::Vmm).await?);
+                    anyhow::Ok(
+                        vmm.drop_prepared_image(vmm::DropPreparedImageRequest {
+                            digest: digest.clone(),
+                        })
+                        .await?
+                        .into_inner()
+                        .dropped,
+                    )
+                };
+                match dropped.await {
+                    Ok(true) if !ctx.json => println!("removed the prepared filesystem of {name}"),
+                    Ok(_) => {}
+                    Err(e) => eprintln!(
+                        "banger: could not drop the prepared filesystem of {name} ({e:#}); `banger image rm` again once vmm runs"
+                    ),
+                }
+            }
             if !ctx.json {
                 println!("removed {name}");
+            }
+        }
+        ImageCommand::Prepare {
+            name,
+            kernel,
+            force,
+        } => {
+            let mut vmm = VmmClient::new(ctx.channel(Service::Vmm).await?);
+            let mut stream = vmm
+                .prepare_image(vmm::PrepareImageRequest {
+                    image: name.clone(),
+                    kernel: kernel.unwrap_or_default(),
+                    force,
+                })
+                .await?
+                .into_inner();
+            let mut bar = output::PhaseBar::new(ctx.json);
+            let mut done = None;
+            let result = async {
+                while let Some(ev) = stream.message().await? {
+                    match ev.event {
+                        Some(vmm::prepare_image_event::Event::Progress(p)) => {
+                            bar.event(&p.phase, &p.message, p.done, p.total, p.seconds)
+                        }
+                        Some(vmm::prepare_image_event::Event::Done(p)) => done = Some(p),
+                        None => {}
+                    }
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            bar.finish();
+            result?;
+            let p = done.context("vmm ended the preparation without a result")?;
+            if ctx.json {
+                output::print_json(&PreparedJson::from(&p))?;
+            } else {
+                println!(
+                    "{name} prepared in {:.0}s: installed {}; its VMs boot with{} systemd and with{} sshd",
+                    p.seconds,
+                    if p.packages.is_empty() {
+                        "nothing".to_owned()
+                    } else {
+                        p.packages.join(", ")
+                    },
+                    if p.has_systemd { "" } else { "out" },
+                    if p.has_ssh_server { "" } else { "out" },
+                );
             }
         }
         ImageCommand::Import {
@@ -364,6 +565,32 @@ async fn follow(
         }
     }
     anyhow::bail!("the image store ended the pull without a result; see its log")
+}
+
+/// `image show`'s line about the preparation.
+fn prepared_line(json: &ImageJson) -> String {
+    match &json.preparation {
+        Some(p) if p.prepared => format!(
+            "yes, {} ago in {:.0}s: installed {}; VMs get systemd: {}, sshd: {}",
+            output::age(p.finished_unix),
+            p.seconds,
+            p.packages.join(", "),
+            p.has_systemd,
+            p.has_ssh_server
+        ),
+        Some(p) => format!(
+            "no: the last preparation failed {} ago: {}\n                console log: {}\n                `banger image prepare {} --force` tries again",
+            output::age(p.finished_unix),
+            p.failed_reason.lines().next().unwrap_or_default(),
+            p.failed_log,
+            json.name
+        ),
+        None if json.needs_preparation => format!(
+            "no: it lacks an init or sshd; the first `vm create` prepares it (or `banger image prepare {}`)",
+            json.name
+        ),
+        None => "not needed".into(),
+    }
 }
 
 fn short_digest(digest: &str) -> String {

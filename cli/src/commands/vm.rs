@@ -16,7 +16,6 @@ use banger_proto::kernelcat::v1 as kc;
 use banger_proto::kernelcat::v1::kernel_cat_client::KernelCatClient;
 use banger_proto::vmm::v1 as pb;
 use banger_proto::vmm::v1::vmm_client::VmmClient;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::context::Context;
@@ -313,28 +312,13 @@ async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
         ready_timeout_seconds: args.timeout,
     };
     let mut stream = vmm(ctx).await?.create_vm(request).await?.into_inner();
-    let bar = (!ctx.json).then(|| {
-        let bar = ProgressBar::new_spinner();
-        bar.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid"));
-        bar.enable_steady_tick(Duration::from_millis(120));
-        bar
-    });
-    let mut timings: Vec<(String, f64)> = Vec::new();
+    let mut bar = output::PhaseBar::new(ctx.json);
     let mut done = None;
     let result = async {
         while let Some(ev) = stream.message().await? {
             match ev.event {
                 Some(pb::create_vm_event::Event::Progress(p)) => {
-                    if p.seconds > 0.0 {
-                        timings.push((p.phase.clone(), p.seconds));
-                    } else if let Some(bar) = &bar {
-                        let msg = if p.message.is_empty() {
-                            p.phase.clone()
-                        } else {
-                            format!("{}: {}", p.phase, p.message)
-                        };
-                        bar.set_message(msg);
-                    }
+                    bar.event(&p.phase, &p.message, p.done, p.total, p.seconds);
                 }
                 Some(pb::create_vm_event::Event::Done(vm)) => done = Some(vm),
                 None => {}
@@ -343,10 +327,9 @@ async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
         anyhow::Ok(())
     }
     .await;
-    if let Some(bar) = &bar {
-        bar.finish_and_clear();
-    }
+    bar.finish();
     result?;
+    let timings = bar.timings;
     if args.timings {
         let total: f64 = timings.iter().map(|(_, s)| s).sum();
         if ctx.json {
@@ -392,25 +375,11 @@ async fn list(ctx: &Context) -> Result<ExitCode> {
             vm.kernel.clone(),
             vm.vcpus.to_string(),
             format!("{} MiB", vm.memory_mib),
-            age(vm.created_unix),
+            output::age(vm.created_unix),
         ]);
     }
     println!("{t}");
     Ok(ExitCode::SUCCESS)
-}
-
-fn age(unix: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default();
-    let secs = (now - unix).max(0) as u64;
-    match secs {
-        s if s < 60 => format!("{s}s"),
-        s if s < 3600 => format!("{}m", s / 60),
-        s if s < 86_400 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86_400),
-    }
 }
 
 fn state_name(state: i32) -> &'static str {
@@ -449,6 +418,7 @@ fn vm_json(vm: &pb::Vm) -> serde_json::Value {
         "error": vm.error,
         "vsock_path": vm.vsock_path,
         "ssh_host_public_key": vm.ssh_host_public_key,
+        "image_prepared": vm.image_prepared,
         "probes": vm.probes.iter().map(|p| json!({
             "capability": p.capability, "state": p.state, "detail": p.detail
         })).collect::<Vec<_>>(),
@@ -462,7 +432,11 @@ fn print_vm(ctx: &Context, vm: &pb::Vm) -> Result<()> {
     println!("name:       {}", vm.name);
     println!("state:      {}", state_name(vm.state));
     println!("id:         {}", vm.id);
-    println!("image:      {}", vm.image);
+    if vm.image_prepared {
+        println!("image:      {} (its prepared filesystem)", vm.image);
+    } else {
+        println!("image:      {}", vm.image);
+    }
     println!("kernel:     {}", vm.kernel);
     println!("vcpus:      {}", vm.vcpus);
     println!("memory:     {} MiB", vm.memory_mib);

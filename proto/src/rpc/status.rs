@@ -38,6 +38,8 @@ pub const REASONS: &[&str] = &[
     "VM_EXISTS",
     "VM_WRONG_STATE",
     "VM_NO_AGENT",
+    "FIRST_BOOT_FAILED",
+    "IMAGE_PREPARATION_FAILED",
 ];
 
 /// The banger reason `status` carries, if any: how a service passes on the

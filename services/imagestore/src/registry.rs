@@ -280,19 +280,40 @@ impl Remote {
         Ok(())
     }
 
-    /// Fetches a small blob (the config) into memory, verified.
+    /// Fetches a small blob (the config) into memory, verified, reading no
+    /// more than its descriptor declares (at most [`MAX_CONFIG_BYTES`]).
     pub async fn fetch_small(&self, desc: &OciDescriptor) -> Result<Vec<u8>, Error> {
-        let mut out = Vec::new();
-        self.client
-            .pull_blob(&self.reference, desc, &mut out)
+        let declared = declared_size(desc, MAX_CONFIG_BYTES)?;
+        let desc = &direct_only(desc);
+        let mut stream = self
+            .client
+            .pull_blob_stream(&self.reference, desc)
             .await
-            .map_err(|e| match e {
-                OciDistributionError::DigestError(_) => Error::DigestMismatch {
-                    digest: desc.digest.clone(),
-                    actual: "something else".into(),
-                },
-                e => classify(&self.reference.whole(), e),
+            .map_err(|e| classify(&self.reference.whole(), e))?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let bytes = chunk.map_err(|e| Error::Download {
+                digest: desc.digest.clone(),
+                message: e.to_string(),
             })?;
+            if out.len() as u64 + bytes.len() as u64 > declared {
+                return Err(oversize(desc, declared));
+            }
+            out.extend_from_slice(&bytes);
+        }
+        let actual = match desc.digest.split_once(':') {
+            Some(("sha512", _)) => {
+                use sha2::Digest;
+                format!("sha512:{}", hex::encode(sha2::Sha512::digest(&out)))
+            }
+            _ => format!("sha256:{}", hex_sha256(&out)),
+        };
+        if actual != desc.digest {
+            return Err(Error::DigestMismatch {
+                digest: desc.digest.clone(),
+                actual,
+            });
+        }
         Ok(out)
     }
 
@@ -314,6 +335,8 @@ impl Remote {
             progress(desc.size.max(0) as u64);
             return Ok(());
         }
+        let declared = declared_size(desc, MAX_LAYER_BYTES)?;
+        let desc = &direct_only(desc);
         let mut writer = cache.writer(&desc.digest)?;
         on_start(Started::Live(writer.live()?));
         // oci-client verifies too; we hash ourselves to name the actual digest.
@@ -326,6 +349,11 @@ impl Remote {
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(bytes) => {
+                    // A registry that sends more than it declared is cut
+                    // off at once, not after filling the disk.
+                    if writer.written() + bytes.len() as u64 > declared {
+                        return Err(oversize(desc, declared));
+                    }
                     // Chunks are small and land in the page cache; the
                     // fsync happens once, off the async threads, in commit.
                     writer.write(&bytes)?;
@@ -355,6 +383,49 @@ impl Remote {
             .expect("blob commit task panicked")?;
         Ok(())
     }
+}
+
+/// The largest image config accepted (real ones are a few KiB).
+pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
+/// The largest single layer accepted, whatever its descriptor says.
+pub const MAX_LAYER_BYTES: u64 = 64 << 30;
+
+/// The descriptor's size, if it is one we accept.
+fn declared_size(desc: &OciDescriptor, max: u64) -> Result<u64, Error> {
+    match u64::try_from(desc.size) {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(Error::Download {
+            digest: desc.digest.clone(),
+            message: format!(
+                "its descriptor declares {} bytes, outside 0..={max}; refusing it",
+                desc.size
+            ),
+        }),
+    }
+}
+
+fn oversize(desc: &OciDescriptor, declared: u64) -> Error {
+    Error::Download {
+        digest: desc.digest.clone(),
+        message: format!(
+            "the registry sent more than the {declared} bytes its descriptor declares; refusing it"
+        ),
+    }
+}
+
+/// `desc` without its foreign-layer `urls`: oci-client would fetch them
+/// when the registry errors — any URL an image names, including local
+/// services (SSRF). Blobs come from the registry (or its configured
+/// mirrors) only.
+fn direct_only(desc: &OciDescriptor) -> OciDescriptor {
+    let mut d = desc.clone();
+    d.urls = None;
+    d
+}
+
+fn hex_sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
 }
 
 /// Maps an oci-client error to ours by what the user must do.

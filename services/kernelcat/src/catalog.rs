@@ -333,13 +333,30 @@ impl Catalog {
         if !status.is_success() {
             return Err(format!("HTTP {}", status.as_u16()));
         }
-        let text = response
-            .text()
-            .await
-            .map_err(|e| crate::pull::error_chain(&e))?;
+        // A catalog is a small JSON file: read at most MAX_CATALOG_BYTES
+        // while streaming, whatever the server says or sends.
+        if response
+            .content_length()
+            .is_some_and(|l| l > MAX_CATALOG_BYTES)
+        {
+            return Err(format!("it is larger than {MAX_CATALOG_BYTES} bytes"));
+        }
+        let mut stream = response.bytes_stream();
+        let mut data = Vec::new();
+        while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+            let chunk = chunk.map_err(|e| crate::pull::error_chain(&e))?;
+            if (data.len() + chunk.len()) as u64 > MAX_CATALOG_BYTES {
+                return Err(format!("it is larger than {MAX_CATALOG_BYTES} bytes"));
+            }
+            data.extend_from_slice(&chunk);
+        }
+        let text = String::from_utf8(data).map_err(|_| "it is not UTF-8 text".to_owned())?;
         parse(&text, url)
     }
 }
+
+/// The largest remote catalog read (real ones are a few KiB).
+pub const MAX_CATALOG_BYTES: u64 = 4 << 20;
 
 fn ago(unix: i64) -> String {
     let secs = (crate::store::now_unix() - unix).max(0);

@@ -402,6 +402,27 @@ async fn catalog_empty_hint_and_unreachable_remote_falls_back_to_cache() {
     // Pulls work from the cached catalog too.
     let (_, kernel) = pull(&mut svc.client, NAME, false).await;
     kernel.unwrap();
+
+    // A catalog that never ends is cut off at the cap (not read into
+    // memory until the server gives up), and the cache still serves.
+    server.route("/catalog.json", Route::Endless);
+    let listing = svc
+        .client
+        .list_catalog(pb::ListCatalogRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listing.entries.len(), 3, "served from the cache");
+    assert!(
+        listing.warnings[0].contains("larger than 4194304 bytes"),
+        "{:?}",
+        listing.warnings
+    );
+    assert!(
+        server.sent("/catalog.json") < 64 << 20,
+        "{}",
+        server.sent("/catalog.json")
+    );
 }
 
 fn import_stream(

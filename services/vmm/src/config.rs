@@ -1,6 +1,9 @@
 //! `[vmm]` of banger.toml: which hypervisor, where its binaries are, and the
 //! defaults of a VM. Every field has a default, so an absent section works.
 
+use std::collections::BTreeMap;
+
+use banger_proto::guest::GuestNetwork;
 use serde::{Deserialize, Serialize};
 
 /// Hypervisor backend of a VM.
@@ -63,6 +66,113 @@ pub struct VmmConfig {
     pub ready_timeout_secs: u32,
     /// Seconds a graceful stop may take before the VM is killed.
     pub stop_timeout_secs: u32,
+    /// Seconds the one-off VM that prepares an image (installs an init and
+    /// sshd with the guest's package manager) may take: separate from, and
+    /// much longer than, the readiness timeout of a boot.
+    pub prepare_timeout_secs: u32,
+    /// Space added to an image for its preparation's installs.
+    pub prepare_headroom_mib: u64,
+    /// Console logs of failed creates kept for `banger vm logs` (oldest
+    /// dropped first).
+    pub failed_creates_kept: usize,
+    /// `[guest]` of banger.toml (its own section: it is about guests, not
+    /// the vmm process); filled by the service from the config.
+    #[serde(skip)]
+    pub guest: GuestConfig,
+}
+
+/// The `[guest]` section: how a guest's first boot reaches package mirrors.
+/// First boot applies it to apt, dnf/yum, apk, pacman and zypper; the DNS
+/// servers come from `[netd] dns`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuestConfig {
+    /// `http://host:port` for plain-HTTP fetches.
+    pub http_proxy: String,
+    pub https_proxy: String,
+    /// Comma-separated hosts that bypass the proxy.
+    pub no_proxy: String,
+    /// Per family (`debian`, `fedora`, `alpine`, `arch`, `suse`): URL
+    /// prefix as the image's sources name it → the prefix to use instead.
+    /// `[guest.mirrors.debian] "http://deb.debian.org/debian" = "http://mirror.lan/debian"`
+    pub mirrors: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// The families `[guest.mirrors]` may name (first boot's table).
+pub const MIRROR_FAMILIES: &[&str] = &["debian", "fedora", "alpine", "arch", "suse"];
+
+/// A bad `[guest]` setting.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid [guest] {key} = {value:?}: {why}")]
+pub struct InvalidGuestConfig {
+    pub key: String,
+    pub value: String,
+    pub why: &'static str,
+}
+
+impl GuestConfig {
+    /// Refuses values first boot could not use: the guest treats them as
+    /// data, but a URL with a newline or without a scheme is a mistake.
+    pub fn validate(&self) -> Result<(), InvalidGuestConfig> {
+        let url = |key: &str, value: &str| {
+            let bad = |why| InvalidGuestConfig {
+                key: key.into(),
+                value: value.into(),
+                why,
+            };
+            if value.chars().any(|c| c.is_whitespace() || c.is_control()) || value.len() > 1024 {
+                return Err(bad("no spaces or control characters, at most 1024 bytes"));
+            }
+            if !(value.starts_with("http://") || value.starts_with("https://")) {
+                return Err(bad("must start with http:// or https://"));
+            }
+            Ok(())
+        };
+        for (key, value) in [
+            ("http_proxy", &self.http_proxy),
+            ("https_proxy", &self.https_proxy),
+        ] {
+            if !value.is_empty() {
+                url(key, value)?;
+            }
+        }
+        if self
+            .no_proxy
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(InvalidGuestConfig {
+                key: "no_proxy".into(),
+                value: self.no_proxy.clone(),
+                why: "comma-separated hosts, no spaces",
+            });
+        }
+        for (family, rules) in &self.mirrors {
+            if !MIRROR_FAMILIES.contains(&family.as_str()) {
+                return Err(InvalidGuestConfig {
+                    key: format!("mirrors.{family}"),
+                    value: String::new(),
+                    why: "the families are debian, fedora, alpine, arch, suse",
+                });
+            }
+            for (from, to) in rules {
+                url(&format!("mirrors.{family} key"), from)?;
+                url(&format!("mirrors.{family}.{from:?}"), to)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What the guest's `identity.json` carries.
+    pub fn network(&self) -> GuestNetwork {
+        let some = |s: &String| Some(s.clone()).filter(|s| !s.is_empty());
+        GuestNetwork {
+            http_proxy: some(&self.http_proxy),
+            https_proxy: some(&self.https_proxy),
+            no_proxy: some(&self.no_proxy),
+            mirrors: self.mirrors.clone(),
+        }
+    }
 }
 
 impl Default for VmmConfig {
@@ -80,6 +190,10 @@ impl Default for VmmConfig {
             disk_headroom_mib: 1024,
             ready_timeout_secs: 120,
             stop_timeout_secs: 30,
+            prepare_timeout_secs: 1800,
+            prepare_headroom_mib: 2048,
+            failed_creates_kept: 20,
+            guest: GuestConfig::default(),
         }
     }
 }
@@ -101,6 +215,50 @@ mod tests {
         assert_eq!(vmm.default_memory_mib, 1024);
         assert_eq!(vmm.ready_timeout_secs, 120);
         assert_eq!(vmm.default_kernel, "debian-6.12");
+    }
+
+    #[test]
+    fn guest_settings_are_checked_and_become_the_identitys_network() {
+        let cfg = banger_proto::config::Config::parse(
+            "[guest]\nhttp_proxy = \"http://proxy:3128\"\n[guest.mirrors.debian]\n\"http://deb.debian.org/debian\" = \"http://m/debian\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        let guest: GuestConfig = cfg.section("guest").unwrap();
+        guest.validate().unwrap();
+        let net = guest.network();
+        assert_eq!(net.http_proxy.as_deref(), Some("http://proxy:3128"));
+        assert_eq!(net.https_proxy, None);
+        assert_eq!(
+            net.mirrors["debian"]["http://deb.debian.org/debian"],
+            "http://m/debian"
+        );
+        for bad in [
+            "[guest]\nhttp_proxy = \"proxy:3128\"\n",
+            "[guest]\nhttp_proxy = \"http://p\\nX\"\n",
+            "[guest.mirrors.gentoo]\n\"http://a\" = \"http://b\"\n",
+            "[guest.mirrors.debian]\n\"http://a\" = \"ftp://b\"\n",
+        ] {
+            let cfg = banger_proto::config::Config::parse(bad, "t.toml").unwrap();
+            let guest: GuestConfig = cfg.section("guest").unwrap();
+            assert!(guest.validate().is_err(), "{bad}");
+        }
+        let cfg =
+            banger_proto::config::Config::parse("[guest]\nproxy = \"x\"\n", "t.toml").unwrap();
+        assert!(cfg.section::<GuestConfig>("guest").is_err());
+    }
+
+    #[test]
+    fn the_shipped_config_is_the_default() {
+        let text = include_str!("../../../configs/banger.toml");
+        let cfg = banger_proto::config::Config::parse(text, "configs/banger.toml").unwrap();
+        let vmm: VmmConfig = cfg.section("vmm").unwrap();
+        assert_eq!(
+            vmm.prepare_timeout_secs,
+            VmmConfig::default().prepare_timeout_secs
+        );
+        let guest: GuestConfig = cfg.section("guest").unwrap();
+        assert_eq!(guest, GuestConfig::default());
     }
 
     #[test]

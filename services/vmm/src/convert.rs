@@ -27,7 +27,11 @@ impl GrpcError for Error {
             | Error::SpawnFailed { .. }
             | Error::LaunchFailed { .. }
             | Error::HypervisorApi { .. } => Code::FailedPrecondition,
-            Error::Boot { .. } => Code::Aborted,
+            Error::Boot { .. } | Error::FirstBootFailed { .. } => Code::Aborted,
+            Error::PreparationFailed { .. } | Error::NothingToPrepare { .. } => {
+                Code::FailedPrecondition
+            }
+            Error::EvidenceKept { source, .. } => source.grpc_code(),
             Error::AgentNotReady(_) | Error::SshNotReady { .. } | Error::ConsoleSilent { .. } => {
                 Code::DeadlineExceeded
             }
@@ -43,6 +47,9 @@ impl GrpcError for Error {
             Error::WrongState { .. } => Some("VM_WRONG_STATE"),
             Error::NoAgent { .. } => Some("VM_NO_AGENT"),
             Error::Peer { reason, .. } => *reason,
+            Error::FirstBootFailed { .. } => Some("FIRST_BOOT_FAILED"),
+            Error::PreparationFailed { .. } => Some("IMAGE_PREPARATION_FAILED"),
+            Error::EvidenceKept { source, .. } => source.reason(),
             _ => None,
         }
     }

@@ -284,8 +284,31 @@ fn is_host_key_name(name: &str) -> bool {
         })
 }
 
+/// Checks and repairs the ext4 at `disk` (`e2fsck -fy`): after a guest
+/// that may have been killed rather than shut down.
+pub fn repair(disk: &Path) -> Result<()> {
+    let out = Command::new("e2fsck")
+        .arg("-fy")
+        .arg(disk)
+        .output()
+        .map_err(|e| tool_missing("e2fsck", e))?;
+    // 0: clean, 1: errors corrected. Anything else is a filesystem we
+    // cannot hand to VMs.
+    match out.status.code() {
+        Some(0 | 1) => Ok(()),
+        _ => Err(Error::tool(
+            "e2fsck",
+            format!(
+                "{} is damaged beyond repair: {}",
+                disk.display(),
+                String::from_utf8_lossy(&out.stdout).trim()
+            ),
+        )),
+    }
+}
+
 /// Whether `guest_path` exists in the ext4 image.
-fn exists(disk: &Path, guest_path: &str) -> Result<bool> {
+pub fn exists(disk: &Path, guest_path: &str) -> Result<bool> {
     let out = Command::new("debugfs")
         .arg("-R")
         .arg(format!("stat {guest_path}"))

@@ -119,6 +119,28 @@ pub enum Error {
     #[error("guest agent: {call}: {message}")]
     AgentCall { call: &'static str, message: String },
 
+    /// First boot printed a `Failed` event: the wait ends at once.
+    #[error("first boot of VM {vm} failed: {failure}")]
+    FirstBootFailed {
+        vm: String,
+        failure: crate::firstboot::GuestFailure,
+    },
+    /// The one-off preparation VM of an image did not finish.
+    #[error(
+        "preparing image {image} for its first boot failed: {why}\nits console log is kept at {}; `banger image prepare {image} --force` tries again",
+        log.display()
+    )]
+    PreparationFailed {
+        image: String,
+        why: String,
+        log: PathBuf,
+    },
+    #[error("image {image} needs no preparation: {why}")]
+    NothingToPrepare { image: String, why: &'static str },
+    /// A failed create whose console log was kept after the rollback.
+    #[error("{source}\nthe console log of this create is kept: `banger vm logs {name}` shows it")]
+    EvidenceKept { name: String, source: Box<Error> },
+
     // ---- bugs ----
     /// A task of the vmm panicked or was cancelled.
     #[error("internal error: the {task} task failed: {source}")]

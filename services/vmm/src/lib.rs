@@ -13,6 +13,7 @@ pub mod config;
 pub mod convert;
 pub mod disk;
 pub mod error;
+pub mod firstboot;
 pub mod guest;
 pub mod hypervisor;
 pub mod manager;

@@ -98,6 +98,10 @@ impl Peers for GrpcPeers {
             size_bytes: r.size_bytes,
             has_agent: guest.has_agent,
             has_ssh_server: guest.has_ssh_server,
+            has_systemd: guest.has_systemd,
+            os_id: guest.os_id,
+            os_id_like: guest.os_id_like,
+            prepared: false,
         })
     }
 

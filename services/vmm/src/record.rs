@@ -100,6 +100,19 @@ pub struct ImageInfo {
     /// The agent and first-boot script are in the image.
     pub has_agent: bool,
     pub has_ssh_server: bool,
+    /// systemd is the image's init (absent in records before preparation existed).
+    #[serde(default)]
+    pub has_systemd: bool,
+    /// os-release `ID` (empty: none, e.g. busybox).
+    #[serde(default)]
+    pub os_id: String,
+    /// os-release `ID_LIKE` words.
+    #[serde(default)]
+    pub os_id_like: Vec<String>,
+    /// The VM's disk is a copy of the image's prepared filesystem (an init
+    /// and sshd installed once for this digest), not of the image itself.
+    #[serde(default)]
+    pub prepared: bool,
 }
 
 /// What kernelcat said about the VM's kernel.
@@ -204,6 +217,16 @@ impl Store {
         }
     }
 
+    /// `$STATE/vms`.
+    pub fn root(&self) -> &Path {
+        &self.vms
+    }
+
+    /// `$RUN/vmm`.
+    pub fn run_root(&self) -> &Path {
+        &self.run
+    }
+
     /// Paths of the VM named `name` with id `id`.
     pub fn paths(&self, name: &str, id: &str) -> VmPaths {
         VmPaths {
@@ -251,6 +274,11 @@ impl Store {
         for entry in entries {
             let entry = entry.map_err(Error::io("cannot list", &self.vms))?;
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                // `.prepared`, `.failed`: vmm's own, never a VM (VM names
+                // are DNS labels).
+                continue;
+            }
             match self.load(&name) {
                 Ok(Some(vm)) => vms.push(vm),
                 Ok(None) => orphans.push(entry.path()),

@@ -23,7 +23,7 @@ use crate::guest::{AgentGuest, Guest};
 use crate::hypervisor::Hypervisor;
 use crate::hypervisor::firecracker::Firecracker;
 use crate::hypervisor::qemu::Qemu;
-use crate::manager::{CreateSpec, Manager, PhaseEvent, VmView};
+use crate::manager::{CreateSpec, FailedPreparation, Manager, PhaseEvent, Prepared, VmView};
 use crate::peers::{GrpcPeers, Peers};
 use crate::record::{Store, VmState};
 use crate::validate;
@@ -38,7 +38,18 @@ impl VmmService {
     /// Opens the service's state from `config`: records under
     /// `$STATE/vms`, sockets under `$RUN/vmm`, peers on their sockets.
     pub fn new(config: &Config) -> Result<Self, banger_proto::config::ConfigError> {
-        let cfg: VmmConfig = config.section("vmm")?;
+        let mut cfg: VmmConfig = config.section("vmm")?;
+        cfg.guest = config.section("guest")?;
+        cfg.guest
+            .validate()
+            .map_err(|e| banger_proto::config::ConfigError::Parse {
+                path: config
+                    .source
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "(defaults)".into()),
+                message: e.to_string(),
+            })?;
         let store = Store::new(
             &config.paths.state(Service::Vmm),
             &config.paths.run_dir.join("vmm"),
@@ -116,7 +127,75 @@ fn to_pb(v: VmView) -> pb::Vm {
             })
             .collect(),
         ssh_host_public_key: vm.ssh_host_key.unwrap_or_default(),
+        image_prepared: vm.image.prepared,
     }
+}
+
+fn prepared_pb(p: Prepared) -> pb::PreparedImage {
+    pb::PreparedImage {
+        digest: p.digest,
+        image: p.image,
+        kernel: p.kernel,
+        packages: p.packages,
+        finished_unix: p.prepared_unix,
+        seconds: p.seconds,
+        has_systemd: p.has_systemd,
+        has_ssh_server: p.has_ssh_server,
+        size_bytes: p.size_bytes,
+        prepared: true,
+        ..Default::default()
+    }
+}
+
+fn failed_pb(f: FailedPreparation) -> pb::PreparedImage {
+    pb::PreparedImage {
+        digest: f.digest,
+        image: f.image,
+        finished_unix: f.failed_unix,
+        prepared: false,
+        failed_reason: f.why,
+        failed_log: f.log.display().to_string(),
+        ..Default::default()
+    }
+}
+
+/// Runs `work` to completion in its own task (a client that goes away
+/// cancels nothing), streaming its phases as `progress` and its result as
+/// `done`: the one way vmm's long calls stream.
+fn stream_phases<T, E, W>(
+    work: W,
+    mut events_rx: mpsc::Receiver<PhaseEvent>,
+    progress: impl Fn(pb::CreateVmProgress) -> E + Send + 'static,
+    done: impl Fn(T) -> E + Send + 'static,
+) -> BoxStream<E>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    W: std::future::Future<Output = crate::Result<T>> + Send + 'static,
+{
+    let (out_tx, out_rx) = mpsc::channel(32);
+    let work = tokio::spawn(work.in_current_span());
+    tokio::spawn(async move {
+        // The phases until the work is over (it drops the sender)…
+        while let Some(ev) = events_rx.recv().await {
+            let event = progress(pb::CreateVmProgress {
+                phase: ev.phase.into(),
+                message: ev.message,
+                done: ev.done,
+                total: ev.total,
+                seconds: ev.seconds.unwrap_or_default(),
+            });
+            let _ = out_tx.send(Ok(event)).await;
+        }
+        // …then its result: the one `done`, or the error.
+        let result = match work.await {
+            Ok(Ok(v)) => Ok(done(v)),
+            Ok(Err(e)) => Err(Status::from(e)),
+            Err(e) => Err(Error::task("stream")(e).into()),
+        };
+        let _ = out_tx.send(result).await;
+    });
+    Box::pin(ReceiverStream::new(out_rx))
 }
 
 #[tonic::async_trait]
@@ -162,47 +241,22 @@ impl Vmm for VmmService {
         validate::resources(spec.vcpus, spec.memory_mib, spec.disk_bytes).map_err(Error::from)?;
         validate::timeout("ready_timeout_seconds", spec.ready_timeout_secs).map_err(Error::from)?;
         validate::ssh_public_keys(&spec.ssh_authorized_keys).map_err(Error::from)?;
-        let (events_tx, mut events_rx) = mpsc::channel::<PhaseEvent>(32);
-        let (out_tx, out_rx) = mpsc::channel(32);
+        let (events_tx, events_rx) = mpsc::channel::<PhaseEvent>(32);
         let manager = self.manager.clone();
         // The create runs to completion (or rollback) even if the client
         // goes away half-way: a VM never outlives its cleanup.
         // It stays in this call's trace: the steps are children of CreateVm.
-        let create =
-            tokio::spawn(async move { manager.create(spec, &events_tx).await }.in_current_span());
-        tokio::spawn(async move {
-            // The phases until the create is over (it drops the sender)…
-            while let Some(ev) = events_rx.recv().await {
-                let event = pb::create_vm_event::Event::Progress(pb::CreateVmProgress {
-                    phase: ev.phase.into(),
-                    message: ev.message,
-                    done: 0,
-                    total: 0,
-                    seconds: ev.seconds.unwrap_or_default(),
-                });
-                let _ = out_tx
-                    .send(Ok(pb::CreateVmEvent { event: Some(event) }))
-                    .await;
-            }
-            // …then its result: the one `done` (an idempotent create has
-            // no phases, only this), or the error.
-            match create.await {
-                Ok(Ok(view)) => {
-                    let _ = out_tx
-                        .send(Ok(pb::CreateVmEvent {
-                            event: Some(pb::create_vm_event::Event::Done(to_pb(view))),
-                        }))
-                        .await;
-                }
-                Ok(Err(e)) => {
-                    let _ = out_tx.send(Err(Status::from(e))).await;
-                }
-                Err(e) => {
-                    let _ = out_tx.send(Err(Error::task("create")(e).into())).await;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
+        let stream = stream_phases(
+            async move { manager.create(spec, &events_tx).await },
+            events_rx,
+            |p| pb::CreateVmEvent {
+                event: Some(pb::create_vm_event::Event::Progress(p)),
+            },
+            |view| pb::CreateVmEvent {
+                event: Some(pb::create_vm_event::Event::Done(to_pb(view))),
+            },
+        );
+        Ok(Response::new(stream))
     }
 
     #[tracing::instrument(skip_all, fields(vm = %request.get_ref().name))]
@@ -369,5 +423,59 @@ impl Vmm for VmmService {
         validate::timeout("timeout_seconds", r.timeout_seconds).map_err(Error::from)?;
         let v = self.manager.wait_ready(&r.name, r.timeout_seconds).await?;
         Ok(Response::new(pb::WaitReadyResponse { vm: Some(to_pb(v)) }))
+    }
+
+    type PrepareImageStream = BoxStream<pb::PrepareImageEvent>;
+
+    #[tracing::instrument(skip_all, fields(image = %request.get_ref().image))]
+    async fn prepare_image(
+        &self,
+        request: Request<pb::PrepareImageRequest>,
+    ) -> Result<Response<Self::PrepareImageStream>, Status> {
+        let r = request.into_inner();
+        banger_proto::names::validate("image", &r.image).map_err(Error::from)?;
+        let kernel = Some(r.kernel).filter(|k| !k.is_empty());
+        if let Some(k) = &kernel {
+            banger_proto::names::validate_dotted("kernel", k).map_err(Error::from)?;
+        }
+        let (events_tx, events_rx) = mpsc::channel::<PhaseEvent>(32);
+        let manager = self.manager.clone();
+        let stream = stream_phases(
+            async move {
+                manager
+                    .prepare_image(&r.image, kernel, r.force, &events_tx)
+                    .await
+            },
+            events_rx,
+            |p| pb::PrepareImageEvent {
+                event: Some(pb::prepare_image_event::Event::Progress(p)),
+            },
+            |p| pb::PrepareImageEvent {
+                event: Some(pb::prepare_image_event::Event::Done(prepared_pb(p))),
+            },
+        );
+        Ok(Response::new(stream))
+    }
+
+    async fn list_prepared_images(
+        &self,
+        _: Request<pb::ListPreparedImagesRequest>,
+    ) -> Result<Response<pb::ListPreparedImagesResponse>, Status> {
+        let (done, failed) = self.manager.prepared_images();
+        let images = done
+            .into_iter()
+            .map(prepared_pb)
+            .chain(failed.into_iter().map(failed_pb))
+            .collect();
+        Ok(Response::new(pb::ListPreparedImagesResponse { images }))
+    }
+
+    #[tracing::instrument(skip_all, fields(digest = %request.get_ref().digest))]
+    async fn drop_prepared_image(
+        &self,
+        request: Request<pb::DropPreparedImageRequest>,
+    ) -> Result<Response<pb::DropPreparedImageResponse>, Status> {
+        let dropped = self.manager.drop_prepared(&request.into_inner().digest)?;
+        Ok(Response::new(pb::DropPreparedImageResponse { dropped }))
     }
 }

@@ -29,6 +29,9 @@ pub struct RecordingPeers {
     pub lease: Lease,
     pub has_agent: bool,
     pub has_ssh_server: bool,
+    /// The image is a registry image with a distribution but no init or
+    /// sshd: VMs of it need a prepared filesystem.
+    pub unprepared: bool,
     calls: Mutex<Vec<String>>,
 }
 
@@ -50,6 +53,7 @@ impl RecordingPeers {
             },
             has_agent: false,
             has_ssh_server: false,
+            unprepared: false,
             calls: Mutex::default(),
         }
     }
@@ -106,12 +110,18 @@ impl Peers for RecordingPeers {
         Ok(ImageInfo {
             name: name.into(),
             ext4_path: self.image.clone(),
-            digest: "sha256:00".into(),
-            direct_boot: false,
+            digest: format!("sha256:{}", "0".repeat(64)),
+            direct_boot: self.unprepared,
+            os_id: if self.unprepared {
+                "debian".into()
+            } else {
+                String::new()
+            },
             default_kernel: String::new(),
             size_bytes: std::fs::metadata(&self.image).map_or(0, |m| m.len()),
             has_agent: self.has_agent,
             has_ssh_server: self.has_ssh_server,
+            ..Default::default()
         })
     }
     async fn release_image(&self, name: &str, holder: &str) -> Result<()> {
@@ -198,10 +208,43 @@ impl Guest for RecordingGuest {
 
 /// Hypervisor double: a `sh` whose command line names the VM's run dir (so
 /// `is_ours` recognises it), writes `booted` to the console and sleeps; or,
-/// with `fail`, a launch that fails.
-#[derive(Debug)]
+/// with `fail`, a launch that fails. A preparation VM (id `prep-…`) prints
+/// first boot's events instead — an install, then `Prepared` and exit, or
+/// with `prepare_fails` a DNS failure — and is counted.
+#[derive(Debug, Default)]
 pub struct ShHypervisor {
     pub fail: bool,
+    pub prepare_fails: bool,
+    pub preparations: std::sync::atomic::AtomicUsize,
+}
+
+/// The shell that plays a preparation VM's first boot.
+fn preparation_script(console: &Path, fails: bool) -> String {
+    use banger_proto::guest::{FailureCause, FirstBootEvent};
+    let installing = FirstBootEvent::Installing {
+        manager: "apt".into(),
+        packages: vec!["systemd-sysv".into(), "openssh-server".into()],
+    };
+    let last = if fails {
+        FirstBootEvent::Failed {
+            step: "apt-get update".into(),
+            cause: FailureCause::Dns,
+            message: "Temporary failure resolving deb.debian.org".into(),
+            excerpt: vec![],
+        }
+    } else {
+        FirstBootEvent::Prepared {
+            packages: vec!["systemd-sysv".into(), "openssh-server".into()],
+        }
+    };
+    let log = console.display();
+    format!(
+        "printf '%s\\n' '{}' >> {log}; sleep 1; printf '%s\\n' '{}' >> {log}; {}",
+        installing.to_console_line(),
+        last.to_console_line(),
+        // A failed first boot leaves a rescue shell: the VM keeps running.
+        if fails { "sleep 30" } else { ":" }
+    )
 }
 
 #[tonic::async_trait]
@@ -223,13 +266,18 @@ impl Hypervisor for ShHypervisor {
             .map_err(Error::io("cannot create", &spec.paths.run))?;
         std::fs::write(spec.paths.vsock(), b"")
             .map_err(Error::io("cannot write", spec.paths.vsock()))?;
-        let mut cmd = hypervisor::detached("sh");
-        cmd.arg("-c")
-            .arg(format!(
+        let script = if spec.id.starts_with("prep-") {
+            self.preparations
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            preparation_script(&spec.paths.console_log(), self.prepare_fails)
+        } else {
+            format!(
                 "echo booted >> {}; sleep 30; :",
                 spec.paths.console_log().display()
-            ))
-            .arg(&spec.paths.run);
+            )
+        };
+        let mut cmd = hypervisor::detached("sh");
+        cmd.arg("-c").arg(script).arg(&spec.paths.run);
         let child = hypervisor::spawn(cmd, "sh")?;
         Ok(Launched {
             pid: child.id().unwrap_or_default(),
@@ -251,6 +299,7 @@ pub struct Doubles {
     pub peers: Arc<RecordingPeers>,
     pub guest: Arc<RecordingGuest>,
     pub fail_launch: bool,
+    pub hypervisor: Arc<ShHypervisor>,
     pub mgr: Manager,
 }
 
@@ -265,7 +314,22 @@ impl Doubles {
         Self::build(true, !answers, false)
     }
 
+    /// A registry image of a distribution without init or sshd, with the
+    /// agent answering; its preparations succeed or (`fails`) fail.
+    pub fn unprepared(fails: bool) -> Self {
+        Self::build_with(true, false, false, Some(fails))
+    }
+
     fn build(agent: bool, unreachable: bool, fail_launch: bool) -> Self {
+        Self::build_with(agent, unreachable, fail_launch, None)
+    }
+
+    fn build_with(
+        agent: bool,
+        unreachable: bool,
+        fail_launch: bool,
+        prepare_fails: Option<bool>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let image = dir.path().join("image.ext4");
         let st = std::process::Command::new("mkfs.ext4")
@@ -277,31 +341,38 @@ impl Doubles {
         assert!(st.success(), "mkfs.ext4 failed");
         let mut peers = RecordingPeers::new(image, "/k".into(), "bg-test");
         peers.has_agent = agent;
+        peers.unprepared = prepare_fails.is_some();
         let peers = Arc::new(peers);
         let guest = Arc::new(RecordingGuest {
             unreachable,
             ..Default::default()
         });
-        let mgr = Self::manager(dir.path(), &peers, &guest, fail_launch);
+        let hypervisor = Arc::new(ShHypervisor {
+            fail: fail_launch,
+            prepare_fails: prepare_fails.unwrap_or(false),
+            ..Default::default()
+        });
+        let mgr = Self::manager(dir.path(), &peers, &guest, &hypervisor);
         Doubles {
             dir,
             peers,
             guest,
             fail_launch,
+            hypervisor,
             mgr,
         }
     }
 
     /// A second manager over the same state and doubles: a vmm restart.
     pub fn restarted(&self) -> Manager {
-        Self::manager(self.dir.path(), &self.peers, &self.guest, self.fail_launch)
+        Self::manager(self.dir.path(), &self.peers, &self.guest, &self.hypervisor)
     }
 
     fn manager(
         dir: &Path,
         peers: &Arc<RecordingPeers>,
         guest: &Arc<RecordingGuest>,
-        fail: bool,
+        hypervisor: &Arc<ShHypervisor>,
     ) -> Manager {
         Manager::new(
             VmmConfig {
@@ -312,7 +383,7 @@ impl Doubles {
             Store::new(&dir.join("state/vms"), &dir.join("run")),
             peers.clone(),
             guest.clone(),
-            vec![Arc::new(ShHypervisor { fail })],
+            vec![hypervisor.clone()],
         )
     }
 }

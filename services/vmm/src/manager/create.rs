@@ -5,7 +5,7 @@
 use tracing::Instrument;
 
 use super::progress::{Phases, Progress};
-use super::{Manager, VmView, console_tail};
+use super::{Manager, VmView, console_tail, needs_preparation};
 use crate::config::Backend;
 use crate::disk::{self, Identity};
 use crate::error::{Error, Result};
@@ -96,6 +96,8 @@ impl Manager {
             started_unix: None,
             error: None,
         };
+        // A new attempt replaces the evidence of an older failed one.
+        self.forget_evidence(&spec.name);
         // Saved first: a crash from here on leaves a `creating` record that
         // reconcile rolls back.
         self.inner.store.save(&vm)?;
@@ -105,14 +107,24 @@ impl Manager {
             Err(e) => {
                 let tail = console_tail(&self.inner.store.paths_of(&vm).console_log());
                 tracing::warn!(error = %e, "create failed; rolling back");
-                self.rollback(&vm).await;
-                Err(match e {
-                    Error::Boot { .. } => e,
+                let e = match e {
+                    Error::Boot { .. } | Error::FirstBootFailed { .. } => e,
                     e if vm.pid.is_some() || !tail.is_empty() => Error::Boot {
                         cause: e.to_string(),
-                        console_tail: tail,
+                        console_tail: tail.clone(),
                     },
                     e => e,
+                };
+                // The guest's console says why; keep it past the rollback.
+                let kept = !tail.is_empty() && self.keep_evidence(&vm, &e.to_string());
+                self.rollback(&vm).await;
+                Err(if kept {
+                    Error::EvidenceKept {
+                        name: vm.name.clone(),
+                        source: Box::new(e),
+                    }
+                } else {
+                    e
                 })
             }
         }
@@ -149,6 +161,35 @@ impl Manager {
             .await?;
         store.save(vm)?;
         phase.end().await;
+
+        if needs_preparation(&vm.image) {
+            // Once per image digest: later VMs find it done and skip this.
+            phase
+                .start(
+                    "preparing",
+                    format!(
+                        "{} has no {}: preparing it once for every VM of it",
+                        vm.image.name,
+                        if vm.image.has_systemd {
+                            "SSH server"
+                        } else {
+                            "init"
+                        }
+                    ),
+                )
+                .await;
+            let prepared = self
+                .prepared(&vm.image, &vm.kernel, false, &phase)
+                .instrument(phase.span())
+                .await?;
+            vm.image.ext4_path = prepared.rootfs.clone();
+            vm.image.size_bytes = prepared.size_bytes;
+            vm.image.has_systemd = prepared.has_systemd;
+            vm.image.has_ssh_server = prepared.has_ssh_server;
+            vm.image.prepared = true;
+            store.save(vm)?;
+            phase.end().await;
+        }
 
         phase.start("network", String::new()).await;
         vm.lease = Some(
@@ -192,6 +233,9 @@ impl Manager {
             dns: lease.dns.clone(),
             ip: Some(format!("{}/{}", lease.ip, lease.prefix_len)),
             gateway: Some(lease.gateway.clone()),
+            // A VM of an image nobody prepared (or one that lost packages)
+            // may still install at first boot: it needs the same settings.
+            network: self.inner.cfg.guest.network(),
             ..Identity::default()
         };
         let disk_path = paths.disk();
@@ -271,5 +315,22 @@ mod tests {
         assert!(msg.contains("booted"), "console tail missing: {msg}");
         assert!(!t.dir.path().join("state/vms/quiet").exists());
         assert_eq!(t.guest.calls(), ["ping"]);
+        // The console log outlives the rollback, with the reason in front…
+        assert!(msg.contains("`banger vm logs quiet`"), "{msg}");
+        let kept = t.mgr.console_path("quiet").unwrap();
+        let text = std::fs::read_to_string(&kept).unwrap();
+        assert!(
+            text.starts_with("banger: the console log of a failed `vm create quiet`"),
+            "{text}"
+        );
+        assert!(
+            text.contains("did not answer") && text.contains("booted"),
+            "{text}"
+        );
+        assert!(t.mgr.list().unwrap().is_empty(), "evidence is not a VM");
+        // …until `vm rm` of the name drops it.
+        t.mgr.delete("quiet", false).await.unwrap();
+        assert!(t.mgr.console_path("quiet").is_err());
+        assert!(!kept.exists());
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tracing::Instrument;
 
 use super::progress::{NoProgress, Phases};
-use super::{Manager, VmView, console_tail, tail_lines};
+use super::{Manager, VmView, console_tail, readiness, tail_lines};
 use crate::cmdline::{self, CmdlineSpec};
 use crate::error::{Error, Result, Want};
 use crate::hypervisor::{self, LaunchSpec};
@@ -68,8 +68,13 @@ impl Manager {
             .start("waiting", "for the guest to be ready".into())
             .await;
         let pid = launched.pid;
+        let console = paths.console_log();
         let ready = tokio::select! {
             r = self.probe(vm, timeout).instrument(phase.span()) => r,
+            // A first boot that says it failed ends the wait at once.
+            failure = readiness::first_boot_failure(&console, phase) => {
+                Err(Error::FirstBootFailed { vm: vm.name.clone(), failure })
+            }
             _ = hypervisor::wait_gone(pid, Duration::from_secs(365 * 86_400)) => Err(Error::Boot {
                 cause: format!(
                     "the {} process exited during boot; its log ends:\n{}",
@@ -215,7 +220,15 @@ impl Manager {
     pub async fn delete(&self, name: &str, force: bool) -> Result<()> {
         let lock = self.lock_of(name);
         let _guard = lock.lock().await;
-        let mut vm = Self::require(self.load(name)?, |s| s.can_delete(force), Want::NotRunning)?;
+        let vm = match self.load(name) {
+            // `vm rm` of a name whose last create failed drops its kept log.
+            Err(Error::NotFound { .. }) if self.evidence_of(name).is_some() => {
+                self.forget_evidence(name);
+                return Ok(());
+            }
+            r => r?,
+        };
+        let mut vm = Self::require(vm, |s| s.can_delete(force), Want::NotRunning)?;
         vm.state = VmState::Deleting;
         self.inner.store.save(&vm)?;
         self.finish_delete(&mut vm).await

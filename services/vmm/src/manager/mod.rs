@@ -2,7 +2,9 @@
 //! rollback (`create.rs`); start, stop, restart and delete (`lifecycle.rs`);
 //! readiness probes (`readiness.rs`); supervision of hypervisor processes
 //! (`supervise.rs`); reconcile after a vmm restart (`reconcile.rs`); and
-//! the progress a create reports ([`progress`]). This file holds the
+//! the progress a create reports ([`progress`]); prepared images, made
+//! once per digest by a one-off VM (`prepare.rs`); the console logs of
+//! failed creates (`evidence.rs`). This file holds the
 //! [`Manager`] itself, its per-VM locks, and the read-only operations.
 //!
 //! Every operation on one VM holds that VM's lock. A supervisor task per
@@ -12,7 +14,9 @@
 //! [`Peers`] and the guest through [`Guest`]: no proto type reaches it.
 
 mod create;
+mod evidence;
 mod lifecycle;
+pub mod prepare;
 pub mod progress;
 mod readiness;
 mod reconcile;
@@ -32,6 +36,7 @@ use crate::peers::Peers;
 use crate::record::{Store, VmRecord, VmState};
 
 pub use create::CreateSpec;
+pub use prepare::{FailedPreparation, Prepared, needs_preparation};
 pub use progress::{NoProgress, PhaseEvent, Progress};
 pub use readiness::Probe;
 
@@ -62,6 +67,8 @@ struct Inner {
     tsc_khz: Option<u32>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     probes: Mutex<HashMap<String, Vec<Probe>>>,
+    /// Preparations under way, by image digest.
+    preparing: prepare::Preparing,
 }
 
 impl Manager {
@@ -89,6 +96,7 @@ impl Manager {
                 tsc_khz,
                 locks: Mutex::default(),
                 probes: Mutex::default(),
+                preparing: Mutex::default(),
             }),
         }
     }
@@ -199,10 +207,14 @@ impl Manager {
             .collect())
     }
 
-    /// The console log of `name` (for `ConsoleLog`).
+    /// The console log of `name` (for `ConsoleLog`): the VM's, or when no
+    /// VM has that name, the kept log of its last failed create.
     pub fn console_path(&self, name: &str) -> Result<PathBuf> {
-        let vm = self.load(name)?;
-        Ok(self.inner.store.paths_of(&vm).console_log())
+        match self.load(name) {
+            Ok(vm) => Ok(self.inner.store.paths_of(&vm).console_log()),
+            Err(e @ Error::NotFound { .. }) => self.evidence_of(name).ok_or(e),
+            Err(e) => Err(e),
+        }
     }
 
     /// A channel to the agent of a running VM (for `Exec`).
@@ -224,16 +236,53 @@ pub fn console_tail(path: &std::path::Path) -> String {
     tail_lines(path, CONSOLE_TAIL_LINES)
 }
 
-/// The last `n` lines of a text file, empty if unreadable.
+/// The last `n` lines of a text file as a person reads them, empty if
+/// unreadable.
 fn tail_lines(path: &std::path::Path, n: usize) -> String {
     let Ok(data) = std::fs::read(path) else {
         return String::new();
     };
     let text = String::from_utf8_lossy(&data);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..]
-        .iter()
-        .map(|l| l.trim_end_matches('\r'))
-        .collect::<Vec<_>>()
-        .join("\n")
+    // What a terminal would show: a progress bar redraws its line after
+    // each `\r`, so only the last state of a line counts; escape sequences
+    // and other control bytes are dropped; first-boot's event lines are
+    // for vmm, not for people.
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let shown = l
+                .trim_end_matches('\r')
+                .rsplit('\r')
+                .find(|seg| !seg.trim().is_empty())
+                .unwrap_or("");
+            crate::firstboot::clean(shown, 500)
+        })
+        .filter(|l| !l.trim().is_empty() && !l.contains(banger_proto::guest::EVENT_MARKER.trim()))
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_console_tail_shows_what_a_terminal_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let event = banger_proto::guest::FirstBootEvent::Handover {
+            init: "/sbin/init".into(),
+        }
+        .to_console_line();
+        std::fs::write(
+            &log,
+            format!(
+                "one\r\n\r\nProgress: [ 10%]\rProgress: [ 90%]\rSetting up sshd\r\n\x1b[1;31mred\x1b[0m\n{event}\nlast\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            super::tail_lines(&log, 30),
+            "one\nSetting up sshd\nred\nlast"
+        );
+        assert_eq!(super::tail_lines(&log, 1), "last");
+    }
 }

@@ -8,12 +8,16 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-/// One phase started (`seconds` = None) or ended (`seconds` = its duration).
-#[derive(Debug, Clone, PartialEq)]
+/// One phase started (`seconds` = None), moved on (an update: `seconds` =
+/// None, `total` > 0 or a new message) or ended (`seconds` = its duration).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct PhaseEvent {
     pub phase: &'static str,
     pub message: String,
     pub seconds: Option<f64>,
+    /// Items of the phase done so far, of `total` (0 = not counted).
+    pub done: u64,
+    pub total: u64,
 }
 
 /// Where progress goes.
@@ -82,9 +86,31 @@ impl<'a> Phases<'a> {
             .report(PhaseEvent {
                 phase,
                 message,
-                seconds: None,
+                ..PhaseEvent::default()
             })
             .await;
+    }
+
+    /// Reports how the running phase is getting on (e.g. a preparation's
+    /// package installs), without ending it.
+    pub(crate) async fn update(&self, message: String, done: u64, total: u64) {
+        let phase = self
+            .current
+            .lock()
+            .expect("phase lock")
+            .as_ref()
+            .map(|(p, _, _)| *p);
+        if let Some(phase) = phase {
+            self.progress
+                .report(PhaseEvent {
+                    phase,
+                    message,
+                    seconds: None,
+                    done,
+                    total,
+                })
+                .await;
+        }
     }
 
     pub(crate) async fn end(&self) {
@@ -93,8 +119,8 @@ impl<'a> Phases<'a> {
             self.progress
                 .report(PhaseEvent {
                     phase,
-                    message: String::new(),
                     seconds: Some(started.elapsed().as_secs_f64()),
+                    ..PhaseEvent::default()
                 })
                 .await;
         }

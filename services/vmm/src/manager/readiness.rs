@@ -5,8 +5,12 @@
 
 use std::time::{Duration, Instant};
 
+use banger_proto::guest::FirstBootEvent;
+
+use super::progress::Phases;
 use super::{Manager, VmView};
 use crate::error::{Error, Result, Want};
+use crate::firstboot::{ConsoleFollower, GuestFailure};
 use crate::record::{VmRecord, VmState};
 
 /// The result of one readiness probe.
@@ -81,6 +85,39 @@ impl Manager {
         let probes = self.probe(&vm, self.ready_timeout(timeout_secs)).await?;
         self.set_probes(&vm.id, probes);
         Ok(self.view(vm))
+    }
+}
+
+/// Follows first boot on the console until it reports a failure (never
+/// returns otherwise), passing on what an install in this boot reports.
+pub(super) async fn first_boot_failure(
+    console: &std::path::Path,
+    phase: &Phases<'_>,
+) -> GuestFailure {
+    let mut follower = ConsoleFollower::new(console);
+    loop {
+        for event in follower.poll() {
+            if let Some(failure) = GuestFailure::from_event(&event) {
+                return failure;
+            }
+            match event {
+                FirstBootEvent::Installing { manager, packages } => {
+                    let msg = format!("first boot installs {} with {manager}", packages.join(", "));
+                    phase.update(msg, 0, 0).await;
+                }
+                FirstBootEvent::Progress {
+                    step,
+                    done,
+                    total,
+                    detail,
+                } => {
+                    let msg = format!("first boot: {step} {detail}").trim_end().to_owned();
+                    phase.update(msg, done, total).await;
+                }
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

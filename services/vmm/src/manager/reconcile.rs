@@ -12,6 +12,7 @@ impl Manager {
     /// hypervisors, marks dead ones, rolls back half-done creates and
     /// finishes half-done deletes, removes dirs without a record.
     pub async fn reconcile(&self) -> Result<()> {
+        self.reconcile_preparations().await;
         let (vms, orphans) = self.inner.store.list()?;
         for dir in orphans {
             tracing::warn!(dir = %dir.display(), "removing VM dir without a record");

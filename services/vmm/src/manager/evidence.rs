@@ -1,0 +1,71 @@
+//! Evidence of failed creates: a create that fails rolls everything back,
+//! but its console log (with the reason, in a header) is kept under
+//! `$STATE/vms/.failed/<name>/console.log`, so `banger vm logs NAME` still
+//! shows why. A later create or delete of that name drops it, and only the
+//! newest `[vmm] failed_creates_kept` are kept.
+
+use std::path::PathBuf;
+
+use super::Manager;
+use crate::record::{self, VmRecord};
+
+impl Manager {
+    fn evidence_root(&self) -> PathBuf {
+        self.inner.store.root().join(".failed")
+    }
+
+    /// The kept console log of the last failed create of `name`, if any.
+    pub(super) fn evidence_of(&self, name: &str) -> Option<PathBuf> {
+        let log = self.evidence_root().join(name).join("console.log");
+        log.is_file().then_some(log)
+    }
+
+    /// Keeps `vm`'s console log with `why` in front, before the rollback
+    /// removes its dir. Whether it was kept.
+    pub(super) fn keep_evidence(&self, vm: &VmRecord, why: &str) -> bool {
+        let src = self.inner.store.paths_of(vm).console_log();
+        let Ok(console) = std::fs::read(&src) else {
+            return false;
+        };
+        let dir = self.evidence_root().join(&vm.name);
+        let _ = record::remove_dir_all(&dir);
+        let mut text = format!(
+            "banger: the console log of a failed `vm create {}` (unix time {}); the create was rolled back.\nbanger: it failed: {}\nbanger: ---\n",
+            vm.name,
+            record::now_unix(),
+            why.replace('\n', "\nbanger:   ")
+        )
+        .into_bytes();
+        text.extend_from_slice(&console);
+        let kept = std::fs::create_dir_all(&dir).is_ok()
+            && banger_proto::fsutil::write_atomic(&dir.join("console.log"), &text).is_ok();
+        if !kept {
+            tracing::error!(dir = %dir.display(), "cannot keep the failed create's console log");
+        }
+        self.trim_evidence();
+        kept
+    }
+
+    /// Drops the kept log of `name` (a new create or a delete of it).
+    pub(super) fn forget_evidence(&self, name: &str) {
+        let _ = record::remove_dir_all(&self.evidence_root().join(name));
+    }
+
+    /// Keeps only the newest `failed_creates_kept` logs.
+    fn trim_evidence(&self) {
+        let mut kept: Vec<(std::time::SystemTime, PathBuf)> =
+            std::fs::read_dir(self.evidence_root())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+                .collect();
+        kept.sort();
+        let excess = kept
+            .len()
+            .saturating_sub(self.inner.cfg.failed_creates_kept);
+        for (_, dir) in kept.into_iter().take(excess) {
+            let _ = record::remove_dir_all(&dir);
+        }
+    }
+}
