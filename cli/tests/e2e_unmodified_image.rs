@@ -22,14 +22,12 @@
 //! Figures (stderr, `FIGURES`): fixture build, preparation (a's create),
 //! b's and c's create→SSH.
 //!
-//! Until the host side of #12 is merged, the assertions only it can satisfy
-//! are marked `host_side(…)`: with [`HOST_SIDE_MERGED`] false they print
-//! `PENDING` instead of failing, and a create that fails with default
-//! timeouts is retried with a long one so the fixture path (guest → DNS →
-//! mirror → apt) is still exercised. The test is `#[ignore]`d until then;
-//! to wire it: set `HOST_SIDE_MERGED = true`, drop the `#[ignore]`, adjust
-//! the JSON field names marked `#12 field` to what `image show` reports.
-//! Costs ~5–8 min under TCG (the install dominates).
+//! The assertions that need all of #12 (vmm's preparation — on main — and
+//! the Rust first boot with its console events) are marked `host_side(…)`:
+//! with [`ISSUE12_MERGED`] false they print `PENDING` instead of failing.
+//! The test is `#[ignore]`d until both are merged; to wire it: set
+//! `ISSUE12_MERGED = true` and drop the `#[ignore]`. Costs ~5–8 min under
+//! TCG (the install in the preparation VM dominates).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -42,8 +40,9 @@ use banger_test_support::registry::{Registry, push_with_skopeo};
 use banger_test_support::serve::{DnsServer, FileServer};
 use banger_test_support::{debian_archive, minbase};
 
-/// Whether vmm's preparation, first-boot progress and fail-fast are in.
-const HOST_SIDE_MERGED: bool = false;
+/// Whether vmm's preparation and the Rust first boot (console events,
+/// power-off when prepared, DNS failures named) are both in.
+const ISSUE12_MERGED: bool = false;
 
 /// The bridge's subnet and its gateway (netd's default, spelled out: the
 /// servers and `[netd] dns` name the gateway).
@@ -54,10 +53,10 @@ const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// An assertion only #12's host side can satisfy (see the module docs).
 fn host_side(ok: bool, what: &str) {
-    if HOST_SIDE_MERGED {
+    if ISSUE12_MERGED {
         assert!(ok, "{what}");
     } else if !ok {
-        eprintln!("PENDING (#12 host side): {what}");
+        eprintln!("PENDING (#12): {what}");
     }
 }
 
@@ -128,20 +127,22 @@ impl Env {
         serde_json::from_str(&self.ok(&full)).expect("JSON output")
     }
 
-    /// `vm create` with default timeouts; in pending mode a failure is
-    /// retried with a long timeout (today's first boot installs per VM).
-    fn create(&self, args: &[&str]) -> Output {
-        let mut full = vec!["vm", "create"];
+    /// `vm create` with default settings and `--timings` (the only output
+    /// of the phases when stderr is not a terminal), and the seconds of its
+    /// `preparing` phase, if it had one.
+    fn create(&self, args: &[&str]) -> (Output, Option<f64>) {
+        let mut full = vec!["vm", "create", "--timings"];
         full.extend_from_slice(args);
         let out = self.run(&full);
-        if out.status.success() || HOST_SIDE_MERGED {
-            return out;
-        }
-        eprintln!(
-            "PENDING (#12 host side): `vm create` failed with default timeouts; retrying with --timeout 1800"
-        );
-        full.extend_from_slice(&["--timeout", "1800"]);
-        self.run(&full)
+        let preparing = text(&out).lines().find_map(|l| {
+            let mut words = l
+                .split(|c: char| c.is_whitespace() || c == '|' || c == '│')
+                .filter(|w| !w.is_empty());
+            (words.next() == Some("preparing"))
+                .then(|| words.next()?.parse().ok())
+                .flatten()
+        });
+        (out, preparing)
     }
 }
 
@@ -355,32 +356,48 @@ fn an_unmodified_docker_hub_image_is_prepared_once_and_fails_fast_without_a_mirr
             ]);
         }
         let shown = env.json(&["image", "show", "debian-bookworm"]);
-        host_side(
-            shown["prepared"] == serde_json::json!(false), // #12 field
-            &format!("image show says debian-bookworm is not prepared yet: {shown:#}"),
+        assert_eq!(
+            shown["needs_preparation"],
+            serde_json::json!(true),
+            "the minbase image needs preparing: {shown:#}"
+        );
+        assert!(
+            shown["preparation"].is_null(),
+            "nothing prepared yet: {shown:#}"
+        );
+        let systemd_image = env.json(&["image", "show", "debian-bookworm-systemd"]);
+        assert_eq!(
+            systemd_image["needs_preparation"],
+            serde_json::json!(false),
+            "the systemd image needs no preparation: {systemd_image:#}"
         );
 
-        // A: the first VM of the image prepares it, with progress.
+        // A: the first VM of the image prepares it.
         let started = Instant::now();
-        let out = env.create(&["--image", "debian-bookworm", "--name", "a", "--nat"]);
-        let prepare_time = started.elapsed();
+        let (out, a_preparing) =
+            env.create(&["--image", "debian-bookworm", "--name", "a", "--nat"]);
+        let a_time = started.elapsed();
         assert!(out.status.success(), "vm create a failed: {}", text(&out));
         host_side(
-            text(&out).contains("preparing debian-bookworm")
-                && text(&out).contains("systemd-sysv")
-                && text(&out).contains("openssh-server"),
-            &format!(
-                "create shows the preparation and what it installs: {}",
-                text(&out)
-            ),
+            a_preparing.is_some(),
+            &format!("a's create had a preparing phase: {}", text(&out)),
         );
         let id = env.ok(&["vm", "ssh", "a", "--", "id"]);
         assert!(id.contains("uid=0(root)"), "{id}");
         let shown = env.json(&["image", "show", "debian-bookworm"]);
+        let preparation = &shown["preparation"];
         host_side(
-            shown["prepared"] == serde_json::json!(true), // #12 field
-            &format!("image show says debian-bookworm is prepared: {shown:#}"),
+            preparation["prepared"] == serde_json::json!(true)
+                && preparation["has_systemd"] == serde_json::json!(true)
+                && preparation["has_ssh_server"] == serde_json::json!(true),
+            &format!("debian-bookworm is prepared, with systemd and sshd: {shown:#}"),
         );
+        let packages = preparation["packages"].to_string();
+        host_side(
+            packages.contains("systemd-sysv") && packages.contains("openssh-server"),
+            &format!("the preparation records what it installed: {shown:#}"),
+        );
+        let prepare_seconds = preparation["seconds"].as_f64().unwrap_or(0.0);
         // The install ran in a one-off preparation VM, so even a booted a
         // copy of its result.
         let a_state = package_state(&env, "a");
@@ -402,8 +419,12 @@ fn an_unmodified_docker_hub_image_is_prepared_once_and_fails_fast_without_a_mirr
         let dns_before = dns.queries().len();
         let files_before = files.requests().len();
         let started = Instant::now();
-        let out = env.create(&["--image", "debian-bookworm", "--name", "b"]);
+        let (out, preparing) = env.create(&["--image", "debian-bookworm", "--name", "b"]);
         assert!(out.status.success(), "vm create b failed: {}", text(&out));
+        host_side(
+            preparing.is_none(),
+            &format!("b's create prepared again: {}", text(&out)),
+        );
         env.ok(&["vm", "ssh", "b", "--", "true"]);
         let b_time = started.elapsed();
         let b_state = package_state(&env, "b");
@@ -437,13 +458,14 @@ fn an_unmodified_docker_hub_image_is_prepared_once_and_fails_fast_without_a_mirr
 
         // C: the debootstrapped systemd image, for comparison.
         let started = Instant::now();
-        let out = env.create(&["--image", "debian-bookworm-systemd", "--name", "c"]);
+        let (out, _) = env.create(&["--image", "debian-bookworm-systemd", "--name", "c"]);
         assert!(out.status.success(), "vm create c failed: {}", text(&out));
         env.ok(&["vm", "ssh", "c", "--", "true"]);
         let c_time = started.elapsed();
         eprintln!(
-            "FIGURES fixtures {fixtures_time:.1?}; a (preparation + boot) {prepare_time:.1?}; \
-             create→ssh: b {b_time:.1?}, systemd image c {c_time:.1?} ({:.2}x)",
+            "FIGURES fixtures {fixtures_time:.1?}; a's create {a_time:.1?} (preparing phase \
+             {a_preparing:?} s, image show: {prepare_seconds:.1} s); create→ssh: b {b_time:.1?}, \
+             systemd image c {c_time:.1?} ({:.2}x)",
             b_time.as_secs_f64() / c_time.as_secs_f64()
         );
         host_side(
@@ -505,9 +527,13 @@ fn an_unmodified_docker_hub_image_is_prepared_once_and_fails_fast_without_a_mirr
             ),
         );
         let shown = env.json(&["image", "show", "debian-bookworm-marked"]);
+        let preparation = &shown["preparation"];
         host_side(
-            shown["prepared"] == serde_json::json!(false), // #12 field
-            &format!("a failed preparation leaves the image unprepared: {shown:#}"),
+            preparation["prepared"] == serde_json::json!(false)
+                && preparation["failed_reason"]
+                    .as_str()
+                    .is_some_and(|r| r.to_lowercase().contains("dns")),
+            &format!("a failed preparation leaves the image unprepared, saying why: {shown:#}"),
         );
         let vms = env.json(&["vm", "list"]);
         assert!(
