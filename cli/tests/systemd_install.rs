@@ -59,26 +59,10 @@ fn bin_dir() -> PathBuf {
 /// `target/test-cache/bookworm-systemd` (the same cache and recipe as
 /// guest/agent/tests/nspawn.rs).
 fn bookworm() -> PathBuf {
-    let cache = repo().join("target/test-cache");
-    let rootfs = cache.join("bookworm-systemd");
-    if rootfs.join("usr/lib/systemd/systemd").exists() {
-        return rootfs;
-    }
-    banger_test_support::require_program("debootstrap", "debootstrap");
-    let partial = cache.join("bookworm-systemd.partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    std::fs::create_dir_all(&cache).unwrap();
-    let status = Command::new("nice")
-        .args(["-n", "10", "debootstrap", "--variant=minbase"])
-        .arg("--include=systemd,systemd-sysv,dbus")
-        .arg("bookworm")
-        .arg(&partial)
-        .arg("http://deb.debian.org/debian")
-        .status()
-        .expect("run debootstrap");
-    assert!(status.success(), "debootstrap failed: {status}");
-    std::fs::rename(&partial, &rootfs).unwrap();
-    rootfs
+    banger_test_support::fixtures::debootstrap(
+        "bookworm-systemd",
+        Some("systemd,systemd-sysv,dbus"),
+    )
 }
 
 /// The bookworm root plus what a banger host needs from Debian besides
