@@ -42,7 +42,7 @@ use banger_test_support::{debian_archive, minbase};
 
 /// Whether vmm's preparation and the Rust first boot (console events,
 /// power-off when prepared, DNS failures named) are both in.
-const ISSUE12_MERGED: bool = false;
+const ISSUE12_MERGED: bool = true;
 
 /// The bridge's subnet and its gateway (netd's default, spelled out: the
 /// servers and `[netd] dns` name the gateway).
@@ -285,7 +285,6 @@ fn package_state(env: &Env, vm: &str) -> PackageState {
 }
 
 #[test]
-#[ignore = "needs #12's host side (prepared images, first-boot progress, fail-fast): see the module docs to wire it"]
 fn an_unmodified_docker_hub_image_is_prepared_once_and_fails_fast_without_a_mirror() {
     let _ = bin_dir();
     // Everything that needs the internet, before the namespace: the image,
