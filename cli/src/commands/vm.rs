@@ -365,6 +365,15 @@ async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
         }
     }
     let vm = done.context("the vmm ended the create without a result")?;
+    if args.timings && !ctx.json && !vm.accelerator.is_empty() {
+        eprintln!(
+            "hypervisor {} ({}): {}; {}",
+            hypervisor_name(vm.hypervisor),
+            vm.accelerator,
+            vm.hypervisor_reason,
+            vm.accelerator_reason
+        );
+    }
     record_host_key(&vm)?;
     Ok(vm)
 }
@@ -400,10 +409,7 @@ async fn list(ctx: &Context) -> Result<ExitCode> {
 }
 
 fn age(unix: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default();
+    let now = banger_proto::host::now_unix();
     let secs = (now - unix).max(0) as u64;
     match secs {
         s if s < 60 => format!("{s}s"),
@@ -424,6 +430,15 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
+/// `firecracker`, `qemu`, or empty for an unknown value.
+pub(crate) fn hypervisor_name(h: i32) -> &'static str {
+    match pb::Hypervisor::try_from(h) {
+        Ok(pb::Hypervisor::Firecracker) => "firecracker",
+        Ok(pb::Hypervisor::Qemu) => "qemu",
+        _ => "",
+    }
+}
+
 fn vm_json(vm: &pb::Vm) -> serde_json::Value {
     json!({
         "id": vm.id,
@@ -434,11 +449,10 @@ fn vm_json(vm: &pb::Vm) -> serde_json::Value {
         "vcpus": vm.vcpus,
         "memory_mib": vm.memory_mib,
         "disk_bytes": vm.disk_bytes,
-        "hypervisor": match pb::Hypervisor::try_from(vm.hypervisor) {
-            Ok(pb::Hypervisor::Firecracker) => "firecracker",
-            Ok(pb::Hypervisor::Qemu) => "qemu",
-            _ => "",
-        },
+        "hypervisor": hypervisor_name(vm.hypervisor),
+        "hypervisor_reason": vm.hypervisor_reason,
+        "accelerator": vm.accelerator,
+        "accelerator_reason": vm.accelerator_reason,
         "ip": vm.ip,
         "mac": vm.mac,
         "tap": vm.tap,
@@ -467,6 +481,26 @@ fn print_vm(ctx: &Context, vm: &pb::Vm) -> Result<()> {
     println!("vcpus:      {}", vm.vcpus);
     println!("memory:     {} MiB", vm.memory_mib);
     println!("disk:       {}", output::human_bytes(vm.disk_bytes));
+    println!(
+        "hypervisor: {}{}",
+        hypervisor_name(vm.hypervisor),
+        if vm.hypervisor_reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", vm.hypervisor_reason)
+        }
+    );
+    if !vm.accelerator.is_empty() {
+        println!(
+            "accel:      {}{}",
+            vm.accelerator,
+            if vm.accelerator_reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", vm.accelerator_reason)
+            }
+        );
+    }
     println!("ip:         {}", vm.ip);
     println!("mac:        {}", vm.mac);
     println!("tap:        {}", vm.tap);

@@ -22,6 +22,18 @@ impl std::fmt::Display for Backend {
     }
 }
 
+/// `[vmm] hypervisor`: a backend, or `auto` to let the vmm choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendSetting {
+    /// Firecracker when its binary starts and KVM can run guests, QEMU
+    /// otherwise (see [`crate::hypervisor::choose`]).
+    #[default]
+    Auto,
+    Firecracker,
+    Qemu,
+}
+
 /// How QEMU accelerates guests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -38,8 +50,9 @@ pub enum QemuAccel {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VmmConfig {
-    /// Default backend; `banger vm create --hypervisor` overrides it per VM.
-    pub hypervisor: Backend,
+    /// Default backend (`auto`: chosen at vmm start from what this host
+    /// offers); `banger vm create --hypervisor` overrides it per VM.
+    pub hypervisor: BackendSetting,
     /// QEMU acceleration.
     pub qemu_accel: QemuAccel,
     /// QEMU binary (name on PATH or absolute path).
@@ -68,7 +81,7 @@ pub struct VmmConfig {
 impl Default for VmmConfig {
     fn default() -> Self {
         VmmConfig {
-            hypervisor: Backend::Qemu,
+            hypervisor: BackendSetting::Auto,
             qemu_accel: QemuAccel::Auto,
             qemu_binary: "qemu-system-x86_64".into(),
             firecracker_binary: "firecracker".into(),
@@ -96,11 +109,14 @@ mod tests {
         )
         .unwrap();
         let vmm: VmmConfig = cfg.section("vmm").unwrap();
-        assert_eq!(vmm.hypervisor, Backend::Firecracker);
+        assert_eq!(vmm.hypervisor, BackendSetting::Firecracker);
         assert_eq!(vmm.qemu_accel, QemuAccel::Tcg);
         assert_eq!(vmm.default_memory_mib, 1024);
         assert_eq!(vmm.ready_timeout_secs, 120);
         assert_eq!(vmm.default_kernel, "debian-6.12");
+        let none = banger_proto::config::Config::parse("", "t.toml").unwrap();
+        let vmm: VmmConfig = none.section("vmm").unwrap();
+        assert_eq!(vmm.hypervisor, BackendSetting::Auto, "auto is the default");
     }
 
     #[test]

@@ -45,11 +45,11 @@ impl VmmService {
         );
         let peers: Arc<dyn Peers> = Arc::new(GrpcPeers::new(&config.paths));
         let guest: Arc<dyn Guest> = Arc::new(AgentGuest);
+        // Probed once: `auto` and `banger doctor` go by what this finds.
+        let kvm = banger_proto::host::probe_kvm();
         let backends: Vec<Arc<dyn Hypervisor>> = vec![
-            Arc::new(Qemu::from_config(&cfg)),
-            Arc::new(Firecracker {
-                binary: cfg.firecracker_binary.clone(),
-            }),
+            Arc::new(Qemu::from_config(&cfg, &kvm)),
+            Arc::new(Firecracker::probed(&cfg.firecracker_binary, &kvm)),
         ];
         Ok(Self::with_manager(Manager::new(
             cfg, store, peers, guest, backends,
@@ -64,6 +64,13 @@ impl VmmService {
     /// The manager behind the service.
     pub fn manager(&self) -> &Manager {
         &self.manager
+    }
+}
+
+fn hypervisor_to_pb(b: Backend) -> pb::Hypervisor {
+    match b {
+        Backend::Firecracker => pb::Hypervisor::Firecracker,
+        Backend::Qemu => pb::Hypervisor::Qemu,
     }
 }
 
@@ -93,10 +100,7 @@ fn to_pb(v: VmView) -> pb::Vm {
         vcpus: vm.vcpus,
         memory_mib: vm.memory_mib,
         disk_bytes: vm.disk_bytes,
-        hypervisor: match vm.backend {
-            Backend::Firecracker => pb::Hypervisor::Firecracker,
-            Backend::Qemu => pb::Hypervisor::Qemu,
-        } as i32,
+        hypervisor: hypervisor_to_pb(vm.backend) as i32,
         ip: lease.ip,
         mac: lease.mac,
         tap: lease.tap,
@@ -116,6 +120,9 @@ fn to_pb(v: VmView) -> pb::Vm {
             })
             .collect(),
         ssh_host_public_key: vm.ssh_host_key.unwrap_or_default(),
+        accelerator: vm.accel.unwrap_or_default(),
+        hypervisor_reason: vm.backend_why.unwrap_or_default(),
+        accelerator_reason: vm.accel_why.unwrap_or_default(),
     }
 }
 
@@ -369,5 +376,27 @@ impl Vmm for VmmService {
         validate::timeout("timeout_seconds", r.timeout_seconds).map_err(Error::from)?;
         let v = self.manager.wait_ready(&r.name, r.timeout_seconds).await?;
         Ok(Response::new(pb::WaitReadyResponse { vm: Some(to_pb(v)) }))
+    }
+
+    async fn get_hypervisors(
+        &self,
+        _request: Request<pb::GetHypervisorsRequest>,
+    ) -> Result<Response<pb::Hypervisors>, Status> {
+        let r = self.manager.hypervisors();
+        Ok(Response::new(pb::Hypervisors {
+            default_hypervisor: hypervisor_to_pb(r.default.backend) as i32,
+            default_reason: r.default.why,
+            hypervisors: r
+                .backends
+                .into_iter()
+                .map(|(b, availability, accel)| pb::HypervisorStatus {
+                    hypervisor: hypervisor_to_pb(b) as i32,
+                    available: availability.is_ok(),
+                    detail: availability.unwrap_or_else(|e| e),
+                    accelerator: accel.name.into(),
+                    accelerator_reason: accel.why,
+                })
+                .collect(),
+        }))
     }
 }

@@ -51,7 +51,13 @@ impl Manager {
         if !(1..=64).contains(&vcpus) || memory_mib < 64 {
             return Err(Error::InvalidSize { vcpus, memory_mib });
         }
-        let backend = spec.backend.unwrap_or(cfg.hypervisor);
+        let (backend, backend_why) = match spec.backend {
+            Some(b) => (b, format!("requested (--hypervisor {b})")),
+            None => {
+                let d = &self.inner.default_backend;
+                (d.backend, d.why.clone())
+            }
+        };
         self.backend(backend)?;
         let lock = self.lock_of(&spec.name);
         let _guard = lock.lock().await;
@@ -92,6 +98,8 @@ impl Manager {
             helper_pid: None,
             cmdline: String::new(),
             accel: None,
+            backend_why: Some(backend_why),
+            accel_why: None,
             created_unix: record::now_unix(),
             started_unix: None,
             error: None,
@@ -257,6 +265,39 @@ mod tests {
         assert_eq!(
             tonic::Status::from(err).code(),
             tonic::Code::InvalidArgument
+        );
+    }
+
+    #[tokio::test]
+    async fn the_backend_and_accelerator_are_recorded_with_why() {
+        let t = Doubles::new(false);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let view = t.mgr.create(testing::spec("a", "img"), &tx).await.unwrap();
+        // `[vmm] hypervisor` defaults to auto; these doubles have no Firecracker.
+        assert_eq!(
+            view.vm.backend_why.as_deref(),
+            Some("auto: this vmm has no Firecracker backend")
+        );
+        assert_eq!(view.vm.accel.as_deref(), Some("tcg"));
+        let mut booting = None;
+        while let Ok(ev) = rx.try_recv() {
+            if ev.phase == "booting" && ev.seconds.is_none() {
+                booting = Some(ev.message);
+            }
+        }
+        let booting = booting.expect("a booting event");
+        assert!(booting.starts_with("qemu (tcg): auto:"), "{booting}");
+        // An explicit request says so.
+        let mut spec = testing::spec("b", "img");
+        spec.backend = Some(crate::config::Backend::Qemu);
+        let view = t
+            .mgr
+            .create(spec, &crate::manager::NoProgress)
+            .await
+            .unwrap();
+        assert_eq!(
+            view.vm.backend_why.as_deref(),
+            Some("requested (--hypervisor qemu)")
         );
     }
 

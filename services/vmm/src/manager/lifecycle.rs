@@ -25,8 +25,17 @@ impl Manager {
         let store = &self.inner.store;
         let backend = self.backend(vm.backend)?;
         let paths = store.paths_of(vm);
+        let accel = backend.accelerator();
         phase
-            .start("booting", format!("{} backend", vm.backend))
+            .start(
+                "booting",
+                format!(
+                    "{} ({}): {}",
+                    vm.backend,
+                    accel.name,
+                    vm.backend_why.as_deref().unwrap_or("configured")
+                ),
+            )
             .await;
         vm.cmdline = cmdline::build(&CmdlineSpec {
             hostname: &vm.name,
@@ -58,6 +67,7 @@ impl Manager {
         vm.pid = Some(launched.pid);
         vm.helper_pid = launched.helper_pid;
         vm.accel = launched.accel.clone();
+        vm.accel_why = Some(backend.accelerator().why).filter(|w| !w.is_empty());
         vm.started_unix = Some(record::now_unix());
         vm.error = None;
         store.save(vm)?;
