@@ -319,14 +319,15 @@ async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
         bar.enable_steady_tick(Duration::from_millis(120));
         bar
     });
-    let mut timings: Vec<(String, f64)> = Vec::new();
+    // Phase, seconds, and how it went (the disk phase: reflink or sparse copy).
+    let mut timings: Vec<(String, f64, String)> = Vec::new();
     let mut done = None;
     let result = async {
         while let Some(ev) = stream.message().await? {
             match ev.event {
                 Some(pb::create_vm_event::Event::Progress(p)) => {
                     if p.seconds > 0.0 {
-                        timings.push((p.phase.clone(), p.seconds));
+                        timings.push((p.phase.clone(), p.seconds, p.message.clone()));
                     } else if let Some(bar) = &bar {
                         let msg = if p.message.is_empty() {
                             p.phase.clone()
@@ -348,19 +349,19 @@ async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
     }
     result?;
     if args.timings {
-        let total: f64 = timings.iter().map(|(_, s)| s).sum();
+        let total: f64 = timings.iter().map(|(_, s, _)| s).sum();
         if ctx.json {
             let phases: Vec<_> = timings
                 .iter()
-                .map(|(p, s)| json!({"phase": p, "seconds": s}))
+                .map(|(p, s, d)| json!({"phase": p, "seconds": s, "detail": d}))
                 .collect();
             output::print_json(&json!({ "timings": phases, "total_seconds": total }))?;
         } else {
-            let mut t = output::table(["PHASE", "SECONDS"]);
-            for (p, s) in &timings {
-                t.add_row([p.clone(), format!("{s:.2}")]);
+            let mut t = output::table(["PHASE", "SECONDS", "DETAIL"]);
+            for (p, s, d) in &timings {
+                t.add_row([p.clone(), format!("{s:.2}"), d.clone()]);
             }
-            t.add_row(["total".to_string(), format!("{total:.2}")]);
+            t.add_row(["total".to_string(), format!("{total:.2}"), String::new()]);
             eprintln!("{t}");
         }
     }

@@ -23,7 +23,18 @@ pub enum CopyMethod {
     Sparse,
 }
 
-/// Copies `src` to a new file `dst` (which must not exist).
+impl std::fmt::Display for CopyMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CopyMethod::Reflink => "reflink",
+            CopyMethod::Sparse => "sparse copy",
+        })
+    }
+}
+
+/// Copies `src` to a new file `dst` (which must not exist): a reflink
+/// (FICLONE) where the filesystem shares extents (XFS, Btrfs), else a
+/// sparse copy. On failure `dst` is removed (a full disk leaves nothing).
 pub fn copy_image(src: &Path, dst: &Path) -> Result<CopyMethod> {
     let input = File::open(src).map_err(Error::io("cannot open image", src))?;
     let output = File::options()
@@ -31,19 +42,30 @@ pub fn copy_image(src: &Path, dst: &Path) -> Result<CopyMethod> {
         .create_new(true)
         .open(dst)
         .map_err(Error::io("cannot create disk", dst))?;
+    if reflink(&input, &output) {
+        return Ok(CopyMethod::Reflink);
+    }
+    // Not fsynced here: the identity write that follows at create
+    // (`debugfs -w`, whose close flushes and fsyncs the whole file) makes
+    // the copy durable together with the identity, in one sync instead of
+    // two; a host crash before then leaves a `creating` record, which
+    // reconcile rolls back.
+    if let Err(e) = sparse_copy(&input, &output) {
+        // Ours since create_new: a full disk leaves no partial copy behind.
+        let _ = std::fs::remove_file(dst);
+        return Err(Error::io("cannot copy image to", dst)(e));
+    }
+    Ok(CopyMethod::Sparse)
+}
+
+/// FICLONE: `output` shares all of `input`'s extents. False where the
+/// filesystem cannot (ext4, tmpfs: EOPNOTSUPP; across filesystems: EXDEV).
+fn reflink(input: &File, output: &File) -> bool {
     // FICLONE = _IOW(0x94, 9, int)
     const FICLONE: libc::c_ulong = 0x4004_9409;
     // SAFETY: FICLONE takes the source fd as its integer argument; both fds
     // are open for the duration of the call and nothing else is passed.
-    let rc = unsafe { libc::ioctl(output.as_raw_fd(), FICLONE, input.as_raw_fd()) };
-    if rc == 0 {
-        return Ok(CopyMethod::Reflink);
-    }
-    sparse_copy(&input, &output).map_err(Error::io("cannot copy image to", dst))?;
-    output
-        .sync_all()
-        .map_err(Error::io("cannot sync disk", dst))?;
-    Ok(CopyMethod::Sparse)
+    unsafe { libc::ioctl(output.as_raw_fd(), FICLONE, input.as_raw_fd()) == 0 }
 }
 
 /// Copies the data extents of `input` (SEEK_DATA/SEEK_HOLE), and within them

@@ -190,8 +190,8 @@ impl Manager {
             .map_err(Error::io("cannot stat", paths.disk()))?
             .len();
         store.save(vm)?;
-        tracing::info!(?method, bytes = vm.disk_bytes, "disk ready");
-        phase.end().await;
+        tracing::info!(%method, bytes = vm.disk_bytes, "disk ready");
+        phase.end_with(method.to_string()).await;
 
         phase.start("identity", String::new()).await;
         let identity = Identity {
