@@ -21,6 +21,42 @@ pub const AGENT_PATH: &str = "/usr/local/bin/banger-agent";
 pub const FIRST_BOOT_PATH: &str = "/usr/local/libexec/banger-first-boot";
 /// The guest's own banger state (what first boot already did).
 pub const STATE_DIR: &str = "/var/lib/banger";
+/// Written once the identity in [`IDENTITY_PATH`] is applied (hostname,
+/// `/etc/hosts`, `/etc/resolv.conf`, root's `authorized_keys`): its content
+/// is [`identity_applied_stamp`] of the `identity.json` bytes. First boot
+/// skips the identity when the stamp matches; vmm writes it at create when
+/// it applied the identity into the disk itself, so first boot has no work.
+pub const IDENTITY_APPLIED_PATH: &str = "/var/lib/banger/identity.applied";
+
+/// The content of [`IDENTITY_APPLIED_PATH`] for an `identity.json` of
+/// these bytes: `"<crc> <size>\n"`, the POSIX `cksum` of the file (what
+/// the shell first boot computes with `cksum < identity.json`).
+pub fn identity_applied_stamp(identity_json: &[u8]) -> String {
+    format!("{} {}\n", posix_cksum(identity_json), identity_json.len())
+}
+
+/// POSIX `cksum`: CRC-32 (polynomial 0x04C11DB7, MSB first) over the data
+/// and then its length in as few little-endian bytes as it takes, inverted.
+fn posix_cksum(data: &[u8]) -> u32 {
+    fn step(crc: u32, byte: u8) -> u32 {
+        let mut c = crc ^ (u32::from(byte) << 24);
+        for _ in 0..8 {
+            c = if c & 0x8000_0000 != 0 {
+                (c << 1) ^ 0x04C1_1DB7
+            } else {
+                c << 1
+            };
+        }
+        c
+    }
+    let mut crc = data.iter().fold(0u32, |c, &b| step(c, b));
+    let mut len = data.len() as u64;
+    while len > 0 {
+        crc = step(crc, (len & 0xff) as u8);
+        len >>= 8;
+    }
+    !crc
+}
 
 /// What a VM's first boot is for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +280,30 @@ mod tests {
             FirstBootEvent::parse_console_line(&format!("{EVENT_MARKER}{{\"phase\":\"bogus\"}}")),
             None
         );
+    }
+
+    #[test]
+    fn applied_stamp_is_posix_cksum() {
+        // Known values of `cksum` (POSIX CRC): empty input, and "123456789".
+        assert_eq!(identity_applied_stamp(b""), "4294967295 0\n");
+        assert_eq!(identity_applied_stamp(b"123456789"), "930766865 9\n");
+        // And the host's own cksum agrees on a real identity file.
+        let json = serde_json::to_string_pretty(&Identity {
+            hostname: "box".into(),
+            ssh_authorized_keys: vec!["ssh-ed25519 AAAA k".into()],
+            ..Identity::default()
+        })
+        .unwrap()
+            + "\n";
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("printf '%s' \"$1\" | cksum")
+            .arg("sh")
+            .arg(&json)
+            .output()
+            .expect("run cksum");
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(identity_applied_stamp(json.as_bytes()), text);
     }
 
     #[test]

@@ -76,6 +76,14 @@ pub struct VmmConfig {
     pub ready_timeout_secs: u32,
     /// Seconds a graceful stop may take before the VM is killed.
     pub stop_timeout_secs: u32,
+    /// Units masked (`systemd.mask=`) on the command line of VMs whose image
+    /// boots its systemd directly: jobs a banger microVM has no use for.
+    /// Default: [`crate::cmdline::DEFAULT_MASKED_UNITS`], each justified
+    /// there; `[]` masks none.
+    pub masked_units: Vec<String>,
+    /// Drop Debian's `ssh.service` `sshd -t` pre-check in such VMs
+    /// (see [`crate::disk::SystemdPrep`]).
+    pub skip_sshd_config_check: bool,
 }
 
 impl Default for VmmConfig {
@@ -93,6 +101,11 @@ impl Default for VmmConfig {
             disk_headroom_mib: 1024,
             ready_timeout_secs: 120,
             stop_timeout_secs: 30,
+            masked_units: crate::cmdline::DEFAULT_MASKED_UNITS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            skip_sshd_config_check: true,
         }
     }
 }

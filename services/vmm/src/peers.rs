@@ -98,6 +98,7 @@ impl Peers for GrpcPeers {
             size_bytes: r.size_bytes,
             has_agent: guest.has_agent,
             has_ssh_server: guest.has_ssh_server,
+            has_systemd: guest.has_systemd,
         })
     }
 

@@ -100,6 +100,10 @@ pub struct ImageInfo {
     /// The agent and first-boot script are in the image.
     pub has_agent: bool,
     pub has_ssh_server: bool,
+    /// Its `/sbin/init` is systemd: vmm prepares the disk so that systemd
+    /// boots directly, with no first boot before it.
+    #[serde(default)]
+    pub has_systemd: bool,
 }
 
 /// What kernelcat said about the VM's kernel.
@@ -149,9 +153,22 @@ pub struct VmRecord {
     /// Why [`Self::accel`] (e.g. TCG because /dev/kvm is kvm_pvm).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accel_why: Option<String>,
+    /// Set when create prepared the disk for booting the image's systemd
+    /// directly (identity applied, see [`crate::disk::prepare`]); absent:
+    /// first boot runs before the init, as in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd_boot: Option<SystemdBoot>,
     pub created_unix: i64,
     pub started_unix: Option<i64>,
     pub error: Option<String>,
+}
+
+/// What the direct systemd boot of a VM's disk needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemdBoot {
+    /// The image has udevd (else device units never appear and the
+    /// command line masks the ones systemd would wait for).
+    pub udev: bool,
 }
 
 /// Where a VM's files are.
@@ -321,6 +338,7 @@ pub(crate) fn sample(name: &str) -> VmRecord {
         accel: None,
         backend_why: None,
         accel_why: None,
+        systemd_boot: None,
         created_unix: now_unix(),
         started_unix: None,
         error: None,

@@ -39,6 +39,23 @@ impl VmmService {
     /// `$STATE/vms`, sockets under `$RUN/vmm`, peers on their sockets.
     pub fn new(config: &Config) -> Result<Self, banger_proto::config::ConfigError> {
         let cfg: VmmConfig = config.section("vmm")?;
+        if let Some(bad) = cfg
+            .masked_units
+            .iter()
+            .find(|u| !crate::cmdline::is_unit_name(u))
+        {
+            return Err(banger_proto::config::ConfigError::Parse {
+                path: config
+                    .source
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "<defaults>".into()),
+                message: format!(
+                    "[vmm] masked_units: {bad:?} is not a systemd unit name \
+                     (e.g. `e2scrub_reap.service`, `modprobe@.service`)"
+                ),
+            });
+        }
         let store = Store::new(
             &config.paths.state(Service::Vmm),
             &config.paths.run_dir.join("vmm"),

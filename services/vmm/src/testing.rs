@@ -112,6 +112,7 @@ impl Peers for RecordingPeers {
             size_bytes: std::fs::metadata(&self.image).map_or(0, |m| m.len()),
             has_agent: self.has_agent,
             has_ssh_server: self.has_ssh_server,
+            has_systemd: false,
         })
     }
     async fn release_image(&self, name: &str, holder: &str) -> Result<()> {

@@ -39,6 +39,7 @@ async fn qemu_backend_boots_busybox_guest_under_tcg() {
             lease: None,
             direct_boot: false,
             tsc_khz: tsc(),
+            systemd: None,
         })
     );
     let spec = LaunchSpec {

@@ -100,6 +100,7 @@ impl Manager {
             accel: None,
             backend_why: Some(backend_why),
             accel_why: None,
+            systemd_boot: None,
             created_unix: record::now_unix(),
             started_unix: None,
             error: None,
@@ -203,11 +204,19 @@ impl Manager {
             ..Identity::default()
         };
         let disk_path = paths.disk();
-        let host_key =
-            tokio::task::spawn_blocking(move || disk::write_identity(&disk_path, &identity))
+        // An image with systemd boots it directly: what first boot would
+        // do is written into the disk here (cmdline.rs masks the rest).
+        let systemd = vm.image.has_systemd.then_some(disk::SystemdPrep {
+            skip_sshd_config_check: self.inner.cfg.skip_sshd_config_check,
+        });
+        let prepared =
+            tokio::task::spawn_blocking(move || disk::prepare(&disk_path, &identity, systemd))
                 .await
                 .map_err(Error::task("identity"))??;
-        vm.ssh_host_key = Some(host_key);
+        vm.ssh_host_key = Some(prepared.host_key);
+        vm.systemd_boot = prepared
+            .systemd_has_udev
+            .map(|udev| record::SystemdBoot { udev });
         store.save(vm)?;
         phase.end().await;
 

@@ -41,6 +41,10 @@ impl Manager {
             hostname: &vm.name,
             lease: vm.lease.as_ref(),
             direct_boot: vm.image.direct_boot,
+            systemd: vm.systemd_boot.map(|b| cmdline::SystemdCmdline {
+                masked_units: &self.inner.cfg.masked_units,
+                has_udev: b.udev,
+            }),
             tsc_khz: if backend.emulated() {
                 self.inner.tsc_khz
             } else {
