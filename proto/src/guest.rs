@@ -29,33 +29,17 @@ pub const STATE_DIR: &str = "/var/lib/banger";
 pub const IDENTITY_APPLIED_PATH: &str = "/var/lib/banger/identity.applied";
 
 /// The content of [`IDENTITY_APPLIED_PATH`] for an `identity.json` of
-/// these bytes: `"<crc> <size>\n"`, the POSIX `cksum` of the file (what
-/// the shell first boot computes with `cksum < identity.json`).
+/// these bytes: `"fnv1a64:<16 hex> <size>\n"`, FNV-1a 64 of the file (what
+/// the Rust first boot compares; not a security boundary: file and stamp
+/// live on the same disk). First boot's oneshot unit is skipped outright
+/// while the stamp exists (`ConditionPathExists=!`).
 pub fn identity_applied_stamp(identity_json: &[u8]) -> String {
-    format!("{} {}\n", posix_cksum(identity_json), identity_json.len())
-}
-
-/// POSIX `cksum`: CRC-32 (polynomial 0x04C11DB7, MSB first) over the data
-/// and then its length in as few little-endian bytes as it takes, inverted.
-fn posix_cksum(data: &[u8]) -> u32 {
-    fn step(crc: u32, byte: u8) -> u32 {
-        let mut c = crc ^ (u32::from(byte) << 24);
-        for _ in 0..8 {
-            c = if c & 0x8000_0000 != 0 {
-                (c << 1) ^ 0x04C1_1DB7
-            } else {
-                c << 1
-            };
-        }
-        c
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in identity_json {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    let mut crc = data.iter().fold(0u32, |c, &b| step(c, b));
-    let mut len = data.len() as u64;
-    while len > 0 {
-        crc = step(crc, (len & 0xff) as u8);
-        len >>= 8;
-    }
-    !crc
+    format!("fnv1a64:{h:016x} {}\n", identity_json.len())
 }
 
 /// What a VM's first boot is for.
@@ -283,27 +267,20 @@ mod tests {
     }
 
     #[test]
-    fn applied_stamp_is_posix_cksum() {
-        // Known values of `cksum` (POSIX CRC): empty input, and "123456789".
-        assert_eq!(identity_applied_stamp(b""), "4294967295 0\n");
-        assert_eq!(identity_applied_stamp(b"123456789"), "930766865 9\n");
-        // And the host's own cksum agrees on a real identity file.
-        let json = serde_json::to_string_pretty(&Identity {
-            hostname: "box".into(),
-            ssh_authorized_keys: vec!["ssh-ed25519 AAAA k".into()],
-            ..Identity::default()
-        })
-        .unwrap()
-            + "\n";
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg("printf '%s' \"$1\" | cksum")
-            .arg("sh")
-            .arg(&json)
-            .output()
-            .expect("run cksum");
-        let text = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(identity_applied_stamp(json.as_bytes()), text);
+    fn applied_stamp_is_fnv1a64_and_size() {
+        // FNV-1a 64 reference values: empty input is the offset basis.
+        assert_eq!(
+            identity_applied_stamp(b""),
+            "fnv1a64:cbf29ce484222325 0\n"
+        );
+        assert_eq!(
+            identity_applied_stamp(b"a"),
+            "fnv1a64:af63dc4c8601ec8c 1\n"
+        );
+        assert_ne!(
+            identity_applied_stamp(b"{\"hostname\":\"a\"}"),
+            identity_applied_stamp(b"{\"hostname\":\"b\"}")
+        );
     }
 
     #[test]
