@@ -1,6 +1,6 @@
-//! `banger-first-boot` really as PID 1: a debootstrapped Debian bookworm
+//! `banger-first-boot` (the agent's first-boot mode) really as PID 1: a debootstrapped Debian bookworm
 //! (minbase + systemd, cached under `target/test-cache/`) booted by
-//! `systemd-nspawn` with the script as the container's init (nspawn runs
+//! `systemd-nspawn` with first boot as the container's init (nspawn runs
 //! the given program as PID 1 unless `--as-pid2`), which applies the
 //! identity, enables the agent and execs systemd. The static agent inside
 //! listens on a unix socket bind-mounted from the host (a drop-in replaces
@@ -135,7 +135,7 @@ fn install(root: &Path, bundle: &Path, from: &str, to: &str, mode: u32) {
 const IDENTITY: &str = r#"{
   "hostname": "nspawned",
   "ssh_authorized_keys": [
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST test@banger"
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2OBhyKo1LWcDCdg2dQBoe23VhQHi50q8/oiiPmQMUC test@banger"
   ],
   "dns": [
     "127.0.0.53"
@@ -391,8 +391,27 @@ async fn first_boot_installs_systemd_and_ssh_from_apt_when_the_image_has_no_init
     let log = std::fs::read_to_string(&console).unwrap();
     assert!(
         log.contains(
-            "banger-first-boot: no init in the image; installing one for the debian family"
+            "banger-first-boot: installing systemd-sysv openssh-server with apt for the debian family"
         ),
         "{log}"
     );
+    // Real apt: its status lines became progress events, and it finished.
+    use banger_proto::guest::FirstBootEvent;
+    let events: Vec<FirstBootEvent> = log
+        .lines()
+        .filter_map(FirstBootEvent::parse_console_line)
+        .collect();
+    let progress = events
+        .iter()
+        .filter(|e| matches!(e, FirstBootEvent::Progress { .. }))
+        .count();
+    assert!(progress >= 3, "{progress} progress events\n{log}");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            FirstBootEvent::Installed { packages, .. } if packages.len() == 2
+        )),
+        "{log}"
+    );
+    assert!(!log.contains('\r'), "progress bars on the console:\n{log}");
 }
