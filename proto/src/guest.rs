@@ -269,14 +269,8 @@ mod tests {
     #[test]
     fn applied_stamp_is_fnv1a64_and_size() {
         // FNV-1a 64 reference values: empty input is the offset basis.
-        assert_eq!(
-            identity_applied_stamp(b""),
-            "fnv1a64:cbf29ce484222325 0\n"
-        );
-        assert_eq!(
-            identity_applied_stamp(b"a"),
-            "fnv1a64:af63dc4c8601ec8c 1\n"
-        );
+        assert_eq!(identity_applied_stamp(b""), "fnv1a64:cbf29ce484222325 0\n");
+        assert_eq!(identity_applied_stamp(b"a"), "fnv1a64:af63dc4c8601ec8c 1\n");
         assert_ne!(
             identity_applied_stamp(b"{\"hostname\":\"a\"}"),
             identity_applied_stamp(b"{\"hostname\":\"b\"}")
