@@ -43,7 +43,7 @@ bench_up() {
 ready_timeout_secs = 600
 TOML
   trap bench_down EXIT
-  b up >/dev/null
+  b up >/dev/null 2>&1
   zstd -dcq "$(bench_shared)/fixtures/kernels/vmlinux-6.12-x86_64.zst" >"$work/vmlinux"
   b kernel import generic-6.12 --vmlinux "$work/vmlinux" >/dev/null
   tar -C "$layout" -cf "$work/image.tar" .
