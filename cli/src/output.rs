@@ -40,7 +40,9 @@ pub fn fail(err: &anyhow::Error) -> ExitCode {
 /// and the ended phases' durations for `--timings`. Hidden under `--json`.
 pub struct PhaseBar {
     bar: Option<indicatif::ProgressBar>,
-    pub timings: Vec<(String, f64)>,
+    /// Ended phases: name, seconds, and how it went (e.g. the disk
+    /// phase's `reflink`).
+    pub timings: Vec<(String, f64, String)>,
 }
 
 impl PhaseBar {
@@ -64,7 +66,8 @@ impl PhaseBar {
     /// started or moved on.
     pub fn event(&mut self, phase: &str, message: &str, done: u64, total: u64, seconds: f64) {
         if seconds > 0.0 {
-            self.timings.push((phase.to_owned(), seconds));
+            self.timings
+                .push((phase.to_owned(), seconds, message.to_owned()));
             return;
         }
         if let Some(bar) = &self.bar {
@@ -89,10 +92,7 @@ impl PhaseBar {
 
 /// How long ago unix time `unix` was, e.g. `5m`.
 pub fn age(unix: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default();
+    let now = banger_proto::host::now_unix();
     let secs = (now - unix).max(0) as u64;
     match secs {
         s if s < 60 => format!("{s}s"),

@@ -490,7 +490,8 @@ impl Manager {
             .await
             .map_err(Error::task("prepare identity"))??;
 
-        let backend_kind = cfg.hypervisor;
+        // The default backend (what `auto` chose at start).
+        let backend_kind = self.inner.default_backend.backend;
         let backend = self.backend(backend_kind)?;
         let cmdline = cmdline::build(&CmdlineSpec {
             hostname: "banger-prepare",
@@ -501,6 +502,8 @@ impl Manager {
             } else {
                 None
             },
+            // First boot runs the install: not a direct systemd boot.
+            systemd: None,
         });
         let _ = std::fs::write(paths.console_log(), b"");
         let launched = backend
