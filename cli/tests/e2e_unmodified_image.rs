@@ -22,12 +22,11 @@
 //! Figures (stderr, `FIGURES`): fixture build, preparation (a's create),
 //! b's and c's create→SSH.
 //!
-//! The assertions that need all of #12 (vmm's preparation — on main — and
-//! the Rust first boot with its console events) are marked `host_side(…)`:
-//! with [`ISSUE12_MERGED`] false they print `PENDING` instead of failing.
-//! The test is `#[ignore]`d until both are merged; to wire it: set
-//! `ISSUE12_MERGED = true` and drop the `#[ignore]`. Costs ~5–8 min under
-//! TCG (the install in the preparation VM dominates).
+//! The assertions that need all of #12 (vmm's preparation and the Rust
+//! first boot with its console events) are marked `host_side(…)`: with
+//! [`ISSUE12_MERGED`] false (a branch without them) they print `PENDING`
+//! instead of failing. Costs ~4–7 min under TCG (the install in the
+//! preparation VM dominates: 110–250 s here).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -42,7 +41,7 @@ use banger_test_support::{debian_archive, minbase};
 
 /// Whether vmm's preparation and the Rust first boot (console events,
 /// power-off when prepared, DNS failures named) are both in.
-const ISSUE12_MERGED: bool = false;
+const ISSUE12_MERGED: bool = true;
 
 /// The bridge's subnet and its gateway (netd's default, spelled out: the
 /// servers and `[netd] dns` name the gateway).
@@ -285,7 +284,6 @@ fn package_state(env: &Env, vm: &str) -> PackageState {
 }
 
 #[test]
-#[ignore = "needs #12's host side (prepared images, first-boot progress, fail-fast): see the module docs to wire it"]
 fn an_unmodified_docker_hub_image_is_prepared_once_and_fails_fast_without_a_mirror() {
     let _ = bin_dir();
     // Everything that needs the internet, before the namespace: the image,
