@@ -22,12 +22,11 @@
 //! Figures (stderr, `FIGURES`): fixture build, preparation (a's create),
 //! b's and c's create→SSH.
 //!
-//! The assertions that need all of #12 (vmm's preparation — on main — and
-//! the Rust first boot with its console events) are marked `host_side(…)`:
-//! with [`ISSUE12_MERGED`] false they print `PENDING` instead of failing.
-//! The test is `#[ignore]`d until both are merged; to wire it: set
-//! `ISSUE12_MERGED = true` and drop the `#[ignore]`. Costs ~5–8 min under
-//! TCG (the install in the preparation VM dominates).
+//! The assertions that need all of #12 (vmm's preparation and the Rust
+//! first boot with its console events) are marked `host_side(…)`: with
+//! [`ISSUE12_MERGED`] false (a branch without them) they print `PENDING`
+//! instead of failing. Costs ~4–7 min under TCG (the install in the
+//! preparation VM dominates: 110–250 s here).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
