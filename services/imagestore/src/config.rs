@@ -20,6 +20,12 @@ pub struct ImageStoreConfig {
     pub ca_file: Option<PathBuf>,
     /// Refuse an image whose unpacked content exceeds this many bytes.
     pub max_unpacked_bytes: u64,
+    /// Refuse an image with more tar members than this (all layers summed).
+    pub max_entries: u64,
+    /// Refuse an image with more entries than this in one directory.
+    pub max_entries_per_dir: u64,
+    /// Refuse an image whose filesystem (content + headroom) exceeds this.
+    pub max_image_bytes: u64,
     /// Free space added to the ext4 image, as a percentage of the content.
     pub ext4_headroom_percent: u64,
     /// Minimum free space added to the ext4 image, in MiB.
@@ -39,6 +45,9 @@ impl Default for ImageStoreConfig {
             mirrors: BTreeMap::new(),
             ca_file: None,
             max_unpacked_bytes: 16 << 30,
+            max_entries: 1_000_000,
+            max_entries_per_dir: 200_000,
+            max_image_bytes: 32 << 30,
             ext4_headroom_percent: 20,
             ext4_min_headroom_mib: 64,
             max_parallel_layers: 3,
