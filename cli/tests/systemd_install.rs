@@ -20,22 +20,12 @@ use std::time::Duration;
 /// bounding set alike) and its user.
 const SERVICES: [(&str, u64, &str); 4] = [
     ("kernelcat", 0, "banger"),
-    ("imagestore", IMAGESTORE_CAPS, "banger"),
+    ("imagestore", 0, "banger"),
     ("netd", 1 << CAP_NET_ADMIN, "banger-net"),
     ("vmm", 0, "banger"),
 ];
 
-const CAP_CHOWN: u32 = 0;
-const CAP_DAC_OVERRIDE: u32 = 1;
-const CAP_FOWNER: u32 = 3;
 const CAP_NET_ADMIN: u32 = 12;
-const CAP_MKNOD: u32 = 27;
-const CAP_SETFCAP: u32 = 31;
-const IMAGESTORE_CAPS: u64 = (1 << CAP_CHOWN)
-    | (1 << CAP_DAC_OVERRIDE)
-    | (1 << CAP_FOWNER)
-    | (1 << CAP_MKNOD)
-    | (1 << CAP_SETFCAP);
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -83,17 +73,19 @@ fn bookworm() -> PathBuf {
 
 /// The bookworm root plus what a banger host needs from Debian besides
 /// systemd (deploy/README.md): `ca-certificates` (kernelcat's and
-/// imagestore's HTTPS roots) and `nftables` (netd runs `nft`). Installed
-/// once with apt in a chroot (the Debian mirror is the allowed registry)
-/// and cached as `target/test-cache/bookworm-banger-host`.
+/// imagestore's HTTPS roots), `nftables` (netd runs `nft`) and e2fsprogs
+/// >= 1.47.1 with libarchive13 from bookworm-backports (imagestore's
+/// `mke2fs -d -`). Installed once with apt in a chroot (the Debian mirror
+/// is the allowed registry) and cached as
+/// `target/test-cache/bookworm-banger-host-2`.
 fn with_prerequisites() -> PathBuf {
     let cache = repo().join("target/test-cache");
-    let rootfs = cache.join("bookworm-banger-host");
+    let rootfs = cache.join("bookworm-banger-host-2");
     if rootfs.join("usr/sbin/nft").exists() {
         return rootfs;
     }
     let base = bookworm();
-    let partial = cache.join("bookworm-banger-host.partial");
+    let partial = cache.join("bookworm-banger-host-2.partial");
     let _ = std::fs::remove_dir_all(&partial);
     let status = Command::new("cp")
         .args(["-a", "--reflink=auto"])
@@ -109,14 +101,18 @@ fn with_prerequisites() -> PathBuf {
         .args([
             "sh",
             "-c",
-            "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -q -y \
-             --no-install-recommends ca-certificates nftables && apt-get clean",
+            "printf 'Types: deb\\nURIs: http://deb.debian.org/debian\\nSuites: bookworm-backports\\n\
+             Components: main\\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\\n' \
+             >/etc/apt/sources.list.d/backports.sources && \
+             apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -q -y \
+             --no-install-recommends ca-certificates nftables libarchive13 \
+             e2fsprogs/bookworm-backports libext2fs2/bookworm-backports && apt-get clean",
         ])
         .status()
         .expect("run apt-get in a chroot");
     assert!(
         status.success(),
-        "apt-get install ca-certificates nftables failed: {status}"
+        "apt-get install ca-certificates nftables e2fsprogs failed: {status}"
     );
     std::fs::rename(&partial, &rootfs).unwrap();
     rootfs

@@ -10,6 +10,7 @@ pub mod ext4;
 pub mod flatten;
 pub mod guest;
 pub mod import;
+pub mod privs;
 pub mod reference;
 pub mod registry;
 pub mod service;

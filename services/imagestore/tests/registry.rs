@@ -715,3 +715,148 @@ async fn registry_killed_mid_layer_then_retry_succeeds() {
     let record = store.pull(request, tx).await.unwrap();
     assert_eq!(record.name, "big");
 }
+
+/// `/proc/PID/status` field `field` (a hex capability mask).
+fn cap_field(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:\t")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
+/// The real `banger-imagestore` binary on a temp home, optionally as
+/// another user with no capability (`setpriv`); killed on drop.
+struct Daemon {
+    child: std::process::Child,
+    pid: u32,
+    home: tempfile::TempDir,
+    _guest: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(registry: &str, unprivileged: bool) -> Daemon {
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(
+            home.path().join("banger.toml"),
+            format!(
+                "[imagestore]\ninsecure_registries = [\"{registry}\"]\next4_min_headroom_mib = 8\n"
+            ),
+        )
+        .unwrap();
+        let guest = fake_guest_bundle();
+        std::fs::set_permissions(guest.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = env!("CARGO_BIN_EXE_banger-imagestore");
+        let mut cmd = if unprivileged {
+            banger_test_support::require_program("setpriv", "util-linux");
+            std::os::unix::fs::chown(home.path(), Some(65534), Some(65534)).unwrap();
+            std::os::unix::fs::chown(home.path().join("banger.toml"), Some(65534), Some(65534))
+                .unwrap();
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--no-new-privs",
+                "--",
+            ])
+            .arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        };
+        let child = cmd
+            .arg("--home")
+            .arg(home.path())
+            .env("BANGER_GUEST_DIR", guest.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let socket = home.path().join("run/imagestore.sock");
+        for _ in 0..200 {
+            if socket.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            socket.exists(),
+            "banger-imagestore did not bind {}",
+            socket.display()
+        );
+        Daemon {
+            child,
+            pid,
+            home,
+            _guest: guest,
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagestore_without_any_capability_builds_setuid_files_and_devices() {
+    banger_test_support::require_root();
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    let layers: Vec<Layer> = tricky_layers().into_iter().map(gzip_layer).collect();
+    registry.push(&layout(src.path(), "v1", &layers), "tricky:v1");
+
+    // Dev mode: started as root, it drops everything, bounding set included.
+    let root = Daemon::start(&registry.addr, false);
+    assert_eq!(cap_field(root.pid, "CapEff"), 0, "effective set as root");
+    assert_eq!(cap_field(root.pid, "CapBnd"), 0, "bounding set as root");
+    drop(root);
+
+    // As nobody with nothing: the pull still makes setuid files and devices.
+    let daemon = Daemon::start(&registry.addr, true);
+    for field in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+        assert_eq!(cap_field(daemon.pid, field), 0, "{field}");
+    }
+    let socket = daemon.home.path().join("run/imagestore.sock");
+    let mut client = banger_proto::imagestore::v1::image_store_client::ImageStoreClient::new(
+        banger_proto::rpc::connect(&socket).await.unwrap(),
+    );
+    let (_, image) = pull(&mut client, req(&format!("{}/tricky:v1", registry.addr))).await;
+    let image = image.unwrap();
+    let ext4 = daemon
+        .home
+        .path()
+        .join("state/images")
+        .join(&image.name)
+        .join("rootfs.ext4");
+    let tree = describe_ext4(&ext4);
+    let node = |p: &str| &tree[Path::new(p)];
+    assert_eq!(node("usr/bin/su").mode & 0o7777, 0o4755);
+    assert_eq!(node("usr/bin/su").uid, 0);
+    assert_eq!(node("usr/bin/sg").gid, 42);
+    assert_eq!(node("home/user/file").uid, 1000);
+    assert_eq!(node("dev/null").rdev, nix::sys::stat::makedev(1, 3));
+    assert_eq!(node("dev/loop0").rdev, nix::sys::stat::makedev(7, 0));
+    assert!(
+        node("usr/bin/ping")
+            .xattrs
+            .contains_key("security.capability")
+    );
+    assert_eq!(node("usr/bin/acl").xattrs["trusted.overlay"], b"t");
+    // Nothing of the image exists on the host as those owners: the state
+    // holds only nobody's files.
+    for entry in walkdir::WalkDir::new(daemon.home.path().join("state")) {
+        let entry = entry.unwrap();
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let m = entry.metadata().unwrap();
+        assert_eq!(m.uid(), 65534, "{} is not nobody's", entry.path().display());
+        assert!(!m.file_type().is_char_device() && !m.file_type().is_block_device());
+    }
+}
