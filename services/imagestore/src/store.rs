@@ -640,19 +640,13 @@ impl Store {
             message: format!("reading {}", req.file_name),
             ..Progress::default()
         });
-        let work = tempfile::Builder::new()
-            .prefix("import-")
-            .tempdir_in(&self.tmp)
-            .map_err(Error::io("cannot create a temp dir in", &self.tmp))?;
         let (archive, blobs, platform2) =
             (archive.to_path_buf(), self.blobs.clone(), platform.clone());
-        let work_path = work.path().to_path_buf();
         let found = tokio::task::spawn_blocking(move || {
-            crate::import::read_archive(&archive, &work_path, &platform2, &blobs)
+            crate::import::read_archive(&archive, &platform2, &blobs)
         })
         .await
         .expect("import task panicked")?;
-        drop(tokio::task::spawn_blocking(move || drop(work)));
         if !req.force
             && let Some(r) = self.read(&req.name)?
             && r.digest == found.digest
