@@ -74,7 +74,7 @@ fn bookworm() -> PathBuf {
 /// The bookworm root plus what a banger host needs from Debian besides
 /// systemd (deploy/README.md): `ca-certificates` (kernelcat's and
 /// imagestore's HTTPS roots), `nftables` (netd runs `nft`) and e2fsprogs
-/// >= 1.47.1 with libarchive13 from bookworm-backports (imagestore's
+/// 1.47.1 or newer with libarchive13 from bookworm-backports (imagestore's
 /// `mke2fs -d -`). Installed once with apt in a chroot (the Debian mirror
 /// is the allowed registry) and cached as
 /// `target/test-cache/bookworm-banger-host-2`.

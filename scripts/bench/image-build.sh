@@ -119,7 +119,7 @@ skopeo copy --quiet --src-tls-verify=false "docker://$addr/bench/flat:latest" "o
 umoci unpack --image "$work/flatcopy:latest" "$work/flatbundle" >/dev/null
 t2=$(now)
 truncate -s "$size" "$work/flat.ext4"
-mkfs.ext4 -q -F -t ext4 -b 4096 -m 0 -E root_owner=0:0 -d "$work/flatbundle/rootfs" "$work/flat.ext4"
+mkfs.ext4 -q -F -t ext4 -b 4096 -m 0 -N 65536 -E root_owner=0:0 -d "$work/flatbundle/rootfs" "$work/flat.ext4"
 t3=$(now)
 python3 - "$t0" "$t1" "$t2" "$t3" <<'PY'
 import sys
