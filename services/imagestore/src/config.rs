@@ -24,6 +24,10 @@ pub struct ImageStoreConfig {
     pub max_entries: u64,
     /// Refuse an image with more entries than this in one directory.
     pub max_entries_per_dir: u64,
+    /// Refuse an image whose directories' entry counts, squared and summed,
+    /// exceed this: mke2fs's time grows with the square of a directory's
+    /// size (the default allows one directory of ~23k entries, ~1 min).
+    pub max_dir_work: u64,
     /// Refuse an image whose filesystem (content + headroom) exceeds this.
     pub max_image_bytes: u64,
     /// Free space added to the ext4 image, as a percentage of the content.
@@ -46,7 +50,8 @@ impl Default for ImageStoreConfig {
             ca_file: None,
             max_unpacked_bytes: 16 << 30,
             max_entries: 1_000_000,
-            max_entries_per_dir: 200_000,
+            max_entries_per_dir: 65_536,
+            max_dir_work: 1 << 29,
             max_image_bytes: 32 << 30,
             ext4_headroom_percent: 20,
             ext4_min_headroom_mib: 64,

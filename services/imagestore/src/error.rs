@@ -79,6 +79,12 @@ pub enum Error {
         "the image has more than {limit} entries {what} (max_entries / max_entries_per_dir in [imagestore]); refusing it"
     )]
     TooManyEntries { limit: u64, what: &'static str },
+    /// Directories so large that building the filesystem would take too long.
+    #[error(
+        "the image's directories are too large to build in reasonable time (sum of entries² over directories {work}, \
+         limit {limit}: max_dir_work in [imagestore]); refusing it"
+    )]
+    DirectoriesTooLarge { work: u64, limit: u64 },
     /// The filesystem would be larger than `max_image_bytes`.
     #[error(
         "the image's filesystem would take {size} bytes, more than {limit} (max_image_bytes in [imagestore]); refusing it"
@@ -144,9 +150,10 @@ impl GrpcError for Error {
             Error::Unauthorized { .. } => Code::Unauthenticated,
             Error::Unsupported { .. } | Error::BadLayer { .. } => Code::FailedPrecondition,
             Error::DigestMismatch { .. } => Code::DataLoss,
-            Error::TooLarge { .. } | Error::TooManyEntries { .. } | Error::ImageTooLarge { .. } => {
-                Code::ResourceExhausted
-            }
+            Error::TooLarge { .. }
+            | Error::TooManyEntries { .. }
+            | Error::DirectoriesTooLarge { .. }
+            | Error::ImageTooLarge { .. } => Code::ResourceExhausted,
             Error::Cancelled => Code::Cancelled,
             Error::MkfsCannotReadTar(_) => Code::FailedPrecondition,
             Error::Mkfs(_) | Error::Inject(_) | Error::Io { .. } | Error::CorruptRecord { .. } => {

@@ -65,6 +65,12 @@ pub struct Limits {
     pub entries: u64,
     /// Entries in one directory.
     pub entries_per_dir: u64,
+    /// The sum over directories of their entry count squared: mke2fs links
+    /// each new name with a linear scan of its directory, so populating a
+    /// directory of n entries costs ~n² (40k empty files in one directory:
+    /// ~3 min here); this bounds the whole image's cost, checked before
+    /// mke2fs starts.
+    pub dir_work: u64,
 }
 
 impl Default for Limits {
@@ -72,7 +78,8 @@ impl Default for Limits {
         Limits {
             bytes: 16 << 30,
             entries: 1_000_000,
-            entries_per_dir: 200_000,
+            entries_per_dir: 65_536,
+            dir_work: 1 << 29,
         }
     }
 }
@@ -154,6 +161,8 @@ pub struct Stats {
     pub inodes: u64,
     /// Bytes of regular file content (hardlinks once).
     pub content: u64,
+    /// Sum over directories of their entry count squared (see [`Limits::dir_work`]).
+    pub dir_work: u64,
 }
 
 const ROOT: usize = 0;
@@ -232,7 +241,13 @@ impl Flattener {
         let raw = entry.path_bytes().into_owned();
         let comps = clean(&raw)?;
         let header = entry.header().clone();
-        let mode = header.mode().map_err(|e| bad(e.to_string()))? & 0o7777;
+        let blank = header.as_old().mode.iter().all(|&b| b == 0 || b == b' ');
+        let mode = match header.mode() {
+            Ok(m) => m & 0o7777,
+            // Blank means 0, as in GNU tar and Go's archive/tar.
+            Err(_) if blank => 0,
+            Err(e) => return Err(bad(e.to_string())),
+        };
         // Some writers leave numeric fields blank; blank means 0 as in GNU tar.
         let mut uid = header.uid().unwrap_or(0);
         let mut gid = header.gid().unwrap_or(0);
@@ -658,6 +673,19 @@ impl Flattener {
         self.put(dir, name, What::Leaf(inode)).map_err(fail)
     }
 
+    /// [`Flattener::stats`], refused when populating would cost more than
+    /// [`Limits::dir_work`].
+    pub fn checked_stats(&self) -> Result<Stats, Error> {
+        let stats = self.stats();
+        if stats.dir_work > self.limits.dir_work {
+            return Err(Error::DirectoriesTooLarge {
+                work: stats.dir_work,
+                limit: self.limits.dir_work,
+            });
+        }
+        Ok(stats)
+    }
+
     /// Sizes of what the ext4 will hold.
     pub fn stats(&self) -> Stats {
         let mut stats = Stats::default();
@@ -673,6 +701,8 @@ impl Flattener {
                         .map(|k| (8 + k.len() as u64).div_ceil(4) * 4)
                         .sum();
                     stats.bytes += (entries + 24).div_ceil(4096).max(1) * 4096;
+                    let n = children.len() as u64;
+                    stats.dir_work = stats.dir_work.saturating_add(n * n);
                     stack.extend(children.values().copied());
                 }
                 What::Leaf(i) => {

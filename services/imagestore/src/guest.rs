@@ -186,3 +186,157 @@ fn os_release_token(t: &str) -> bool {
         && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-+~".contains(&b))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::flatten::Limits;
+
+    fn layer(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, path, data).unwrap();
+    }
+
+    fn symlink(b: &mut tar::Builder<Vec<u8>>, path: &str, target: &str) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, path, target).unwrap();
+    }
+
+    /// The emitted stream: path → (type, link target, content), and the facts.
+    fn build(
+        l: Vec<u8>,
+        bundle: Option<&Path>,
+    ) -> (
+        std::collections::BTreeMap<String, (tar::EntryType, String, Vec<u8>)>,
+        GuestFacts,
+    ) {
+        let mut f = Flattener::new(Limits::default());
+        f.add_layer(&l[..], "l").unwrap();
+        let facts = super::facts(&mut f);
+        let has_agent = bundle.map(|b| inject(&mut f, b).unwrap());
+        let mut out = Vec::new();
+        let layers = vec![l];
+        let open = move |i: usize| -> Result<Box<dyn Read>, Error> {
+            Ok(Box::new(std::io::Cursor::new(layers[i].clone())))
+        };
+        let capture: Vec<_> = facts.os_release.into_iter().collect();
+        let emitted = f
+            .emit(&mut out, &open, &capture, &AtomicBool::new(false))
+            .unwrap();
+        let mut facts = facts.finish(&emitted.captured);
+        facts.has_agent = has_agent.unwrap_or(false);
+        let mut tree = std::collections::BTreeMap::new();
+        for e in tar::Archive::new(&out[..]).entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            let t = e.header().entry_type();
+            let target = e
+                .link_name_bytes()
+                .map(|l| String::from_utf8_lossy(&l).into_owned())
+                .unwrap_or_default();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            tree.insert(path, (t, target, data));
+        }
+        (tree, facts)
+    }
+
+    #[test]
+    fn facts_from_a_debian_like_image() {
+        let l = layer(|b| {
+            symlink(b, "sbin", "usr/sbin");
+            symlink(b, "lib", "usr/lib");
+            file(b, "usr/lib/systemd/systemd", b"");
+            symlink(b, "usr/sbin/init", "/lib/systemd/systemd");
+            file(b, "usr/sbin/sshd", b"");
+            file(
+                b,
+                "usr/lib/os-release",
+                b"ID=debian\nID_LIKE=\"a b\"\nVERSION_ID=\"12\"\nNAME=\"\x1b[31mx\"\n",
+            );
+            symlink(b, "etc/os-release", "../usr/lib/os-release");
+        });
+        let (_, f) = build(l, None);
+        assert!(f.has_systemd && f.has_ssh_server);
+        assert_eq!(f.os_id, "debian");
+        assert_eq!(f.os_id_like, ["a", "b"]);
+        assert_eq!(f.os_version_id, "12");
+        let (_, empty) = build(layer(|_| {}), None);
+        assert_eq!(empty, GuestFacts::default());
+    }
+
+    #[test]
+    fn hostile_os_release_is_not_read() {
+        // A symlink to a host path, a huge file: no facts, no hang.
+        let l = layer(|b| {
+            symlink(b, "etc/os-release", "/proc/self/environ");
+            file(
+                b,
+                "usr/lib/os-release",
+                &vec![b'x'; (OS_RELEASE_CAP + 1) as usize],
+            );
+        });
+        let (_, f) = build(l, None);
+        assert_eq!(f.os_id, "");
+    }
+
+    #[test]
+    fn injection_places_and_enables_inside_the_image() {
+        let bundle = tempfile::tempdir().unwrap();
+        for (src, _, _) in BUNDLE {
+            fs::write(bundle.path().join(src), src).unwrap();
+        }
+        fs::write(
+            bundle.path().join("banger-first-boot.service"),
+            "[Unit]\nDescription=x\n[Install]\nWantedBy=sysinit.target\n",
+        )
+        .unwrap();
+        fs::create_dir(bundle.path().join("openrc")).unwrap();
+        fs::write(
+            bundle.path().join("openrc/banger-agent"),
+            "#!/sbin/openrc-run\n",
+        )
+        .unwrap();
+        // The image's /usr/local is a symlink to a host path: followed
+        // inside the image.
+        let l = layer(|b| symlink(b, "usr/local", "/srv/local"));
+        let (tree, facts) = build(l.clone(), Some(bundle.path()));
+        assert!(facts.has_agent);
+        assert_eq!(tree["srv/local/bin/banger-agent"].2, b"banger-agent");
+        assert_eq!(
+            tree["etc/systemd/system/sysinit.target.wants/banger-first-boot.service"].1,
+            "/etc/systemd/system/banger-first-boot.service"
+        );
+        assert_eq!(
+            tree["etc/systemd/system/multi-user.target.wants/banger-agent.service"].1,
+            "/etc/systemd/system/banger-agent.service"
+        );
+        assert!(tree.contains_key("etc/init.d/banger-agent"));
+        // A bundle whose first-boot is a link to the multi-call agent.
+        fs::remove_file(bundle.path().join("banger-first-boot")).unwrap();
+        std::os::unix::fs::symlink("banger-agent", bundle.path().join("banger-first-boot"))
+            .unwrap();
+        let (tree, facts) = build(l.clone(), Some(bundle.path()));
+        assert!(facts.has_agent);
+        let fb = &tree["srv/local/libexec/banger-first-boot"];
+        assert_eq!((fb.0, fb.1.as_str()), (tar::EntryType::Symlink, AGENT_PATH));
+        // A partial bundle says so.
+        fs::remove_file(bundle.path().join("banger-agent")).unwrap();
+        let (_, facts) = build(l, Some(bundle.path()));
+        assert!(!facts.has_agent);
+    }
+}

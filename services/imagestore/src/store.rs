@@ -432,6 +432,7 @@ impl Store {
             bytes: cfg.max_unpacked_bytes,
             entries: cfg.max_entries,
             entries_per_dir: cfg.max_entries_per_dir,
+            dir_work: cfg.max_dir_work,
         });
         for (i, layer) in layers.iter().enumerate() {
             // Index the layer while it downloads (or from the cache), then
@@ -540,7 +541,7 @@ impl Store {
                 ..Progress::default()
             });
             let t = std::time::Instant::now();
-            let stats = flat.stats();
+            let stats = flat.checked_stats()?;
             let open = |i: usize| -> Result<Box<dyn std::io::Read>, Error> {
                 let p = &blob_paths[i];
                 Ok(Box::new(
