@@ -860,3 +860,118 @@ async fn imagestore_without_any_capability_builds_setuid_files_and_devices() {
         assert!(!m.file_type().is_char_device() && !m.file_type().is_block_device());
     }
 }
+
+/// mke2fs processes whose command line names `dir`.
+fn mke2fs_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.starts_with("mke2fs") && cmd.contains(&needle)
+        })
+        .collect()
+}
+
+/// Nothing of a failed or cancelled build is left in the staging area.
+fn staging_is_empty(ts: &TestStore) -> bool {
+    std::fs::read_dir(ts.state.path().join("images/.staging"))
+        .unwrap()
+        .flatten()
+        .all(|e| e.file_name().to_string_lossy().starts_with("mke2fs-probe-"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_stops_mke2fs_and_the_store_stays_healthy() {
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    // 15k empty files in one directory: mke2fs needs many seconds for it.
+    let mut t = TarBuilder::new();
+    t.dir("wide", 0o755, 0, 0);
+    for i in 0..15_000 {
+        t.file(&format!("wide/f{i:05}"), 0o644, 0, 0, b"");
+    }
+    registry.push(
+        &layout(src.path(), "v1", &[gzip_layer(t.finish())]),
+        "wide:v1",
+    );
+    let ts = TestStore::new();
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(config(&[&registry.addr])), sock.path()).await;
+    let mut stream = client
+        .pull_image(req(&format!("{}/wide:v1", registry.addr)))
+        .await
+        .unwrap()
+        .into_inner();
+    // Wait for the build to start, and for its mke2fs.
+    while let Some(ev) = stream.message().await.unwrap() {
+        if let Some(pb::pull_image_event::Event::Progress(p)) = ev.event
+            && p.phase == "building"
+        {
+            break;
+        }
+    }
+    let mut seen = false;
+    for _ in 0..100 {
+        if !mke2fs_under(ts.state.path()).is_empty() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(seen, "mke2fs never started");
+    drop(stream);
+    let mut gone = false;
+    for _ in 0..200 {
+        if mke2fs_under(ts.state.path()).is_empty() && staging_is_empty(&ts) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(gone, "mke2fs or its staging outlived the client");
+    assert!(
+        client
+            .list_images(pb::ListImagesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .images
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filesystem_over_the_cap_is_refused_and_nothing_is_left() {
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    let mut t = TarBuilder::new();
+    t.file("big", 0o644, 0, 0, &vec![7u8; 24 << 20]);
+    registry.push(
+        &layout(src.path(), "v1", &[gzip_layer(t.finish())]),
+        "big:v1",
+    );
+    let ts = TestStore::new();
+    let mut cfg = config(&[&registry.addr]);
+    cfg.max_image_bytes = 16 << 20;
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(cfg), sock.path()).await;
+    let (_, err) = pull(&mut client, req(&format!("{}/big:v1", registry.addr))).await;
+    let err = err.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("max_image_bytes"), "{err:?}");
+    assert!(staging_is_empty(&ts));
+    assert!(!ts.state.path().join("images/big-v1").exists());
+    // Still healthy: the same store builds a small image.
+    let mut t = TarBuilder::new();
+    t.file("small", 0o644, 0, 0, b"s");
+    registry.push(
+        &layout(src.path(), "v2", &[gzip_layer(t.finish())]),
+        "big:v2",
+    );
+    let (_, ok) = pull(&mut client, req(&format!("{}/big:v2", registry.addr))).await;
+    assert_eq!(ok.unwrap().name, "big-v2");
+}
