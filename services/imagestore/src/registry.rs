@@ -280,19 +280,36 @@ impl Remote {
         Ok(())
     }
 
-    /// Fetches a small blob (the config) into memory, verified.
+    /// Fetches a small blob (the config) into memory, verified, reading at
+    /// most its declared size and never more than [`MAX_CONFIG_BYTES`].
     pub async fn fetch_small(&self, desc: &OciDescriptor) -> Result<Vec<u8>, Error> {
-        let mut out = Vec::new();
-        self.client
-            .pull_blob(&self.reference, desc, &mut out)
+        let declared = declared_size(desc, MAX_CONFIG_BYTES)?;
+        let mut stream = self
+            .client
+            .pull_blob_stream(&self.reference, desc)
             .await
-            .map_err(|e| match e {
-                OciDistributionError::DigestError(_) => Error::DigestMismatch {
-                    digest: desc.digest.clone(),
-                    actual: "something else".into(),
-                },
-                e => classify(&self.reference.whole(), e),
+            .map_err(|e| classify(&self.reference.whole(), e))?;
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let bytes = chunk.map_err(|e| Error::Download {
+                digest: desc.digest.clone(),
+                message: e.to_string(),
             })?;
+            if out.len() as u64 + bytes.len() as u64 > declared {
+                return Err(oversized(desc));
+            }
+            out.extend_from_slice(&bytes);
+        }
+        let actual = format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&out))
+        );
+        if actual != desc.digest {
+            return Err(Error::DigestMismatch {
+                digest: desc.digest.clone(),
+                actual,
+            });
+        }
         Ok(out)
     }
 
@@ -314,6 +331,7 @@ impl Remote {
             progress(desc.size.max(0) as u64);
             return Ok(());
         }
+        let declared = declared_size(desc, u64::MAX)?;
         let mut writer = cache.writer(&desc.digest)?;
         on_start(Started::Live(writer.live()?));
         // oci-client verifies too; we hash ourselves to name the actual digest.
@@ -326,6 +344,11 @@ impl Remote {
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(bytes) => {
+                    // Never more than the manifest said: a registry cannot
+                    // fill the disk past a layer's declared size.
+                    if writer.written() + bytes.len() as u64 > declared {
+                        return Err(oversized(desc));
+                    }
                     // Chunks are small and land in the page cache; the
                     // fsync happens once, off the async threads, in commit.
                     writer.write(&bytes)?;
@@ -354,6 +377,33 @@ impl Remote {
             .await
             .expect("blob commit task panicked")?;
         Ok(())
+    }
+}
+
+/// The most an image config may take.
+pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
+
+/// A descriptor's declared size, refused when missing or above `max`.
+fn declared_size(desc: &OciDescriptor, max: u64) -> Result<u64, Error> {
+    match u64::try_from(desc.size) {
+        Ok(n) if n > 0 && n <= max => Ok(n),
+        _ => Err(Error::Unsupported {
+            reference: desc.digest.clone(),
+            what: format!(
+                "blob size {} (declared sizes must be 1..={max} bytes)",
+                desc.size
+            ),
+        }),
+    }
+}
+
+fn oversized(desc: &OciDescriptor) -> Error {
+    Error::Download {
+        digest: desc.digest.clone(),
+        message: format!(
+            "the registry sent more than the {} bytes the manifest declares; refusing the rest",
+            desc.size
+        ),
     }
 }
 

@@ -975,3 +975,48 @@ async fn a_filesystem_over_the_cap_is_refused_and_nothing_is_left() {
     let (_, ok) = pull(&mut client, req(&format!("{}/big:v2", registry.addr))).await;
     assert_eq!(ok.unwrap().name, "big-v2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_sending_more_than_the_declared_size_is_cut_off() {
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    let mut t = TarBuilder::new();
+    t.file("small", 0o644, 0, 0, b"s");
+    let layer = gzip_layer(t.finish());
+    let hex = common::digest(&layer.blob)
+        .trim_start_matches("sha256:")
+        .to_owned();
+    registry.push(&layout(src.path(), "v1", &[layer]), "liar:v1");
+    // The stored blob grows to 32 MiB; the manifest still says ~100 bytes.
+    let data = registry_blob(&registry, &hex);
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes.resize(32 << 20, 0);
+    std::fs::write(&data, &bytes).unwrap();
+    let ts = TestStore::new();
+    let store = ts.open(config(&[&registry.addr]));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let err = store
+        .pull(
+            banger_imagestore::store::PullRequest {
+                reference: format!("{}/liar:v1", registry.addr),
+                ..Default::default()
+            },
+            tx,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("more than the"), "{err}");
+    let mut most = 0;
+    while let Ok(p) = rx.try_recv() {
+        if p.phase == "downloading" {
+            most = most.max(p.done);
+        }
+    }
+    assert!(most < 1 << 20, "took {most} bytes of a ~100-byte layer");
+    assert_eq!(
+        std::fs::read_dir(ts.state.path().join("blobs/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
