@@ -153,6 +153,19 @@ fn probe_once(scratch: &Path) -> Result<(), String> {
     if cat.stdout != b"probe" {
         return Err("the probe file did not come out of the tar".into());
     }
+    // And e2fsck, so a sandbox that breaks any of the three tools (the
+    // unit's syscall filter) stops imagestore at start, not at a pull.
+    let fsck = Command::new("e2fsck")
+        .args(["-f", "-n"])
+        .arg(img.path())
+        .output()
+        .map_err(|e| format!("cannot run e2fsck: {e}"))?;
+    if !fsck.status.success() {
+        return Err(format!(
+            "e2fsck fails on a fresh filesystem: {}",
+            String::from_utf8_lossy(&fsck.stdout).trim()
+        ));
+    }
     Ok(())
 }
 

@@ -28,6 +28,28 @@ fn err(what: &str) -> impl FnOnce(caps::errors::CapsError) -> PrivError + '_ {
 /// Drops every capability of the calling thread (and of what it will
 /// spawn or exec); returns the effective set left (empty).
 pub fn drop_all() -> Result<CapsHashSet, PrivError> {
+    let no_new_privs = || {
+        nix::sys::prctl::set_no_new_privs().map_err(|e| PrivError {
+            what: "set no_new_privs".into(),
+            message: e.to_string(),
+        })
+    };
+    let mut held = CapsHashSet::new();
+    for set in [
+        CapSet::Effective,
+        CapSet::Permitted,
+        CapSet::Inheritable,
+        CapSet::Ambient,
+        CapSet::Bounding,
+    ] {
+        held.extend(caps::read(None, set).map_err(err("read a capability set"))?);
+    }
+    // Under the systemd unit there is nothing to drop, and its syscall
+    // filter (~@privileged) refuses capset itself.
+    if held.is_empty() {
+        no_new_privs()?;
+        return Ok(held);
+    }
     let bounding = caps::read(None, CapSet::Bounding).map_err(err("read the bounding set"))?;
     if !bounding.is_empty() {
         if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
@@ -48,9 +70,6 @@ pub fn drop_all() -> Result<CapsHashSet, PrivError> {
     caps::set(None, CapSet::Inheritable, &none).map_err(err("clear the inheritable set"))?;
     caps::set(None, CapSet::Effective, &none).map_err(err("clear the effective set"))?;
     caps::set(None, CapSet::Permitted, &none).map_err(err("clear the permitted set"))?;
-    nix::sys::prctl::set_no_new_privs().map_err(|e| PrivError {
-        what: "set no_new_privs".into(),
-        message: e.to_string(),
-    })?;
+    no_new_privs()?;
     caps::read(None, CapSet::Effective).map_err(err("read the effective set"))
 }
