@@ -242,19 +242,28 @@ pub fn build<T>(
 }
 
 /// Quotes `s` for a debugfs command line (ss's parser: `"` doubled
-/// inside double quotes).
-fn quote(s: &[u8]) -> Result<String, Error> {
+/// inside double quotes; any other byte is taken as is). `None` for a name
+/// a line-based command file cannot carry (a line break).
+fn quote(s: &[u8]) -> Option<Vec<u8>> {
     if s.iter().any(|&b| b == b'\n' || b == b'\r' || b == 0) {
-        return Err(Error::Unsupported {
-            reference: String::from_utf8_lossy(s).into_owned(),
-            what: "file name with a line break that carries xattrs or a sub-second mtime".into(),
-        });
+        return None;
     }
-    let s = String::from_utf8(s.to_vec()).map_err(|_| Error::Unsupported {
-        reference: String::from_utf8_lossy(s).into_owned(),
-        what: "non-UTF-8 file name that carries xattrs or a sub-second mtime".into(),
-    })?;
-    Ok(format!("\"{}\"", s.replace('"', "\"\"")))
+    let mut out = vec![b'"'];
+    for &b in s {
+        out.push(b);
+        if b == b'"' {
+            out.push(b'"');
+        }
+    }
+    out.push(b'"');
+    Some(out)
+}
+
+/// ext4's `_extra` time field: nanoseconds << 2, and in the low two bits
+/// the epoch that extends the signed 32-bit seconds (0 until 2038).
+fn time_extra(secs: i64, nsec: u32) -> u64 {
+    let epoch = ((secs - i64::from(secs as i32)) >> 32) as u64 & 3;
+    (u64::from(nsec) << 2) | epoch
 }
 
 /// Sets what mke2fs dropped, in one `debugfs -w -f` run; values go through
@@ -272,39 +281,52 @@ pub fn fix_up(
         .prefix("fixup-")
         .tempdir_in(scratch)
         .map_err(Error::io("cannot create a temp dir in", scratch))?;
-    let mut cmds = String::new();
+    let mut cmds: Vec<u8> = Vec::new();
     let mut values = 0usize;
     for f in fixups {
-        let path = if f.path.as_os_str().is_empty() {
-            "/".to_owned()
-        } else {
-            let mut raw = b"/".to_vec();
-            raw.extend_from_slice(f.path.as_os_str().as_encoded_bytes());
-            quote(&raw)?
+        let mut raw = b"/".to_vec();
+        raw.extend_from_slice(f.path.as_os_str().as_encoded_bytes());
+        let Some(path) = quote(&raw) else {
+            if !f.xattrs.is_empty() {
+                return Err(Error::Unsupported {
+                    reference: f.path.display().to_string(),
+                    what: "file name with a line break that carries xattrs".into(),
+                });
+            }
+            tracing::warn!(path = %f.path.display(), "sub-second mtime not kept: the name has a line break");
+            continue;
+        };
+        let mut line = |parts: &[&[u8]]| {
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    cmds.push(b' ');
+                }
+                cmds.extend_from_slice(p);
+            }
+            cmds.push(b'\n');
         };
         if let Some((mode, uid, gid, _)) = f.root {
-            cmds.push_str(&format!(
-                "set_inode_field / mode 0{:o}\nset_inode_field / uid {uid}\nset_inode_field / gid {gid}\n",
-                0o040000 | mode
-            ));
+            let mode = format!("0{:o}", 0o040000 | mode);
+            line(&[b"set_inode_field / mode", mode.as_bytes()]);
+            line(&[b"set_inode_field / uid", uid.to_string().as_bytes()]);
+            line(&[b"set_inode_field / gid", gid.to_string().as_bytes()]);
         }
         if f.mtime_nsec > 0 {
-            // ext4 keeps nanoseconds << 2 in the `_extra` field (the low two
-            // bits extend the epoch, 0 until 2038).
-            cmds.push_str(&format!(
-                "set_inode_field {path} mtime_extra {}\n",
-                u64::from(f.mtime_nsec) << 2
-            ));
+            let extra = time_extra(f.mtime, f.mtime_nsec).to_string();
+            line(&[b"set_inode_field", &path, b"mtime_extra", extra.as_bytes()]);
         }
         for (name, value) in &f.xattrs {
             let file = dir.path().join(values.to_string());
             values += 1;
             std::fs::write(&file, value).map_err(Error::io("cannot write", &file))?;
-            cmds.push_str(&format!(
-                "ea_set -f {} {path} {}\n",
-                quote(file.as_os_str().as_encoded_bytes())?,
-                quote(name.as_bytes())?
-            ));
+            let file = quote(file.as_os_str().as_encoded_bytes()).expect("our own temp path");
+            let Some(name) = quote(name.as_bytes()) else {
+                return Err(Error::Unsupported {
+                    reference: f.path.display().to_string(),
+                    what: "xattr name with a line break".into(),
+                });
+            };
+            line(&[b"ea_set -f", &file, &path, &name]);
         }
     }
     let script = dir.path().join("commands");
@@ -390,9 +412,13 @@ mod tests {
     }
 
     #[test]
-    fn debugfs_quoting() {
-        assert_eq!(quote(b"/a b").unwrap(), "\"/a b\"");
-        assert_eq!(quote(b"/q\"x").unwrap(), "\"/q\"\"x\"");
-        assert!(quote(b"/a\nb").is_err());
+    fn debugfs_quoting_and_times() {
+        assert_eq!(quote(b"/a b").unwrap(), b"\"/a b\"");
+        assert_eq!(quote(b"/q\"x").unwrap(), b"\"/q\"\"x\"");
+        assert_eq!(quote(b"/\xff").unwrap(), b"\"/\xff\"");
+        assert!(quote(b"/a\nb").is_none());
+        assert_eq!(time_extra(1_600_000_000, 5), 20);
+        // 2040: past the signed 32-bit seconds, epoch 1.
+        assert_eq!(time_extra(2_208_988_800, 0), 1);
     }
 }

@@ -930,6 +930,7 @@ pub struct Fixup {
     /// Path inside the image, relative (empty: the root).
     pub path: PathBuf,
     pub xattrs: Vec<(String, Vec<u8>)>,
+    pub mtime: i64,
     pub mtime_nsec: u32,
     /// The root's (mode, uid, gid, mtime) when they differ from mke2fs's.
     pub root: Option<(u32, u32, u32, i64)>,
@@ -945,6 +946,7 @@ impl Fixup {
                 .filter(|(k, _)| k != "security.capability")
                 .cloned()
                 .collect(),
+            mtime: meta.mtime,
             mtime_nsec: meta.mtime_nsec,
             root: None,
         }

@@ -290,6 +290,26 @@ fn tricky_layers() -> Vec<Vec<u8>> {
         .file("x", 0o644, 0, 0, b"file becomes dir")
         .dir("y", 0o755, 0, 0)
         .file("y/child", 0o644, 0, 0, b"dir becomes file");
+    // A non-UTF-8 name carrying an xattr and a sub-second mtime (debugfs
+    // gets it byte for byte).
+    {
+        use std::os::unix::ffi::OsStrExt;
+        l1.0.append_pax_extensions([
+            ("SCHILY.xattr.user.latin1", &b"x"[..]),
+            ("mtime", &b"1600000000.5"[..]),
+        ])
+        .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_size(1);
+        h.set_mtime(1_600_000_000);
+        l1.0.append_data(
+            &mut h,
+            Path::new(std::ffi::OsStr::from_bytes(b"caf\xe9 \"q\"")),
+            &b"1"[..],
+        )
+        .unwrap();
+    }
     let mut l2 = TarBuilder::new();
     l2.file(".wh.gone", 0o644, 0, 0, b"")
         // The original name goes, its other name stays (same inode).
