@@ -420,5 +420,72 @@ fn installed_units_run_with_exactly_the_designed_privileges() {
         "with /run/banger searchable, the socket itself should refuse an outsider:\n{}",
         refused.1
     );
+
+    // Under the real unit (no capability, RestrictSUIDSGID=, PrivateDevices=)
+    // an image with setuid files, a device node and a file capability is
+    // built: they exist only inside the ext4 file.
+    let archive = root.join("srv/suid.tar");
+    suid_archive(&archive);
+    let imported = container.as_user("member", &["image", "import", "suid", "/srv/suid.tar"]);
+    assert!(
+        imported.0,
+        "image import under the unit failed:\n{}\n{}",
+        imported.1,
+        container.journal("banger-imagestore.service")
+    );
+    let ext4 = "/var/lib/banger/images/suid/rootfs.ext4";
+    let stat = |p: &str| container.sh(&format!("debugfs -R 'stat {p}' {ext4} 2>/dev/null"));
+    let su = stat("/bin/su");
+    assert!(
+        su.contains("Mode:  04755") && su.contains("security.capability"),
+        "{su}"
+    );
+    assert!(stat("/dev/null").contains("Type: character special"));
+    assert_eq!(
+        container.sh(
+            "find /var/lib/banger/images /var/lib/banger/blobs -perm /6000 -o -type c -o -type b"
+        ),
+        "",
+        "setuid files or devices on the host"
+    );
     eprintln!("TIMING: total {:?}", started.elapsed());
+}
+
+/// A `docker save` archive of one layer: a setuid-root file with a file
+/// capability and a device node.
+fn suid_archive(out: &Path) {
+    let script = r#"
+import hashlib, io, json, sys, tarfile
+def add(t, name, data=b"", **kw):
+    ti = tarfile.TarInfo(name)
+    for k, v in kw.items():
+        setattr(ti, k, v)
+    ti.size = len(data)
+    t.addfile(ti, io.BytesIO(data) if data else None)
+layer = io.BytesIO()
+with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as t:
+    add(t, "bin", type=tarfile.DIRTYPE, mode=0o755)
+    cap = "\x01\x00\x00\x02\x00\x20\x00\x00" + "\x00" * 12
+    ti = tarfile.TarInfo("bin/su"); ti.mode = 0o4755; ti.size = 2
+    ti.pax_headers = {"SCHILY.xattr.security.capability": cap}
+    t.addfile(ti, io.BytesIO(b"su"))
+    add(t, "dev", type=tarfile.DIRTYPE, mode=0o755)
+    add(t, "dev/null", type=tarfile.CHRTYPE, mode=0o666, devmajor=1, devminor=3)
+layer = layer.getvalue()
+config = json.dumps({"architecture": "amd64", "os": "linux",
+    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]}}).encode()
+with tarfile.open(sys.argv[1], "w") as t:
+    add(t, "manifest.json", json.dumps([{"Config": "config.json", "Layers": ["l/layer.tar"]}]).encode(), mode=0o644)
+    add(t, "config.json", config, mode=0o644)
+    add(t, "l/layer.tar", layer, mode=0o644)
+"#;
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(out)
+        .status()
+        .expect("run python3");
+    assert!(status.success(), "building the test archive failed");
+    let status = Command::new("chmod").arg("0644").arg(out).status().unwrap();
+    assert!(status.success());
 }
