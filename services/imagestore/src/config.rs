@@ -28,6 +28,10 @@ pub struct ImageStoreConfig {
     /// exceed this: mke2fs's time grows with the square of a directory's
     /// size (the default allows one directory of ~23k entries, ~1 min).
     pub max_dir_work: u64,
+    /// File content a pull may keep in memory while it flattens layers, so
+    /// a layer that fits is decompressed once instead of twice (per pull,
+    /// per layer all or nothing).
+    pub flatten_memory_bytes: u64,
     /// Refuse an image whose filesystem (content + headroom) exceeds this.
     pub max_image_bytes: u64,
     /// Free space added to the ext4 image, as a percentage of the content.
@@ -52,6 +56,7 @@ impl Default for ImageStoreConfig {
             max_entries: 1_000_000,
             max_entries_per_dir: 65_536,
             max_dir_work: 1 << 29,
+            flatten_memory_bytes: 256 << 20,
             max_image_bytes: 32 << 30,
             ext4_headroom_percent: 20,
             ext4_min_headroom_mib: 64,

@@ -197,8 +197,10 @@ pub fn build<T>(
             .spawn()
             .map_err(|e| Error::Mkfs(format!("cannot run mke2fs (install e2fsprogs): {e}")))?;
         let stderr = drain(child.stderr.take().expect("piped"));
-        let mut stdin =
-            std::io::BufWriter::with_capacity(1 << 20, child.stdin.take().expect("piped"));
+        let stdin = child.stdin.take().expect("piped");
+        // A larger pipe: fewer switches between us and mke2fs (best effort).
+        let _ = nix::fcntl::fcntl(&stdin, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+        let mut stdin = std::io::BufWriter::with_capacity(1 << 20, stdin);
         let fed = feed(&mut stdin).and_then(|t| {
             stdin
                 .flush()

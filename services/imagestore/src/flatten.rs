@@ -71,6 +71,10 @@ pub struct Limits {
     /// ~3 min here); this bounds the whole image's cost, checked before
     /// mke2fs starts.
     pub dir_work: u64,
+    /// File content kept in memory while indexing, so the emit pass need
+    /// not decompress its layer again. All or nothing per layer: a layer
+    /// whose files do not fit is read again from its blob.
+    pub memory: u64,
 }
 
 impl Default for Limits {
@@ -80,6 +84,7 @@ impl Default for Limits {
             entries: 1_000_000,
             entries_per_dir: 65_536,
             dir_work: 1 << 29,
+            memory: 256 << 20,
         }
     }
 }
@@ -104,6 +109,13 @@ pub enum Source {
     Layer { layer: usize, ordinal: u64 },
     /// A file of the guest bundle (host side, read by us).
     Host(PathBuf),
+    /// Read while indexing member `ordinal` of layer `layer` and kept (see
+    /// [`Limits::memory`]).
+    Memory {
+        layer: usize,
+        ordinal: u64,
+        data: Arc<[u8]>,
+    },
 }
 
 /// An inode's type.
@@ -150,6 +162,12 @@ pub struct Flattener {
     seen_entries: u64,
     seen_bytes: u64,
     layer: usize,
+    /// Bytes held by [`Source::Memory`].
+    memory: u64,
+    /// Whether the current layer's files are still being kept in memory,
+    /// and which inodes hold them.
+    keeping: bool,
+    kept: Vec<usize>,
 }
 
 /// What the ext4 needs for a flattened tree.
@@ -192,6 +210,9 @@ impl Flattener {
             seen_entries: 0,
             seen_bytes: 0,
             layer: 0,
+            memory: 0,
+            keeping: true,
+            kept: Vec::new(),
         }
     }
 
@@ -220,7 +241,30 @@ impl Flattener {
             })?;
         }
         self.layer += 1;
+        self.keeping = true;
+        self.kept.clear();
         Ok(())
+    }
+
+    /// Gives up keeping the current layer's files in memory: they will be
+    /// read from the blob again.
+    fn stop_keeping(&mut self) {
+        self.keeping = false;
+        for i in std::mem::take(&mut self.kept) {
+            if let Kind::File { source, .. } = &mut self.inodes[i].kind
+                && let Source::Memory {
+                    layer,
+                    ordinal,
+                    data,
+                } = source
+            {
+                self.memory -= data.len() as u64;
+                *source = Source::Layer {
+                    layer: *layer,
+                    ordinal: *ordinal,
+                };
+            }
+        }
     }
 
     fn entry<R: Read>(
@@ -342,16 +386,39 @@ impl Flattener {
                         limit: self.limits.bytes,
                     }));
                 }
-                leaf(self.inode(
-                    meta,
-                    Kind::File {
-                        size,
-                        source: Source::Layer {
-                            layer: self.layer,
-                            ordinal,
-                        },
-                    },
-                ))
+                if self.keeping && size > 0 && self.memory + size > self.limits.memory {
+                    self.stop_keeping();
+                }
+                let source = if self.keeping && size > 0 {
+                    let mut data = Vec::with_capacity(size as usize);
+                    (&mut entry)
+                        .take(size)
+                        .read_to_end(&mut data)
+                        .map_err(|e| bad(format!("cannot read the tar stream: {e}")))?;
+                    if data.len() as u64 != size {
+                        return Err(bad(format!(
+                            "{} is shorter than its header says",
+                            show(&raw)
+                        )));
+                    }
+                    self.memory += size;
+                    Source::Memory {
+                        layer: self.layer,
+                        ordinal,
+                        data: data.into(),
+                    }
+                } else {
+                    Source::Layer {
+                        layer: self.layer,
+                        ordinal,
+                    }
+                };
+                let kept = matches!(source, Source::Memory { .. });
+                let inode = self.inode(meta, Kind::File { size, source });
+                if kept {
+                    self.kept.push(inode);
+                }
+                leaf(inode)
             }
             EntryType::Symlink => {
                 let target = entry
@@ -806,6 +873,7 @@ impl Flattener {
                                         .map_err(Error::io("cannot read guest file", p))?
                                         .take(*size),
                                 ),
+                                Source::Memory { data, .. } => Box::new(&data[..]),
                                 Source::Layer { .. } => Box::new(io::empty()),
                             };
                             let data = capture_if(capture, i, data, &mut emitted.captured);
@@ -1226,7 +1294,11 @@ mod tests {
     }
 
     fn flat(layers: &[Vec<u8>]) -> Result<Flattener, Error> {
-        let mut f = Flattener::new(Limits::default());
+        flat_with(layers, Limits::default())
+    }
+
+    fn flat_with(layers: &[Vec<u8>], limits: Limits) -> Result<Flattener, Error> {
+        let mut f = Flattener::new(limits);
         for (i, l) in layers.iter().enumerate() {
             f.add_layer(&l[..], &format!("l{i}"))?;
         }
@@ -1298,6 +1370,48 @@ mod tests {
                 assert!(at < i, "{p} before {parent}");
             }
         }
+    }
+
+    #[test]
+    fn memory_or_a_second_read_give_the_same_stream() {
+        let l1 = layer(|b| {
+            file(b, "a", b"first layer, kept");
+            file(b, "b", &[1u8; 3000]);
+        });
+        let l2 = layer(|b| {
+            file(b, "c", &[2u8; 3000]);
+            file(b, "d", &[3u8; 3000]);
+            link(b, EntryType::Link, "e", "a");
+        });
+        let layers = vec![l1, l2];
+        let all = flat(&layers).unwrap();
+        // 4000 bytes: the first layer fits, the second stops half-way.
+        let some = flat_with(
+            &layers,
+            Limits {
+                memory: 4000,
+                ..Limits::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(some.memory, 3017);
+        let none = flat_with(
+            &layers,
+            Limits {
+                memory: 0,
+                ..Limits::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(none.memory, 0);
+        let sorted = |mut v: Vec<(String, EntryType, String, Vec<u8>)>| {
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let a = sorted(emitted(&all, &layers));
+        assert_eq!(a, sorted(emitted(&some, &layers)));
+        assert_eq!(a, sorted(emitted(&none, &layers)));
+        assert_eq!(a.iter().find(|e| e.0 == "d").unwrap().3, vec![3u8; 3000]);
     }
 
     #[test]
@@ -1400,7 +1514,11 @@ mod tests {
         // A member whose header claims more bytes than the layer has.
         let mut l = layer(|b| file(b, "f", &[7u8; 4096]));
         l.truncate(512 + 1000);
-        assert!(reason(vec![l]).contains("tar stream"), "truncated");
+        let r = reason(vec![l]);
+        assert!(
+            r.contains("shorter") || r.contains("tar stream"),
+            "truncated: {r}"
+        );
     }
 
     #[test]

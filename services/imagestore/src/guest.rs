@@ -216,20 +216,17 @@ mod tests {
         b.append_link(&mut h, path, target).unwrap();
     }
 
-    /// The emitted stream: path → (type, link target, content), and the facts.
-    fn build(
-        l: Vec<u8>,
-        bundle: Option<&Path>,
-    ) -> (
-        std::collections::BTreeMap<String, (tar::EntryType, String, Vec<u8>)>,
-        GuestFacts,
-    ) {
+    /// Emitted members by path: (type, link target, content).
+    type Tree = std::collections::BTreeMap<String, (tar::EntryType, String, Vec<u8>)>;
+
+    /// The emitted stream and the facts.
+    fn build(l: Vec<u8>, bundle: Option<&Path>) -> (Tree, GuestFacts) {
         let mut f = Flattener::new(Limits::default());
         f.add_layer(&l[..], "l").unwrap();
         let facts = super::facts(&mut f);
         let has_agent = bundle.map(|b| inject(&mut f, b).unwrap());
         let mut out = Vec::new();
-        let layers = vec![l];
+        let layers = [l];
         let open = move |i: usize| -> Result<Box<dyn Read>, Error> {
             Ok(Box::new(std::io::Cursor::new(layers[i].clone())))
         };

@@ -433,6 +433,7 @@ impl Store {
             entries: cfg.max_entries,
             entries_per_dir: cfg.max_entries_per_dir,
             dir_work: cfg.max_dir_work,
+            memory: cfg.flatten_memory_bytes,
         });
         for (i, layer) in layers.iter().enumerate() {
             // Index the layer while it downloads (or from the cache), then
