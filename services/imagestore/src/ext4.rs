@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::error::Error;
@@ -57,7 +57,7 @@ fn command(program: &str) -> Command {
 /// Waits for `child`, killing it as soon as `cancel` is set.
 fn wait(child: &mut Child, cancel: &AtomicBool) -> Result<std::process::ExitStatus, Error> {
     loop {
-        if cancel.load(Ordering::Relaxed) {
+        if crate::flatten::cancelled(cancel) {
             let _ = child.kill();
             let _ = child.wait();
             return Err(Error::Cancelled);

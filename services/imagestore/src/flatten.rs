@@ -809,7 +809,7 @@ impl Flattener {
         let mut tar = tar::Builder::new(CancelWriter { out, cancel });
         tar.mode(tar::HeaderMode::Complete);
         let failed = |e: io::Error| {
-            if cancel.load(Ordering::Relaxed) {
+            if cancelled(cancel) {
                 Error::Cancelled
             } else {
                 Error::Mkfs(format!("cannot feed mke2fs: {e}"))
@@ -1128,7 +1128,7 @@ struct CancelWriter<'a, W> {
 
 impl<W: Write> Write for CancelWriter<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.cancel.load(Ordering::Relaxed) {
+        if cancelled(self.cancel) {
             return Err(io::Error::other("cancelled"));
         }
         self.out.write(buf)
@@ -1140,6 +1140,20 @@ impl<W: Write> Write for CancelWriter<'_, W> {
 
 /// A cancellation flag shared with whoever may stop the build.
 pub type Cancel = Arc<AtomicBool>;
+
+/// Set once the service is stopping: every build stops and kills its
+/// child processes, so shutting down never waits for a long mke2fs.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Stops every build (the service received SIGTERM/SIGINT).
+pub fn stop_all() {
+    STOPPING.store(true, Ordering::Relaxed);
+}
+
+/// Whether a build must stop: its caller went away or the service is stopping.
+pub fn cancelled(cancel: &AtomicBool) -> bool {
+    cancel.load(Ordering::Relaxed) || STOPPING.load(Ordering::Relaxed)
+}
 
 /// Wraps `source` in the decompressor its magic bytes name (gzip, zstd,
 /// else plain tar), whatever the media type says.

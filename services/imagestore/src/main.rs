@@ -14,6 +14,12 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     banger_proto::daemon::main(Service::ImageStore, |config| async move {
+        // On SIGTERM/SIGINT running builds stop and kill their mke2fs, so
+        // the runtime (which waits for its blocking tasks) ends at once.
+        tokio::spawn(async {
+            banger_proto::rpc::shutdown_signal().await;
+            banger_imagestore::flatten::stop_all();
+        });
         Ok(Routes::new(ImageStoreServer::new(ImageStoreService::new(
             &config,
         )?)))

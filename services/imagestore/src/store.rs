@@ -482,7 +482,7 @@ impl Store {
                 })
             });
             let result = result.and_then(|()| {
-                if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                if crate::flatten::cancelled(&cancel) {
                     Err(Error::Cancelled)
                 } else {
                     Ok(())

@@ -1040,3 +1040,59 @@ async fn a_registry_sending_more_than_the_declared_size_is_cut_off() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_service_kills_a_running_mke2fs() {
+    banger_test_support::require_root();
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    let mut t = TarBuilder::new();
+    t.dir("wide", 0o755, 0, 0);
+    for i in 0..15_000 {
+        t.file(&format!("wide/f{i:05}"), 0o644, 0, 0, b"");
+    }
+    registry.push(
+        &layout(src.path(), "v1", &[gzip_layer(t.finish())]),
+        "wide:v1",
+    );
+    let mut daemon = Daemon::start(&registry.addr, false);
+    let socket = daemon.home.path().join("run/imagestore.sock");
+    let mut client = banger_proto::imagestore::v1::image_store_client::ImageStoreClient::new(
+        banger_proto::rpc::connect(&socket).await.unwrap(),
+    );
+    let pulling =
+        tokio::spawn(
+            async move { pull(&mut client, req(&format!("{}/wide:v1", registry.addr))).await },
+        );
+    let mut running = Vec::new();
+    for _ in 0..500 {
+        running = mke2fs_under(daemon.home.path());
+        if !running.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!running.is_empty(), "mke2fs never started");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "imagestore did not stop within 10 s of SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        mke2fs_under(daemon.home.path()).is_empty(),
+        "mke2fs outlived imagestore"
+    );
+    assert!(pulling.await.unwrap().1.is_err());
+}
