@@ -21,6 +21,10 @@
 //! 3. the other names of hardlinked inodes, as hardlink entries carrying
 //!    the inode's own metadata (mke2fs lets a link's header override it).
 //!
+//! A layer whose file contents fit [`Limits::memory`] keeps them from the
+//! index pass (all or nothing per layer), so it is decompressed once; step
+//! 2 then only reads the layers that did not fit.
+//!
 //! Top-down flattening (highest layer first, skipping shadowed paths)
 //! would read each layer once, but only once every layer has arrived (or by
 //! buffering layers' content), and emits children of lower directories

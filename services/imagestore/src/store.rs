@@ -1,7 +1,11 @@
 //! The image store: records under `images/<name>/manifest.json` next to
-//! `rootfs.ext4`, holds, and the pull pipeline (resolve → download layers
-//! in parallel into the blob cache → unpack each layer, in order, as soon
-//! as it is verified → guest bits → ext4 → atomic install).
+//! `rootfs.ext4`, holds, and the pull pipeline: resolve → download layers
+//! in parallel into the blob cache → index each layer, in order, while it
+//! downloads ([`crate::flatten`]: in memory only, nothing written) → once
+//! every digest verified: guest facts and guest bits on the index → one
+//! flattened tar stream into `mke2fs -d -` ([`crate::ext4`]) → atomic
+//! install. No tree is ever written on the host: the only disk a pull uses
+//! is the blobs and the image file.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -405,8 +409,9 @@ impl Store {
         .await
     }
 
-    /// Unpacks `layers` in order, each as soon as its download (or import)
-    /// finished, injects the guest bits, builds the ext4 and installs it.
+    /// Indexes `layers` in order, each while its download (or import) runs,
+    /// then, all verified, injects the guest bits, builds the ext4 and
+    /// installs it.
     async fn assemble(
         &self,
         name: &str,
@@ -437,8 +442,8 @@ impl Store {
         });
         for (i, layer) in layers.iter().enumerate() {
             // Index the layer while it downloads (or from the cache), then
-            // require the download's verdict. Only headers are read here:
-            // file contents are read in the emit pass, from verified blobs.
+            // require the download's verdict. Nothing is written here: the
+            // emit pass starts only once every layer verified.
             let source = (&mut downloads[i].0).await.ok();
             let indexed = match source {
                 None => None,
