@@ -79,7 +79,11 @@ fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
 }
 
 fn mke2fs(out: &Path, label: &str, inodes: u64, stdin: Stdio) -> Command {
-    let mut cmd = command("mke2fs");
+    mke2fs_program("mke2fs", out, label, inodes, stdin)
+}
+
+fn mke2fs_program(program: &str, out: &Path, label: &str, inodes: u64, stdin: Stdio) -> Command {
+    let mut cmd = command(program);
     cmd.args(["-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0"])
         .arg("-N")
         .arg(inodes.to_string())
@@ -98,12 +102,12 @@ fn mke2fs(out: &Path, label: &str, inodes: u64, stdin: Stdio) -> Command {
 pub fn probe(scratch: &Path) -> Result<(), Error> {
     static RESULT: OnceLock<Result<(), String>> = OnceLock::new();
     RESULT
-        .get_or_init(|| probe_once(scratch))
+        .get_or_init(|| probe_once("mke2fs", scratch))
         .clone()
         .map_err(Error::MkfsCannotReadTar)
 }
 
-fn probe_once(scratch: &Path) -> Result<(), String> {
+fn probe_once(program: &str, scratch: &Path) -> Result<(), String> {
     let img = tempfile::Builder::new()
         .prefix("mke2fs-probe-")
         .tempfile_in(scratch)
@@ -119,7 +123,7 @@ fn probe_once(scratch: &Path) -> Result<(), String> {
     tar.append_data(&mut h, "probe", &b"probe"[..])
         .map_err(|e| e.to_string())?;
     let bytes = tar.into_inner().map_err(|e| e.to_string())?;
-    let mut child = mke2fs(img.path(), "probe", 64, Stdio::piped())
+    let mut child = mke2fs_program(program, img.path(), "probe", 64, Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run mke2fs: {e}"))?;
     let mut stdin = child.stdin.take().expect("piped");
@@ -129,7 +133,7 @@ fn probe_once(scratch: &Path) -> Result<(), String> {
         .wait_with_output()
         .map_err(|e| format!("cannot run mke2fs: {e}"))?;
     if !output.status.success() {
-        let version = Command::new("mke2fs")
+        let version = Command::new(program)
             .arg("-V")
             .output()
             .map(|o| {
@@ -411,6 +415,33 @@ mod tests {
         );
         assert!(big.0 > 360 << 20, "{big:?}");
         assert_eq!(big.1, 30_000);
+    }
+
+    #[test]
+    fn an_old_mke2fs_is_named_in_a_clear_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        // What e2fsprogs 1.47.0 (or one without libarchive) answers.
+        let fake = dir.path().join("mke2fs");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\n[ \"$1\" = -V ] && { echo 'mke2fs 1.47.0 (5-Feb-2023)' >&2; exit 0; }\n\
+             echo '__populate_fs: No such file or directory while changing working directory to \"-\"' >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = probe_once(fake.to_str().unwrap(), dir.path()).unwrap_err();
+        assert!(
+            err.contains("1.47.0") && err.contains("__populate_fs"),
+            "{err}"
+        );
+        let shown = Error::MkfsCannotReadTar(err).to_string();
+        assert!(
+            shown.contains("1.47.1") && shown.contains("libarchive13"),
+            "{shown}"
+        );
+        // The host's own passes (scripts/setup.sh installs it).
+        probe_once("mke2fs", dir.path()).unwrap();
     }
 
     #[test]
