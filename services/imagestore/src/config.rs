@@ -154,6 +154,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_states_the_defaults() {
+        let shipped = include_str!("../../../configs/banger.toml");
+        let cfg = banger_proto::config::Config::parse(shipped, "banger.toml").unwrap();
+        let s: ImageStoreConfig = cfg.section("imagestore").unwrap();
+        assert_eq!(s, ImageStoreConfig::default());
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let cfg = banger_proto::config::Config::parse("[imagestore]\nnope = 1\n", "t").unwrap();
         assert!(cfg.section::<ImageStoreConfig>("imagestore").is_err());
