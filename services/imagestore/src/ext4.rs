@@ -311,11 +311,15 @@ pub fn fix_up(
             }
             cmds.push(b'\n');
         };
-        if let Some((mode, uid, gid, _)) = f.root {
+        if let Some((mode, uid, gid, mtime)) = f.root {
             let mode = format!("0{:o}", 0o040000 | mode);
             line(&[b"set_inode_field / mode", mode.as_bytes()]);
             line(&[b"set_inode_field / uid", uid.to_string().as_bytes()]);
             line(&[b"set_inode_field / gid", gid.to_string().as_bytes()]);
+            let mtime = format!("@{}", mtime.max(0));
+            line(&[b"set_inode_field / mtime", mtime.as_bytes()]);
+            let extra = time_extra(f.mtime, f.mtime_nsec).to_string();
+            line(&[b"set_inode_field / mtime_extra", extra.as_bytes()]);
         }
         if f.mtime_nsec > 0 {
             let extra = time_extra(f.mtime, f.mtime_nsec).to_string();

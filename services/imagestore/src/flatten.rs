@@ -1027,10 +1027,9 @@ impl Fixup {
     fn root(meta: &Meta) -> Fixup {
         let mut f = Fixup::of(Path::new(""), meta);
         f.xattrs = meta.xattrs.clone();
-        // mke2fs makes the root 0755 root:root (`-E root_owner=0:0`).
-        if (meta.mode, meta.uid, meta.gid) != (0o755, 0, 0) {
-            f.root = Some((meta.mode, meta.uid, meta.gid, meta.mtime));
-        }
+        // mke2fs gives the root 0755 root:root (`-E root_owner=0:0`) and
+        // the time of the build; the image says otherwise (or 0, as umoci).
+        f.root = Some((meta.mode, meta.uid, meta.gid, meta.mtime));
         f
     }
 

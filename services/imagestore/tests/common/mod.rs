@@ -378,8 +378,8 @@ pub fn describe(root: &Path) -> BTreeMap<PathBuf, Node> {
                 gid: m.gid(),
                 rdev: m.rdev(),
                 nlink: if ft.is_dir() { 0 } else { m.nlink() },
-                // Directory mtimes change as children are added; runtimes differ there.
-                mtime: (!ft.is_dir()).then_some((m.mtime(), m.mtime_nsec())),
+                // Directories too: umoci restores them after their children.
+                mtime: Some((m.mtime(), m.mtime_nsec())),
                 content: ft.is_file().then(|| digest(&std::fs::read(path).unwrap())),
                 link: ft.is_symlink().then(|| std::fs::read_link(path).unwrap()),
                 xattrs,
