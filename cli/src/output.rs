@@ -40,6 +40,9 @@ pub fn fail(err: &anyhow::Error) -> ExitCode {
 /// and the ended phases' durations for `--timings`. Hidden under `--json`.
 pub struct PhaseBar {
     bar: Option<indicatif::ProgressBar>,
+    /// Without a terminal (logs, CI) progress is printed as lines: the
+    /// last one printed, and the quarter of a count it reached.
+    lines: Option<(String, u64)>,
     /// Ended phases: name, seconds, and how it went (e.g. the disk
     /// phase's `reflink`).
     pub timings: Vec<(String, f64, String)>,
@@ -47,7 +50,10 @@ pub struct PhaseBar {
 
 impl PhaseBar {
     pub fn new(hidden: bool) -> PhaseBar {
-        let bar = (!hidden).then(|| {
+        use std::io::IsTerminal;
+        let terminal = std::io::stderr().is_terminal();
+        let lines = (!hidden && !terminal).then(|| (String::new(), 0));
+        let bar = (!hidden && terminal).then(|| {
             let bar = indicatif::ProgressBar::new_spinner();
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
@@ -58,6 +64,7 @@ impl PhaseBar {
         });
         PhaseBar {
             bar,
+            lines,
             timings: Vec::new(),
         }
     }
@@ -70,16 +77,26 @@ impl PhaseBar {
                 .push((phase.to_owned(), seconds, message.to_owned()));
             return;
         }
+        let text = if message.is_empty() {
+            phase.to_owned()
+        } else {
+            format!("{phase}: {message}")
+        };
+        let counted = if total > 0 {
+            format!("{text} ({done}/{total})")
+        } else {
+            text.clone()
+        };
         if let Some(bar) = &self.bar {
-            let mut msg = if message.is_empty() {
-                phase.to_owned()
-            } else {
-                format!("{phase}: {message}")
-            };
-            if total > 0 {
-                msg.push_str(&format!(" ({done}/{total})"));
+            bar.set_message(counted);
+        } else if let Some((last, quarter)) = &mut self.lines {
+            // A new message, or a count past the next quarter: one line.
+            let q = (done * 4).checked_div(total).unwrap_or(0);
+            if *last != text || q > *quarter {
+                eprintln!("banger: {counted}");
+                *last = text;
+                *quarter = q;
             }
-            bar.set_message(msg);
         }
     }
 

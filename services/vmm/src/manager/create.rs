@@ -124,8 +124,14 @@ impl Manager {
                     },
                     e => e,
                 };
-                // The guest's console says why; keep it past the rollback.
-                let kept = !tail.is_empty() && self.keep_evidence(&vm, &e.to_string());
+                // The guest's console says why; keep it past the rollback
+                // (a failed preparation's is the preparation VM's).
+                let kept = match &e {
+                    Error::PreparationFailed { log, .. } => {
+                        self.keep_evidence_from(&vm, log, &e.to_string())
+                    }
+                    _ => !tail.is_empty() && self.keep_evidence(&vm, &e.to_string()),
+                };
                 self.rollback(&vm).await;
                 Err(if kept {
                     Error::EvidenceKept {
@@ -172,32 +178,39 @@ impl Manager {
         phase.end().await;
 
         if needs_preparation(&vm.image) {
-            // Once per image digest: later VMs find it done and skip this.
-            phase
-                .start(
-                    "preparing",
-                    format!(
-                        "{} has no {}: preparing it once for every VM of it",
-                        vm.image.name,
-                        if vm.image.has_systemd {
-                            "SSH server"
-                        } else {
-                            "init"
-                        }
-                    ),
-                )
-                .await;
-            let prepared = self
-                .prepared(&vm.image, &vm.kernel, false, &phase)
-                .instrument(phase.span())
-                .await?;
+            // Once per image digest: later VMs find it done and only copy it
+            // (no `preparing` phase then).
+            let prepared = match self.prepared_store().get(&vm.image.digest) {
+                Some(done) => done,
+                None => {
+                    phase
+                        .start(
+                            "preparing",
+                            format!(
+                                "{} has no {}: preparing it once for every VM of it",
+                                vm.image.name,
+                                if vm.image.has_systemd {
+                                    "SSH server"
+                                } else {
+                                    "init"
+                                }
+                            ),
+                        )
+                        .await;
+                    let p = self
+                        .prepared(&vm.image, &vm.kernel, false, &phase)
+                        .instrument(phase.span())
+                        .await?;
+                    phase.end().await;
+                    p
+                }
+            };
             vm.image.ext4_path = prepared.rootfs.clone();
             vm.image.size_bytes = prepared.size_bytes;
             vm.image.has_systemd = prepared.has_systemd;
             vm.image.has_ssh_server = prepared.has_ssh_server;
             vm.image.prepared = true;
             store.save(vm)?;
-            phase.end().await;
         }
 
         phase.start("network", String::new()).await;
