@@ -693,7 +693,7 @@ async fn preparation_installs_once_and_the_prepared_disk_boots_systemd_without_a
 
     let started = Instant::now();
     let mut vm = DiskVm::boot(dir.path(), &disk, 512);
-    let console = wait_poweroff(&mut vm, Duration::from_secs(1200)).await;
+    let console = wait_poweroff(&mut vm, Duration::from_secs(900)).await;
     let prepared_in = started.elapsed();
     drop(vm);
     let events = console_events(&console);
@@ -737,9 +737,10 @@ async fn preparation_installs_once_and_the_prepared_disk_boots_systemd_without_a
     assert_eq!(debugfs(&disk, "cat /etc/apt/sources.list"), placeholder);
     assert!(!debugfs(&disk, "ls /etc/apt/apt.conf.d").contains("80banger-proxy"));
     assert!(!debugfs(&disk, "ls /var/lib/banger").contains("identity.applied"));
-    assert!(
-        !debugfs(&disk, "ls -l /root").contains(".ssh"),
-        "prep keys left behind"
+    assert_eq!(
+        debugfs(&disk, "stat /root/.ssh/authorized_keys"),
+        "",
+        "the preparation VM's keys were left behind"
     );
     let dpkg_log = debugfs(&disk, "cat /var/log/dpkg.log");
     assert!(dpkg_log.contains(" install openssh-server"), "{dpkg_log}");
@@ -782,6 +783,12 @@ async fn preparation_installs_once_and_the_prepared_disk_boots_systemd_without_a
         booted.elapsed()
     );
     assert_eq!(sh_out(&ch, "cat /proc/1/comm").await, "systemd");
+    let state = sh_out(&ch, "systemctl is-system-running --wait").await;
+    let failed = sh_out(&ch, "systemctl --failed --no-legend --plain").await;
+    assert!(
+        ["running", "degraded"].contains(&state.as_str()),
+        "{state}: {failed}"
+    );
     assert_eq!(sh_out(&ch, "systemctl is-active ssh").await, "active");
     assert_eq!(sh_out(&ch, "hostname").await, "after-prep");
     assert_eq!(
