@@ -521,6 +521,15 @@ async fn first_boot_supervises_the_agent_in_a_busybox_root() {
         console.contains("banger-first-boot: warning: banger-agent ended"),
         "{console}"
     );
+    // Shutdown went through PID 1, which left the disk clean.
+    assert!(
+        console.contains("banger-first-boot: SIGPWR: stopping and powering off"),
+        "{console}"
+    );
+    assert!(
+        console.contains("banger-first-boot: remounted / read-only"),
+        "{console}"
+    );
     assert!(!console.contains("FAILED"), "{console}");
 }
 
@@ -720,6 +729,19 @@ async fn preparation_installs_once_and_the_prepared_disk_boots_systemd_without_a
     assert!(console.contains("reboot: Power down"), "{console}");
     eprintln!("TIMING: preparation (apt under TCG, then poweroff): {prepared_in:?}");
 
+    // Cleanly remounted read-only before the poweroff: no journal to replay
+    // over what the host writes next (debugfs does not replay it).
+    let header = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    let header = String::from_utf8_lossy(&header.stdout);
+    assert!(!header.contains("needs_recovery"), "{header}");
+    assert!(
+        console.contains("banger-first-boot: remounted / read-only"),
+        "{console}"
+    );
     // The prepared filesystem: fit for every VM.
     assert!(debugfs(&disk, "stat /usr/lib/systemd/systemd").contains("Type: regular"));
     assert!(debugfs(&disk, "stat /usr/sbin/sshd").contains("Type: regular"));
