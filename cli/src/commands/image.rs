@@ -96,6 +96,9 @@ struct ImageJson {
     guest: GuestJson,
     holders: Vec<String>,
     layers: Vec<String>,
+    /// `https://host`, `http://host` (plain HTTP) or `import`.
+    fetched_from: String,
+    plain_http: bool,
     /// Whether VMs of the image need a prepared filesystem.
     needs_preparation: bool,
     /// vmm's preparation of this digest, if any (done or failed).
@@ -211,6 +214,8 @@ impl From<&pb::Image> for ImageJson {
             },
             holders: i.holders.clone(),
             layers: i.layers.clone(),
+            fetched_from: i.fetched_from.clone(),
+            plain_http: i.plain_http,
             needs_preparation: banger_proto::guest::needs_preparation(
                 i.direct_boot,
                 g.has_agent,
@@ -316,6 +321,14 @@ pub async fn run(ctx: &Context, command: ImageCommand) -> Result<ExitCode> {
                     output::human_bytes(json.content_bytes)
                 );
                 println!("created:        {}", created(json.created_unix));
+                if json.plain_http {
+                    println!(
+                        "fetched from:   {} (plain HTTP, as configured: no TLS; the content is still checked against its digests)",
+                        json.fetched_from
+                    );
+                } else if !json.fetched_from.is_empty() {
+                    println!("fetched from:   {}", json.fetched_from);
+                }
                 println!("default kernel: {}", json.default_kernel);
                 println!("direct boot:    {}", json.direct_boot);
                 println!(

@@ -266,6 +266,11 @@ pub async fn head_digest(remotes: &[Remote]) -> Option<String> {
 }
 
 impl Remote {
+    /// `scheme://registry` of this endpoint (what `image show` reports).
+    pub fn endpoint(&self) -> String {
+        format!("{}://{}", self.scheme, self.reference.resolve_registry())
+    }
+
     /// Runs the token flow for this endpoint's credentials (see
     /// [`crate::token`]); without credentials it stays anonymous.
     async fn authorize(&mut self) -> Result<(), Error> {

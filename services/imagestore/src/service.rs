@@ -73,6 +73,8 @@ fn image_pb(r: &Record) -> pb::Image {
         guest: Some(guest_pb(&r.guest)),
         holders: r.holders.iter().cloned().collect(),
         layers: r.layers.clone(),
+        fetched_from: r.fetched_from.clone(),
+        plain_http: r.fetched_from.starts_with("http://"),
     }
 }
 

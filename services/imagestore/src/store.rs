@@ -44,6 +44,11 @@ pub struct Record {
     pub layers: Vec<String>,
     #[serde(default)]
     pub config_digest: String,
+    /// Where the bytes came from: `https://host` or `http://host` (a
+    /// plain-HTTP registry or mirror, chosen by `insecure_registries` or a
+    /// mirror URL: reported, never silent), or `import`.
+    #[serde(default)]
+    pub fetched_from: String,
 }
 
 /// What to pull.
@@ -93,6 +98,7 @@ struct Meta {
     platform: String,
     kernel_ref: String,
     config_digest: String,
+    fetched_from: String,
 }
 
 /// A layer download: where its bytes can be read once it started, and
@@ -402,6 +408,7 @@ impl Store {
                 platform: platform.to_string(),
                 kernel_ref: req.kernel_ref.clone(),
                 config_digest: manifest.config.digest.clone(),
+                fetched_from: resolved.remote.endpoint(),
             },
             tx,
             req.cancel.clone(),
@@ -600,6 +607,7 @@ impl Store {
             holders: BTreeSet::new(),
             layers: layers.iter().map(|l| l.digest.clone()).collect(),
             config_digest: meta.config_digest,
+            fetched_from: meta.fetched_from,
         };
         let record = self.install(&out, record).await?;
         tracing::info!(
@@ -680,6 +688,7 @@ impl Store {
                 platform: platform.to_string(),
                 kernel_ref: req.kernel_ref.clone(),
                 config_digest: found.config_digest,
+                fetched_from: "import".into(),
             },
             tx,
             req.cancel.clone(),

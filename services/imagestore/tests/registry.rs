@@ -44,6 +44,9 @@ async fn busybox_pull_list_hold_delete_prune() {
     let image = image.unwrap();
     assert_eq!(image.name, "busybox-latest");
     assert_eq!(image.reference, reference);
+    // A plain-HTTP registry is an explicit choice the image reports.
+    assert_eq!(image.fetched_from, format!("http://{}", registry.addr));
+    assert!(image.plain_http);
     assert_eq!(image.default_kernel, "generic-6.12");
     assert_eq!(image.platform, "linux/amd64");
     assert!(image.direct_boot);
