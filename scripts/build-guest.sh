@@ -2,7 +2,7 @@
 # Builds the statically linked banger-agent and assembles the guest bundle
 # that imagestore injects into every image:
 #   <out>/banger-agent               static x86_64 binary
-#   <out>/banger-first-boot          POSIX sh init wrapper
+#   <out>/banger-first-boot          symlink to banger-agent (its first-boot mode)
 #   <out>/banger-agent.service       systemd units
 #   <out>/banger-first-boot.service
 #   <out>/openrc/banger-agent        openrc service script
@@ -23,7 +23,8 @@ RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR="$build_dir" \
 mkdir -p "$out/openrc"
 install -m 0755 "$build_dir/$target/release/banger-agent" "$out/banger-agent.tmp"
 mv -f "$out/banger-agent.tmp" "$out/banger-agent"
-install -m 0755 guest/first-boot/banger-first-boot "$out/banger-first-boot"
+# Multi-call: the agent runs first boot when invoked by this name.
+ln -sfn banger-agent "$out/banger-first-boot"
 install -m 0644 guest/units/banger-agent.service "$out/banger-agent.service"
 install -m 0644 guest/units/banger-first-boot.service "$out/banger-first-boot.service"
 install -m 0755 guest/openrc/banger-agent "$out/openrc/banger-agent"

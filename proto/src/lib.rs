@@ -15,19 +15,18 @@
 //! # Features
 //!
 //! `host` (default) is everything only host processes need: `config`,
-//! `daemon`, `telemetry`, `tls`, `fsutil`, `names` and the server/client halves of
+//! `daemon`, `telemetry`, `tls`, `names` and the server/client halves of
 //! [`rpc`], with their heavy dependencies (OpenTelemetry and its OTLP
 //! exporter, toml, clap, tracing-subscriber, tonic-health and reflection,
 //! rustls).
 //! The static guest agent depends on this crate with `default-features =
-//! false`: the generated API, [`guest`], [`rpc::hybrid_vsock`], [`rpc::status`] and
+//! false`: the generated API, [`guest`], [`fsutil`] (std only), [`rpc::hybrid_vsock`], [`rpc::status`] and
 //! [`rpc::signal`], nothing else.
 
 #[cfg(feature = "host")]
 pub mod config;
 #[cfg(feature = "host")]
 pub mod daemon;
-#[cfg(feature = "host")]
 pub mod fsutil;
 pub mod guest;
 #[cfg(feature = "host")]

@@ -10,12 +10,14 @@
 //!
 //! The binary is statically linked so one build runs on every distro,
 //! busybox-only images included. The same binary is the `/init` of the
-//! initramfs kernelcat generates for modular kernels ([`init`]).
+//! initramfs kernelcat generates for modular kernels ([`init`]), and the
+//! VM's first init, `banger-first-boot` ([`first_boot`]).
 
 #![forbid(unsafe_code)]
 
 pub mod error;
 pub mod exec;
+pub mod first_boot;
 pub mod init;
 pub mod power;
 pub mod serve;

@@ -31,11 +31,18 @@ fn main() -> ExitCode {
         .map(std::path::Path::new)
         .and_then(std::path::Path::file_name)
         .map(std::ffi::OsStr::to_owned);
+    // `banger-first-boot` (a symlink to this binary in every image) and
+    // `banger-agent first-boot` are the VM's first init.
     if invoked_as.as_deref() == Some("init".as_ref()) {
         return banger_agent::init::main(argv.split_off(1));
     }
-    if argv.get(1).is_some_and(|a| a == "init") {
-        return banger_agent::init::main(argv.split_off(2));
+    if invoked_as.as_deref() == Some("banger-first-boot".as_ref()) {
+        return banger_agent::first_boot::main(argv.split_off(1));
+    }
+    match argv.get(1).and_then(|a| a.to_str()) {
+        Some("init") => return banger_agent::init::main(argv.split_off(2)),
+        Some("first-boot") => return banger_agent::first_boot::main(argv.split_off(2)),
+        _ => {}
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -129,10 +129,12 @@ pub fn addresses() -> Vec<String> {
 
 /// Everything Facts reports, read from `root` (`/` in production).
 pub fn facts(root: &Path) -> Facts {
-    let os_release = ["etc/os-release", "usr/lib/os-release"]
-        .iter()
-        .find_map(|p| std::fs::read_to_string(root.join(p)).ok())
-        .map(|t| parse_os_release(&t))
+    // The hostile-input reader first boot uses: regular files only,
+    // capped, so a FIFO or /dev/zero there cannot hang or exhaust Facts.
+    let os_release = crate::first_boot::os_release::read(&crate::first_boot::root::Root::new(root))
+        .ok()
+        .flatten()
+        .map(|os| os.fields)
         .unwrap_or_default();
     Facts {
         os_release,

@@ -1,6 +1,6 @@
-//! `banger-first-boot` really as PID 1: a debootstrapped Debian bookworm
+//! `banger-first-boot` (the agent's first-boot mode) really as PID 1: a debootstrapped Debian bookworm
 //! (minbase + systemd, cached under `target/test-cache/`) booted by
-//! `systemd-nspawn` with the script as the container's init (nspawn runs
+//! `systemd-nspawn` with first boot as the container's init (nspawn runs
 //! the given program as PID 1 unless `--as-pid2`), which applies the
 //! identity, enables the agent and execs systemd. The static agent inside
 //! listens on a unix socket bind-mounted from the host (a drop-in replaces
@@ -10,9 +10,13 @@
 //! container off (nspawn exits 0). A second boot proves idempotence.
 //! `--private-network`: the container has no network at all.
 
+#[path = "common/bookworm.rs"]
+mod bookworm;
 mod common;
 #[path = "common/guest_bundle.rs"]
 mod guest_bundle;
+
+use bookworm::{bookworm, copy_tree, debootstrap, init_repo};
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,99 +35,6 @@ impl Drop for Reaped {
     }
 }
 
-fn cache_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-cache")
-}
-
-/// A cached bookworm rootfs (`minbase` plus `include`), debootstrapped on
-/// first use into `target/test-cache/<name>`.
-fn debootstrap(name: &str, include: Option<&str>) -> PathBuf {
-    let cache = cache_dir();
-    let rootfs = cache.join(name);
-    if rootfs.join("etc/os-release").exists() {
-        return rootfs;
-    }
-    banger_test_support::require_program("debootstrap", "debootstrap");
-    let partial = cache.join(format!("{name}.partial"));
-    let _ = std::fs::remove_dir_all(&partial);
-    std::fs::create_dir_all(&cache).unwrap();
-    let mut cmd = Command::new("nice");
-    cmd.args(["-n", "10", "debootstrap", "--variant=minbase"]);
-    if let Some(include) = include {
-        cmd.arg(format!("--include={include}"));
-    }
-    let status = cmd
-        .arg("bookworm")
-        .arg(&partial)
-        .arg("http://deb.debian.org/debian")
-        .status()
-        .expect("run debootstrap");
-    assert!(status.success(), "debootstrap failed: {status}");
-    std::fs::rename(&partial, &rootfs).unwrap();
-    rootfs
-}
-
-/// Bookworm with systemd (the image case "systemd present").
-fn bookworm() -> PathBuf {
-    debootstrap("bookworm-systemd", Some("systemd,systemd-sysv,dbus"))
-}
-
-/// A local apt repository (`Packages` + .debs) with everything a minbase
-/// bookworm lacks for `systemd-sysv openssh-server`, built once with
-/// `apt-get install --download-only` in a chroot (the Debian mirror is the
-/// allowed registry) and `dpkg-scanpackages`; the container that installs
-/// from it has no network.
-fn init_repo(minbase: &Path) -> PathBuf {
-    let repo = cache_dir().join("bookworm-init-repo");
-    if repo.join("Packages").exists() {
-        return repo;
-    }
-    banger_test_support::require_program("dpkg-scanpackages", "dpkg-dev");
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("root");
-    copy_tree(minbase, &root);
-    let _ = std::fs::copy("/etc/resolv.conf", root.join("etc/resolv.conf"));
-    let status = Command::new("chroot")
-        .arg(&root)
-        .args([
-            "sh",
-            "-c",
-            "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -q -y \
-             --download-only --no-install-recommends systemd-sysv openssh-server",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success(), "apt-get --download-only failed: {status}");
-    let partial = cache_dir().join("bookworm-init-repo.partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    std::fs::create_dir_all(&partial).unwrap();
-    for entry in std::fs::read_dir(root.join("var/cache/apt/archives")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "deb") {
-            std::fs::copy(&path, partial.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    let out = Command::new("dpkg-scanpackages")
-        .args([".", "/dev/null"])
-        .current_dir(&partial)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "dpkg-scanpackages failed");
-    std::fs::write(partial.join("Packages"), out.stdout).unwrap();
-    std::fs::rename(&partial, &repo).unwrap();
-    repo
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    let status = Command::new("cp")
-        .args(["-a", "--reflink=auto"])
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(status.success(), "cp -a {} failed", from.display());
-}
-
 fn install(root: &Path, bundle: &Path, from: &str, to: &str, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     let dest = root.join(to);
@@ -135,7 +46,7 @@ fn install(root: &Path, bundle: &Path, from: &str, to: &str, mode: u32) {
 const IDENTITY: &str = r#"{
   "hostname": "nspawned",
   "ssh_authorized_keys": [
-    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITEST test@banger"
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2OBhyKo1LWcDCdg2dQBoe23VhQHi50q8/oiiPmQMUC test@banger"
   ],
   "dns": [
     "127.0.0.53"
@@ -391,8 +302,27 @@ async fn first_boot_installs_systemd_and_ssh_from_apt_when_the_image_has_no_init
     let log = std::fs::read_to_string(&console).unwrap();
     assert!(
         log.contains(
-            "banger-first-boot: no init in the image; installing one for the debian family"
+            "banger-first-boot: installing systemd-sysv openssh-server with apt for the debian family"
         ),
         "{log}"
     );
+    // Real apt: its status lines became progress events, and it finished.
+    use banger_proto::guest::FirstBootEvent;
+    let events: Vec<FirstBootEvent> = log
+        .lines()
+        .filter_map(FirstBootEvent::parse_console_line)
+        .collect();
+    let progress = events
+        .iter()
+        .filter(|e| matches!(e, FirstBootEvent::Progress { .. }))
+        .count();
+    assert!(progress >= 3, "{progress} progress events\n{log}");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            FirstBootEvent::Installed { packages, .. } if packages.len() == 2
+        )),
+        "{log}"
+    );
+    assert!(!log.contains('\r'), "progress bars on the console:\n{log}");
 }

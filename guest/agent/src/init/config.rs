@@ -233,7 +233,7 @@ impl IpConfig {
 
 /// RFC 1123 host name: labels of letters, digits and `-`, at most 64 bytes
 /// in all (what `sethostname(2)` accepts).
-fn valid_hostname(h: &str) -> bool {
+pub fn valid_hostname(h: &str) -> bool {
     h.len() <= 64
         && h.split('.').all(|label| {
             !label.is_empty()

@@ -237,6 +237,12 @@ fn mount_dev_and_console() -> Result<(), InitError> {
         }) => {}
         Err(e) => return Err(e),
     }
+    console_as_stdio()
+}
+
+/// Makes `/dev/console` stdin, stdout and stderr (first boot uses it too
+/// when the kernel started it without a console).
+pub(crate) fn console_as_stdio() -> Result<(), InitError> {
     let console = fs::OpenOptions::new()
         .read(true)
         .write(true)
