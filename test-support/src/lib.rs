@@ -7,6 +7,7 @@
 
 pub mod debian_archive;
 pub mod fixtures;
+pub mod leaks;
 pub mod netns;
 pub mod otlp;
 pub mod registry;
