@@ -291,6 +291,7 @@ fn chaos_tier() {
         let registry = Registry::start();
         let work = tempfile::tempdir().unwrap();
         let env = world(work.path(), &registry);
+        let _down = Down(env.clone());
         env.assert_no_leaks("setup");
 
         let t = Instant::now();
@@ -312,13 +313,36 @@ fn chaos_tier() {
         env.assert_no_leaks("restart with running VMs");
         eprintln!("FIGURES restart with 3 VMs: {:.1?}", t.elapsed());
 
-        env.ok(&["down", "--stop-vms"]);
         drop(registry);
     });
     eprintln!(
         "FIGURES chaos tier total {:.1?} (seed {seed})",
         started.elapsed()
     );
+}
+
+/// Stops the VMs and the services however the test ends (a panic too):
+/// nothing of the test outlives it.
+struct Down(Env);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = self.0.run(&["down", "--stop-vms", "--timeout", "5"]);
+        // A vmm that does not answer cannot stop its VMs: kill what is left.
+        let needle = self.0.home.display().to_string();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
 }
 
 /// Case 1: clients × cycles of create, exec, rm, in parallel, watched by a

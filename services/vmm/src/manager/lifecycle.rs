@@ -247,12 +247,10 @@ impl Manager {
     /// `deleting`, retried by [`Manager::sweep_deletes`].
     pub(super) async fn finish_delete(&self, vm: &mut VmRecord) -> Result<()> {
         self.kill_vm(vm).await;
-        if vm.state != VmState::Deleting {
-            vm.state = VmState::Deleting;
-            // Unsaved (e.g. disk full), the releases and removal still run.
-            if let Err(e) = self.inner.store.save(vm) {
-                tracing::warn!(vm = %vm.name, "cannot record `deleting`: {e}");
-            }
+        vm.state = VmState::Deleting;
+        // Unsaved (e.g. disk full), the releases and removal still run.
+        if let Err(e) = self.inner.store.save(vm) {
+            tracing::warn!(vm = %vm.name, "cannot record `deleting`: {e}");
         }
         self.release_all(vm).await?;
         self.inner.store.remove(vm)?;

@@ -189,6 +189,8 @@ mod tests {
         t.peers.imagestore_down.store(true, Ordering::Relaxed);
         let err = t.mgr.delete("held", true).await.unwrap_err();
         assert!(err.to_string().contains("imagestore"), "{err}");
+        // Its supervisor saw the process go: the record stays `deleting`.
+        tokio::time::sleep(Duration::from_millis(700)).await;
         let left = t.mgr.store().load("held").unwrap().expect("record kept");
         assert_eq!(left.state, VmState::Deleting);
         assert!(!hypervisor::pid_alive(vm.pid.unwrap()), "the VM is stopped");
