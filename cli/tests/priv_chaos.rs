@@ -168,11 +168,7 @@ impl Env {
                 return;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "{case}: {} leak(s):\n  {}",
-                    found.len(),
-                    found.join("\n  ")
-                );
+                panic!("{case}: {} leak(s):\n  {}", found.len(), found.join("\n  "));
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -187,7 +183,7 @@ impl Env {
             .is_ok_and(|s| s.success())
     }
 
-    fn create_args<'a>(name: &'a str, nat: bool, no_start: bool) -> Vec<&'a str> {
+    fn create_args(name: &str, nat: bool, no_start: bool) -> Vec<&str> {
         let mut args = vec!["vm", "create", "--image", "busybox-latest", "--name", name];
         if nat {
             args.push("--nat");
@@ -399,10 +395,7 @@ fn parallel_create_rm(env: &Env, clients: usize, cycles: usize) {
                         outcomes.push(true);
                     } else {
                         // A clean failure: said why, and left nothing.
-                        assert!(
-                            !created.stderr.is_empty(),
-                            "{name}: create failed silently"
-                        );
+                        assert!(!created.stderr.is_empty(), "{name}: create failed silently");
                         assert!(env.vm(&name).is_none(), "{name}: failed create left a VM");
                         outcomes.push(false);
                     }
@@ -432,7 +425,8 @@ fn parallel_create_rm(env: &Env, clients: usize, cycles: usize) {
     // No fault is injected here: a clean failure is still a failure (a
     // race between the clients, e.g. on the first SSH key).
     assert_eq!(
-        failed, 0,
+        failed,
+        0,
         "{failed} of {} parallel creates failed (their output is above)",
         clients * cycles
     );
@@ -521,7 +515,11 @@ fn kill9_faults(env: &Env, seed: u64, faults: usize) {
         let out = client.wait_with_output().unwrap();
         eprintln!(
             "  {} client → {}: {}",
-            if landed { "mid-operation;" } else { "after it ended;" },
+            if landed {
+                "mid-operation;"
+            } else {
+                "after it ended;"
+            },
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
         );
@@ -541,9 +539,7 @@ fn kill9_faults(env: &Env, seed: u64, faults: usize) {
                 let deadline = Instant::now() + Duration::from_secs(60);
                 loop {
                     let vm = env.vm(&name);
-                    let state = vm
-                        .as_ref()
-                        .map(|v| v["state"].as_str().unwrap().to_owned());
+                    let state = vm.as_ref().map(|v| v["state"].as_str().unwrap().to_owned());
                     match state.as_deref() {
                         None => break,
                         Some("running") => {

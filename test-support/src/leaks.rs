@@ -164,11 +164,16 @@ fn guard_elements() -> Vec<(String, String)> {
 }
 
 fn nat_elements() -> Vec<String> {
-    set_elements("inet", "nat_sources").iter().map(plain).collect()
+    set_elements("inet", "nat_sources")
+        .iter()
+        .map(plain)
+        .collect()
 }
 
 fn plain(v: &Value) -> String {
-    v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())
+    v.as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| v.to_string())
 }
 
 /// Rules of banger's tables that appear twice in one chain.
@@ -192,9 +197,12 @@ fn duplicated_rules() -> Vec<String> {
     out
 }
 
+/// A pid and its command line.
+type Process = (i64, String);
+
 /// (pid, cmdline) of QEMU/Firecracker and of vhost-device-vsock processes
 /// whose command line names `home`.
-fn processes_naming(home: &Path) -> (Vec<(i64, String)>, Vec<(i64, String)>) {
+fn processes_naming(home: &Path) -> (Vec<Process>, Vec<Process>) {
     let needle = home.display().to_string();
     let mut hypervisors = Vec::new();
     let mut helpers = Vec::new();
@@ -218,14 +226,19 @@ fn processes_naming(home: &Path) -> (Vec<(i64, String)>, Vec<(i64, String)>) {
     (hypervisors, helpers)
 }
 
-/// Temp and staging leftovers: `.tmp*` / `*.tmp` / `*.partial` entries, and
-/// anything inside a `.staging` or `tmp` dir.
+/// Temp and staging leftovers: `.tmp*`, `.staging-*` (kernelcat), `*.tmp`
+/// and `*.partial` entries, and anything inside a `.staging` (imagestore)
+/// or `tmp` (blobs) dir.
 fn temp_files(dir: &Path, out: &mut Vec<String>) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
         let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        if name.starts_with(".tmp") || name.ends_with(".tmp") || name.ends_with(".partial") {
+        if name.starts_with(".tmp")
+            || name.starts_with(".staging-")
+            || name.ends_with(".tmp")
+            || name.ends_with(".partial")
+        {
             out.push(path.display().to_string());
         } else if is_dir && (name == ".staging" || name == "tmp") {
             for inner in std::fs::read_dir(&path).into_iter().flatten().flatten() {

@@ -587,8 +587,8 @@ fn make_ssh_key(dir: &Path, private: &Path, public: &Path) -> Result<()> {
     if !status.success() {
         bail!("ssh-keygen failed ({status})");
     }
-    let won = std::fs::hard_link(&mine_pub, public).is_ok()
-        && std::fs::hard_link(&mine, private).is_ok();
+    let won =
+        std::fs::hard_link(&mine_pub, public).is_ok() && std::fs::hard_link(&mine, private).is_ok();
     let _ = std::fs::remove_file(&mine);
     let _ = std::fs::remove_file(&mine_pub);
     if !won {

@@ -158,6 +158,11 @@ pub struct VmRecord {
     pub created_unix: i64,
     pub started_unix: Option<i64>,
     pub error: Option<String>,
+    /// A stop was asked for and is under way: a hypervisor found gone (or
+    /// still there) after a vmm crash is then a stopped VM, not a failed
+    /// one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stop_requested: bool,
 }
 
 /// Where a VM's files are.
@@ -348,6 +353,7 @@ pub(crate) fn sample(name: &str) -> VmRecord {
         accel: None,
         created_unix: now_unix(),
         started_unix: None,
+        stop_requested: false,
         error: None,
     }
 }

@@ -94,6 +94,7 @@ impl Manager {
             accel: None,
             created_unix: record::now_unix(),
             started_unix: None,
+            stop_requested: false,
             error: None,
         };
         // A new attempt replaces the evidence of an older failed one.

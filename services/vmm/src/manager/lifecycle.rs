@@ -173,9 +173,13 @@ impl Manager {
         } else {
             timeout_secs
         }));
+        // Recorded first: a vmm killed mid-stop finds the VM stopped, not failed.
+        vm.stop_requested = true;
+        self.inner.store.save(&vm)?;
         self.shutdown(&mut vm, force, timeout).await;
         vm.state = VmState::Stopped;
         vm.error = None;
+        vm.stop_requested = false;
         self.inner.store.save(&vm)?;
         self.forget_probes(&vm.id);
         Ok(self.view(vm))

@@ -33,6 +33,15 @@ impl Manager {
                         tracing::warn!(vm = %vm.name, "delete left for the sweeper: {e}");
                     }
                 }
+                VmState::Running if vm.stop_requested => {
+                    // A stop cut short: finish it.
+                    tracing::warn!(vm = %vm.name, "finishing an interrupted stop");
+                    self.kill_vm(&mut vm).await;
+                    vm.state = VmState::Stopped;
+                    vm.error = None;
+                    vm.stop_requested = false;
+                    self.inner.store.save(&vm)?;
+                }
                 VmState::Running if alive => {
                     tracing::info!(vm = %vm.name, pid = ?vm.pid, "adopting running VM");
                     self.supervise(&vm, None);
@@ -130,6 +139,21 @@ mod tests {
         let live = create("live").await;
         let half = create("half").await;
         let dead = create("dead").await;
+        // "halting" was being stopped when the vmm died: its guest went
+        // down (or not) while nobody watched.
+        let halting = create("halting").await;
+        let mut s = mgr.store().load("halting").unwrap().unwrap();
+        s.stop_requested = true;
+        mgr.store().save(&s).unwrap();
+        hypervisor::kill(halting.pid.unwrap());
+        hypervisor::wait_gone(halting.pid.unwrap(), Duration::from_secs(5)).await;
+        // Let its supervisor record the exit first, then undo that.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut s = mgr.store().load("halting").unwrap().unwrap();
+        s.state = VmState::Running;
+        s.pid = halting.pid;
+        mgr.store().save(&s).unwrap();
+
         // "half" looks like a create cut short by a crash, "dead" lost its
         // process while the vmm was down, "gone" was being deleted.
         let mut h = mgr.store().load("half").unwrap().unwrap();
@@ -149,6 +173,10 @@ mod tests {
 
         let restarted = t.restarted();
         restarted.reconcile().await.unwrap();
+        let h = restarted.get("halting").unwrap().vm;
+        assert_eq!((h.state, h.pid), (VmState::Stopped, None), "{:?}", h.error);
+        assert!(h.error.is_none() && !h.stop_requested);
+        restarted.delete("halting", true).await.unwrap();
         let names: Vec<String> = restarted
             .list()
             .unwrap()
