@@ -323,6 +323,19 @@ struct Down(Env);
 
 impl Drop for Down {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The home goes with the test: show what the services said.
+            let logs = self.0.home.join("state/logs");
+            for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!(
+                    "--- last lines of {} ---\n{}",
+                    entry.path().display(),
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+        }
         let _ = self.0.run(&["down", "--stop-vms", "--timeout", "5"]);
         // A vmm that does not answer cannot stop its VMs: kill what is left.
         let needle = self.0.home.display().to_string();
