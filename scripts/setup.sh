@@ -78,6 +78,26 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# imagestore builds filesystems from a tar stream (`mke2fs -d -`): that needs
+# e2fsprogs >= 1.47.1 with libarchive13. Debian 12 ships 1.47.0, so take
+# e2fsprogs and its library (and nothing else) from bookworm-backports,
+# after the same simulation: nothing removed or downgraded.
+mke2fs_version=$(mke2fs -V 2>&1 | awk 'NR==1 {print $2}')
+if ! dpkg --compare-versions "${mke2fs_version:-0}" ge 1.47.1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  ensure_backports
+  want=(e2fsprogs/bookworm-backports libext2fs2/bookworm-backports libarchive13)
+  changes=$(apt_changes "${want[@]}")
+  if [ -n "$changes" ]; then
+    log "taking e2fsprogs from bookworm-backports would change packages this host already has:"
+    sed 's/^/  /' <<<"$changes" >&2
+    log "refusing: install e2fsprogs >= 1.47.1 and libarchive13 by hand, then run set-up again"
+    exit 1
+  fi
+  log "installing e2fsprogs ${mke2fs_version:-?} -> bookworm-backports (mke2fs -d - reads tar) and libarchive13"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${want[@]}"
+fi
+
 # Tools from crates.io that Debian does not package, each listed as
 # `crate version binary` in scripts/deps/*.cargo.
 for f in scripts/deps/*.cargo; do

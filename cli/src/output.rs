@@ -40,12 +40,20 @@ pub fn fail(err: &anyhow::Error) -> ExitCode {
 /// and the ended phases' durations for `--timings`. Hidden under `--json`.
 pub struct PhaseBar {
     bar: Option<indicatif::ProgressBar>,
-    pub timings: Vec<(String, f64)>,
+    /// Without a terminal (logs, CI) progress is printed as lines: the
+    /// last one printed, and the quarter of a count it reached.
+    lines: Option<(String, u64)>,
+    /// Ended phases: name, seconds, and how it went (e.g. the disk
+    /// phase's `reflink`).
+    pub timings: Vec<(String, f64, String)>,
 }
 
 impl PhaseBar {
     pub fn new(hidden: bool) -> PhaseBar {
-        let bar = (!hidden).then(|| {
+        use std::io::IsTerminal;
+        let terminal = std::io::stderr().is_terminal();
+        let lines = (!hidden && !terminal).then(|| (String::new(), 0));
+        let bar = (!hidden && terminal).then(|| {
             let bar = indicatif::ProgressBar::new_spinner();
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
@@ -56,6 +64,7 @@ impl PhaseBar {
         });
         PhaseBar {
             bar,
+            lines,
             timings: Vec::new(),
         }
     }
@@ -64,19 +73,30 @@ impl PhaseBar {
     /// started or moved on.
     pub fn event(&mut self, phase: &str, message: &str, done: u64, total: u64, seconds: f64) {
         if seconds > 0.0 {
-            self.timings.push((phase.to_owned(), seconds));
+            self.timings
+                .push((phase.to_owned(), seconds, message.to_owned()));
             return;
         }
+        let text = if message.is_empty() {
+            phase.to_owned()
+        } else {
+            format!("{phase}: {message}")
+        };
+        let counted = if total > 0 {
+            format!("{text} ({done}/{total})")
+        } else {
+            text.clone()
+        };
         if let Some(bar) = &self.bar {
-            let mut msg = if message.is_empty() {
-                phase.to_owned()
-            } else {
-                format!("{phase}: {message}")
-            };
-            if total > 0 {
-                msg.push_str(&format!(" ({done}/{total})"));
+            bar.set_message(counted);
+        } else if let Some((last, quarter)) = &mut self.lines {
+            // A new message, or a count past the next quarter: one line.
+            let q = (done * 4).checked_div(total).unwrap_or(0);
+            if *last != text || q > *quarter {
+                eprintln!("banger: {counted}");
+                *last = text;
+                *quarter = q;
             }
-            bar.set_message(msg);
         }
     }
 
@@ -89,10 +109,7 @@ impl PhaseBar {
 
 /// How long ago unix time `unix` was, e.g. `5m`.
 pub fn age(unix: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default();
+    let now = banger_proto::host::now_unix();
     let secs = (now - unix).max(0) as u64;
     match secs {
         s if s < 60 => format!("{s}s"),

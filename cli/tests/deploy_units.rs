@@ -84,19 +84,20 @@ fn exposure_is_within_budget() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{svc}: no exposure level in:\n{text}"));
         assert!(level <= 3.0, "{svc}: exposure {level} > 3.0\n{text}");
+        // imagestore parses the least trusted input: issue 15 sets it 1.5.
+        if svc == "imagestore" {
+            assert!(level <= 1.5, "{svc}: exposure {level} > 1.5\n{text}");
+        }
     }
 }
 
 #[test]
 fn privileges_match_the_design() {
-    // DESIGN §2: only netd holds CAP_NET_ADMIN; imagestore only file caps;
-    // kernelcat and vmm nothing.
+    // DESIGN §2: only netd holds a capability (CAP_NET_ADMIN); imagestore
+    // writes owners and devices into ext4 files, so it needs none either.
     let expected = [
         ("kernelcat", ""),
-        (
-            "imagestore",
-            "CAP_CHOWN CAP_FOWNER CAP_DAC_OVERRIDE CAP_MKNOD CAP_SETFCAP",
-        ),
+        ("imagestore", ""),
         ("netd", "CAP_NET_ADMIN"),
         ("vmm", ""),
     ];

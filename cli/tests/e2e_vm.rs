@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use banger_test_support::netns::in_new_netns;
 use banger_test_support::otlp::{Collector, ReceivedSpan};
 use banger_test_support::registry::Registry;
+use banger_test_support::serve::FileServer;
 
 /// `banger vm create NAME` is one trace: the CLI's root span → vmm's
 /// CreateVm → a span per step carrying the VM name → the imagestore,
@@ -197,41 +198,6 @@ fn python_example_creates_execs_deletes(env: &Env) {
     );
 }
 
-/// A static file server on 127.0.0.1 (Python's `http.server`), killed on drop.
-struct FileServer {
-    addr: String,
-    child: Child,
-}
-
-impl FileServer {
-    fn start(dir: &Path) -> FileServer {
-        let port = banger_test_support::free_port();
-        let child = Command::new("python3")
-            .args(["-m", "http.server", "--bind", "127.0.0.1"])
-            .arg(port.to_string())
-            .arg("--directory")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start python3 -m http.server");
-        let addr = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "http.server did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        FileServer { addr, child }
-    }
-}
-
-impl Drop for FileServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct Env {
     home: PathBuf,
     user_home: PathBuf,
@@ -409,7 +375,7 @@ fn vm_lifecycle_end_to_end() {
         // as the mirror of deb.debian.org/debian-security.
         let archive_dir = work.path().join("debian-archive");
         debian.write_to(&archive_dir);
-        let archive = FileServer::start(&archive_dir);
+        let archive = FileServer::start(&archive_dir, "127.0.0.1:0".parse().unwrap());
         std::fs::write(
             env.home.join("banger.toml"),
             format!(

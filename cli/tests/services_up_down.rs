@@ -110,11 +110,28 @@ fn up_status_down_in_a_temp_home() {
         ok(home, &["up"]);
         let (all_up, statuses) = status_json(home);
         assert!(all_up, "status after up: {statuses:#}");
+        let after_up = doctor(home);
         assert_eq!(
-            service_rows(&doctor(home)),
+            service_rows(&after_up),
             ["ok"; 4],
             "doctor sees the services"
         );
+        // doctor renders the vmm's own choice of backend (GetHypervisors):
+        // `auto` by default, and never Firecracker where KVM cannot run guests.
+        let hv = after_up["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["check"] == "hypervisor")
+            .expect("a hypervisor row from the vmm");
+        let detail = hv["detail"].as_str().unwrap();
+        assert!(detail.contains("(auto: "), "{detail}");
+        if !banger_proto::host::probe_kvm().runs_guests() {
+            assert!(
+                detail.starts_with("vmm creates VMs on qemu (auto: not Firecracker because "),
+                "{detail}"
+            );
+        }
         let statuses = statuses.as_array().unwrap();
         assert_eq!(statuses.len(), 4);
         for s in statuses {

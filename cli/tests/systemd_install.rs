@@ -20,22 +20,12 @@ use std::time::Duration;
 /// bounding set alike) and its user.
 const SERVICES: [(&str, u64, &str); 4] = [
     ("kernelcat", 0, "banger"),
-    ("imagestore", IMAGESTORE_CAPS, "banger"),
+    ("imagestore", 0, "banger"),
     ("netd", 1 << CAP_NET_ADMIN, "banger-net"),
     ("vmm", 0, "banger"),
 ];
 
-const CAP_CHOWN: u32 = 0;
-const CAP_DAC_OVERRIDE: u32 = 1;
-const CAP_FOWNER: u32 = 3;
 const CAP_NET_ADMIN: u32 = 12;
-const CAP_MKNOD: u32 = 27;
-const CAP_SETFCAP: u32 = 31;
-const IMAGESTORE_CAPS: u64 = (1 << CAP_CHOWN)
-    | (1 << CAP_DAC_OVERRIDE)
-    | (1 << CAP_FOWNER)
-    | (1 << CAP_MKNOD)
-    | (1 << CAP_SETFCAP);
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -59,41 +49,27 @@ fn bin_dir() -> PathBuf {
 /// `target/test-cache/bookworm-systemd` (the same cache and recipe as
 /// guest/agent/tests/nspawn.rs).
 fn bookworm() -> PathBuf {
-    let cache = repo().join("target/test-cache");
-    let rootfs = cache.join("bookworm-systemd");
-    if rootfs.join("usr/lib/systemd/systemd").exists() {
-        return rootfs;
-    }
-    banger_test_support::require_program("debootstrap", "debootstrap");
-    let partial = cache.join("bookworm-systemd.partial");
-    let _ = std::fs::remove_dir_all(&partial);
-    std::fs::create_dir_all(&cache).unwrap();
-    let status = Command::new("nice")
-        .args(["-n", "10", "debootstrap", "--variant=minbase"])
-        .arg("--include=systemd,systemd-sysv,dbus")
-        .arg("bookworm")
-        .arg(&partial)
-        .arg("http://deb.debian.org/debian")
-        .status()
-        .expect("run debootstrap");
-    assert!(status.success(), "debootstrap failed: {status}");
-    std::fs::rename(&partial, &rootfs).unwrap();
-    rootfs
+    banger_test_support::fixtures::debootstrap(
+        "bookworm-systemd",
+        Some("systemd,systemd-sysv,dbus"),
+    )
 }
 
 /// The bookworm root plus what a banger host needs from Debian besides
 /// systemd (deploy/README.md): `ca-certificates` (kernelcat's and
-/// imagestore's HTTPS roots) and `nftables` (netd runs `nft`). Installed
-/// once with apt in a chroot (the Debian mirror is the allowed registry)
-/// and cached as `target/test-cache/bookworm-banger-host`.
+/// imagestore's HTTPS roots), `nftables` (netd runs `nft`) and e2fsprogs
+/// 1.47.1 or newer with libarchive13 from bookworm-backports (imagestore's
+/// `mke2fs -d -`). Installed once with apt in a chroot (the Debian mirror
+/// is the allowed registry) and cached as
+/// `target/test-cache/bookworm-banger-host-2`.
 fn with_prerequisites() -> PathBuf {
     let cache = repo().join("target/test-cache");
-    let rootfs = cache.join("bookworm-banger-host");
+    let rootfs = cache.join("bookworm-banger-host-2");
     if rootfs.join("usr/sbin/nft").exists() {
         return rootfs;
     }
     let base = bookworm();
-    let partial = cache.join("bookworm-banger-host.partial");
+    let partial = cache.join("bookworm-banger-host-2.partial");
     let _ = std::fs::remove_dir_all(&partial);
     let status = Command::new("cp")
         .args(["-a", "--reflink=auto"])
@@ -109,14 +85,18 @@ fn with_prerequisites() -> PathBuf {
         .args([
             "sh",
             "-c",
-            "apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -q -y \
-             --no-install-recommends ca-certificates nftables && apt-get clean",
+            "printf 'Types: deb\\nURIs: http://deb.debian.org/debian\\nSuites: bookworm-backports\\n\
+             Components: main\\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\\n' \
+             >/etc/apt/sources.list.d/backports.sources && \
+             apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -q -y \
+             --no-install-recommends ca-certificates nftables libarchive13 \
+             e2fsprogs/bookworm-backports libext2fs2/bookworm-backports && apt-get clean",
         ])
         .status()
         .expect("run apt-get in a chroot");
     assert!(
         status.success(),
-        "apt-get install ca-certificates nftables failed: {status}"
+        "apt-get install ca-certificates nftables e2fsprogs failed: {status}"
     );
     std::fs::rename(&partial, &rootfs).unwrap();
     rootfs
@@ -424,5 +404,72 @@ fn installed_units_run_with_exactly_the_designed_privileges() {
         "with /run/banger searchable, the socket itself should refuse an outsider:\n{}",
         refused.1
     );
+
+    // Under the real unit (no capability, RestrictSUIDSGID=, PrivateDevices=)
+    // an image with setuid files, a device node and a file capability is
+    // built: they exist only inside the ext4 file.
+    let archive = root.join("srv/suid.tar");
+    suid_archive(&archive);
+    let imported = container.as_user("member", &["image", "import", "suid", "/srv/suid.tar"]);
+    assert!(
+        imported.0,
+        "image import under the unit failed:\n{}\n{}",
+        imported.1,
+        container.journal("banger-imagestore.service")
+    );
+    let ext4 = "/var/lib/banger/images/suid/rootfs.ext4";
+    let stat = |p: &str| container.sh(&format!("debugfs -R 'stat {p}' {ext4} 2>/dev/null"));
+    let su = stat("/bin/su");
+    assert!(
+        su.contains("Mode:  04755") && su.contains("security.capability"),
+        "{su}"
+    );
+    assert!(stat("/dev/null").contains("Type: character special"));
+    assert_eq!(
+        container.sh(
+            "find /var/lib/banger/images /var/lib/banger/blobs -perm /6000 -o -type c -o -type b"
+        ),
+        "",
+        "setuid files or devices on the host"
+    );
     eprintln!("TIMING: total {:?}", started.elapsed());
+}
+
+/// A `docker save` archive of one layer: a setuid-root file with a file
+/// capability and a device node.
+fn suid_archive(out: &Path) {
+    let script = r#"
+import hashlib, io, json, sys, tarfile
+def add(t, name, data=b"", **kw):
+    ti = tarfile.TarInfo(name)
+    for k, v in kw.items():
+        setattr(ti, k, v)
+    ti.size = len(data)
+    t.addfile(ti, io.BytesIO(data) if data else None)
+layer = io.BytesIO()
+with tarfile.open(fileobj=layer, mode="w", format=tarfile.PAX_FORMAT) as t:
+    add(t, "bin", type=tarfile.DIRTYPE, mode=0o755)
+    cap = "\x01\x00\x00\x02\x00\x20\x00\x00" + "\x00" * 12
+    ti = tarfile.TarInfo("bin/su"); ti.mode = 0o4755; ti.size = 2
+    ti.pax_headers = {"SCHILY.xattr.security.capability": cap}
+    t.addfile(ti, io.BytesIO(b"su"))
+    add(t, "dev", type=tarfile.DIRTYPE, mode=0o755)
+    add(t, "dev/null", type=tarfile.CHRTYPE, mode=0o666, devmajor=1, devminor=3)
+layer = layer.getvalue()
+config = json.dumps({"architecture": "amd64", "os": "linux",
+    "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]}}).encode()
+with tarfile.open(sys.argv[1], "w") as t:
+    add(t, "manifest.json", json.dumps([{"Config": "config.json", "Layers": ["l/layer.tar"]}]).encode(), mode=0o644)
+    add(t, "config.json", config, mode=0o644)
+    add(t, "l/layer.tar", layer, mode=0o644)
+"#;
+    let status = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(out)
+        .status()
+        .expect("run python3");
+    assert!(status.success(), "building the test archive failed");
+    let status = Command::new("chmod").arg("0644").arg(out).status().unwrap();
+    assert!(status.success());
 }

@@ -21,6 +21,26 @@ pub const AGENT_PATH: &str = "/usr/local/bin/banger-agent";
 pub const FIRST_BOOT_PATH: &str = "/usr/local/libexec/banger-first-boot";
 /// The guest's own banger state (what first boot already did).
 pub const STATE_DIR: &str = "/var/lib/banger";
+/// Written once the identity in [`IDENTITY_PATH`] is applied (hostname,
+/// `/etc/hosts`, `/etc/resolv.conf`, root's `authorized_keys`): its content
+/// is [`identity_applied_stamp`] of the `identity.json` bytes. First boot
+/// skips the identity when the stamp matches; vmm writes it at create when
+/// it applied the identity into the disk itself, so first boot has no work.
+pub const IDENTITY_APPLIED_PATH: &str = "/var/lib/banger/identity.applied";
+
+/// The content of [`IDENTITY_APPLIED_PATH`] for an `identity.json` of
+/// these bytes: `"fnv1a64:<16 hex> <size>\n"`, FNV-1a 64 of the file (what
+/// the Rust first boot compares; not a security boundary: file and stamp
+/// live on the same disk). First boot's oneshot unit is skipped outright
+/// while the stamp exists (`ConditionPathExists=!`).
+pub fn identity_applied_stamp(identity_json: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in identity_json {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("fnv1a64:{h:016x} {}\n", identity_json.len())
+}
 
 /// What a VM's first boot is for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -338,6 +358,17 @@ mod tests {
         assert!(needs_preparation(true, true, "debian", &[], true, false));
         assert!(!needs_preparation(true, true, "debian", &[], true, true));
         assert!(!needs_preparation(false, true, "debian", &[], false, false));
+    }
+
+    #[test]
+    fn applied_stamp_is_fnv1a64_and_size() {
+        // FNV-1a 64 reference values: empty input is the offset basis.
+        assert_eq!(identity_applied_stamp(b""), "fnv1a64:cbf29ce484222325 0\n");
+        assert_eq!(identity_applied_stamp(b"a"), "fnv1a64:af63dc4c8601ec8c 1\n");
+        assert_ne!(
+            identity_applied_stamp(b"{\"hostname\":\"a\"}"),
+            identity_applied_stamp(b"{\"hostname\":\"b\"}")
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`config`]: the one config loader (`banger.toml`, `--home`, `BANGER_HOME`).
 //! - [`names`]: the one validator for VM, image and kernel names.
 //! - [`fsutil`]: the one atomic-write helper.
+//! - [`host`]: host facts several processes check (process liveness, clock, KVM).
 //! - [`guest`]: the guest contract (paths, `identity.json`, first-boot events).
 //! - [`telemetry`]: tracing, JSON logs under systemd, OTLP export when configured.
 //! - [`tls`]: the one rustls crypto provider (*ring*), installed before any HTTP client.
@@ -15,7 +16,7 @@
 //! # Features
 //!
 //! `host` (default) is everything only host processes need: `config`,
-//! `daemon`, `telemetry`, `tls`, `names` and the server/client halves of
+//! `daemon`, `telemetry`, `tls`, `host`, `names` and the server/client halves of
 //! [`rpc`], with their heavy dependencies (OpenTelemetry and its OTLP
 //! exporter, toml, clap, tracing-subscriber, tonic-health and reflection,
 //! rustls).
@@ -29,6 +30,8 @@ pub mod config;
 pub mod daemon;
 pub mod fsutil;
 pub mod guest;
+#[cfg(feature = "host")]
+pub mod host;
 #[cfg(feature = "host")]
 pub mod names;
 pub mod rpc;

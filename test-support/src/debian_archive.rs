@@ -20,6 +20,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use crate::run;
 use std::sync::{Arc, OnceLock};
 
 use sha2::{Digest, Sha256};
@@ -83,28 +85,15 @@ impl DebianArchive {
     }
 }
 
+/// Where downloaded `.deb`s are kept between runs, by file name:
+/// `target/test-cache/debian/`.
+pub fn deb_cache_dir() -> PathBuf {
+    crate::fixtures::test_cache_dir().join("debian")
+}
+
 /// SHA-256 (hex).
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("test-support lives inside the repository")
-        .to_path_buf()
-}
-
-fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (see scripts/deps/kernelcat.apt)"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
 }
 
 fn unix_now() -> i64 {
@@ -166,7 +155,34 @@ pub fn bookworm() -> DebianArchive {
         .clone()
 }
 
-fn build(archive: &str, suite: &str, meta: &str) -> DebianArchive {
+/// One suite as the host's apt lists hold it, checked: the signed
+/// `InRelease` (verified with the Debian keyring, kept byte for byte) and the
+/// `main/binary-amd64/Packages` index it lists, decompressed.
+#[derive(Debug, Clone)]
+pub struct HostSuite {
+    /// Archive root on the mirror, `debian` or `debian-security`.
+    pub archive: String,
+    /// `bookworm`, `bookworm-updates`, `bookworm-security`.
+    pub suite: String,
+    /// `InRelease` as Debian signed it.
+    pub inrelease: Vec<u8>,
+    /// Its signed text (what gpgv outputs).
+    pub release_text: String,
+    /// The plain `Packages` index (its SHA-256 is the one `InRelease` lists).
+    pub packages: Vec<u8>,
+}
+
+impl HostSuite {
+    /// URL path of `dists/<suite>/<rel>`.
+    pub fn dists(&self, rel: &str) -> String {
+        format!("/{}/dists/{}/{rel}", self.archive, self.suite)
+    }
+}
+
+/// The host's copy of `deb.debian.org/<archive>` `<suite>`, refreshed with
+/// `apt-get update` when missing or past its `Valid-Until` (the only network
+/// use besides `apt-get download`; call it before entering a namespace).
+pub fn host_suite(archive: &str, suite: &str) -> HostSuite {
     crate::require_program("gpgv", "gpgv");
     crate::require_program("lz4", "lz4");
     crate::require_program("apt-get", "apt");
@@ -180,10 +196,8 @@ fn build(archive: &str, suite: &str, meta: &str) -> DebianArchive {
         field(&text, "Valid-Until").is_none_or(|v| release_date(v) > unix_now() + 3600)
     };
     if !fresh {
-        // The host's copy is missing or expired: refresh apt's lists (the
-        // only network use besides `apt-get download`).
         eprintln!(
-            "debian_archive: the host's bookworm-security lists are missing or expired; running apt-get update"
+            "debian_archive: the host's {suite} lists are missing or expired; running apt-get update"
         );
         run(Command::new("apt-get").arg("update"));
     }
@@ -196,8 +210,24 @@ fn build(archive: &str, suite: &str, meta: &str) -> DebianArchive {
         .expect("InRelease lists main/binary-amd64/Packages");
     assert!(
         listed.contains(&sha256_hex(&packages)),
-        "apt's Packages does not match its InRelease; run apt-get update"
+        "apt's {suite} Packages does not match its InRelease; run apt-get update"
     );
+    HostSuite {
+        archive: archive.into(),
+        suite: suite.into(),
+        inrelease: inrelease_bytes,
+        release_text,
+        packages,
+    }
+}
+
+fn build(archive: &str, suite: &str, meta: &str) -> DebianArchive {
+    let HostSuite {
+        inrelease: inrelease_bytes,
+        release_text,
+        packages,
+        ..
+    } = host_suite(archive, suite);
     let text = String::from_utf8(packages.clone()).unwrap();
     let stanza = |pkg: &str, version: Option<&str>| -> String {
         text.split("\n\n")
@@ -228,7 +258,7 @@ fn build(archive: &str, suite: &str, meta: &str) -> DebianArchive {
     let kernel_stanza = stanza(kernel_package, Some(&kernel_version));
     let filename = field(&kernel_stanza, "Filename").unwrap();
     let sha = field(&kernel_stanza, "SHA256").unwrap();
-    let cache = repo_root().join("target/test-cache/debian");
+    let cache = deb_cache_dir();
     std::fs::create_dir_all(&cache).unwrap();
     let deb_file = cache.join(filename.rsplit('/').next().unwrap());
     let cached_ok = std::fs::read(&deb_file).is_ok_and(|d| sha256_hex(&d) == sha);

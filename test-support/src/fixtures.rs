@@ -1,7 +1,71 @@
-//! The shared fixtures (`../shared/fixtures`, beside the repository).
+//! The shared fixtures (`../shared/fixtures`, beside the repository) and
+//! the ones built once and cached under `target/test-cache/`.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
+
+/// The repository's root (the workspace).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("test-support lives inside the repository")
+        .to_path_buf()
+}
+
+/// `target/test-cache/`: fixtures built once (debootstrapped trees, OCI
+/// layouts, `.deb`s) and reused by later runs; delete a folder to rebuild it.
+pub fn test_cache_dir() -> PathBuf {
+    repo_root().join("target/test-cache")
+}
+
+/// A Debian bookworm tree, `debootstrap --variant=minbase` plus `include`
+/// (comma-separated packages, or none), made on first use into
+/// `target/test-cache/<tag>` and reused afterwards: the tag names the recipe
+/// (`bookworm-minbase`, `bookworm-systemd` are the ones in use). The tree
+/// appears only once complete (debootstrap fills `<tag>.partial-<pid>`, then it is
+/// renamed), so a killed run never leaves a half tree behind a good name.
+/// Needs the Debian mirror: call it before entering a network namespace.
+/// Callers copy the tree before changing it.
+pub fn debootstrap(tag: &str, include: Option<&str>) -> PathBuf {
+    let cache = test_cache_dir();
+    let rootfs = cache.join(tag);
+    if rootfs.join("etc/os-release").exists() {
+        return rootfs;
+    }
+    crate::require_program("debootstrap", "debootstrap");
+    let partial = cache.join(format!("{tag}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&cache).expect("create target/test-cache");
+    let mut cmd = Command::new("nice");
+    cmd.args(["-n", "10", "debootstrap", "--variant=minbase"]);
+    if let Some(include) = include {
+        cmd.arg(format!("--include={include}"));
+    }
+    let out = cmd
+        .arg("bookworm")
+        .arg(&partial)
+        .arg("http://deb.debian.org/debian")
+        .output()
+        .expect("run debootstrap");
+    assert!(
+        out.status.success(),
+        "debootstrap {tag} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another test process may have finished the same tree meanwhile.
+    if std::fs::rename(&partial, &rootfs).is_err() {
+        assert!(
+            rootfs.join("etc/os-release").exists(),
+            "cannot rename {} to {}",
+            partial.display(),
+            rootfs.display()
+        );
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    rootfs
+}
 
 /// The `shared/` folder: `$BANGER_SHARED_DIR`, else `../shared` beside the
 /// repository.

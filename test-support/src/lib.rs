@@ -1,18 +1,41 @@
 //! Real components for banger's tests, shared by every crate's test tier:
 //! private network namespaces, a Debian `docker-registry` bound to
-//! 127.0.0.1, an OTLP trace receiver, and the fixtures in `../shared/fixtures`.
+//! 127.0.0.1, an OTLP trace receiver, the fixtures in `../shared/fixtures`
+//! and the cached ones under `target/test-cache` (debootstrapped trees, the
+//! official-like minbase `debian:bookworm`, Debian archives and a guest
+//! mirror built from Debian's signed files), and the file and DNS servers a
+//! test runs in its namespace to serve them.
 //!
 //! A test that needs something missing panics with what to install; it never
 //! passes silently.
 
 pub mod debian_archive;
+pub mod debian_mirror;
 pub mod fixtures;
 pub mod leaks;
+pub mod minbase;
 pub mod netns;
 pub mod otlp;
 pub mod registry;
+pub mod serve;
 
 use std::path::Path;
+use std::process::Command;
+
+/// Runs `cmd` to completion and returns its stdout; panics with its stderr
+/// when it cannot start or fails (tools come from `scripts/deps/*.apt`).
+pub fn run(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (see scripts/deps/*.apt)"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
 
 /// Panics with an install hint unless `program` is on PATH.
 pub fn require_program(program: &str, debian_package: &str) {

@@ -48,17 +48,22 @@ fn finding(check: &str, severity: Severity, detail: impl Into<String>) -> Findin
 
 pub async fn doctor(ctx: &Context, _args: DoctorArgs) -> Result<ExitCode> {
     let mut findings = vec![check_kvm()];
-    let hypervisors = check_hypervisors();
-    let usable_hypervisor = hypervisors
-        .iter()
-        .any(|f| f.check == "qemu" && f.severity == Severity::Ok);
-    findings.extend(hypervisors);
-    if !usable_hypervisor {
-        findings.push(finding(
-            "hypervisor",
-            Severity::Fail,
-            "no usable hypervisor: install QEMU (`apt-get install qemu-system-x86`) or put `firecracker` on PATH on a host whose KVM runs guests",
-        ));
+    if let Some(from_vmm) = vmm_hypervisors(ctx).await {
+        findings.extend(from_vmm);
+    } else {
+        // No vmm to ask: look at the default binaries from here.
+        let hypervisors = check_hypervisors();
+        let usable_hypervisor = hypervisors
+            .iter()
+            .any(|f| f.check == "qemu" && f.severity == Severity::Ok);
+        findings.extend(hypervisors);
+        if !usable_hypervisor {
+            findings.push(finding(
+                "hypervisor",
+                Severity::Fail,
+                "no usable hypervisor: install QEMU (`apt-get install qemu-system-x86`) or put `firecracker` on PATH on a host whose KVM runs guests",
+            ));
+        }
     }
     findings.push(check_tun());
     findings.push(check_nft());
@@ -96,33 +101,74 @@ pub async fn doctor(ctx: &Context, _args: DoctorArgs) -> Result<ExitCode> {
 
 /// KVM that exists but cannot run unmodified guests (`kvm_pvm`) is the
 /// trap on nested cloud machines: Firecracker and QEMU+KVM die with
-/// KVM_EXIT_INTERNAL_ERROR, so only QEMU TCG works there.
+/// KVM_EXIT_INTERNAL_ERROR, so only QEMU TCG works there. The probe is the
+/// vmm's own (banger-proto's `host::probe_kvm`), run as this user.
 fn check_kvm() -> Finding {
-    let kvm = Path::new("/dev/kvm");
-    if !kvm.exists() {
-        return finding(
-            "kvm",
-            Severity::Warn,
-            "/dev/kvm is absent: Firecracker cannot run here; QEMU falls back to TCG (slow). Enable virtualization or load kvm_intel/kvm_amd",
-        );
-    }
-    if Path::new("/sys/module/kvm_pvm").exists() {
-        return finding(
-            "kvm",
-            Severity::Warn,
-            "/dev/kvm is kvm_pvm, which cannot run unmodified guest kernels: Firecracker will fail; set `[vmm] hypervisor = \"qemu\"` with `qemu_accel = \"auto\"` (TCG fallback)",
-        );
-    }
-    match std::fs::OpenOptions::new().read(true).write(true).open(kvm) {
-        Ok(_) => finding("kvm", Severity::Ok, "/dev/kvm is usable"),
-        Err(e) => finding(
+    use banger_proto::host::Kvm;
+    let kvm = banger_proto::host::probe_kvm();
+    let detail = kvm.describe();
+    match kvm {
+        Kvm::Usable => finding("kvm", Severity::Ok, detail),
+        Kvm::Absent | Kvm::Pvm => finding(
             "kvm",
             Severity::Warn,
             format!(
-                "cannot open /dev/kvm ({e}): add the vmm's user to group kvm (`usermod -aG kvm banger`)"
+                "{detail}: Firecracker cannot run here; `[vmm] hypervisor = \"auto\"` uses QEMU with TCG (slow)"
             ),
         ),
+        Kvm::Unusable { .. } => finding("kvm", Severity::Warn, detail),
     }
+}
+
+/// The vmm's own word on its backends (`GetHypervisors`): which one a
+/// create gets and why, and whether each can boot guests with the binaries
+/// `[vmm]` names. `None` when the vmm does not answer.
+async fn vmm_hypervisors(ctx: &Context) -> Option<Vec<Finding>> {
+    use banger_proto::vmm::v1 as pb;
+    let channel = ctx.channel(Service::Vmm).await.ok()?;
+    let report = pb::vmm_client::VmmClient::new(channel)
+        .get_hypervisors(pb::GetHypervisorsRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    let name = super::vm::hypervisor_name;
+    let mut out = Vec::new();
+    let default_ok = report
+        .hypervisors
+        .iter()
+        .any(|h| h.hypervisor == report.default_hypervisor && h.available);
+    out.push(finding(
+        "hypervisor",
+        if default_ok {
+            Severity::Ok
+        } else {
+            Severity::Fail
+        },
+        format!(
+            "vmm creates VMs on {} ({})",
+            name(report.default_hypervisor),
+            report.default_reason
+        ),
+    ));
+    for h in &report.hypervisors {
+        out.push(finding(
+            name(h.hypervisor),
+            if h.available {
+                Severity::Ok
+            } else {
+                Severity::Warn
+            },
+            if h.available {
+                format!(
+                    "{}; accel {} ({})",
+                    h.detail, h.accelerator, h.accelerator_reason
+                )
+            } else {
+                h.detail.clone()
+            },
+        ));
+    }
+    Some(out)
 }
 
 fn version_of(program: &str, arg: &str) -> Option<String> {

@@ -268,20 +268,12 @@ fn read_pid(ctx: &Context, service: Service) -> Option<u32> {
 
 /// Whether `pid` is alive and runs `service`'s binary (pids get reused).
 fn is_our_process(pid: u32, service: Service) -> bool {
+    if !is_alive(pid) {
+        return false;
+    }
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // A zombie has exited; only its parent's wait is missing.
-    if stat
-        .rsplit(')')
-        .next()
-        .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-    {
-        return false;
-    }
     let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
     Path::new(std::str::from_utf8(argv0).unwrap_or_default())
         .file_name()
@@ -292,12 +284,7 @@ fn is_our_process(pid: u32, service: Service) -> bool {
 /// [`is_our_process`] it does not read the command line, which can briefly
 /// read empty right after exec.
 fn is_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-    })
+    banger_proto::host::pid_alive(pid)
 }
 
 /// Removes a pid file and socket that no live process owns.

@@ -196,13 +196,22 @@ pub async fn run(ctx: &Context, command: VmCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         VmCommand::Rm { name, force } => {
-            vmm(ctx)
-                .await?
+            let mut client = vmm(ctx).await?;
+            // Its SSH master (if `vm ssh` left one) goes with it.
+            let known = client
+                .get_vm(pb::GetVmRequest { name: name.clone() })
+                .await
+                .ok()
+                .map(|r| r.into_inner());
+            client
                 .delete_vm(pb::DeleteVmRequest {
                     name: name.clone(),
                     force,
                 })
                 .await?;
+            if let Some(vm) = &known {
+                close_control_master(vm);
+            }
             forget_host_key(&name)?;
             if ctx.json {
                 output::print_json(&json!({ "deleted": name }))?;
@@ -245,8 +254,12 @@ pub async fn run(ctx: &Context, command: VmCommand) -> Result<ExitCode> {
                 .get_vm(pb::GetVmRequest { name })
                 .await?
                 .into_inner();
-            // sshd may still be starting right after a create or start.
-            wait_tcp(&vm.ip, 22, Duration::from_secs(60)).await;
+            // sshd may still be starting right after a `start` without
+            // readiness; when the vmm saw it answer, connect at once (a
+            // probe costs the guest an sshd fork of its own).
+            if !ssh_known_ready(&vm) {
+                wait_tcp(&vm.ip, 22, Duration::from_secs(60)).await;
+            }
             ssh(&vm, &command)
         }
         VmCommand::Run(args) => run_flow(ctx, args).await,
@@ -331,23 +344,32 @@ async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
     result?;
     let timings = bar.timings;
     if args.timings {
-        let total: f64 = timings.iter().map(|(_, s)| s).sum();
+        let total: f64 = timings.iter().map(|(_, s, _)| s).sum();
         if ctx.json {
             let phases: Vec<_> = timings
                 .iter()
-                .map(|(p, s)| json!({"phase": p, "seconds": s}))
+                .map(|(p, s, d)| json!({"phase": p, "seconds": s, "detail": d}))
                 .collect();
             output::print_json(&json!({ "timings": phases, "total_seconds": total }))?;
         } else {
-            let mut t = output::table(["PHASE", "SECONDS"]);
-            for (p, s) in &timings {
-                t.add_row([p.clone(), format!("{s:.2}")]);
+            let mut t = output::table(["PHASE", "SECONDS", "DETAIL"]);
+            for (p, s, d) in &timings {
+                t.add_row([p.clone(), format!("{s:.2}"), d.clone()]);
             }
-            t.add_row(["total".to_string(), format!("{total:.2}")]);
+            t.add_row(["total".to_string(), format!("{total:.2}"), String::new()]);
             eprintln!("{t}");
         }
     }
     let vm = done.context("the vmm ended the create without a result")?;
+    if args.timings && !ctx.json && !vm.accelerator.is_empty() {
+        eprintln!(
+            "hypervisor {} ({}): {}; {}",
+            hypervisor_name(vm.hypervisor),
+            vm.accelerator,
+            vm.hypervisor_reason,
+            vm.accelerator_reason
+        );
+    }
     record_host_key(&vm)?;
     Ok(vm)
 }
@@ -393,6 +415,15 @@ fn state_name(state: i32) -> &'static str {
     }
 }
 
+/// `firecracker`, `qemu`, or empty for an unknown value.
+pub(crate) fn hypervisor_name(h: i32) -> &'static str {
+    match pb::Hypervisor::try_from(h) {
+        Ok(pb::Hypervisor::Firecracker) => "firecracker",
+        Ok(pb::Hypervisor::Qemu) => "qemu",
+        _ => "",
+    }
+}
+
 fn vm_json(vm: &pb::Vm) -> serde_json::Value {
     json!({
         "id": vm.id,
@@ -403,11 +434,10 @@ fn vm_json(vm: &pb::Vm) -> serde_json::Value {
         "vcpus": vm.vcpus,
         "memory_mib": vm.memory_mib,
         "disk_bytes": vm.disk_bytes,
-        "hypervisor": match pb::Hypervisor::try_from(vm.hypervisor) {
-            Ok(pb::Hypervisor::Firecracker) => "firecracker",
-            Ok(pb::Hypervisor::Qemu) => "qemu",
-            _ => "",
-        },
+        "hypervisor": hypervisor_name(vm.hypervisor),
+        "hypervisor_reason": vm.hypervisor_reason,
+        "accelerator": vm.accelerator,
+        "accelerator_reason": vm.accelerator_reason,
         "ip": vm.ip,
         "mac": vm.mac,
         "tap": vm.tap,
@@ -441,6 +471,26 @@ fn print_vm(ctx: &Context, vm: &pb::Vm) -> Result<()> {
     println!("vcpus:      {}", vm.vcpus);
     println!("memory:     {} MiB", vm.memory_mib);
     println!("disk:       {}", output::human_bytes(vm.disk_bytes));
+    println!(
+        "hypervisor: {}{}",
+        hypervisor_name(vm.hypervisor),
+        if vm.hypervisor_reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", vm.hypervisor_reason)
+        }
+    );
+    if !vm.accelerator.is_empty() {
+        println!(
+            "accel:      {}{}",
+            vm.accelerator,
+            if vm.accelerator_reason.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", vm.accelerator_reason)
+            }
+        );
+    }
     println!("ip:         {}", vm.ip);
     println!("mac:        {}", vm.mac);
     println!("tap:        {}", vm.tap);
@@ -654,12 +704,53 @@ enum HostKeyCheck {
     FirstUse,
 }
 
+/// The control socket `vm ssh` multiplexes a VM's sessions over:
+/// `~/.config/banger/mux/<hash>`, the hash of the VM's name, address,
+/// the host key the vmm made and the pin in its known_hosts file, so a
+/// re-created VM (new key), a reused address or a changed pin never
+/// reaches an old master (whose connection verified the key it was made
+/// with). `None` when the path would not fit a unix socket (then every call
+/// connects on its own).
+fn control_path(vm: &pb::Vm) -> Result<Option<PathBuf>> {
+    use std::hash::{Hash, Hasher};
+    let pin = std::fs::read(known_hosts_path(&vm.name)?).unwrap_or_default();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (&vm.name, &vm.ip, vm.ssh_host_public_key.trim(), pin).hash(&mut h);
+    let path = config_dir()?
+        .join("mux")
+        .join(format!("{:016x}", h.finish()));
+    // sun_path is 108 bytes; ssh adds a temporary suffix while binding.
+    Ok((path.as_os_str().len() <= 80).then_some(path))
+}
+
+/// Ends the SSH master of a deleted VM, if one runs.
+fn close_control_master(vm: &pb::Vm) {
+    let Ok(Some(path)) = control_path(vm) else {
+        return;
+    };
+    if path.exists() {
+        let _ = std::process::Command::new("ssh")
+            .arg("-o")
+            .arg(format!("ControlPath={}", path.display()))
+            .args(["-O", "exit", "banger-vm"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
 /// The `ssh` argv for a VM: banger's key, and the VM's own known_hosts
-/// file under the VM's name as alias, checked strictly.
+/// file under the VM's name as alias, checked strictly; with a control
+/// path, sessions share one connection (the first call opens it, later
+/// calls within a minute of the last skip the key exchange, which is most
+/// of a connection's cost to a TCG guest).
 fn ssh_argv(
     key: &std::path::Path,
     known_hosts: &std::path::Path,
     check: HostKeyCheck,
+    control: Option<&std::path::Path>,
     vm: &str,
     ip: &str,
     command: &[String],
@@ -685,8 +776,18 @@ fn ssh_argv(
         "LogLevel=ERROR".into(),
         "-o".into(),
         "IdentitiesOnly=yes".into(),
-        format!("root@{ip}"),
     ];
+    if let Some(control) = control {
+        a.extend([
+            "-o".into(),
+            "ControlMaster=auto".into(),
+            "-o".into(),
+            format!("ControlPath={}", control.display()),
+            "-o".into(),
+            "ControlPersist=60".into(),
+        ]);
+    }
+    a.push(format!("root@{ip}"));
     if !command.is_empty() {
         a.push("--".into());
         a.extend(command.iter().cloned());
@@ -724,11 +825,21 @@ fn ssh(vm: &pb::Vm, command: &[String]) -> Result<ExitCode> {
         }
         HostKeyCheck::Strict
     };
+    // Only for pinned keys: a first-use check must see the key itself.
+    let control = match check {
+        HostKeyCheck::Strict => control_path(vm)?,
+        HostKeyCheck::FirstUse => None,
+    };
+    if let Some(dir) = control.as_deref().and_then(|c| c.parent()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+    }
     let status = std::process::Command::new("ssh")
         .args(ssh_argv(
             &key.private,
             &known_hosts,
             check,
+            control.as_deref(),
             &vm.name,
             &vm.ip,
             command,
@@ -822,8 +933,10 @@ async fn run_flow(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
         },
     )
     .await?;
-    // The agent answers before sshd is up; wait for port 22 too.
-    wait_tcp(&vm.ip, 22, Duration::from_secs(120)).await;
+    // The agent may answer before sshd is up; wait for port 22 too.
+    if !ssh_known_ready(&vm) {
+        wait_tcp(&vm.ip, 22, Duration::from_secs(120)).await;
+    }
     let code = ssh(&vm, &args.command);
     if args.rm {
         vmm(ctx)
@@ -833,6 +946,7 @@ async fn run_flow(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
                 force: true,
             })
             .await?;
+        close_control_master(&vm);
         forget_host_key(&name)?;
     }
     code
@@ -896,6 +1010,13 @@ async fn ensure_kernel(ctx: &Context, name: &str) -> Result<()> {
         }
         Err(s) => Err(s.into()),
     }
+}
+
+/// Whether the vmm's readiness check saw this VM's sshd answer.
+fn ssh_known_ready(vm: &pb::Vm) -> bool {
+    vm.probes
+        .iter()
+        .any(|p| p.capability == "ssh" && p.state == "ready")
 }
 
 async fn wait_tcp(ip: &str, port: u16, timeout: Duration) {
@@ -970,6 +1091,7 @@ mod tests {
             std::path::Path::new("/k/id"),
             std::path::Path::new("/k/known_hosts.d/box"),
             HostKeyCheck::Strict,
+            Some(std::path::Path::new("/k/mux/0123")),
             "box",
             "10.0.0.2",
             &["id".into()],
@@ -978,7 +1100,9 @@ mod tests {
             a.join(" "),
             "-i /k/id -o StrictHostKeyChecking=yes -o UserKnownHostsFile=/k/known_hosts.d/box \
              -o GlobalKnownHostsFile=/dev/null -o HostKeyAlias=box -o HostKeyAlgorithms=ssh-ed25519 \
-             -o LogLevel=ERROR -o IdentitiesOnly=yes root@10.0.0.2 -- id"
+             -o LogLevel=ERROR -o IdentitiesOnly=yes \
+             -o ControlMaster=auto -o ControlPath=/k/mux/0123 -o ControlPersist=60 \
+             root@10.0.0.2 -- id"
         );
     }
 

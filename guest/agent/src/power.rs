@@ -8,6 +8,9 @@
 //!   calling reboot(2) behind its back would skip all of that.
 //! - openrc: the distro's `poweroff` / `reboot`, which go through init for
 //!   the same reason.
+//! - banger-first-boot supervising the agent (busybox images): poweroff is
+//!   SIGPWR to PID 1, which stops everything, remounts `/` read-only and
+//!   powers off;
 //! - anything else (a busybox initramfs, a bare `/bin/sh` init): there is no
 //!   service manager to ask, so `sync(2)` then `reboot(2)` with
 //!   `RB_POWER_OFF` / `RB_AUTOBOOT` — what `poweroff -f` does.
@@ -38,6 +41,20 @@ impl Power for SystemPower {
         let polite = match detect_init(Path::new("/")) {
             InitSystem::Systemd => Some(Command::new("systemctl").arg(action).status()),
             InitSystem::Openrc => Some(Command::new(action).status()),
+            // banger-first-boot supervising us (busybox images): it stops
+            // everything and remounts / read-only before powering off.
+            InitSystem::Other if !reboot && pid1_is_first_boot() => {
+                match nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(1),
+                    nix::sys::signal::Signal::SIGPWR,
+                ) {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        tracing::warn!(%e, "cannot signal banger-first-boot; powering off directly");
+                        None
+                    }
+                }
+            }
             InitSystem::Other => None,
         };
         match polite {
@@ -60,6 +77,11 @@ impl Power for SystemPower {
             detail: err.to_string(),
         })
     }
+}
+
+/// Whether PID 1 is banger-first-boot's supervisor (`comm` is cut at 15 bytes).
+fn pid1_is_first_boot() -> bool {
+    std::fs::read_to_string("/proc/1/comm").is_ok_and(|c| c.trim() == "banger-first-bo")
 }
 
 /// A test double that records requests instead of acting on them.

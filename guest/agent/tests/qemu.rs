@@ -521,6 +521,15 @@ async fn first_boot_supervises_the_agent_in_a_busybox_root() {
         console.contains("banger-first-boot: warning: banger-agent ended"),
         "{console}"
     );
+    // Shutdown went through PID 1, which left the disk clean.
+    assert!(
+        console.contains("banger-first-boot: SIGPWR: stopping and powering off"),
+        "{console}"
+    );
+    assert!(
+        console.contains("banger-first-boot: remounted / read-only"),
+        "{console}"
+    );
     assert!(!console.contains("FAILED"), "{console}");
 }
 
@@ -693,7 +702,7 @@ async fn preparation_installs_once_and_the_prepared_disk_boots_systemd_without_a
 
     let started = Instant::now();
     let mut vm = DiskVm::boot(dir.path(), &disk, 512);
-    let console = wait_poweroff(&mut vm, Duration::from_secs(1200)).await;
+    let console = wait_poweroff(&mut vm, Duration::from_secs(900)).await;
     let prepared_in = started.elapsed();
     drop(vm);
     let events = console_events(&console);
@@ -720,6 +729,19 @@ async fn preparation_installs_once_and_the_prepared_disk_boots_systemd_without_a
     assert!(console.contains("reboot: Power down"), "{console}");
     eprintln!("TIMING: preparation (apt under TCG, then poweroff): {prepared_in:?}");
 
+    // Cleanly remounted read-only before the poweroff: no journal to replay
+    // over what the host writes next (debugfs does not replay it).
+    let header = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    let header = String::from_utf8_lossy(&header.stdout);
+    assert!(!header.contains("needs_recovery"), "{header}");
+    assert!(
+        console.contains("banger-first-boot: remounted / read-only"),
+        "{console}"
+    );
     // The prepared filesystem: fit for every VM.
     assert!(debugfs(&disk, "stat /usr/lib/systemd/systemd").contains("Type: regular"));
     assert!(debugfs(&disk, "stat /usr/sbin/sshd").contains("Type: regular"));
@@ -737,9 +759,10 @@ async fn preparation_installs_once_and_the_prepared_disk_boots_systemd_without_a
     assert_eq!(debugfs(&disk, "cat /etc/apt/sources.list"), placeholder);
     assert!(!debugfs(&disk, "ls /etc/apt/apt.conf.d").contains("80banger-proxy"));
     assert!(!debugfs(&disk, "ls /var/lib/banger").contains("identity.applied"));
-    assert!(
-        !debugfs(&disk, "ls -l /root").contains(".ssh"),
-        "prep keys left behind"
+    assert_eq!(
+        debugfs(&disk, "stat /root/.ssh/authorized_keys"),
+        "",
+        "the preparation VM's keys were left behind"
     );
     let dpkg_log = debugfs(&disk, "cat /var/log/dpkg.log");
     assert!(dpkg_log.contains(" install openssh-server"), "{dpkg_log}");
@@ -782,6 +805,12 @@ async fn preparation_installs_once_and_the_prepared_disk_boots_systemd_without_a
         booted.elapsed()
     );
     assert_eq!(sh_out(&ch, "cat /proc/1/comm").await, "systemd");
+    let state = sh_out(&ch, "systemctl is-system-running --wait").await;
+    let failed = sh_out(&ch, "systemctl --failed --no-legend --plain").await;
+    assert!(
+        ["running", "degraded"].contains(&state.as_str()),
+        "{state}: {failed}"
+    );
     assert_eq!(sh_out(&ch, "systemctl is-active ssh").await, "active");
     assert_eq!(sh_out(&ch, "hostname").await, "after-prep");
     assert_eq!(

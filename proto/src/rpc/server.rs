@@ -3,7 +3,6 @@
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::net::UnixListener;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -142,10 +141,7 @@ impl BoundSocket {
                 name: options.name.clone(),
                 version: crate::VERSION.to_owned(),
                 pid: std::process::id(),
-                started_unix: SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or_default(),
+                started_unix: crate::host::now_unix(),
                 services: options.services.clone(),
             },
         });

@@ -20,6 +20,20 @@ pub struct ImageStoreConfig {
     pub ca_file: Option<PathBuf>,
     /// Refuse an image whose unpacked content exceeds this many bytes.
     pub max_unpacked_bytes: u64,
+    /// Refuse an image with more tar members than this (all layers summed).
+    pub max_entries: u64,
+    /// Refuse an image with more entries than this in one directory.
+    pub max_entries_per_dir: u64,
+    /// Refuse an image whose directories' entry counts, squared and summed,
+    /// exceed this: mke2fs's time grows with the square of a directory's
+    /// size (the default allows one directory of ~23k entries, ~1 min).
+    pub max_dir_work: u64,
+    /// File content a pull may keep in memory while it flattens layers, so
+    /// a layer that fits is decompressed once instead of twice (per pull,
+    /// per layer all or nothing).
+    pub flatten_memory_bytes: u64,
+    /// Refuse an image whose filesystem (content + headroom) exceeds this.
+    pub max_image_bytes: u64,
     /// Free space added to the ext4 image, as a percentage of the content.
     pub ext4_headroom_percent: u64,
     /// Minimum free space added to the ext4 image, in MiB.
@@ -39,6 +53,11 @@ impl Default for ImageStoreConfig {
             mirrors: BTreeMap::new(),
             ca_file: None,
             max_unpacked_bytes: 16 << 30,
+            max_entries: 1_000_000,
+            max_entries_per_dir: 65_536,
+            max_dir_work: 1 << 29,
+            flatten_memory_bytes: 256 << 20,
+            max_image_bytes: 32 << 30,
             ext4_headroom_percent: 20,
             ext4_min_headroom_mib: 64,
             max_parallel_layers: 3,
@@ -132,6 +151,14 @@ mod tests {
                 plain_http: true
             }]
         );
+    }
+
+    #[test]
+    fn the_shipped_config_states_the_defaults() {
+        let shipped = include_str!("../../../configs/banger.toml");
+        let cfg = banger_proto::config::Config::parse(shipped, "banger.toml").unwrap();
+        let s: ImageStoreConfig = cfg.section("imagestore").unwrap();
+        assert_eq!(s, ImageStoreConfig::default());
     }
 
     #[test]

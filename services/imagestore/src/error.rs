@@ -74,6 +74,31 @@ pub enum Error {
         "the image unpacks to more than {limit} bytes (max_unpacked_bytes in [imagestore]); refusing it"
     )]
     TooLarge { limit: u64 },
+    /// Too many tar members in the image, or in one directory.
+    #[error(
+        "the image has more than {limit} entries {what} (max_entries / max_entries_per_dir in [imagestore]); refusing it"
+    )]
+    TooManyEntries { limit: u64, what: &'static str },
+    /// Directories so large that building the filesystem would take too long.
+    #[error(
+        "the image's directories are too large to build in reasonable time (sum of entries² over directories {work}, \
+         limit {limit}: max_dir_work in [imagestore]); refusing it"
+    )]
+    DirectoriesTooLarge { work: u64, limit: u64 },
+    /// The filesystem would be larger than `max_image_bytes`.
+    #[error(
+        "the image's filesystem would take {size} bytes, more than {limit} (max_image_bytes in [imagestore]); refusing it"
+    )]
+    ImageTooLarge { size: u64, limit: u64 },
+    /// The caller went away or the service is stopping.
+    #[error("the image build was cancelled")]
+    Cancelled,
+    /// The host's mke2fs cannot populate a filesystem from a tar stream.
+    #[error(
+        "this host's mke2fs cannot build a filesystem from a tar stream ({0}); imagestore needs e2fsprogs 1.47.1 or newer \
+         with libarchive (Debian 12: `apt-get install -t bookworm-backports e2fsprogs libext2fs2` and `apt-get install libarchive13`; scripts/setup.sh does this)"
+    )]
+    MkfsCannotReadTar(String),
     /// `mkfs.ext4` or `e2fsck` failed.
     #[error("building the ext4 file failed: {0}")]
     Mkfs(String),
@@ -125,7 +150,12 @@ impl GrpcError for Error {
             Error::Unauthorized { .. } => Code::Unauthenticated,
             Error::Unsupported { .. } | Error::BadLayer { .. } => Code::FailedPrecondition,
             Error::DigestMismatch { .. } => Code::DataLoss,
-            Error::TooLarge { .. } => Code::ResourceExhausted,
+            Error::TooLarge { .. }
+            | Error::TooManyEntries { .. }
+            | Error::DirectoriesTooLarge { .. }
+            | Error::ImageTooLarge { .. } => Code::ResourceExhausted,
+            Error::Cancelled => Code::Cancelled,
+            Error::MkfsCannotReadTar(_) => Code::FailedPrecondition,
             Error::Mkfs(_) | Error::Inject(_) | Error::Io { .. } | Error::CorruptRecord { .. } => {
                 Code::Internal
             }

@@ -7,14 +7,15 @@ pub mod blobs;
 pub mod config;
 pub mod error;
 pub mod ext4;
+pub mod flatten;
 pub mod guest;
 pub mod import;
+pub mod privs;
 pub mod reference;
 pub mod registry;
 pub mod service;
 pub mod store;
 pub mod token;
-pub mod unpack;
 
 pub use error::Error;
 pub use service::ImageStoreService;

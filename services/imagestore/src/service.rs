@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::config::ImageStoreConfig;
 use crate::error::Error;
+use crate::flatten::Cancel;
 use crate::guest::GuestFacts;
 use crate::registry::Credentials;
 use crate::store::{ImportRequest, PullRequest, Record, Store};
@@ -75,12 +76,26 @@ fn image_pb(r: &Record) -> pb::Image {
     }
 }
 
+/// Sets the build's cancel flag when the response stream is dropped (the
+/// client went away): the build stops and its mke2fs is killed; downloads
+/// go on, so a retry finds the blobs.
+struct CancelOnDrop(Cancel);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Progress events from `rx`, then the task's image or error.
 fn progress_stream(
     mut rx: mpsc::UnboundedReceiver<crate::store::Progress>,
     task: tokio::task::JoinHandle<Result<Record, Error>>,
+    cancel: Cancel,
 ) -> BoxStream<pb::PullImageEvent> {
+    let guard = CancelOnDrop(cancel);
     Box::pin(async_stream::stream! {
+        let _guard = guard;
         while let Some(p) = rx.recv().await {
             yield Ok(pb::PullImageEvent {
                 event: Some(pb::pull_image_event::Event::Progress(pb::ImageProgress {
@@ -128,13 +143,16 @@ impl ImageStore for ImageStoreService {
                     identity_token: c.identity_token,
                 })
                 .collect(),
+            cancel: Cancel::default(),
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let store = self.store.clone();
-        // The pull runs to completion even if the client goes away, so a
-        // retry finds its blobs (or the finished image).
+        let cancel = req.cancel.clone();
+        // The downloads run to completion even if the client goes away, so
+        // a retry finds its blobs; the build (mke2fs) is only that
+        // caller's and stops.
         let task = tokio::spawn(async move { store.pull(req, tx).await });
-        Ok(Response::new(progress_stream(rx, task)))
+        Ok(Response::new(progress_stream(rx, task, cancel)))
     }
 
     type ImportImageStream = BoxStream<pb::PullImageEvent>;
@@ -162,6 +180,7 @@ impl ImageStore for ImageStoreService {
             kernel_ref: header.kernel_ref,
             platform: header.platform,
             force: header.force,
+            cancel: Cancel::default(),
         };
         banger_proto::names::validate("image", &req.name).map_err(Error::from)?;
         let mut file = self.store.temp_file()?;
@@ -179,12 +198,13 @@ impl ImageStore for ImageStoreService {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let store = self.store.clone();
+        let cancel = req.cancel.clone();
         let task = tokio::spawn(async move {
             let r = store.import(req, file.path(), tx).await;
             drop(file);
             r
         });
-        Ok(Response::new(progress_stream(rx, task)))
+        Ok(Response::new(progress_stream(rx, task, cancel)))
     }
 
     #[tracing::instrument(skip_all)]

@@ -1,7 +1,11 @@
 //! The image store: records under `images/<name>/manifest.json` next to
-//! `rootfs.ext4`, holds, and the pull pipeline (resolve → download layers
-//! in parallel into the blob cache → unpack each layer, in order, as soon
-//! as it is verified → guest bits → ext4 → atomic install).
+//! `rootfs.ext4`, holds, and the pull pipeline: resolve → download layers
+//! in parallel into the blob cache → index each layer, in order, while it
+//! downloads ([`crate::flatten`]: in memory only, nothing written) → once
+//! every digest verified: guest facts and guest bits on the index → one
+//! flattened tar stream into `mke2fs -d -` ([`crate::ext4`]) → atomic
+//! install. No tree is ever written on the host: the only disk a pull uses
+//! is the blobs and the image file.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -13,10 +17,10 @@ use tokio::sync::{RwLock, Semaphore, mpsc};
 use crate::blobs::{BlobCache, Started};
 use crate::config::ImageStoreConfig;
 use crate::error::Error;
+use crate::flatten::{Cancel, Flattener, Limits};
 use crate::guest::{self, GuestFacts};
 use crate::reference::ImageRef;
 use crate::registry::{self, Credentials, Platform};
-use crate::unpack::Unpacker;
 
 /// A built image, as stored in `manifest.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,6 +55,9 @@ pub struct PullRequest {
     pub platform: String,
     pub force: bool,
     pub credentials: Vec<Credentials>,
+    /// Set when the caller went away: the build stops and its child
+    /// processes are killed (downloads go on for the next pull).
+    pub cancel: Cancel,
 }
 
 /// What to import (the archive itself comes separately).
@@ -62,6 +69,8 @@ pub struct ImportRequest {
     pub kernel_ref: String,
     pub platform: String,
     pub force: bool,
+    /// As [`PullRequest::cancel`].
+    pub cancel: Cancel,
 }
 
 /// One progress update of a pull.
@@ -129,6 +138,8 @@ impl Store {
         for d in [&images, &tmp] {
             std::fs::create_dir_all(d).map_err(Error::io("cannot create", d))?;
         }
+        // Refuse to start on a host whose mke2fs cannot build from a tar.
+        crate::ext4::probe(&tmp)?;
         if let Ok(read) = std::fs::read_dir(&images) {
             for entry in read.flatten() {
                 if entry.path() != tmp && !entry.path().join("manifest.json").is_file() {
@@ -393,12 +404,14 @@ impl Store {
                 config_digest: manifest.config.digest.clone(),
             },
             tx,
+            req.cancel.clone(),
         )
         .await
     }
 
-    /// Unpacks `layers` in order, each as soon as its download (or import)
-    /// finished, injects the guest bits, builds the ext4 and installs it.
+    /// Indexes `layers` in order, each while its download (or import) runs,
+    /// then, all verified, injects the guest bits, builds the ext4 and
+    /// installs it.
     async fn assemble(
         &self,
         name: &str,
@@ -406,6 +419,7 @@ impl Store {
         mut downloads: Vec<Download>,
         meta: Meta,
         tx: ProgressTx,
+        cancel: Cancel,
     ) -> Result<Record, Error> {
         let name = name.to_owned();
         let send = |p: Progress| {
@@ -418,19 +432,20 @@ impl Store {
         };
 
         let started = std::time::Instant::now();
-        let staging = tempfile::Builder::new()
-            .prefix(&format!("{name}-"))
-            .tempdir_in(&self.tmp)
-            .map_err(Error::io("cannot create a temp dir in", &self.tmp))?;
-        let rootfs = staging.path().join("rootfs");
-        std::fs::create_dir(&rootfs).map_err(Error::io("cannot create", &rootfs))?;
-        let mut unpacker = Unpacker::new(&rootfs, self.config.max_unpacked_bytes);
+        let cfg = &self.config;
+        let mut flat = Flattener::new(Limits {
+            bytes: cfg.max_unpacked_bytes,
+            entries: cfg.max_entries,
+            entries_per_dir: cfg.max_entries_per_dir,
+            dir_work: cfg.max_dir_work,
+            memory: cfg.flatten_memory_bytes,
+        });
         for (i, layer) in layers.iter().enumerate() {
-            // Unpack while the layer downloads (or from the cache), then
-            // require the download's verdict: bytes unpacked from a blob
-            // that fails verification are thrown away with the staging dir.
+            // Index the layer while it downloads (or from the cache), then
+            // require the download's verdict. Nothing is written here: the
+            // emit pass starts only once every layer verified.
             let source = (&mut downloads[i].0).await.ok();
-            let unpacked = match source {
+            let indexed = match source {
                 None => None,
                 Some(source) => {
                     send(Progress {
@@ -441,18 +456,18 @@ impl Store {
                     });
                     let blob = self.blobs.path(&layer.digest)?;
                     let digest = layer.digest.clone();
-                    let (u, r) = tokio::task::spawn_blocking(move || {
+                    let (f, r) = tokio::task::spawn_blocking(move || {
                         let r = match source {
-                            Started::Cached => unpacker.unpack_file(&blob, &digest),
-                            Started::Live(live) => {
-                                unpacker.unpack_compressed(live.reader(), &digest)
-                            }
+                            Started::Cached => std::fs::File::open(&blob)
+                                .map_err(Error::io("cannot open layer", &blob))
+                                .and_then(|file| flat.add_layer(file, &digest)),
+                            Started::Live(live) => flat.add_layer(live.reader(), &digest),
                         };
-                        (unpacker, r)
+                        (flat, r)
                     })
                     .await
-                    .expect("unpack task panicked");
-                    unpacker = u;
+                    .expect("index task panicked");
+                    flat = f;
                     Some(r)
                 }
             };
@@ -464,15 +479,26 @@ impl Store {
                 }),
             };
             let result = downloaded.and_then(|()| {
-                unpacked.unwrap_or_else(|| {
+                indexed.unwrap_or_else(|| {
                     Err(Error::Download {
                         digest: layer.digest.clone(),
                         message: "the download ended without data".into(),
                     })
                 })
             });
+            let result = result.and_then(|()| {
+                if crate::flatten::cancelled(&cancel) {
+                    Err(Error::Cancelled)
+                } else {
+                    Ok(())
+                }
+            });
             if let Err(e) = result {
-                abort_all(&downloads);
+                // A caller that went away leaves the downloads running: a
+                // retry (or another image sharing the layers) finds them.
+                if !matches!(e, Error::Cancelled) {
+                    abort_all(&downloads);
+                }
                 return Err(e);
             }
         }
@@ -482,22 +508,31 @@ impl Store {
             phase: "injecting",
             ..Progress::default()
         });
+        let staging = tempfile::Builder::new()
+            .prefix(&format!("{name}-"))
+            .tempdir_in(&self.tmp)
+            .map_err(Error::io("cannot create a temp dir in", &self.tmp))?;
         let candidates = self.guest_candidates.clone();
         let out = staging.path().join("out");
         std::fs::create_dir(&out).map_err(Error::io("cannot create", &out))?;
-        let (label, headroom, min_headroom) = (
-            name.clone(),
-            self.config.ext4_headroom_percent,
-            self.config.ext4_min_headroom_mib,
+        let sizing = (
+            cfg.ext4_headroom_percent,
+            cfg.ext4_min_headroom_mib,
+            cfg.max_image_bytes,
         );
+        let label = name.clone();
         let tx2 = tx.clone();
         let ext4 = out.join("rootfs.ext4");
-        let rootfs2 = rootfs.clone();
+        let scratch = staging.path().to_path_buf();
+        let blob_paths = layers
+            .iter()
+            .map(|l| self.blobs.path(&l.digest))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cancel2 = cancel.clone();
         let (facts, size, content) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-            let content = unpacker.finish()?;
-            let mut facts = guest::facts(&rootfs2);
-            facts.has_agent = match guest::find_bundle(&candidates) {
-                Some(bundle) => guest::inject(&rootfs2, &bundle)?,
+            let facts = guest::facts(&mut flat);
+            let has_agent = match guest::find_bundle(&candidates) {
+                Some(bundle) => guest::inject(&mut flat, &bundle)?,
                 None => {
                     tracing::warn!(
                         looked_in = ?candidates,
@@ -512,11 +547,37 @@ impl Store {
                 ..Progress::default()
             });
             let t = std::time::Instant::now();
-            let stats = crate::ext4::measure(&rootfs2)?;
-            let measured = t.elapsed();
-            let size = crate::ext4::build(&rootfs2, &ext4, &label, stats, headroom, min_headroom)?;
-            tracing::info!(measure_ms = measured.as_millis() as u64, mkfs_and_fsck_ms = t.elapsed().as_millis() as u64, "ext4 built");
-            Ok((facts, size, content.max(stats.bytes)))
+            let stats = flat.checked_stats()?;
+            let open = |i: usize| -> Result<Box<dyn std::io::Read>, Error> {
+                let p = &blob_paths[i];
+                Ok(Box::new(
+                    std::fs::File::open(p).map_err(Error::io("cannot open layer", p))?,
+                ))
+            };
+            let capture: Vec<_> = facts.os_release.into_iter().collect();
+            let (size, emitted) = crate::ext4::build(
+                &ext4,
+                &label,
+                stats,
+                sizing,
+                |w| flat.emit(w, &open, &capture, &cancel2),
+                &cancel2,
+            )?;
+            let built = t.elapsed();
+            crate::ext4::fix_up(&ext4, &emitted.fixups, &scratch, &cancel2)?;
+            let fixed = t.elapsed();
+            crate::ext4::check(&ext4, &cancel2)?;
+            tracing::info!(
+                entries = stats.inodes,
+                fixups = emitted.fixups.len(),
+                mke2fs_ms = built.as_millis() as u64,
+                debugfs_ms = (fixed - built).as_millis() as u64,
+                e2fsck_ms = (t.elapsed() - fixed).as_millis() as u64,
+                "ext4 built"
+            );
+            let mut facts = facts.finish(&emitted.captured);
+            facts.has_agent = has_agent;
+            Ok((facts, size, stats.content))
         })
         .await
         .expect("build task panicked")?;
@@ -547,9 +608,7 @@ impl Store {
             total_ms = started.elapsed().as_millis() as u64,
             "image built"
         );
-        // The staging tree can be large: remove it in the background, after
-        // answering (a crash before it is gone is cleaned up on start).
-        drop(tokio::task::spawn_blocking(move || drop(staging)));
+        drop(staging);
         send(Progress {
             phase: "done",
             ..Progress::default()
@@ -588,19 +647,13 @@ impl Store {
             message: format!("reading {}", req.file_name),
             ..Progress::default()
         });
-        let work = tempfile::Builder::new()
-            .prefix("import-")
-            .tempdir_in(&self.tmp)
-            .map_err(Error::io("cannot create a temp dir in", &self.tmp))?;
         let (archive, blobs, platform2) =
             (archive.to_path_buf(), self.blobs.clone(), platform.clone());
-        let work_path = work.path().to_path_buf();
         let found = tokio::task::spawn_blocking(move || {
-            crate::import::read_archive(&archive, &work_path, &platform2, &blobs)
+            crate::import::read_archive(&archive, &platform2, &blobs)
         })
         .await
         .expect("import task panicked")?;
-        drop(tokio::task::spawn_blocking(move || drop(work)));
         if !req.force
             && let Some(r) = self.read(&req.name)?
             && r.digest == found.digest
@@ -629,6 +682,7 @@ impl Store {
                 config_digest: found.config_digest,
             },
             tx,
+            req.cancel.clone(),
         )
         .await
     }

@@ -189,3 +189,67 @@ async fn hostile_free_text_is_refused_or_dropped() {
     assert_eq!(guest.os_id_like, ["debian"]);
     assert_eq!(guest.os_version_id, "12");
 }
+
+/// Audit hole: an archive whose members are symlinks to host paths (a
+/// secret file, a FIFO) must not make imagestore read them; links between
+/// members inside the archive still work (older `docker save` links
+/// duplicate layers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_symlinks_never_reach_the_host() {
+    let ts = TestStore::new();
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(config(&[])), sock.path()).await;
+    let host = tempfile::tempdir().unwrap();
+    let secret = host.path().join("secret.json");
+    std::fs::write(&secret, br#"[{"Config": "c", "Layers": []}]"#).unwrap();
+    let fifo = host.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let layer = busybox_layer();
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [digest(&layer)]}})
+    .to_string();
+    let archive = |manifest_link: &str, layer_link: &str| {
+        let manifest = serde_json::json!([{"Config": "config.json", "Layers": ["a/layer.tar", "b/layer.tar"]}])
+            .to_string();
+        let mut t = TarBuilder::new();
+        if manifest_link.is_empty() {
+            t.file("manifest.json", 0o644, 0, 0, manifest.as_bytes());
+        } else {
+            t.symlink("manifest.json", manifest_link);
+        }
+        t.file("config.json", 0o644, 0, 0, config.as_bytes())
+            .dir("a", 0o755, 0, 0)
+            .file("a/layer.tar", 0o644, 0, 0, &layer)
+            .dir("b", 0o755, 0, 0)
+            .symlink("b/layer.tar", layer_link);
+        t.finish()
+    };
+    // A link inside the archive is followed by name.
+    let img = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        import(
+            &mut client,
+            messages("linked", "l.tar", archive("", "../a/layer.tar")),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(img.layers.len(), 2);
+    // Links to host paths are refused, and a FIFO does not hang the import.
+    for (m, l) in [
+        (secret.to_str().unwrap(), "../a/layer.tar"),
+        ("", fifo.to_str().unwrap()),
+        ("", "/etc/passwd"),
+    ] {
+        let err = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            import(&mut client, messages("evil", "e.tar", archive(m, l))),
+        )
+        .await
+        .expect("the import hung")
+        .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    }
+    assert!(!ts.state.path().join("images/evil").exists());
+}

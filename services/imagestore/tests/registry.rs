@@ -8,7 +8,6 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use banger_imagestore::unpack::Unpacker;
 use banger_proto::imagestore::v1 as pb;
 use banger_test_support::registry::{Registry, RegistryAuth, push_with_skopeo};
 use common::*;
@@ -218,6 +217,13 @@ fn tricky_layers() -> Vec<Vec<u8>> {
     let cap: &[u8] = &[
         1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ];
+    // user::rwx user:1000:r-x group::r-x mask::r-x other::r-- in the
+    // kernel's xattr form (version 2, then tag/perm/id entries).
+    let acl: &[u8] = &[
+        2, 0, 0, 0, 1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, 2, 0, 5, 0, 0xe8, 3, 0, 0, 4, 0, 5, 0,
+        0xff, 0xff, 0xff, 0xff, 0x10, 0, 5, 0, 0xff, 0xff, 0xff, 0xff, 0x20, 0, 4, 0, 0xff, 0xff,
+        0xff, 0xff,
+    ];
     let mut l1 = TarBuilder::new();
     l1.dir("etc", 0o755, 0, 0)
         .file("etc/passwd", 0o644, 0, 0, b"root:x:0:0::/root:/bin/sh\n")
@@ -231,6 +237,35 @@ fn tricky_layers() -> Vec<Vec<u8>> {
             0o755,
             b"ping",
             &[("security.capability", cap), ("user.note", b"hi")],
+        )
+        .file_pax(
+            "usr/bin/acl",
+            0o755,
+            b"acl",
+            &[
+                ("SCHILY.xattr.system.posix_acl_access", acl),
+                ("SCHILY.xattr.trusted.overlay", b"t"),
+            ],
+        )
+        .file_pax(
+            "usr/bin/fine",
+            0o644,
+            b"ns",
+            &[("mtime", b"1600000000.123456789")],
+        )
+        .file("orig", 0o644, 0, 0, b"original")
+        .hardlink("keeplink", "orig")
+        .dir(&"d".repeat(200), 0o755, 0, 0)
+        .file(
+            &format!("{}/{}", "d".repeat(200), "f".repeat(150)),
+            0o644,
+            0,
+            0,
+            b"long",
+        )
+        .symlink(
+            "longlink",
+            &format!("/{}/{}", "d".repeat(200), "f".repeat(150)),
         )
         .symlink("bin", "usr/bin")
         .symlink("etc/abs", "/etc/passwd")
@@ -255,8 +290,32 @@ fn tricky_layers() -> Vec<Vec<u8>> {
         .file("x", 0o644, 0, 0, b"file becomes dir")
         .dir("y", 0o755, 0, 0)
         .file("y/child", 0o644, 0, 0, b"dir becomes file");
+    // A non-UTF-8 name carrying an xattr and a sub-second mtime (debugfs
+    // gets it byte for byte).
+    {
+        use std::os::unix::ffi::OsStrExt;
+        l1.0.append_pax_extensions([
+            ("SCHILY.xattr.user.latin1", &b"x"[..]),
+            ("mtime", &b"1600000000.5"[..]),
+        ])
+        .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_size(1);
+        h.set_mtime(1_600_000_000);
+        l1.0.append_data(
+            &mut h,
+            Path::new(std::ffi::OsStr::from_bytes(b"caf\xe9 \"q\"")),
+            &b"1"[..],
+        )
+        .unwrap();
+    }
     let mut l2 = TarBuilder::new();
     l2.file(".wh.gone", 0o644, 0, 0, b"")
+        // The original name goes, its other name stays (same inode).
+        .file(".wh.orig", 0o644, 0, 0, b"")
+        // A hardlink to a lower layer's file.
+        .hardlink("usr/bin/su-upper", "usr/bin/su")
         .file("a/.wh.gone", 0o644, 0, 0, b"")
         .dir("opq", 0o750, 0, 0)
         .file("opq/.wh..wh..opq", 0o644, 0, 0, b"")
@@ -283,7 +342,9 @@ async fn flattening_equals_umoci_unpack() {
     registry.push(&layout(src.path(), "v1", &layers), "tricky:v1");
 
     let ts = TestStore::new();
-    let store = ts.open(config(&[&registry.addr]));
+    let mut store = ts.open(config(&[&registry.addr]));
+    // No guest bits: the image must be exactly the layers.
+    store.set_guest_candidates(vec![]);
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let record = store
         .pull(
@@ -297,18 +358,8 @@ async fn flattening_equals_umoci_unpack() {
         .unwrap();
     assert_eq!(record.layers.len(), 2);
 
-    // Our flattening of the blobs the pull cached …
-    let ours = tempfile::tempdir().unwrap();
-    let mut u = Unpacker::new(ours.path(), 1 << 30);
-    for layer in &record.layers {
-        let blob = ts
-            .state
-            .path()
-            .join("blobs/sha256")
-            .join(layer.trim_start_matches("sha256:"));
-        u.unpack_file(&blob, layer).unwrap();
-    }
-    u.finish().unwrap();
+    // The ext4 the pull built, mounted read-only …
+    let ours = describe_ext4(&store.ext4_path(&record.name));
     // … equals umoci's unpack of the same image fetched by skopeo.
     let work = tempfile::tempdir().unwrap();
     let oci = work.path().join("oci");
@@ -329,48 +380,40 @@ async fn flattening_equals_umoci_unpack() {
         "umoci: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_same_tree(ours.path(), &bundle.join("rootfs"));
+    assert_same(&ours, &describe(&bundle.join("rootfs")));
 
     // Spot checks, so equality with umoci is not equality of two wrongs.
-    let r = ours.path();
-    assert!(!r.join("gone").exists() && !r.join("a/gone").exists());
-    assert!(!r.join("opq/lower").exists() && !r.join("opq/sub").exists());
-    assert_eq!(std::fs::read(r.join("usr/bin/newtool")).unwrap(), b"new");
-    assert_eq!(
-        xattr::get(r.join("usr/bin/ping"), "user.note")
-            .unwrap()
-            .unwrap(),
-        b"hi"
+    let node = |p: &str| {
+        ours.get(Path::new(p))
+            .unwrap_or_else(|| panic!("{p} missing from the image"))
+    };
+    for gone in ["gone", "a/gone", "opq/lower", "opq/sub", "orig"] {
+        assert!(!ours.contains_key(Path::new(gone)), "{gone} survived");
+    }
+    assert_eq!(node("usr/bin/newtool").content, Some(digest(b"new")));
+    assert_eq!(node("keeplink").content, Some(digest(b"original")));
+    assert_eq!(node("usr/bin/ping").xattrs["user.note"], b"hi");
+    assert!(
+        node("usr/bin/ping")
+            .xattrs
+            .contains_key("security.capability")
     );
     assert!(
-        xattr::get(r.join("usr/bin/ping"), "security.capability")
-            .unwrap()
-            .is_some()
+        node("usr/bin/acl")
+            .xattrs
+            .contains_key("system.posix_acl_access")
     );
-    use std::os::unix::fs::MetadataExt;
+    assert_eq!(node("usr/bin/acl").xattrs["trusted.overlay"], b"t");
     assert_eq!(
-        std::fs::metadata(r.join("usr/bin/su")).unwrap().mode() & 0o7777,
-        0o4755
+        node("usr/bin/fine").mtime,
+        Some((1_600_000_000, 123_456_789))
     );
-    assert_eq!(
-        std::fs::metadata(r.join("usr/bin/su")).unwrap().ino(),
-        std::fs::metadata(r.join("usr/bin/su-link")).unwrap().ino()
-    );
-    assert_eq!(
-        std::fs::metadata(r.join("home/user/file")).unwrap().gid(),
-        100
-    );
-
-    // And the ext4 carries the ownership, modes and xattrs.
-    let ext4 = store.ext4_path(&record.name);
-    let stat = debugfs_stat(&ext4, "/usr/bin/ping");
-    assert!(stat.contains("security.capability"), "{stat}");
-    let stat = debugfs_stat(&ext4, "/home/user/file");
-    assert!(
-        stat.contains("User:  1000") && stat.contains("Group:   100"),
-        "{stat}"
-    );
-    assert!(debugfs_stat(&ext4, "/dev/null").contains("Type: character special"));
+    assert_eq!(node("usr/bin/su").mode & 0o7777, 0o4755);
+    assert_eq!(node("usr/bin/su").nlink, 3, "su, su-link and su-upper");
+    assert_eq!(node("usr/bin/sg").mode & 0o7777, 0o2755);
+    assert_eq!(node("home/user/file").gid, 100);
+    assert_eq!(node("dev/null").rdev, nix::sys::stat::makedev(1, 3));
+    assert_eq!(node("tmp").mode & 0o7777, 0o1777);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -691,4 +734,365 @@ async fn registry_killed_mid_layer_then_retry_succeeds() {
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let record = store.pull(request, tx).await.unwrap();
     assert_eq!(record.name, "big");
+}
+
+/// `/proc/PID/status` field `field` (a hex capability mask).
+fn cap_field(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:\t")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    u64::from_str_radix(line.trim(), 16).unwrap()
+}
+
+/// The real `banger-imagestore` binary on a temp home, optionally as
+/// another user with no capability (`setpriv`); killed on drop.
+struct Daemon {
+    child: std::process::Child,
+    pid: u32,
+    home: tempfile::TempDir,
+    _guest: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(registry: &str, unprivileged: bool) -> Daemon {
+        use std::os::unix::fs::PermissionsExt;
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(
+            home.path().join("banger.toml"),
+            format!(
+                "[imagestore]\ninsecure_registries = [\"{registry}\"]\next4_min_headroom_mib = 8\n"
+            ),
+        )
+        .unwrap();
+        let guest = fake_guest_bundle();
+        std::fs::set_permissions(guest.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = env!("CARGO_BIN_EXE_banger-imagestore");
+        let mut cmd = if unprivileged {
+            banger_test_support::require_program("setpriv", "util-linux");
+            std::os::unix::fs::chown(home.path(), Some(65534), Some(65534)).unwrap();
+            std::os::unix::fs::chown(home.path().join("banger.toml"), Some(65534), Some(65534))
+                .unwrap();
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--no-new-privs",
+                "--",
+            ])
+            .arg(bin);
+            c
+        } else {
+            Command::new(bin)
+        };
+        let child = cmd
+            .arg("--home")
+            .arg(home.path())
+            .env("BANGER_GUEST_DIR", guest.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let socket = home.path().join("run/imagestore.sock");
+        for _ in 0..200 {
+            if socket.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(
+            socket.exists(),
+            "banger-imagestore did not bind {}",
+            socket.display()
+        );
+        Daemon {
+            child,
+            pid,
+            home,
+            _guest: guest,
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imagestore_without_any_capability_builds_setuid_files_and_devices() {
+    banger_test_support::require_root();
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    let layers: Vec<Layer> = tricky_layers().into_iter().map(gzip_layer).collect();
+    registry.push(&layout(src.path(), "v1", &layers), "tricky:v1");
+
+    // Dev mode: started as root, it drops everything, bounding set included.
+    let root = Daemon::start(&registry.addr, false);
+    assert_eq!(cap_field(root.pid, "CapEff"), 0, "effective set as root");
+    assert_eq!(cap_field(root.pid, "CapBnd"), 0, "bounding set as root");
+    drop(root);
+
+    // As nobody with nothing: the pull still makes setuid files and devices.
+    let daemon = Daemon::start(&registry.addr, true);
+    for field in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
+        assert_eq!(cap_field(daemon.pid, field), 0, "{field}");
+    }
+    let socket = daemon.home.path().join("run/imagestore.sock");
+    let mut client = banger_proto::imagestore::v1::image_store_client::ImageStoreClient::new(
+        banger_proto::rpc::connect(&socket).await.unwrap(),
+    );
+    let (_, image) = pull(&mut client, req(&format!("{}/tricky:v1", registry.addr))).await;
+    let image = image.unwrap();
+    let ext4 = daemon
+        .home
+        .path()
+        .join("state/images")
+        .join(&image.name)
+        .join("rootfs.ext4");
+    let tree = describe_ext4(&ext4);
+    let node = |p: &str| &tree[Path::new(p)];
+    assert_eq!(node("usr/bin/su").mode & 0o7777, 0o4755);
+    assert_eq!(node("usr/bin/su").uid, 0);
+    assert_eq!(node("usr/bin/sg").gid, 42);
+    assert_eq!(node("home/user/file").uid, 1000);
+    assert_eq!(node("dev/null").rdev, nix::sys::stat::makedev(1, 3));
+    assert_eq!(node("dev/loop0").rdev, nix::sys::stat::makedev(7, 0));
+    assert!(
+        node("usr/bin/ping")
+            .xattrs
+            .contains_key("security.capability")
+    );
+    assert_eq!(node("usr/bin/acl").xattrs["trusted.overlay"], b"t");
+    // Nothing of the image exists on the host as those owners: the state
+    // holds only nobody's files.
+    for entry in walkdir::WalkDir::new(daemon.home.path().join("state")) {
+        let entry = entry.unwrap();
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let m = entry.metadata().unwrap();
+        assert_eq!(m.uid(), 65534, "{} is not nobody's", entry.path().display());
+        assert!(!m.file_type().is_char_device() && !m.file_type().is_block_device());
+    }
+}
+
+/// mke2fs processes whose command line names `dir`.
+fn mke2fs_under(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.starts_with("mke2fs") && cmd.contains(&needle)
+        })
+        .collect()
+}
+
+/// Nothing of a failed or cancelled build is left in the staging area.
+fn staging_is_empty(ts: &TestStore) -> bool {
+    std::fs::read_dir(ts.state.path().join("images/.staging"))
+        .unwrap()
+        .flatten()
+        .all(|e| e.file_name().to_string_lossy().starts_with("mke2fs-probe-"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_stops_mke2fs_and_the_store_stays_healthy() {
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    // 15k empty files in one directory: mke2fs needs many seconds for it.
+    let mut t = TarBuilder::new();
+    t.dir("wide", 0o755, 0, 0);
+    for i in 0..15_000 {
+        t.file(&format!("wide/f{i:05}"), 0o644, 0, 0, b"");
+    }
+    registry.push(
+        &layout(src.path(), "v1", &[gzip_layer(t.finish())]),
+        "wide:v1",
+    );
+    let ts = TestStore::new();
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(config(&[&registry.addr])), sock.path()).await;
+    let mut stream = client
+        .pull_image(req(&format!("{}/wide:v1", registry.addr)))
+        .await
+        .unwrap()
+        .into_inner();
+    // Wait for the build to start, and for its mke2fs.
+    while let Some(ev) = stream.message().await.unwrap() {
+        if let Some(pb::pull_image_event::Event::Progress(p)) = ev.event
+            && p.phase == "building"
+        {
+            break;
+        }
+    }
+    let mut seen = false;
+    for _ in 0..100 {
+        if !mke2fs_under(ts.state.path()).is_empty() {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(seen, "mke2fs never started");
+    drop(stream);
+    let mut gone = false;
+    for _ in 0..200 {
+        if mke2fs_under(ts.state.path()).is_empty() && staging_is_empty(&ts) {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(gone, "mke2fs or its staging outlived the client");
+    assert!(
+        client
+            .list_images(pb::ListImagesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .images
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filesystem_over_the_cap_is_refused_and_nothing_is_left() {
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    let mut t = TarBuilder::new();
+    t.file("big", 0o644, 0, 0, &vec![7u8; 24 << 20]);
+    registry.push(
+        &layout(src.path(), "v1", &[gzip_layer(t.finish())]),
+        "big:v1",
+    );
+    let ts = TestStore::new();
+    let mut cfg = config(&[&registry.addr]);
+    cfg.max_image_bytes = 16 << 20;
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(cfg), sock.path()).await;
+    let (_, err) = pull(&mut client, req(&format!("{}/big:v1", registry.addr))).await;
+    let err = err.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("max_image_bytes"), "{err:?}");
+    assert!(staging_is_empty(&ts));
+    assert!(!ts.state.path().join("images/big-v1").exists());
+    // Still healthy: the same store builds a small image.
+    let mut t = TarBuilder::new();
+    t.file("small", 0o644, 0, 0, b"s");
+    registry.push(
+        &layout(src.path(), "v2", &[gzip_layer(t.finish())]),
+        "big:v2",
+    );
+    let (_, ok) = pull(&mut client, req(&format!("{}/big:v2", registry.addr))).await;
+    assert_eq!(ok.unwrap().name, "big-v2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_sending_more_than_the_declared_size_is_cut_off() {
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    let mut t = TarBuilder::new();
+    t.file("small", 0o644, 0, 0, b"s");
+    let layer = gzip_layer(t.finish());
+    let hex = common::digest(&layer.blob)
+        .trim_start_matches("sha256:")
+        .to_owned();
+    registry.push(&layout(src.path(), "v1", &[layer]), "liar:v1");
+    // The stored blob grows to 32 MiB; the manifest still says ~100 bytes.
+    let data = registry_blob(&registry, &hex);
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes.resize(32 << 20, 0);
+    std::fs::write(&data, &bytes).unwrap();
+    let ts = TestStore::new();
+    let store = ts.open(config(&[&registry.addr]));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let err = store
+        .pull(
+            banger_imagestore::store::PullRequest {
+                reference: format!("{}/liar:v1", registry.addr),
+                ..Default::default()
+            },
+            tx,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("more than the"), "{err}");
+    let mut most = 0;
+    while let Ok(p) = rx.try_recv() {
+        if p.phase == "downloading" {
+            most = most.max(p.done);
+        }
+    }
+    assert!(most < 1 << 20, "took {most} bytes of a ~100-byte layer");
+    assert_eq!(
+        std::fs::read_dir(ts.state.path().join("blobs/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_service_kills_a_running_mke2fs() {
+    banger_test_support::require_root();
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    let mut t = TarBuilder::new();
+    t.dir("wide", 0o755, 0, 0);
+    for i in 0..15_000 {
+        t.file(&format!("wide/f{i:05}"), 0o644, 0, 0, b"");
+    }
+    registry.push(
+        &layout(src.path(), "v1", &[gzip_layer(t.finish())]),
+        "wide:v1",
+    );
+    let mut daemon = Daemon::start(&registry.addr, false);
+    let socket = daemon.home.path().join("run/imagestore.sock");
+    let mut client = banger_proto::imagestore::v1::image_store_client::ImageStoreClient::new(
+        banger_proto::rpc::connect(&socket).await.unwrap(),
+    );
+    let pulling =
+        tokio::spawn(
+            async move { pull(&mut client, req(&format!("{}/wide:v1", registry.addr))).await },
+        );
+    let mut running = Vec::new();
+    for _ in 0..500 {
+        running = mke2fs_under(daemon.home.path());
+        if !running.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!running.is_empty(), "mke2fs never started");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "imagestore did not stop within 10 s of SIGTERM"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        mke2fs_under(daemon.home.path()).is_empty(),
+        "mke2fs outlived imagestore"
+    );
+    assert!(pulling.await.unwrap().1.is_err());
 }

@@ -17,7 +17,6 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -495,13 +494,7 @@ pub fn validate_name(name: &str) -> Result<()> {
         .map_err(|_| Error::InvalidKernelName { name: name.into() })
 }
 
-/// Current time in Unix seconds.
-pub fn now_unix() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
+pub use banger_proto::host::now_unix;
 
 /// SHA-256 (hex) and size of a file.
 pub fn hash_file(path: &Path) -> Result<(String, u64)> {

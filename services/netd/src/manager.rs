@@ -4,7 +4,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Mutex;
 
@@ -223,10 +222,7 @@ impl Manager {
             nat: params.nat && self.config.nat,
             owner_uid: params.owner_uid,
             owner_gid: params.owner_gid,
-            created_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or_default(),
+            created_unix: banger_proto::host::now_unix(),
         };
         if let Err(e) = self.apply(&lease).await {
             self.undo(&lease).await;

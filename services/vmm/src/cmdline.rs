@@ -6,7 +6,72 @@ use std::net::Ipv4Addr;
 use crate::record::Lease;
 
 /// Path of the first-boot init inside every image banger builds.
-pub const FIRST_BOOT: &str = "/usr/local/libexec/banger-first-boot";
+pub const FIRST_BOOT: &str = banger_proto::guest::FIRST_BOOT_PATH;
+
+/// The init of an image that has systemd (imagestore's `has_systemd` is
+/// exactly "`/sbin/init` resolves to systemd").
+pub const SYSTEMD_INIT: &str = "/sbin/init";
+
+/// Units masked by default on the command line of a VM that boots its
+/// systemd directly (`[vmm] masked_units` overrides): each has no job in a
+/// banger microVM — a fresh copy of an image, one virtio disk, no LVM, no
+/// firmware, no hardware, booted to be reached over SSH or the agent.
+/// Masking one from the command line touches nothing in the disk and
+/// lasts one boot: `[vmm] masked_units = []` brings them all back.
+pub const DEFAULT_MASKED_UNITS: &[&str] = &[
+    // Reaps e2scrub's leftover LVM snapshots: a VM disk is no LVM volume.
+    "e2scrub_reap.service",
+    // Weekly e2scrub of ext4 on LVM: none here, and the image is checked at build.
+    "e2scrub_all.timer",
+    // Archives crash records from EFI variables / ACPI ERST: microvm has neither.
+    "systemd-pstore.service",
+    // Preloads loop, fuse, drm, dm_mod, efi_pstore and configfs for their
+    // users: the kernel loads modules on demand (banger's kernels have the
+    // virtio drivers built in or in the initramfs), so nothing waits on it.
+    // (Masking the template masks every instance.)
+    "modprobe@.service",
+    // Pseudo-filesystems for hardware and debugging a microVM has no use
+    // for at boot: huge pages (hugetlbfs), POSIX message queues (mq_open
+    // works without the mount), debugfs, tracefs, the FUSE control fs
+    // (FUSE itself works) and configfs (USB gadgets, LIO targets).
+    "dev-hugepages.mount",
+    "dev-mqueue.mount",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-fs-fuse-connections.mount",
+    "sys-kernel-config.mount",
+    // Remounts / with the fstab's options: the kernel mounted it `rw` from
+    // banger's command line, and images carry no fstab entry for it.
+    "systemd-remount-fs.service",
+    // Creates the system users of sysusers.d: the packages that ship them
+    // created them when the image was built (or prepared); on the path to
+    // sshd under TCG.
+    "systemd-sysusers.service",
+    // Loads and refreshes the image's saved random seed: every VM of an
+    // image would load the same seed, which adds nothing per VM; the
+    // kernel seeds its RNG itself (RDRAND, jitter entropy).
+    "systemd-random-seed.service",
+    // Unattended package downloads and upgrades: a VM lives for a task and
+    // may have no route out; updates belong in the image.
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    // Daily dpkg status backup, man page index: the image is the backup,
+    // and nobody reads man pages in a microVM at boot.
+    "dpkg-db-backup.timer",
+    "man-db.timer",
+    // Weekly TRIM: the VM's virtio disk does not pass discards to the host.
+    "fstrim.timer",
+];
+
+/// A VM that boots its image's systemd directly.
+#[derive(Debug, Clone, Copy)]
+pub struct SystemdCmdline<'a> {
+    /// `systemd.mask=` each of these.
+    pub masked_units: &'a [String],
+    /// The image has udevd; without it no device unit ever appears, so the
+    /// ones systemd would wait 90 s for are masked too.
+    pub has_udev: bool,
+}
 
 /// What goes into one VM's command line.
 #[derive(Debug, Clone, Default)]
@@ -17,6 +82,9 @@ pub struct CmdlineSpec<'a> {
     pub direct_boot: bool,
     /// Set on every TCG boot: host TSC frequency in kHz.
     pub tsc_khz: Option<u32>,
+    /// Set when vmm prepared the disk for a direct systemd boot
+    /// (`init=/sbin/init`, no first boot before it, trimmed units).
+    pub systemd: Option<SystemdCmdline<'a>>,
 }
 
 /// Builds the kernel command line.
@@ -33,16 +101,48 @@ pub fn build(spec: &CmdlineSpec<'_>) -> String {
     if let Some(lease) = spec.lease {
         args.push(ip_arg(lease, spec.hostname));
     }
-    if spec.direct_boot {
-        args.push(format!("init={FIRST_BOOT}"));
+    match &spec.systemd {
+        Some(_) => args.push(format!("init={SYSTEMD_INIT}")),
+        None if spec.direct_boot => args.push(format!("init={FIRST_BOOT}")),
+        None => {}
     }
     if let Some(khz) = spec.tsc_khz {
         args.push(format!("tsc_early_khz={khz}"));
     }
-    // Guests without udev events otherwise wait 90 s for these devices.
-    args.push("systemd.mask=dev-ttyS0.device".into());
-    args.push("systemd.mask=dev-vdb.device".into());
+    let no_udev = match &spec.systemd {
+        Some(s) => {
+            args.extend(
+                s.masked_units
+                    .iter()
+                    .filter(|u| is_unit_name(u))
+                    .map(|u| format!("systemd.mask={u}")),
+            );
+            !s.has_udev
+        }
+        // Unknown: first boot's images may lack udev.
+        None => true,
+    };
+    if no_udev {
+        // Guests without udev events otherwise wait 90 s for these devices.
+        // With udev they appear, and masking dev-ttyS0 would fail
+        // serial-getty@ttyS0 (no console login), so only without.
+        args.push("systemd.mask=dev-ttyS0.device".into());
+        args.push("systemd.mask=dev-vdb.device".into());
+    }
     args.join(" ")
+}
+
+/// A systemd unit name that is safe as one command-line word: no
+/// whitespace, quotes or `=`, a known unit suffix.
+pub fn is_unit_name(u: &str) -> bool {
+    const SUFFIXES: [&str; 7] = [
+        ".service", ".timer", ".mount", ".socket", ".target", ".path", ".device",
+    ];
+    !u.is_empty()
+        && u.len() <= 255
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@:._-\\".contains(&b))
+        && SUFFIXES.iter().any(|s| u.ends_with(s) && u.len() > s.len())
 }
 
 /// `ip=<ip>::<gw>:<mask>:<hostname>:eth0:off[:<dns0>[:<dns1>]]`: the kernel
@@ -149,6 +249,7 @@ mod tests {
             lease: Some(&lease),
             direct_boot: true,
             tsc_khz: Some(2_599_998),
+            systemd: None,
         });
         assert_eq!(
             line,
@@ -166,6 +267,7 @@ mod tests {
             lease: None,
             direct_boot: false,
             tsc_khz: None,
+            systemd: None,
         });
         assert!(!line.contains("init="));
         assert!(!line.contains("tsc_early_khz"));
@@ -186,6 +288,7 @@ mod tests {
                         lease: l,
                         direct_boot,
                         tsc_khz,
+                        systemd: None,
                     });
                     assert!(
                         !line
@@ -195,6 +298,69 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn systemd_boots_directly_with_the_trimmed_units() {
+        let lease = lease();
+        let masked: Vec<String> = DEFAULT_MASKED_UNITS.iter().map(|s| s.to_string()).collect();
+        for direct_boot in [false, true] {
+            let line = build(&CmdlineSpec {
+                hostname: "sd",
+                lease: Some(&lease),
+                direct_boot,
+                tsc_khz: None,
+                systemd: Some(SystemdCmdline {
+                    masked_units: &masked,
+                    has_udev: true,
+                }),
+            });
+            let words: Vec<&str> = line.split(' ').collect();
+            assert!(words.contains(&"init=/sbin/init"), "{line}");
+            assert!(!line.contains(FIRST_BOOT), "{line}");
+            assert!(words.contains(&"systemd.mask=e2scrub_reap.service"));
+            assert!(words.contains(&"systemd.mask=modprobe@.service"));
+            // With udev, the serial console's device appears: not masked,
+            // so serial-getty@ttyS0 (console login) can start.
+            assert!(!line.contains("dev-ttyS0"), "{line}");
+        }
+        // Without udev, device units never appear: mask what would stall.
+        let none: Vec<String> = Vec::new();
+        let line = build(&CmdlineSpec {
+            hostname: "sd",
+            lease: None,
+            direct_boot: true,
+            tsc_khz: None,
+            systemd: Some(SystemdCmdline {
+                masked_units: &none,
+                has_udev: false,
+            }),
+        });
+        assert!(
+            line.ends_with(
+                "init=/sbin/init systemd.mask=dev-ttyS0.device systemd.mask=dev-vdb.device"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn unit_names() {
+        for ok in DEFAULT_MASKED_UNITS {
+            assert!(is_unit_name(ok), "{ok}");
+        }
+        assert!(is_unit_name("serial-getty@ttyS0.service"));
+        for bad in [
+            "",
+            ".service",
+            "a b.service",
+            "x.service init=/bin/sh",
+            "a=b.service",
+            "noext",
+            "q\"x.timer",
+        ] {
+            assert!(!is_unit_name(bad), "{bad}");
         }
     }
 

@@ -25,6 +25,18 @@ impl std::fmt::Display for Backend {
     }
 }
 
+/// `[vmm] hypervisor`: a backend, or `auto` to let the vmm choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendSetting {
+    /// Firecracker when its binary starts and KVM can run guests, QEMU
+    /// otherwise (see [`crate::hypervisor::choose`]).
+    #[default]
+    Auto,
+    Firecracker,
+    Qemu,
+}
+
 /// How QEMU accelerates guests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -41,8 +53,9 @@ pub enum QemuAccel {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VmmConfig {
-    /// Default backend; `banger vm create --hypervisor` overrides it per VM.
-    pub hypervisor: Backend,
+    /// Default backend (`auto`: chosen at vmm start from what this host
+    /// offers); `banger vm create --hypervisor` overrides it per VM.
+    pub hypervisor: BackendSetting,
     /// QEMU acceleration.
     pub qemu_accel: QemuAccel,
     /// QEMU binary (name on PATH or absolute path).
@@ -79,6 +92,14 @@ pub struct VmmConfig {
     /// the vmm process); filled by the service from the config.
     #[serde(skip)]
     pub guest: GuestConfig,
+    /// Units masked (`systemd.mask=`) on the command line of VMs whose image
+    /// boots its systemd directly: jobs a banger microVM has no use for.
+    /// Default: [`crate::cmdline::DEFAULT_MASKED_UNITS`], each justified
+    /// there; `[]` masks none.
+    pub masked_units: Vec<String>,
+    /// Drop Debian's `ssh.service` `sshd -t` pre-check in such VMs
+    /// (see [`crate::disk::SystemdPrep`]).
+    pub skip_sshd_config_check: bool,
 }
 
 /// The `[guest]` section: how a guest's first boot reaches package mirrors.
@@ -178,7 +199,7 @@ impl GuestConfig {
 impl Default for VmmConfig {
     fn default() -> Self {
         VmmConfig {
-            hypervisor: Backend::Qemu,
+            hypervisor: BackendSetting::Auto,
             qemu_accel: QemuAccel::Auto,
             qemu_binary: "qemu-system-x86_64".into(),
             firecracker_binary: "firecracker".into(),
@@ -194,6 +215,11 @@ impl Default for VmmConfig {
             prepare_headroom_mib: 2048,
             failed_creates_kept: 20,
             guest: GuestConfig::default(),
+            masked_units: crate::cmdline::DEFAULT_MASKED_UNITS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            skip_sshd_config_check: true,
         }
     }
 }
@@ -210,11 +236,14 @@ mod tests {
         )
         .unwrap();
         let vmm: VmmConfig = cfg.section("vmm").unwrap();
-        assert_eq!(vmm.hypervisor, Backend::Firecracker);
+        assert_eq!(vmm.hypervisor, BackendSetting::Firecracker);
         assert_eq!(vmm.qemu_accel, QemuAccel::Tcg);
         assert_eq!(vmm.default_memory_mib, 1024);
         assert_eq!(vmm.ready_timeout_secs, 120);
         assert_eq!(vmm.default_kernel, "debian-6.12");
+        let none = banger_proto::config::Config::parse("", "t.toml").unwrap();
+        let vmm: VmmConfig = none.section("vmm").unwrap();
+        assert_eq!(vmm.hypervisor, BackendSetting::Auto, "auto is the default");
     }
 
     #[test]

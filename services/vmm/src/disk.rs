@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 
-use banger_proto::guest::IDENTITY_PATH;
+use banger_proto::guest::{IDENTITY_APPLIED_PATH, IDENTITY_PATH, STATE_DIR};
 
 use crate::error::{Error, Result};
 
@@ -23,7 +23,18 @@ pub enum CopyMethod {
     Sparse,
 }
 
-/// Copies `src` to a new file `dst` (which must not exist).
+impl std::fmt::Display for CopyMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CopyMethod::Reflink => "reflink",
+            CopyMethod::Sparse => "sparse copy",
+        })
+    }
+}
+
+/// Copies `src` to a new file `dst` (which must not exist): a reflink
+/// (FICLONE) where the filesystem shares extents (XFS, Btrfs), else a
+/// sparse copy. On failure `dst` is removed (a full disk leaves nothing).
 pub fn copy_image(src: &Path, dst: &Path) -> Result<CopyMethod> {
     let input = File::open(src).map_err(Error::io("cannot open image", src))?;
     let output = File::options()
@@ -31,19 +42,30 @@ pub fn copy_image(src: &Path, dst: &Path) -> Result<CopyMethod> {
         .create_new(true)
         .open(dst)
         .map_err(Error::io("cannot create disk", dst))?;
+    if reflink(&input, &output) {
+        return Ok(CopyMethod::Reflink);
+    }
+    // Not fsynced here: the identity write that follows at create
+    // (`debugfs -w`, whose close flushes and fsyncs the whole file) makes
+    // the copy durable together with the identity, in one sync instead of
+    // two; a host crash before then leaves a `creating` record, which
+    // reconcile rolls back.
+    if let Err(e) = sparse_copy(&input, &output) {
+        // Ours since create_new: a full disk leaves no partial copy behind.
+        let _ = std::fs::remove_file(dst);
+        return Err(Error::io("cannot copy image to", dst)(e));
+    }
+    Ok(CopyMethod::Sparse)
+}
+
+/// FICLONE: `output` shares all of `input`'s extents. False where the
+/// filesystem cannot (ext4, tmpfs: EOPNOTSUPP; across filesystems: EXDEV).
+fn reflink(input: &File, output: &File) -> bool {
     // FICLONE = _IOW(0x94, 9, int)
     const FICLONE: libc::c_ulong = 0x4004_9409;
     // SAFETY: FICLONE takes the source fd as its integer argument; both fds
     // are open for the duration of the call and nothing else is passed.
-    let rc = unsafe { libc::ioctl(output.as_raw_fd(), FICLONE, input.as_raw_fd()) };
-    if rc == 0 {
-        return Ok(CopyMethod::Reflink);
-    }
-    sparse_copy(&input, &output).map_err(Error::io("cannot copy image to", dst))?;
-    output
-        .sync_all()
-        .map_err(Error::io("cannot sync disk", dst))?;
-    Ok(CopyMethod::Sparse)
+    unsafe { libc::ioctl(output.as_raw_fd(), FICLONE, input.as_raw_fd()) == 0 }
 }
 
 /// Copies the data extents of `input` (SEEK_DATA/SEEK_HOLE), and within them
@@ -117,15 +139,60 @@ pub use banger_proto::guest::Identity;
 /// are removed so sshd serves only the VM's.
 const HOST_KEY: &str = "/etc/ssh/ssh_host_ed25519_key";
 
-/// Writes `identity` and the files it implies (`/etc/hostname`, root's
-/// `authorized_keys`, mode 0600 in a 0700 dir, owned by root) into the ext4
-/// at `disk`, with a fresh SSH host key made here on the host
-/// (`/etc/ssh/ssh_host_ed25519_key`, 0600, and its `.pub`, 0644): the
+/// Writes `identity` and everything first boot would make of it into the
+/// ext4 at `disk`: `/etc/hostname`, the `127.0.1.1` line of `/etc/hosts`,
+/// `/etc/resolv.conf` (when the identity names DNS servers; a symlink there
+/// is replaced), root's `authorized_keys` (0600 in a 0700 dir, owned by
+/// root), a fresh SSH host key made here on the host
+/// (`/etc/ssh/ssh_host_ed25519_key`, 0600, and its `.pub`, 0644; the
 /// image's own host keys are removed, so no two VMs of an image share one
-/// and the guest never runs keygen. Reads `identity.json` and the public key
-/// back to prove they landed, and returns the public key (one
-/// `ssh-ed25519 AAAA… <hostname>` line) for clients to verify the guest by.
+/// and the guest never runs keygen), and — for an ordinary VM — the
+/// applied stamp ([`IDENTITY_APPLIED_PATH`]), so first boot finds nothing
+/// left to do. Reads `identity.json` and the public key back to prove they
+/// landed, and returns the public key (one `ssh-ed25519 AAAA… <hostname>`
+/// line) for clients to verify the guest by.
 pub fn write_identity(disk: &Path, identity: &Identity) -> Result<String> {
+    Ok(prepare(disk, identity, None)?.host_key)
+}
+
+/// How to prepare an image that has systemd for booting it directly
+/// (`init=` systemd, no first boot before it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemdPrep {
+    /// Drop Debian's `ssh.service` `ExecStartPre=sshd -t`: a second sshd
+    /// run that only re-checks the image's own, unchanged sshd_config
+    /// (sshd refuses a broken one at start anyway); about a second of
+    /// every TCG boot, on the path to SSH.
+    pub skip_sshd_config_check: bool,
+}
+
+/// What [`prepare`] did and found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// The VM's SSH host public key line.
+    pub host_key: String,
+    /// Set when prepared for a direct systemd boot: whether the image has
+    /// udevd (without it no device unit ever appears, so the command line
+    /// must mask the ones systemd would wait for).
+    pub systemd_has_udev: Option<bool>,
+}
+
+/// Where udevd lives in the images banger knows (merged /usr or not).
+const UDEVD: [&str; 3] = [
+    "/usr/lib/systemd/systemd-udevd",
+    "/lib/systemd/systemd-udevd",
+    "/sbin/udevd",
+];
+/// Debian's SSH unit, whose `sshd -t` pre-check [`SystemdPrep`] drops.
+const SSH_UNITS: [&str; 2] = [
+    "/usr/lib/systemd/system/ssh.service",
+    "/lib/systemd/system/ssh.service",
+];
+const SSH_DROPIN_DIR: &str = "/etc/systemd/system/ssh.service.d";
+
+/// [`write_identity`], and with `systemd` also what a direct systemd boot
+/// needs in the disk (see [`SystemdPrep`]).
+pub fn prepare(disk: &Path, identity: &Identity, systemd: Option<SystemdPrep>) -> Result<Prepared> {
     let tmp = tempfile::Builder::new()
         .prefix(".identity-")
         .tempdir_in(disk.parent().unwrap_or(Path::new("/tmp")))
@@ -137,10 +204,23 @@ pub fn write_identity(disk: &Path, identity: &Identity) -> Result<String> {
         .iter()
         .map(|k| format!("{}\n", k.trim()))
         .collect();
+    let hosts = hosts_with(
+        &String::from_utf8_lossy(&read_file(disk, "/etc/hosts").unwrap_or_default()),
+        &identity.hostname,
+    );
+    let resolv: String = identity
+        .dns
+        .iter()
+        .map(|d| format!("nameserver {d}\n"))
+        .collect();
+    let stamp = banger_proto::guest::identity_applied_stamp(json.as_bytes());
     let files = [
         ("identity.json", json.as_str()),
         ("hostname", &format!("{}\n", identity.hostname)),
         ("authorized_keys", keys.as_str()),
+        ("hosts", hosts.as_str()),
+        ("resolv.conf", resolv.as_str()),
+        ("applied", stamp.as_str()),
     ];
     for (name, content) in files {
         std::fs::write(tmp.path().join(name), content)
@@ -158,13 +238,49 @@ pub fn write_identity(disk: &Path, identity: &Identity) -> Result<String> {
     let mut script = String::new();
     // debugfs's mkdir of an existing directory leaks an inode and corrupts
     // link counts (e2fsprogs 1.47), so only make the ones that are missing.
-    for dir in ["/etc", "/etc/banger", "/etc/ssh", "/root", "/root/.ssh"] {
+    for dir in [
+        "/etc",
+        "/etc/banger",
+        "/etc/ssh",
+        "/root",
+        "/root/.ssh",
+        "/var",
+        "/var/lib",
+        STATE_DIR,
+    ] {
         if !exists(disk, dir)? {
             script.push_str(&format!("mkdir {dir}\n"));
         }
     }
     for name in image_host_keys(disk)? {
         script.push_str(&format!("rm /etc/ssh/{name}\n"));
+    }
+    let mut systemd_has_udev = None;
+    let mut ssh_dropin = false;
+    if let Some(prep) = systemd {
+        let mut has_udev = false;
+        for path in UDEVD {
+            has_udev |= exists(disk, path)?;
+        }
+        systemd_has_udev = Some(has_udev);
+        let mut has_ssh_unit = false;
+        for path in SSH_UNITS {
+            has_ssh_unit |= exists(disk, path)?;
+        }
+        if prep.skip_sshd_config_check && has_ssh_unit {
+            std::fs::write(
+                tmp.path().join("ssh-dropin"),
+                "# banger: the image's sshd_config is unchanged; sshd checks it at start.\n\
+                 [Service]\nExecStartPre=\n",
+            )
+            .map_err(Error::io("cannot write", tmp.path().join("ssh-dropin")))?;
+            for dir in ["/etc/systemd", "/etc/systemd/system", SSH_DROPIN_DIR] {
+                if !exists(disk, dir)? {
+                    script.push_str(&format!("mkdir {dir}\n"));
+                }
+            }
+            ssh_dropin = true;
+        }
     }
     let mut put = |guest: &str, local: &str, mode: &str| {
         script.push_str(&format!(
@@ -177,6 +293,22 @@ pub fn write_identity(disk: &Path, identity: &Identity) -> Result<String> {
     put("/root/.ssh/authorized_keys", "authorized_keys", "0100600");
     put(HOST_KEY, "host_key", "0100600");
     put(&format!("{HOST_KEY}.pub"), "host_key.pub", "0100644");
+    if ssh_dropin {
+        put(
+            &format!("{SSH_DROPIN_DIR}/banger-no-config-check.conf"),
+            "ssh-dropin",
+            "0100644",
+        );
+    }
+    put("/etc/hosts", "hosts", "0100644");
+    if !identity.dns.is_empty() {
+        put("/etc/resolv.conf", "resolv.conf", "0100644");
+    }
+    // Only where the identity is all there is to apply: a preparation VM
+    // or one with first-boot network settings leaves first boot its work.
+    if identity.purpose == banger_proto::guest::Purpose::Vm && identity.network.is_empty() {
+        put(IDENTITY_APPLIED_PATH, "applied", "0100644");
+    }
     script.push_str("sif /root/.ssh mode 040700\nsif /root/.ssh uid 0\nsif /root/.ssh gid 0\n");
     let script_path = tmp.path().join("commands");
     File::create(&script_path)
@@ -219,7 +351,39 @@ pub fn write_identity(disk: &Path, identity: &Identity) -> Result<String> {
             ),
         ));
     }
-    Ok(host_public)
+    Ok(Prepared {
+        host_key: host_public,
+        systemd_has_udev,
+    })
+}
+
+/// `/etc/hosts` with `127.0.1.1` naming `hostname` (the Debian convention
+/// first boot follows): that line replaced, or added; localhost lines
+/// added when the file had none.
+fn hosts_with(existing: &str, hostname: &str) -> String {
+    let mut out = String::new();
+    if !existing
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("localhost"))
+    {
+        out.push_str("127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n");
+    }
+    let mut replaced = false;
+    for line in existing.lines() {
+        if line.split_whitespace().next() == Some("127.0.1.1") {
+            if !replaced {
+                out.push_str(&format!("127.0.1.1\t{hostname}\n"));
+                replaced = true;
+            }
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !replaced {
+        out.push_str(&format!("127.0.1.1\t{hostname}\n"));
+    }
+    out
 }
 
 /// Makes an ed25519 key pair at `path` and `path.pub` with `ssh-keygen`
@@ -522,6 +686,91 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&fsck.stdout)
         );
+    }
+
+    #[test]
+    fn prepare_for_systemd_writes_what_first_boot_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc/ssh")).unwrap();
+        std::fs::create_dir_all(tree.join("usr/lib/systemd/system")).unwrap();
+        std::fs::write(
+            tree.join("etc/hosts"),
+            "127.0.0.1 localhost\n127.0.1.1 image-default\n10.1.1.1 other\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(
+            "../run/systemd/resolve/stub-resolv.conf",
+            tree.join("etc/resolv.conf"),
+        )
+        .unwrap();
+        std::fs::write(
+            tree.join("usr/lib/systemd/system/ssh.service"),
+            "[Service]\n",
+        )
+        .unwrap();
+        std::fs::write(tree.join("usr/lib/systemd/systemd-udevd"), "").unwrap();
+        let disk = dir.path().join("d.ext4");
+        run_tool(
+            Command::new("mkfs.ext4")
+                .args(["-q", "-F", "-d"])
+                .arg(&tree)
+                .arg(&disk)
+                .arg("16M"),
+        )
+        .unwrap();
+        let id = identity();
+        let p = prepare(
+            &disk,
+            &id,
+            Some(SystemdPrep {
+                skip_sshd_config_check: true,
+            }),
+        )
+        .unwrap();
+        assert_eq!(p.systemd_has_udev, Some(true));
+        let text = |p: &str| String::from_utf8(read_file(&disk, p).unwrap()).unwrap();
+        assert_eq!(
+            text("/etc/hosts"),
+            "127.0.0.1 localhost\n127.0.1.1\ttestbox\n10.1.1.1 other\n"
+        );
+        assert_eq!(text("/etc/resolv.conf"), "nameserver 1.1.1.1\n");
+        assert!(
+            text("/etc/systemd/system/ssh.service.d/banger-no-config-check.conf")
+                .contains("[Service]\nExecStartPre=\n")
+        );
+        // The stamp first boot compares with: nothing left for it to do.
+        let json = read_file(&disk, IDENTITY_PATH).unwrap();
+        assert_eq!(
+            text(IDENTITY_APPLIED_PATH),
+            banger_proto::guest::identity_applied_stamp(&json)
+        );
+        // Without udevd, and for a VM whose first boot has work (network
+        // settings), no stamp.
+        let dir2 = tempfile::tempdir().unwrap();
+        let bare = mkfs(dir2.path(), "16M");
+        let mut busy = identity();
+        busy.network.http_proxy = Some("http://proxy:3128".into());
+        let p = prepare(&bare, &busy, Some(SystemdPrep::default())).unwrap();
+        assert_eq!(p.systemd_has_udev, Some(false));
+        assert!(!exists(&bare, IDENTITY_APPLIED_PATH).unwrap());
+        assert!(!exists(&bare, SSH_DROPIN_DIR).unwrap());
+        // A file-less /etc/hosts gets localhost lines too.
+        assert!(text_of(&bare, "/etc/hosts").starts_with("127.0.0.1\tlocalhost\n"));
+        let fsck = Command::new("e2fsck")
+            .arg("-fn")
+            .arg(&disk)
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "{}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
+    }
+
+    fn text_of(disk: &Path, p: &str) -> String {
+        String::from_utf8(read_file(disk, p).unwrap()).unwrap()
     }
 
     #[test]

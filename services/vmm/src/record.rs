@@ -153,8 +153,20 @@ pub struct VmRecord {
     pub helper_pid: Option<u32>,
     /// The kernel command line of the last boot.
     pub cmdline: String,
-    /// `kvm` or `tcg` for QEMU.
+    /// `kvm` or `tcg` (Firecracker: always `kvm`), set at each boot.
     pub accel: Option<String>,
+    /// Why [`Self::backend`]: the request's `--hypervisor`, the config, or
+    /// what `auto` found on this host. Absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_why: Option<String>,
+    /// Why [`Self::accel`] (e.g. TCG because /dev/kvm is kvm_pvm).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel_why: Option<String>,
+    /// Set when create prepared the disk for booting the image's systemd
+    /// directly (identity applied, see [`crate::disk::prepare`]); absent:
+    /// first boot runs before the init, as in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systemd_boot: Option<SystemdBoot>,
     pub created_unix: i64,
     pub started_unix: Option<i64>,
     pub error: Option<String>,
@@ -163,6 +175,14 @@ pub struct VmRecord {
     /// one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stop_requested: bool,
+}
+
+/// What the direct systemd boot of a VM's disk needs to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SystemdBoot {
+    /// The image has udevd (else device units never appear and the
+    /// command line masks the ones systemd would wait for).
+    pub udev: bool,
 }
 
 /// Where a VM's files are.
@@ -316,13 +336,7 @@ pub fn new_id() -> String {
     hex::encode(rand::random::<[u8; 8]>())
 }
 
-/// Seconds since the epoch.
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
-}
+pub use banger_proto::host::now_unix;
 
 #[cfg(test)]
 pub(crate) fn sample(name: &str) -> VmRecord {
@@ -351,6 +365,9 @@ pub(crate) fn sample(name: &str) -> VmRecord {
         helper_pid: None,
         cmdline: String::new(),
         accel: None,
+        backend_why: None,
+        accel_why: None,
+        systemd_boot: None,
         created_unix: now_unix(),
         started_unix: None,
         stop_requested: false,

@@ -39,15 +39,31 @@ impl VmmService {
     /// `$STATE/vms`, sockets under `$RUN/vmm`, peers on their sockets.
     pub fn new(config: &Config) -> Result<Self, banger_proto::config::ConfigError> {
         let mut cfg: VmmConfig = config.section("vmm")?;
+        let source = || {
+            config
+                .source
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "<defaults>".into())
+        };
+        if let Some(bad) = cfg
+            .masked_units
+            .iter()
+            .find(|u| !crate::cmdline::is_unit_name(u))
+        {
+            return Err(banger_proto::config::ConfigError::Parse {
+                path: source(),
+                message: format!(
+                    "[vmm] masked_units: {bad:?} is not a systemd unit name \
+                     (e.g. `e2scrub_reap.service`, `modprobe@.service`)"
+                ),
+            });
+        }
         cfg.guest = config.section("guest")?;
         cfg.guest
             .validate()
             .map_err(|e| banger_proto::config::ConfigError::Parse {
-                path: config
-                    .source
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "(defaults)".into()),
+                path: source(),
                 message: e.to_string(),
             })?;
         let store = Store::new(
@@ -56,11 +72,11 @@ impl VmmService {
         );
         let peers: Arc<dyn Peers> = Arc::new(GrpcPeers::new(&config.paths));
         let guest: Arc<dyn Guest> = Arc::new(AgentGuest);
+        // Probed once: `auto` and `banger doctor` go by what this finds.
+        let kvm = banger_proto::host::probe_kvm();
         let backends: Vec<Arc<dyn Hypervisor>> = vec![
-            Arc::new(Qemu::from_config(&cfg)),
-            Arc::new(Firecracker {
-                binary: cfg.firecracker_binary.clone(),
-            }),
+            Arc::new(Qemu::from_config(&cfg, &kvm)),
+            Arc::new(Firecracker::probed(&cfg.firecracker_binary, &kvm)),
         ];
         Ok(Self::with_manager(Manager::new(
             cfg, store, peers, guest, backends,
@@ -75,6 +91,13 @@ impl VmmService {
     /// The manager behind the service.
     pub fn manager(&self) -> &Manager {
         &self.manager
+    }
+}
+
+fn hypervisor_to_pb(b: Backend) -> pb::Hypervisor {
+    match b {
+        Backend::Firecracker => pb::Hypervisor::Firecracker,
+        Backend::Qemu => pb::Hypervisor::Qemu,
     }
 }
 
@@ -104,10 +127,7 @@ fn to_pb(v: VmView) -> pb::Vm {
         vcpus: vm.vcpus,
         memory_mib: vm.memory_mib,
         disk_bytes: vm.disk_bytes,
-        hypervisor: match vm.backend {
-            Backend::Firecracker => pb::Hypervisor::Firecracker,
-            Backend::Qemu => pb::Hypervisor::Qemu,
-        } as i32,
+        hypervisor: hypervisor_to_pb(vm.backend) as i32,
         ip: lease.ip,
         mac: lease.mac,
         tap: lease.tap,
@@ -127,6 +147,9 @@ fn to_pb(v: VmView) -> pb::Vm {
             })
             .collect(),
         ssh_host_public_key: vm.ssh_host_key.unwrap_or_default(),
+        accelerator: vm.accel.unwrap_or_default(),
+        hypervisor_reason: vm.backend_why.unwrap_or_default(),
+        accelerator_reason: vm.accel_why.unwrap_or_default(),
         image_prepared: vm.image.prepared,
     }
 }
@@ -477,5 +500,27 @@ impl Vmm for VmmService {
     ) -> Result<Response<pb::DropPreparedImageResponse>, Status> {
         let dropped = self.manager.drop_prepared(&request.into_inner().digest)?;
         Ok(Response::new(pb::DropPreparedImageResponse { dropped }))
+    }
+
+    async fn get_hypervisors(
+        &self,
+        _request: Request<pb::GetHypervisorsRequest>,
+    ) -> Result<Response<pb::Hypervisors>, Status> {
+        let r = self.manager.hypervisors();
+        Ok(Response::new(pb::Hypervisors {
+            default_hypervisor: hypervisor_to_pb(r.default.backend) as i32,
+            default_reason: r.default.why,
+            hypervisors: r
+                .backends
+                .into_iter()
+                .map(|(b, availability, accel)| pb::HypervisorStatus {
+                    hypervisor: hypervisor_to_pb(b) as i32,
+                    available: availability.is_ok(),
+                    detail: availability.unwrap_or_else(|e| e),
+                    accelerator: accel.name.into(),
+                    accelerator_reason: accel.why,
+                })
+                .collect(),
+        }))
     }
 }

@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 
 use banger_proto::vmm::v1 as pb;
-use banger_vmm::config::{Backend, VmmConfig};
+use banger_vmm::config::{BackendSetting, VmmConfig};
 use banger_vmm::guest::AgentGuest;
 use banger_vmm::hypervisor::Hypervisor;
 use banger_vmm::hypervisor::firecracker::Firecracker;
@@ -30,9 +30,7 @@ fn firecracker_create_rolls_back_a_guest_that_dies() {
         println!("FIRECRACKER TIER NOT RUN: firecracker not on PATH");
         return;
     }
-    if std::path::Path::new("/sys/module/kvm_pvm").exists()
-        || !std::path::Path::new("/dev/kvm").exists()
-    {
+    if !banger_proto::host::probe_kvm().runs_guests() {
         println!("FIRECRACKER TIER: this KVM cannot run guests; checking the failure path");
     } else {
         println!(
@@ -57,14 +55,15 @@ fn firecracker_create_rolls_back_a_guest_that_dies() {
                 common::busybox_ext4(dir.path(), "while true; do /bin/busybox sleep 3600; done");
             let peers = Arc::new(RecordingPeers::new(image, kernel, "bgtest0").with_ssh_server());
             let cfg = VmmConfig {
-                hypervisor: Backend::Firecracker,
+                hypervisor: BackendSetting::Firecracker,
                 default_memory_mib: 256,
                 ready_timeout_secs: 90,
                 ..Default::default()
             };
-            let backends: Vec<Arc<dyn Hypervisor>> = vec![Arc::new(Firecracker {
-                binary: "firecracker".into(),
-            })];
+            let backends: Vec<Arc<dyn Hypervisor>> = vec![Arc::new(Firecracker::probed(
+                "firecracker",
+                &banger_proto::host::probe_kvm(),
+            ))];
             let mgr = Manager::new(
                 cfg,
                 Store::new(

@@ -39,6 +39,7 @@ async fn qemu_backend_boots_busybox_guest_under_tcg() {
             lease: None,
             direct_boot: false,
             tsc_khz: tsc(),
+            systemd: None,
         })
     );
     let spec = LaunchSpec {
@@ -57,6 +58,7 @@ async fn qemu_backend_boots_busybox_guest_under_tcg() {
         binary: "qemu-system-x86_64".into(),
         vhost_vsock_binary: "vhost-device-vsock".into(),
         accel: Accel::Tcg,
+        accel_why: "tests run under TCG".into(),
     };
     let started = Instant::now();
     let mut launched = qemu.launch(&spec).await.expect("launch");

@@ -197,7 +197,7 @@ pub fn summary(excerpt: &[String], cause: FailureCause) -> String {
 /// downloading, `pmstatus:PACKAGE:PERCENT:TEXT` while dpkg works.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Status {
-    /// `download`, `unpack`, `configure` or `install`.
+    /// `download`, `unpack` or `configure`.
     pub step: &'static str,
     pub percent: f64,
     pub detail: String,
@@ -212,18 +212,22 @@ pub fn parse_status(line: &str) -> Option<Status> {
     let item = parts.next()?;
     let percent: f64 = parts.next()?.trim().parse().ok()?;
     let text = parts.next().unwrap_or("").trim();
+    // dpkg alternates "Preparing/Unpacking/Installing X" and, later,
+    // "Preparing to configure/Configuring/Installed X".
+    let configure = [
+        "Preparing to configure",
+        "Configuring",
+        "Setting up",
+        "Installed",
+        "Running",
+        "Triggers",
+    ];
     let step = if kind == "dlstatus" {
         "download"
-    } else if text.starts_with("Unpacking") || text.starts_with("Preparing") {
-        "unpack"
-    } else if text.starts_with("Setting up")
-        || text.starts_with("Configuring")
-        || text.starts_with("Installed")
-        || text.starts_with("Running")
-    {
+    } else if configure.iter().any(|p| text.starts_with(p)) {
         "configure"
     } else {
-        "install"
+        "unpack"
     };
     let detail = if kind == "pmstatus" {
         item.to_owned()
@@ -386,6 +390,10 @@ E: Sub-process /usr/bin/dpkg returned an error code (1)";
         let s = parse_status("pmstatus:libc6:40.0:Unpacking libc6 (amd64)").unwrap();
         assert_eq!((s.step, s.detail.as_str()), ("unpack", "libc6"));
         let s = parse_status("pmstatus:systemd:90:Setting up systemd (amd64)").unwrap();
+        assert_eq!(s.step, "configure");
+        let s = parse_status("pmstatus:libfido2-1:41:Installing libfido2-1 (amd64)").unwrap();
+        assert_eq!(s.step, "unpack");
+        let s = parse_status("pmstatus:ssh:80:Preparing to configure ssh (amd64)").unwrap();
         assert_eq!(s.step, "configure");
         assert_eq!(parse_status("Get:1 http://x bookworm/main"), None);
         assert_eq!(parse_status("pmstatus:x:notanumber:y"), None);

@@ -220,32 +220,6 @@ const ZYPPER: Manager = Manager {
     sources: Sources::RepoDir("/etc/zypp/repos.d"),
 };
 
-/// os-release IDs → family; a trailing `*` matches a prefix.
-const IDS: &[(&str, Family)] = &[
-    ("debian", Family::Debian),
-    ("ubuntu", Family::Debian),
-    ("raspbian", Family::Debian),
-    ("linuxmint", Family::Debian),
-    ("pop", Family::Debian),
-    ("fedora", Family::Fedora),
-    ("rhel", Family::Fedora),
-    ("centos", Family::Fedora),
-    ("rocky", Family::Fedora),
-    ("almalinux", Family::Fedora),
-    ("ol", Family::Fedora),
-    ("amzn", Family::Fedora),
-    ("arch", Family::Arch),
-    ("archlinux", Family::Arch),
-    ("manjaro", Family::Arch),
-    ("endeavouros", Family::Arch),
-    ("opensuse*", Family::Suse),
-    ("suse", Family::Suse),
-    ("sles", Family::Suse),
-    ("sled", Family::Suse),
-    ("alpine", Family::Alpine),
-    ("postmarketos", Family::Alpine),
-];
-
 /// The programs of every manager: an image with none of them and no init
 /// is a busybox/scratch-like image (first boot supervises the agent).
 pub const ALL_PROGRAMS: [&str; 6] = ["apt-get", "dnf", "yum", "apk", "pacman", "zypper"];
@@ -272,21 +246,23 @@ impl Family {
         }
     }
 
-    fn of_id(id: &str) -> Option<Family> {
-        IDS.iter().find_map(|(pattern, family)| {
-            let hit = match pattern.strip_suffix('*') {
-                Some(prefix) => id.starts_with(prefix),
-                None => id == *pattern,
-            };
-            hit.then_some(*family)
+    /// The family of a name in the shared table
+    /// ([`banger_proto::guest::family_of`]: the host decides with it which
+    /// images need preparing, so both sides agree).
+    fn of_name(name: &str) -> Option<Family> {
+        Some(match name {
+            "debian" => Family::Debian,
+            "fedora" => Family::Fedora,
+            "alpine" => Family::Alpine,
+            "arch" => Family::Arch,
+            "suse" => Family::Suse,
+            _ => return None,
         })
     }
 
     /// `ID` first, then each `ID_LIKE` word in order.
     pub fn of(os: &OsRelease) -> Option<Family> {
-        std::iter::once(os.id.as_str())
-            .chain(os.id_like.iter().map(String::as_str))
-            .find_map(Family::of_id)
+        banger_proto::guest::family_of(&os.id, &os.id_like).and_then(Family::of_name)
     }
 }
 
@@ -309,6 +285,15 @@ mod tests {
 
     fn family(os_release: &str) -> Option<Family> {
         Family::of(&OsRelease::parse(os_release))
+    }
+
+    #[test]
+    fn every_shared_family_has_managers() {
+        for family in ["debian", "fedora", "alpine", "arch", "suse"] {
+            let f = Family::of_name(family).expect(family);
+            assert_eq!(f.name(), family);
+            assert!(!f.managers().is_empty());
+        }
     }
 
     #[test]

@@ -220,23 +220,25 @@ fn spawn_error(manager: &Manager, command: &str, e: std::io::Error) -> FirstBoot
 }
 
 /// Turns status lines into few enough `Progress` events for a serial
-/// console: a new step, or 5 more percent.
+/// console: the first line of each step, then every 5 more percent (dpkg
+/// interleaves unpack and configure lines, which must not each count).
 #[derive(Debug, Default)]
 struct Progress {
-    step: &'static str,
+    seen: Vec<&'static str>,
     last: i64,
 }
 
 impl Progress {
     fn next(&mut self, status: &classify::Status) -> Option<FirstBootEvent> {
         let pct = status.percent.floor() as i64;
-        if self.step == status.step && pct < self.last + 5 && pct < 100 {
+        let new_step = !self.seen.contains(&status.step);
+        let advanced = pct >= self.last + 5 || (pct == 100 && self.last < 100);
+        if !new_step && !advanced {
             return None;
         }
-        if self.step == status.step && pct == self.last {
-            return None;
+        if new_step {
+            self.seen.push(status.step);
         }
-        self.step = status.step;
         self.last = pct;
         Some(FirstBootEvent::Progress {
             step: status.step.into(),
@@ -349,6 +351,10 @@ mod tests {
             s("download", 6.0),
             s("unpack", 6.5),
             s("unpack", 7.0),
+            s("configure", 8.0),
+            s("unpack", 9.0),
+            s("configure", 10.0),
+            s("unpack", 11.5),
             s("configure", 99.0),
             s("configure", 100.0),
             s("configure", 100.0),
@@ -366,6 +372,7 @@ mod tests {
                 "download:0",
                 "download:6",
                 "unpack:6",
+                "configure:8",
                 "configure:99",
                 "configure:100"
             ]

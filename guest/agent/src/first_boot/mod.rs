@@ -458,9 +458,6 @@ fn prepare_image(root: &Root, loaded: Option<&Loaded>, console: &Console) -> Ste
         }
     }
     prepare::leave_clean(root, console);
-    console.event(&FirstBootEvent::Prepared {
-        packages: packages.clone(),
-    });
     console.log(format!(
         "prepared ({}); powering off",
         if packages.is_empty() {
@@ -469,5 +466,9 @@ fn prepare_image(root: &Root, loaded: Option<&Loaded>, console: &Console) -> Ste
             packages.join(" ")
         }
     ));
-    step("powering off", supervisor::power_off(root, console))
+    let prepared = FirstBootEvent::Prepared { packages };
+    step(
+        "powering off",
+        supervisor::power_off(root, console, Some(&prepared)),
+    )
 }

@@ -16,7 +16,7 @@ use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use banger_proto::guest::AGENT_PATH;
+use banger_proto::guest::{AGENT_PATH, FirstBootEvent};
 
 use super::error::{FirstBootError, io};
 use super::events::Console;
@@ -74,10 +74,17 @@ pub fn run(root: &Root, console: &Console) -> Result<(), FirstBootError> {
         if STOP.contains(&sig) {
             console.log(format!("{sig:?}: stopping and powering off"));
             if let Some(mut a) = agent.take() {
+                // Bounded: the agent's graceful stop waits for open
+                // connections (the host's channel), which may never close.
                 let _ = nix::sys::signal::kill(Pid::from_raw(a.id() as i32), Signal::SIGTERM);
+                let deadline = Instant::now() + Duration::from_secs(3);
+                while matches!(a.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                let _ = a.kill();
                 let _ = a.wait();
             }
-            return power_off(root, console);
+            return power_off(root, console, None);
         }
         // SIGCHLD (or the restart alarm): reap everything that exited.
         let agent_pid = agent.as_ref().map(|c| Pid::from_raw(c.id() as i32));
@@ -115,9 +122,21 @@ pub fn run(root: &Root, console: &Console) -> Result<(), FirstBootError> {
     }
 }
 
-/// SIGTERM to every process, a moment to exit, SIGKILL, sync, power off.
-/// Outside a VM (a test root, not PID 1) it only syncs and returns.
-pub fn power_off(root: &Root, console: &Console) -> Result<(), FirstBootError> {
+/// SIGTERM to every process, a moment to exit, SIGKILL, sync, `/`
+/// remounted read-only, then `last` (the `Prepared` event: printed only
+/// once the disk is final, so a host that stops the VM when it reads it
+/// loses nothing), then power off. Outside a VM (a test root, not PID 1)
+/// it syncs, prints `last` and returns.
+///
+/// The read-only remount matters: reboot(2) does not unmount, and an ext4
+/// left with a journal to replay would, at its next mount, replay it over
+/// whatever the host wrote into the image meanwhile (vmm writes each VM's
+/// identity with debugfs, which does not replay journals).
+pub fn power_off(
+    root: &Root,
+    console: &Console,
+    last: Option<&FirstBootEvent>,
+) -> Result<(), FirstBootError> {
     let for_real = root.is_system() && std::process::id() == 1;
     if for_real {
         let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGTERM);
@@ -130,8 +149,32 @@ pub fn power_off(root: &Root, console: &Console) -> Result<(), FirstBootError> {
             }
         }
         let _ = nix::sys::signal::kill(Pid::from_raw(-1), Signal::SIGKILL);
+        while let Ok(s) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if s == WaitStatus::StillAlive {
+                break;
+            }
+        }
     }
     nix::unistd::sync();
+    if for_real {
+        let ro = nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            nix::mount::MsFlags::MS_REMOUNT | nix::mount::MsFlags::MS_RDONLY,
+            None::<&str>,
+        );
+        match ro {
+            Ok(()) => console.log("remounted / read-only"),
+            Err(e) => console.warn(format!(
+                "cannot remount / read-only ({e}); the journal may need replaying"
+            )),
+        }
+        nix::unistd::sync();
+    }
+    if let Some(event) = last {
+        console.event(event);
+    }
     if !for_real {
         console.log("not PID 1 of a VM: exiting instead of powering off");
         return Ok(());

@@ -165,6 +165,18 @@ impl TarBuilder {
         self.file(path, mode, 0, 0, data)
     }
 
+    /// A file with raw PAX records (e.g. `mtime` with a fraction).
+    pub fn file_pax(
+        &mut self,
+        path: &str,
+        mode: u32,
+        data: &[u8],
+        pax: &[(&str, &[u8])],
+    ) -> &mut Self {
+        self.0.append_pax_extensions(pax.iter().copied()).unwrap();
+        self.file(path, mode, 0, 0, data)
+    }
+
     pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
         let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0, 0);
         self.0.append_link(&mut h, path, target).unwrap();
@@ -338,7 +350,7 @@ pub struct Node {
     pub gid: u32,
     pub rdev: u64,
     pub nlink: u64,
-    pub mtime: Option<i64>,
+    pub mtime: Option<(i64, i64)>,
     pub content: Option<String>,
     pub link: Option<PathBuf>,
     pub xattrs: BTreeMap<String, Vec<u8>>,
@@ -366,8 +378,8 @@ pub fn describe(root: &Path) -> BTreeMap<PathBuf, Node> {
                 gid: m.gid(),
                 rdev: m.rdev(),
                 nlink: if ft.is_dir() { 0 } else { m.nlink() },
-                // Directory mtimes change as children are added; runtimes differ there.
-                mtime: (!ft.is_dir()).then_some(m.mtime()),
+                // Directories too: umoci restores them after their children.
+                mtime: Some((m.mtime(), m.mtime_nsec())),
                 content: ft.is_file().then(|| digest(&std::fs::read(path).unwrap())),
                 link: ft.is_symlink().then(|| std::fs::read_link(path).unwrap()),
                 xattrs,
@@ -379,10 +391,13 @@ pub fn describe(root: &Path) -> BTreeMap<PathBuf, Node> {
 
 /// Asserts two trees are equal, listing every difference.
 pub fn assert_same_tree(ours: &Path, theirs: &Path) {
-    let a = describe(ours);
-    let b = describe(theirs);
+    assert_same(&describe(ours), &describe(theirs));
+}
+
+/// Asserts two described trees are equal, listing every difference.
+pub fn assert_same(a: &BTreeMap<PathBuf, Node>, b: &BTreeMap<PathBuf, Node>) {
     let mut diffs = Vec::new();
-    for (p, n) in &a {
+    for (p, n) in a {
         match b.get(p) {
             None => diffs.push(format!("only in ours: {}", p.display())),
             Some(m) if m != n => {
@@ -395,4 +410,48 @@ pub fn assert_same_tree(ours: &Path, theirs: &Path) {
         diffs.push(format!("only in theirs: {}", p.display()));
     }
     assert!(diffs.is_empty(), "trees differ:\n{}", diffs.join("\n"));
+}
+
+/// Describes the tree inside the ext4 file `img`, mounted read-only in a
+/// private mount namespace (of one thread, so nothing else sees it); the
+/// filesystem's own `lost+found` is left out.
+pub fn describe_ext4(img: &Path) -> BTreeMap<PathBuf, Node> {
+    use nix::mount::{MsFlags, mount};
+    use nix::sched::{CloneFlags, unshare};
+    banger_test_support::require_root();
+    let img = img.to_path_buf();
+    std::thread::spawn(move || {
+        unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_FS)
+            .expect("unshare the mount namespace");
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .expect("make / private");
+        let dir = tempfile::tempdir().unwrap();
+        // The mount(8) child inherits this thread's namespace.
+        let out = std::process::Command::new("mount")
+            .args(["-t", "ext4", "-o", "ro,loop"])
+            .arg(&img)
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount {}: {}",
+            img.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut tree = describe(dir.path());
+        tree.remove(Path::new("lost+found"));
+        let _ = std::process::Command::new("umount")
+            .arg(dir.path())
+            .status();
+        tree
+    })
+    .join()
+    .expect("describe the ext4")
 }

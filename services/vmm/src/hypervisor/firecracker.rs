@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+use banger_proto::host::Kvm;
+
 use super::{Hypervisor, LaunchSpec, Launched};
 use crate::config::Backend;
 use crate::error::{Error, Result};
@@ -22,6 +24,24 @@ pub const GUEST_CID: u32 = 3;
 #[derive(Debug, Clone)]
 pub struct Firecracker {
     pub binary: String,
+    /// Whether it can boot guests here (probed at vmm start).
+    pub availability: super::Availability,
+}
+
+impl Firecracker {
+    /// `binary`, probed: it must start (`--version`) and the host's KVM
+    /// must run guests.
+    pub fn probed(binary: &str, kvm: &Kvm) -> Firecracker {
+        let availability = if kvm.runs_guests() {
+            super::probe_binary(binary)
+        } else {
+            Err(kvm.describe())
+        };
+        Firecracker {
+            binary: binary.to_owned(),
+            availability,
+        }
+    }
 }
 
 /// The API calls that configure a VM, in order, before `InstanceStart`.
@@ -87,6 +107,17 @@ impl Hypervisor for Firecracker {
 
     fn emulated(&self) -> bool {
         false
+    }
+
+    fn availability(&self) -> super::Availability {
+        self.availability.clone()
+    }
+
+    fn accelerator(&self) -> super::AccelChoice {
+        super::AccelChoice {
+            name: "kvm",
+            why: "Firecracker always runs guests on KVM".into(),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(vm = %spec.id))]
@@ -402,6 +433,7 @@ mod tests {
         std::fs::create_dir_all(&s.paths.dir).unwrap();
         let fc = Firecracker {
             binary: "firecracker".into(),
+            availability: Ok(String::new()),
         };
         let mut launched = fc.launch(&s).await.expect("configure + InstanceStart");
         assert!(super::super::is_ours(launched.pid, &s.paths));

@@ -13,7 +13,7 @@ pub mod qemu;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::Backend;
+use crate::config::{Backend, BackendSetting};
 use crate::error::{Error, Result};
 use crate::record::VmPaths;
 
@@ -63,6 +63,122 @@ pub trait Hypervisor: Send + Sync + std::fmt::Debug {
     /// Asks the running VM to shut down (QMP `system_powerdown`,
     /// Firecracker `SendCtrlAltDel`); returns once asked, not once stopped.
     async fn request_stop(&self, paths: &VmPaths) -> Result<()>;
+
+    /// Whether this backend can boot guests on this host, as probed when
+    /// the vmm started: its version line, or why not. `auto` picks by it.
+    fn availability(&self) -> Availability {
+        Ok(String::new())
+    }
+
+    /// The accelerator its VMs run on and why.
+    fn accelerator(&self) -> AccelChoice {
+        AccelChoice {
+            name: if self.emulated() { "tcg" } else { "kvm" },
+            why: String::new(),
+        }
+    }
+}
+
+/// A backend's [`Hypervisor::availability`]: `Ok(version line)` or
+/// `Err(why it cannot boot guests here)`.
+pub type Availability = std::result::Result<String, String>;
+
+/// Which accelerator a backend's VMs run on (`kvm`, `tcg`), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccelChoice {
+    pub name: &'static str,
+    pub why: String,
+}
+
+/// Which backend a VM gets by default, and why (shown by `vm create`,
+/// `vm show` and `banger doctor`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendChoice {
+    pub backend: Backend,
+    pub why: String,
+}
+
+/// Resolves `[vmm] hypervisor` against the backends this vmm has and what
+/// they report about this host: `auto` takes Firecracker when its binary
+/// starts and KVM runs guests, else QEMU (which picks KVM or TCG itself).
+/// An explicit setting is taken as given; a backend that cannot run then
+/// fails at launch with its own error.
+pub fn choose(setting: BackendSetting, backends: &[&dyn Hypervisor]) -> BackendChoice {
+    let find = |b: Backend| backends.iter().find(|h| h.backend() == b);
+    match setting {
+        BackendSetting::Firecracker => BackendChoice {
+            backend: Backend::Firecracker,
+            why: "[vmm] hypervisor = \"firecracker\"".into(),
+        },
+        BackendSetting::Qemu => BackendChoice {
+            backend: Backend::Qemu,
+            why: "[vmm] hypervisor = \"qemu\"".into(),
+        },
+        BackendSetting::Auto => match find(Backend::Firecracker).map(|f| f.availability()) {
+            Some(Ok(version)) => BackendChoice {
+                backend: Backend::Firecracker,
+                why: format!("auto: {} starts and /dev/kvm runs guests", version.trim()),
+            },
+            Some(Err(why)) => BackendChoice {
+                backend: Backend::Qemu,
+                why: format!("auto: not Firecracker because {why}"),
+            },
+            None => BackendChoice {
+                backend: Backend::Qemu,
+                why: "auto: this vmm has no Firecracker backend".into(),
+            },
+        },
+    }
+}
+
+/// Runs `program --version` (5 s at most) to prove the binary exists and
+/// starts: `Ok(first line)`, or `Err` naming the program and what failed.
+pub fn probe_binary(program: &str) -> Availability {
+    use std::io::Read;
+    let mut child = match std::process::Command::new(program)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("{program} is not installed (not found)"));
+        }
+        Err(e) => return Err(format!("{program} exists but cannot be started: {e}")),
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{program} --version did not finish within 5 s"));
+            }
+        }
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    let _ = child.stdout.take().map(|mut o| o.read_to_string(&mut out));
+    let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+    let first = |t: &str| t.lines().next().unwrap_or_default().trim().to_owned();
+    if status.success() && !first(&out).is_empty() {
+        Ok(first(&out))
+    } else {
+        Err(format!(
+            "{program} exists but fails to start ({status}): {}",
+            if first(&err).is_empty() {
+                first(&out)
+            } else {
+                first(&err)
+            }
+        ))
+    }
 }
 
 /// Removes what a VM's processes leave behind after they are gone: the
@@ -116,17 +232,7 @@ fn processes_naming(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// Whether `pid` exists and is not a zombie.
-pub fn pid_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X'),
-        Err(_) => false,
-    }
-}
+pub use banger_proto::host::pid_alive;
 
 fn cmdline_contains(pid: u32, needle: &Path) -> bool {
     // Right after a spawn the kernel can briefly report an empty command
@@ -288,6 +394,88 @@ mod tests {
         assert!(!is_listening(&path));
         let _l = std::os::unix::net::UnixListener::bind(&path).unwrap();
         assert!(is_listening(&path));
+    }
+
+    #[test]
+    fn binaries_that_fail_to_start_are_named() {
+        let err = probe_binary("/no/such/firecracker").unwrap_err();
+        assert!(
+            err.contains("/no/such/firecracker is not installed"),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let broken = dir.path().join("firecracker");
+        std::fs::write(
+            &broken,
+            "#!/bin/sh\necho 'cannot load libfoo' >&2\nexit 127\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = probe_binary(broken.to_str().unwrap()).unwrap_err();
+        assert!(
+            err.contains("exists but fails to start") && err.contains("cannot load libfoo"),
+            "{err}"
+        );
+        let not_exec = dir.path().join("qemu");
+        std::fs::write(&not_exec, "x").unwrap();
+        let err = probe_binary(not_exec.to_str().unwrap()).unwrap_err();
+        assert!(err.contains("cannot be started"), "{err}");
+        let silent = dir.path().join("silent");
+        std::fs::write(&silent, "#!/bin/sh\nexit 0\n").unwrap();
+        std::fs::set_permissions(&silent, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(
+            probe_binary(silent.to_str().unwrap()).is_err(),
+            "no version line"
+        );
+    }
+
+    #[derive(Debug)]
+    struct Fake(Backend, Availability);
+
+    #[tonic::async_trait]
+    impl Hypervisor for Fake {
+        fn backend(&self) -> Backend {
+            self.0
+        }
+        fn emulated(&self) -> bool {
+            false
+        }
+        async fn launch(&self, _: &LaunchSpec) -> Result<Launched> {
+            unreachable!()
+        }
+        async fn request_stop(&self, _: &VmPaths) -> Result<()> {
+            Ok(())
+        }
+        fn availability(&self) -> Availability {
+            self.1.clone()
+        }
+    }
+
+    #[test]
+    fn auto_prefers_a_working_firecracker() {
+        let qemu = Fake(Backend::Qemu, Ok("QEMU emulator version 10".into()));
+        let fc_ok = Fake(Backend::Firecracker, Ok("Firecracker v1.10.1".into()));
+        let fc_pvm = Fake(
+            Backend::Firecracker,
+            Err("/dev/kvm is kvm_pvm, which cannot run unmodified guest kernels".into()),
+        );
+        let c = choose(BackendSetting::Auto, &[&qemu, &fc_ok]);
+        assert_eq!(c.backend, Backend::Firecracker);
+        assert!(c.why.contains("Firecracker v1.10.1"), "{}", c.why);
+        let c = choose(BackendSetting::Auto, &[&qemu, &fc_pvm]);
+        assert_eq!(c.backend, Backend::Qemu);
+        assert!(c.why.contains("kvm_pvm"), "{}", c.why);
+        let c = choose(BackendSetting::Auto, &[&qemu]);
+        assert_eq!(c.backend, Backend::Qemu);
+        // Explicit settings are taken as given, even when unavailable.
+        let c = choose(BackendSetting::Firecracker, &[&qemu, &fc_pvm]);
+        assert_eq!(c.backend, Backend::Firecracker);
+        assert!(c.why.contains("hypervisor = \"firecracker\""));
+        assert_eq!(
+            choose(BackendSetting::Qemu, &[&qemu, &fc_ok]).backend,
+            Backend::Qemu
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::{Hypervisor, LaunchSpec, Launched};
+use banger_proto::host::Kvm;
+
 use crate::config::{Backend, QemuAccel, VmmConfig};
 use crate::error::{Error, Result};
 use crate::record::VmPaths;
@@ -31,48 +33,25 @@ impl Accel {
     }
 }
 
-/// Resolves `qemu_accel` against what the host offers. `auto` picks KVM only
-/// when `/dev/kvm` opens and is not `kvm_pvm`, which cannot run unmodified
-/// guests (their vCPU dies with KVM_EXIT_INTERNAL_ERROR); the warning says why.
-pub fn choose_accel(
-    setting: QemuAccel,
-    kvm_pvm_loaded: bool,
-    kvm_usable: bool,
-) -> (Accel, Option<String>) {
+/// Resolves `qemu_accel` against what the host's KVM offers
+/// ([`banger_proto::host::probe_kvm`]): `auto` picks KVM only when it runs
+/// guests (not `kvm_pvm`, whose vCPUs die with KVM_EXIT_INTERNAL_ERROR, and
+/// only when the vmm may open it). The reason is always said.
+pub fn choose_accel(setting: QemuAccel, kvm: &Kvm) -> (Accel, String) {
     match setting {
-        QemuAccel::Kvm => (Accel::Kvm, None),
-        QemuAccel::Tcg => (Accel::Tcg, None),
-        QemuAccel::Auto if kvm_pvm_loaded => (
+        QemuAccel::Kvm => (Accel::Kvm, "[vmm] qemu_accel = \"kvm\"".into()),
+        QemuAccel::Tcg => (Accel::Tcg, "[vmm] qemu_accel = \"tcg\"".into()),
+        QemuAccel::Auto if kvm.runs_guests() => {
+            (Accel::Kvm, "qemu_accel = auto: /dev/kvm runs guests".into())
+        }
+        QemuAccel::Auto => (
             Accel::Tcg,
-            Some(
-                "qemu_accel = auto: this host's KVM is kvm_pvm, which cannot run unmodified \
-                 guests; using TCG (software emulation, much slower)"
-                    .into(),
+            format!(
+                "qemu_accel = auto: {}; using TCG (software emulation, much slower)",
+                kvm.describe()
             ),
         ),
-        QemuAccel::Auto if !kvm_usable => (
-            Accel::Tcg,
-            Some(
-                "qemu_accel = auto: /dev/kvm cannot be opened (absent, or the vmm is not in \
-                 group kvm); using TCG (software emulation, much slower)"
-                    .into(),
-            ),
-        ),
-        QemuAccel::Auto => (Accel::Kvm, None),
     }
-}
-
-/// [`choose_accel`] with the facts of this host.
-pub fn detect_accel(setting: QemuAccel) -> (Accel, Option<String>) {
-    let pvm = Path::new("/sys/module/kvm_pvm").exists()
-        || std::fs::read_to_string("/proc/modules")
-            .is_ok_and(|m| m.lines().any(|l| l.starts_with("kvm_pvm ")));
-    let usable = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    choose_accel(setting, pvm, usable)
 }
 
 /// The QEMU backend.
@@ -81,19 +60,33 @@ pub struct Qemu {
     pub binary: String,
     pub vhost_vsock_binary: String,
     pub accel: Accel,
+    /// Why [`Self::accel`] (see [`choose_accel`]).
+    pub accel_why: String,
 }
 
 impl Qemu {
-    /// From `[vmm]`, detecting the accelerator once.
-    pub fn from_config(cfg: &VmmConfig) -> Qemu {
-        let (accel, warning) = detect_accel(cfg.qemu_accel);
-        if let Some(w) = warning {
-            tracing::warn!("{w}");
+    /// Whether QEMU and its vsock daemon start (`--version` of each).
+    pub fn probe(&self) -> super::Availability {
+        let qemu = super::probe_binary(&self.binary)?;
+        match super::probe_binary(&self.vhost_vsock_binary) {
+            Ok(v) => Ok(format!("{qemu}; {v}")),
+            Err(e) => Err(format!("{e} (QEMU's guests need it for the agent)")),
+        }
+    }
+}
+
+impl Qemu {
+    /// From `[vmm]` and the host's KVM, probed once at vmm start.
+    pub fn from_config(cfg: &VmmConfig, kvm: &Kvm) -> Qemu {
+        let (accel, why) = choose_accel(cfg.qemu_accel, kvm);
+        if accel == Accel::Tcg && cfg.qemu_accel == QemuAccel::Auto {
+            tracing::warn!("{why}");
         }
         Qemu {
             binary: cfg.qemu_binary.clone(),
             vhost_vsock_binary: cfg.vhost_vsock_binary.clone(),
             accel,
+            accel_why: why,
         }
     }
 }
@@ -202,6 +195,17 @@ impl Hypervisor for Qemu {
 
     fn emulated(&self) -> bool {
         self.accel == Accel::Tcg
+    }
+
+    fn availability(&self) -> super::Availability {
+        self.probe()
+    }
+
+    fn accelerator(&self) -> super::AccelChoice {
+        super::AccelChoice {
+            name: self.accel.as_str(),
+            why: self.accel_why.clone(),
+        }
     }
 
     #[tracing::instrument(skip_all, fields(vm = %spec.id, accel = self.accel.as_str()))]
@@ -380,23 +384,22 @@ mod tests {
 
     #[test]
     fn accel_auto_falls_back_on_kvm_pvm() {
-        let (a, w) = choose_accel(QemuAccel::Auto, true, true);
+        let (a, w) = choose_accel(QemuAccel::Auto, &Kvm::Pvm);
         assert_eq!(a, Accel::Tcg);
-        assert!(w.unwrap().contains("kvm_pvm"));
-        let (a, w) = choose_accel(QemuAccel::Auto, false, false);
+        assert!(w.contains("kvm_pvm") && w.contains("TCG"), "{w}");
+        let (a, w) = choose_accel(QemuAccel::Auto, &Kvm::Absent);
         assert_eq!(a, Accel::Tcg);
-        assert!(w.unwrap().contains("/dev/kvm"));
-        assert_eq!(
-            choose_accel(QemuAccel::Auto, false, true),
-            (Accel::Kvm, None)
+        assert!(w.contains("/dev/kvm is absent"), "{w}");
+        let (a, w) = choose_accel(
+            QemuAccel::Auto,
+            &Kvm::Unusable {
+                reason: "EACCES".into(),
+            },
         );
-        assert_eq!(
-            choose_accel(QemuAccel::Kvm, true, false),
-            (Accel::Kvm, None)
-        );
-        assert_eq!(
-            choose_accel(QemuAccel::Tcg, false, true),
-            (Accel::Tcg, None)
-        );
+        assert_eq!(a, Accel::Tcg);
+        assert!(w.contains("EACCES"), "{w}");
+        assert_eq!(choose_accel(QemuAccel::Auto, &Kvm::Usable).0, Accel::Kvm);
+        assert_eq!(choose_accel(QemuAccel::Kvm, &Kvm::Pvm).0, Accel::Kvm);
+        assert_eq!(choose_accel(QemuAccel::Tcg, &Kvm::Usable).0, Accel::Tcg);
     }
 }

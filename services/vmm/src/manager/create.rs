@@ -51,7 +51,13 @@ impl Manager {
         if !(1..=64).contains(&vcpus) || memory_mib < 64 {
             return Err(Error::InvalidSize { vcpus, memory_mib });
         }
-        let backend = spec.backend.unwrap_or(cfg.hypervisor);
+        let (backend, backend_why) = match spec.backend {
+            Some(b) => (b, format!("requested (--hypervisor {b})")),
+            None => {
+                let d = &self.inner.default_backend;
+                (d.backend, d.why.clone())
+            }
+        };
         self.backend(backend)?;
         let lock = self.lock_of(&spec.name);
         let _guard = lock.lock().await;
@@ -92,6 +98,9 @@ impl Manager {
             helper_pid: None,
             cmdline: String::new(),
             accel: None,
+            backend_why: Some(backend_why),
+            accel_why: None,
+            systemd_boot: None,
             created_unix: record::now_unix(),
             started_unix: None,
             stop_requested: false,
@@ -116,8 +125,14 @@ impl Manager {
                     },
                     e => e,
                 };
-                // The guest's console says why; keep it past the rollback.
-                let kept = !tail.is_empty() && self.keep_evidence(&vm, &e.to_string());
+                // The guest's console says why; keep it past the rollback
+                // (a failed preparation's is the preparation VM's).
+                let kept = match &e {
+                    Error::PreparationFailed { log, .. } => {
+                        self.keep_evidence_from(&vm, log, &e.to_string())
+                    }
+                    _ => !tail.is_empty() && self.keep_evidence(&vm, &e.to_string()),
+                };
                 self.rollback(&vm).await;
                 Err(if kept {
                     Error::EvidenceKept {
@@ -164,32 +179,39 @@ impl Manager {
         phase.end().await;
 
         if needs_preparation(&vm.image) {
-            // Once per image digest: later VMs find it done and skip this.
-            phase
-                .start(
-                    "preparing",
-                    format!(
-                        "{} has no {}: preparing it once for every VM of it",
-                        vm.image.name,
-                        if vm.image.has_systemd {
-                            "SSH server"
-                        } else {
-                            "init"
-                        }
-                    ),
-                )
-                .await;
-            let prepared = self
-                .prepared(&vm.image, &vm.kernel, false, &phase)
-                .instrument(phase.span())
-                .await?;
+            // Once per image digest: later VMs find it done and only copy it
+            // (no `preparing` phase then).
+            let prepared = match self.prepared_store().get(&vm.image.digest) {
+                Some(done) => done,
+                None => {
+                    phase
+                        .start(
+                            "preparing",
+                            format!(
+                                "{} has no {}: preparing it once for every VM of it",
+                                vm.image.name,
+                                if vm.image.has_systemd {
+                                    "SSH server"
+                                } else {
+                                    "init"
+                                }
+                            ),
+                        )
+                        .await;
+                    let p = self
+                        .prepared(&vm.image, &vm.kernel, false, &phase)
+                        .instrument(phase.span())
+                        .await?;
+                    phase.end().await;
+                    p
+                }
+            };
             vm.image.ext4_path = prepared.rootfs.clone();
             vm.image.size_bytes = prepared.size_bytes;
             vm.image.has_systemd = prepared.has_systemd;
             vm.image.has_ssh_server = prepared.has_ssh_server;
             vm.image.prepared = true;
             store.save(vm)?;
-            phase.end().await;
         }
 
         phase.start("network", String::new()).await;
@@ -224,8 +246,8 @@ impl Manager {
             .map_err(Error::io("cannot stat", paths.disk()))?
             .len();
         store.save(vm)?;
-        tracing::info!(?method, bytes = vm.disk_bytes, "disk ready");
-        phase.end().await;
+        tracing::info!(%method, bytes = vm.disk_bytes, "disk ready");
+        phase.end_with(method.to_string()).await;
 
         phase.start("identity", String::new()).await;
         let identity = Identity {
@@ -240,11 +262,19 @@ impl Manager {
             ..Identity::default()
         };
         let disk_path = paths.disk();
-        let host_key =
-            tokio::task::spawn_blocking(move || disk::write_identity(&disk_path, &identity))
+        // An image with systemd boots it directly: what first boot would
+        // do is written into the disk here (cmdline.rs masks the rest).
+        let systemd = vm.image.has_systemd.then_some(disk::SystemdPrep {
+            skip_sshd_config_check: self.inner.cfg.skip_sshd_config_check,
+        });
+        let prepared =
+            tokio::task::spawn_blocking(move || disk::prepare(&disk_path, &identity, systemd))
                 .await
                 .map_err(Error::task("identity"))??;
-        vm.ssh_host_key = Some(host_key);
+        vm.ssh_host_key = Some(prepared.host_key);
+        vm.systemd_boot = prepared
+            .systemd_has_udev
+            .map(|udev| record::SystemdBoot { udev });
         store.save(vm)?;
         phase.end().await;
 
@@ -301,6 +331,39 @@ mod tests {
         assert_eq!(
             tonic::Status::from(err).code(),
             tonic::Code::InvalidArgument
+        );
+    }
+
+    #[tokio::test]
+    async fn the_backend_and_accelerator_are_recorded_with_why() {
+        let t = Doubles::new(false);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let view = t.mgr.create(testing::spec("a", "img"), &tx).await.unwrap();
+        // `[vmm] hypervisor` defaults to auto; these doubles have no Firecracker.
+        assert_eq!(
+            view.vm.backend_why.as_deref(),
+            Some("auto: this vmm has no Firecracker backend")
+        );
+        assert_eq!(view.vm.accel.as_deref(), Some("tcg"));
+        let mut booting = None;
+        while let Ok(ev) = rx.try_recv() {
+            if ev.phase == "booting" && ev.seconds.is_none() {
+                booting = Some(ev.message);
+            }
+        }
+        let booting = booting.expect("a booting event");
+        assert!(booting.starts_with("qemu (tcg): auto:"), "{booting}");
+        // An explicit request says so.
+        let mut spec = testing::spec("b", "img");
+        spec.backend = Some(crate::config::Backend::Qemu);
+        let view = t
+            .mgr
+            .create(spec, &crate::manager::NoProgress)
+            .await
+            .unwrap();
+        assert_eq!(
+            view.vm.backend_why.as_deref(),
+            Some("requested (--hypervisor qemu)")
         );
     }
 

@@ -23,8 +23,18 @@ impl Manager {
     /// Keeps `vm`'s console log with `why` in front, before the rollback
     /// removes its dir. Whether it was kept.
     pub(super) fn keep_evidence(&self, vm: &VmRecord, why: &str) -> bool {
-        let src = self.inner.store.paths_of(vm).console_log();
-        let Ok(console) = std::fs::read(&src) else {
+        self.keep_evidence_from(vm, &self.inner.store.paths_of(vm).console_log(), why)
+    }
+
+    /// [`Self::keep_evidence`] with the console log at `src` (a failed
+    /// preparation's, for the create that waited on it).
+    pub(super) fn keep_evidence_from(
+        &self,
+        vm: &VmRecord,
+        src: &std::path::Path,
+        why: &str,
+    ) -> bool {
+        let Ok(console) = std::fs::read(src) else {
             return false;
         };
         let dir = self.evidence_root().join(&vm.name);

@@ -25,13 +25,26 @@ impl Manager {
         let store = &self.inner.store;
         let backend = self.backend(vm.backend)?;
         let paths = store.paths_of(vm);
+        let accel = backend.accelerator();
         phase
-            .start("booting", format!("{} backend", vm.backend))
+            .start(
+                "booting",
+                format!(
+                    "{} ({}): {}",
+                    vm.backend,
+                    accel.name,
+                    vm.backend_why.as_deref().unwrap_or("configured")
+                ),
+            )
             .await;
         vm.cmdline = cmdline::build(&CmdlineSpec {
             hostname: &vm.name,
             lease: vm.lease.as_ref(),
             direct_boot: vm.image.direct_boot,
+            systemd: vm.systemd_boot.map(|b| cmdline::SystemdCmdline {
+                masked_units: &self.inner.cfg.masked_units,
+                has_udev: b.udev,
+            }),
             tsc_khz: if backend.emulated() {
                 self.inner.tsc_khz
             } else {
@@ -58,6 +71,7 @@ impl Manager {
         vm.pid = Some(launched.pid);
         vm.helper_pid = launched.helper_pid;
         vm.accel = launched.accel.clone();
+        vm.accel_why = Some(backend.accelerator().why).filter(|w| !w.is_empty());
         vm.started_unix = Some(record::now_unix());
         vm.error = None;
         store.save(vm)?;

@@ -31,7 +31,7 @@ use crate::cmdline;
 use crate::config::{Backend, VmmConfig};
 use crate::error::{Error, Result, Want};
 use crate::guest::Guest;
-use crate::hypervisor::Hypervisor;
+use crate::hypervisor::{self, BackendChoice, Hypervisor};
 use crate::peers::Peers;
 use crate::record::{Store, VmRecord, VmState};
 
@@ -51,6 +51,13 @@ pub struct VmView {
     pub vsock_path: PathBuf,
 }
 
+/// [`Manager::hypervisors`].
+#[derive(Debug, Clone)]
+pub struct HypervisorReport {
+    pub default: BackendChoice,
+    pub backends: Vec<(Backend, hypervisor::Availability, hypervisor::AccelChoice)>,
+}
+
 /// The VM manager.
 #[derive(Debug, Clone)]
 pub struct Manager {
@@ -64,6 +71,8 @@ struct Inner {
     peers: Arc<dyn Peers>,
     guest: Arc<dyn Guest>,
     backends: HashMap<Backend, Arc<dyn Hypervisor>>,
+    /// The backend of VMs whose create names none, and why.
+    default_backend: BackendChoice,
     tsc_khz: Option<u32>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     probes: Mutex<HashMap<String, Vec<Probe>>>,
@@ -86,6 +95,11 @@ impl Manager {
         } else {
             cmdline::host_tsc_khz()
         };
+        let default_backend = hypervisor::choose(
+            cfg.hypervisor,
+            &backends.iter().map(|b| b.as_ref()).collect::<Vec<_>>(),
+        );
+        tracing::info!(backend = %default_backend.backend, why = %default_backend.why, "default hypervisor");
         Manager {
             inner: Arc::new(Inner {
                 cfg,
@@ -93,6 +107,7 @@ impl Manager {
                 peers,
                 guest,
                 backends: backends.into_iter().map(|b| (b.backend(), b)).collect(),
+                default_backend,
                 tsc_khz,
                 locks: Mutex::default(),
                 probes: Mutex::default(),
@@ -115,6 +130,22 @@ impl Manager {
             .entry(name.to_owned())
             .or_default()
             .clone()
+    }
+
+    /// What `banger doctor` shows: the default backend and why, and each
+    /// backend's availability and accelerator.
+    pub fn hypervisors(&self) -> HypervisorReport {
+        let mut backends: Vec<_> = self
+            .inner
+            .backends
+            .values()
+            .map(|b| (b.backend(), b.availability(), b.accelerator()))
+            .collect();
+        backends.sort_by_key(|(b, _, _)| b.to_string());
+        HypervisorReport {
+            default: self.inner.default_backend.clone(),
+            backends,
+        }
     }
 
     fn backend(&self, b: Backend) -> Result<Arc<dyn Hypervisor>> {

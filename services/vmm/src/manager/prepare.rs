@@ -277,7 +277,7 @@ impl Manager {
         self.prepared_store().remove(digest)
     }
 
-    fn prepared_store(&self) -> PreparedStore {
+    pub(super) fn prepared_store(&self) -> PreparedStore {
         PreparedStore::new(self.inner.store.root())
     }
 
@@ -490,7 +490,8 @@ impl Manager {
             .await
             .map_err(Error::task("prepare identity"))??;
 
-        let backend_kind = cfg.hypervisor;
+        // The default backend (what `auto` chose at start).
+        let backend_kind = self.inner.default_backend.backend;
         let backend = self.backend(backend_kind)?;
         let cmdline = cmdline::build(&CmdlineSpec {
             hostname: "banger-prepare",
@@ -501,6 +502,8 @@ impl Manager {
             } else {
                 None
             },
+            // First boot runs the install: not a direct systemd boot.
+            systemd: None,
         });
         let _ = std::fs::write(paths.console_log(), b"");
         let launched = backend
@@ -796,6 +799,7 @@ mod tests {
         assert_eq!(t.hypervisor.preparations.load(Ordering::SeqCst), 1);
         for err in [a.unwrap_err(), b.unwrap_err()] {
             let msg = err.to_string();
+            assert!(msg.contains("`banger vm logs"), "{msg}");
             assert!(
                 msg.contains("preparing image img for its first boot failed"),
                 "{msg}"
@@ -812,6 +816,9 @@ mod tests {
         assert_eq!(failed.len(), 1);
         let log = std::fs::read_to_string(&failed[0].log).unwrap();
         assert!(log.contains("Temporary failure resolving"), "{log}");
+        // `vm logs a` shows it too, after the rollback.
+        let kept = std::fs::read_to_string(t.mgr.console_path("a").unwrap()).unwrap();
+        assert!(kept.contains("Temporary failure resolving"), "{kept}");
         assert!(t.mgr.list().unwrap().is_empty(), "both creates rolled back");
         let calls = t.peers.calls();
         assert!(

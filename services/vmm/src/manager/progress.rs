@@ -114,11 +114,17 @@ impl<'a> Phases<'a> {
     }
 
     pub(crate) async fn end(&self) {
+        self.end_with(String::new()).await;
+    }
+
+    /// Ends the phase saying how it went (e.g. the disk phase: `reflink`).
+    pub(crate) async fn end_with(&self, message: String) {
         let cur = self.current.lock().expect("phase lock").take();
         if let Some((phase, started, _span)) = cur {
             self.progress
                 .report(PhaseEvent {
                     phase,
+                    message,
                     seconds: Some(started.elapsed().as_secs_f64()),
                     ..PhaseEvent::default()
                 })

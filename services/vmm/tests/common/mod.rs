@@ -106,6 +106,7 @@ pub fn manager(dir: &std::path::Path, peers: Arc<RecordingPeers>) -> Manager {
         binary: cfg.qemu_binary.clone(),
         vhost_vsock_binary: cfg.vhost_vsock_binary.clone(),
         accel: Accel::Tcg,
+        accel_why: "tests run under TCG".into(),
     })];
     Manager::new(
         cfg,

@@ -1,0 +1,1601 @@
+//! Flattening layers into one tar stream, exactly as a container runtime
+//! flattens them into a tree: `.wh.NAME` whiteouts, `.wh..wh..opq` opaque
+//! directories, later layers winning, numeric owners, modes (setuid,
+//! sticky), xattrs, hardlinks (also across layers), symlinks, device nodes,
+//! fifos and mtimes — but nothing is written on the host: the result is a
+//! stream `mke2fs -d -` turns into the ext4 (see [`crate::ext4`]).
+//!
+//! How: **bottom-up into an in-memory index, then emit.** Each layer is
+//! read once as it downloads (in order), headers only, and applied to an
+//! index of the final tree (paths, metadata, and for each regular file
+//! *where* its bytes are: layer and member number). Nothing unverified is
+//! ever emitted: the emit pass starts after every layer's digest checked
+//! out, and reads file contents from the verified blobs in the cache. It
+//! writes, in this order:
+//!
+//! 1. every directory, symlink, device, fifo and empty file, parents
+//!    before children (a pre-order walk of the index);
+//! 2. the regular files with content, layer by layer, each layer blob
+//!    decompressed once more and only the surviving members copied
+//!    (a layer whose files were all shadowed is not read again);
+//! 3. the other names of hardlinked inodes, as hardlink entries carrying
+//!    the inode's own metadata (mke2fs lets a link's header override it).
+//!
+//! A layer whose file contents fit [`Limits::memory`] keeps them from the
+//! index pass (all or nothing per layer), so it is decompressed once; step
+//! 2 then only reads the layers that did not fit.
+//!
+//! Top-down flattening (highest layer first, skipping shadowed paths)
+//! would read each layer once, but only once every layer has arrived (or by
+//! buffering layers' content), and emits children of lower directories
+//! before the directories, hardlinks before their targets: it needs the
+//! same index and more bookkeeping. Decompressing a layer twice costs less
+//! than holding it: the blobs are on disk anyway, and the image's size is
+//! known from the index before mke2fs starts (no second pass to measure).
+//!
+//! Every path is resolved inside the index (symlinks are followed as if the
+//! image's root were `/`, so no member, fact or guest file can reach the
+//! host), entries, entries per directory and content bytes are capped, and
+//! names and xattrs ext4 cannot hold are refused up front.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tar::EntryType;
+
+use crate::error::Error;
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE: &[u8] = b".wh..wh..opq";
+const MAX_SYMLINKS: usize = 40;
+/// ext4's longest file name.
+pub const MAX_NAME: usize = 255;
+/// What one inode's xattrs may take: they must fit the inode's extra space
+/// plus one 4 KiB block (no `ea_inode`); counted as ext4 lays them out
+/// (16-byte entry header, name and value rounded to 4 bytes).
+pub const MAX_XATTR_BYTES: usize = 4096 - 32;
+/// Longest symlink target (PATH_MAX; ext4 allows a block).
+const MAX_SYMLINK: usize = 4095;
+
+/// What a flattening may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// File content bytes, summed over every layer.
+    pub bytes: u64,
+    /// Tar members, summed over every layer.
+    pub entries: u64,
+    /// Entries in one directory.
+    pub entries_per_dir: u64,
+    /// The sum over directories of their entry count squared: mke2fs links
+    /// each new name with a linear scan of its directory, so populating a
+    /// directory of n entries costs ~n² (40k empty files in one directory:
+    /// ~3 min here); this bounds the whole image's cost, checked before
+    /// mke2fs starts.
+    pub dir_work: u64,
+    /// File content kept in memory while indexing, so the emit pass need
+    /// not decompress its layer again. All or nothing per layer: a layer
+    /// whose files do not fit is read again from its blob.
+    pub memory: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            bytes: 16 << 30,
+            entries: 1_000_000,
+            entries_per_dir: 65_536,
+            dir_work: 1 << 29,
+            memory: 256 << 20,
+        }
+    }
+}
+
+/// Owner, mode and times of an inode, and its xattrs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Permission bits incl. setuid/setgid/sticky (no file type).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    /// Sub-second part of the mtime (PAX `mtime`).
+    pub mtime_nsec: u32,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// Where a regular file's bytes come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Member `ordinal` of layer `layer`.
+    Layer { layer: usize, ordinal: u64 },
+    /// A file of the guest bundle (host side, read by us).
+    Host(PathBuf),
+    /// Read while indexing member `ordinal` of layer `layer` and kept (see
+    /// [`Limits::memory`]).
+    Memory {
+        layer: usize,
+        ordinal: u64,
+        data: Arc<[u8]>,
+    },
+}
+
+/// An inode's type.
+#[derive(Debug, Clone)]
+pub enum Kind {
+    File { size: u64, source: Source },
+    Symlink(Vec<u8>),
+    Char(u32, u32),
+    Block(u32, u32),
+    Fifo,
+}
+
+#[derive(Debug, Clone)]
+struct Inode {
+    meta: Meta,
+    kind: Kind,
+}
+
+#[derive(Debug)]
+enum What {
+    Dir {
+        meta: Meta,
+        children: HashMap<Vec<u8>, usize>,
+    },
+    Leaf(usize),
+}
+
+#[derive(Debug)]
+struct Node {
+    name: Vec<u8>,
+    parent: usize,
+    /// The last layer that created or went through this node (opaque dirs
+    /// keep what their own layer put there).
+    stamp: usize,
+    what: What,
+}
+
+/// The index of the flattened tree.
+#[derive(Debug)]
+pub struct Flattener {
+    nodes: Vec<Node>,
+    inodes: Vec<Inode>,
+    limits: Limits,
+    seen_entries: u64,
+    seen_bytes: u64,
+    layer: usize,
+    /// Bytes held by [`Source::Memory`].
+    memory: u64,
+    /// Whether the current layer's files are still being kept in memory,
+    /// and which inodes hold them.
+    keeping: bool,
+    kept: Vec<usize>,
+}
+
+/// What the ext4 needs for a flattened tree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Blocks of file content, directories and long symlinks, in bytes.
+    pub bytes: u64,
+    /// Inodes (hardlinks once).
+    pub inodes: u64,
+    /// Bytes of regular file content (hardlinks once).
+    pub content: u64,
+    /// Sum over directories of their entry count squared (see [`Limits::dir_work`]).
+    pub dir_work: u64,
+}
+
+const ROOT: usize = 0;
+
+fn dir_meta() -> Meta {
+    Meta {
+        mode: 0o755,
+        ..Meta::default()
+    }
+}
+
+impl Flattener {
+    /// An empty tree (a root directory `0755 root:root`).
+    pub fn new(limits: Limits) -> Flattener {
+        Flattener {
+            nodes: vec![Node {
+                name: Vec::new(),
+                parent: ROOT,
+                stamp: 0,
+                what: What::Dir {
+                    meta: dir_meta(),
+                    children: HashMap::new(),
+                },
+            }],
+            inodes: Vec::new(),
+            limits,
+            seen_entries: 0,
+            seen_bytes: 0,
+            layer: 0,
+            memory: 0,
+            keeping: true,
+            kept: Vec::new(),
+        }
+    }
+
+    /// Applies the next layer (gzip, zstd or plain tar) from `source`;
+    /// `layer` names it in errors. Layers must come bottom first.
+    pub fn add_layer(&mut self, source: impl Read, layer: &str) -> Result<(), Error> {
+        let bad = |reason: String| Error::BadLayer {
+            layer: layer.to_owned(),
+            reason,
+        };
+        let stream = decompress(source).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let mut archive = tar::Archive::new(stream);
+        let entries = archive.entries().map_err(|e| bad(e.to_string()))?;
+        for (ordinal, entry) in entries.enumerate() {
+            let entry = entry.map_err(|e| bad(format!("cannot read the tar stream: {e}")))?;
+            self.seen_entries += 1;
+            if self.seen_entries > self.limits.entries {
+                return Err(Error::TooManyEntries {
+                    limit: self.limits.entries,
+                    what: "in the image",
+                });
+            }
+            self.entry(entry, ordinal as u64).map_err(|e| match e {
+                EntryError::Bad(reason) => bad(reason),
+                EntryError::Limit(e) => e,
+            })?;
+        }
+        self.layer += 1;
+        self.keeping = true;
+        self.kept.clear();
+        Ok(())
+    }
+
+    /// Gives up keeping the current layer's files in memory: they will be
+    /// read from the blob again.
+    fn stop_keeping(&mut self) {
+        self.keeping = false;
+        for i in std::mem::take(&mut self.kept) {
+            if let Kind::File { source, .. } = &mut self.inodes[i].kind
+                && let Source::Memory {
+                    layer,
+                    ordinal,
+                    data,
+                } = source
+            {
+                self.memory -= data.len() as u64;
+                *source = Source::Layer {
+                    layer: *layer,
+                    ordinal: *ordinal,
+                };
+            }
+        }
+    }
+
+    fn entry<R: Read>(
+        &mut self,
+        mut entry: tar::Entry<'_, R>,
+        ordinal: u64,
+    ) -> Result<(), EntryError> {
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            EntryType::XGlobalHeader
+                | EntryType::XHeader
+                | EntryType::GNULongName
+                | EntryType::GNULongLink
+        ) {
+            return Ok(());
+        }
+        let raw = entry.path_bytes().into_owned();
+        let comps = clean(&raw)?;
+        let header = entry.header().clone();
+        let blank = header.as_old().mode.iter().all(|&b| b == 0 || b == b' ');
+        let mode = match header.mode() {
+            Ok(m) => m & 0o7777,
+            // Blank means 0, as in GNU tar and Go's archive/tar.
+            Err(_) if blank => 0,
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        // Some writers leave numeric fields blank; blank means 0 as in GNU tar.
+        let mut uid = header.uid().unwrap_or(0);
+        let mut gid = header.gid().unwrap_or(0);
+        let mut mtime = header.mtime().unwrap_or(0) as i64;
+        let mut mtime_nsec = 0;
+        let mut xattrs: Vec<(String, Vec<u8>)> = Vec::new();
+        if let Some(pax) = entry.pax_extensions().map_err(|e| bad(e.to_string()))? {
+            for ext in pax {
+                let ext = ext.map_err(|e| bad(e.to_string()))?;
+                let Ok(key) = ext.key() else { continue };
+                let value = || ext.value().ok().map(str::trim);
+                if let Some(attr) = key.strip_prefix("SCHILY.xattr.") {
+                    xattrs.retain(|(k, _)| k != attr);
+                    xattrs.push((attr.to_owned(), ext.value_bytes().to_vec()));
+                } else if key == "uid" {
+                    uid = value().and_then(|v| v.parse().ok()).unwrap_or(uid);
+                } else if key == "gid" {
+                    gid = value().and_then(|v| v.parse().ok()).unwrap_or(gid);
+                } else if key == "mtime"
+                    && let Some((s, ns)) = value().and_then(parse_pax_time)
+                {
+                    (mtime, mtime_nsec) = (s, ns);
+                }
+            }
+        }
+        let uid = u32::try_from(uid).map_err(|_| bad(format!("uid {uid} too large")))?;
+        let gid = u32::try_from(gid).map_err(|_| bad(format!("gid {gid} too large")))?;
+        check_xattrs(&comps, &xattrs)?;
+        let mode = acl_mode(mode, &xattrs);
+        let meta = Meta {
+            mode,
+            uid,
+            gid,
+            mtime,
+            mtime_nsec,
+            xattrs,
+        };
+        let Some((name, parent_comps)) = comps.split_last() else {
+            // The root itself: only a directory entry may describe it.
+            if kind == EntryType::Directory {
+                if let What::Dir { meta: m, .. } = &mut self.nodes[ROOT].what {
+                    *m = meta;
+                }
+                return Ok(());
+            }
+            return Err(bad(format!("a {kind:?} member replaces the root")));
+        };
+
+        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+            if name.as_slice() != OPAQUE && (target.is_empty() || target == b"." || target == b"..")
+            {
+                return Err(bad(format!(
+                    "whiteout {} would remove the root or a parent",
+                    show(&raw)
+                )));
+            }
+            // A whiteout in a directory that does not exist hides nothing.
+            let Some(parent) = self.walk(parent_comps, false)? else {
+                return Ok(());
+            };
+            if name.as_slice() == OPAQUE {
+                self.opaque(parent);
+            } else if let Some(child) = self.child(parent, target) {
+                self.remove(parent, child);
+            }
+            return Ok(());
+        }
+
+        let parent = self
+            .walk(parent_comps, true)?
+            .expect("walk with create always finds a directory");
+        let leaf = |inode| What::Leaf(inode);
+        let new = match kind {
+            EntryType::Directory => {
+                if let Some(child) = self.child(parent, name)
+                    && let What::Dir { meta: m, .. } = &mut self.nodes[child].what
+                {
+                    *m = meta;
+                    self.nodes[child].stamp = self.layer;
+                    return Ok(());
+                }
+                What::Dir {
+                    meta,
+                    children: HashMap::new(),
+                }
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                let size = header.size().map_err(|e| bad(e.to_string()))?;
+                self.seen_bytes = self.seen_bytes.saturating_add(size);
+                if self.seen_bytes > self.limits.bytes {
+                    return Err(EntryError::Limit(Error::TooLarge {
+                        limit: self.limits.bytes,
+                    }));
+                }
+                if self.keeping && size > 0 && self.memory + size > self.limits.memory {
+                    self.stop_keeping();
+                }
+                let source = if self.keeping && size > 0 {
+                    let mut data = Vec::with_capacity(size as usize);
+                    (&mut entry)
+                        .take(size)
+                        .read_to_end(&mut data)
+                        .map_err(|e| bad(format!("cannot read the tar stream: {e}")))?;
+                    if data.len() as u64 != size {
+                        return Err(bad(format!(
+                            "{} is shorter than its header says",
+                            show(&raw)
+                        )));
+                    }
+                    self.memory += size;
+                    Source::Memory {
+                        layer: self.layer,
+                        ordinal,
+                        data: data.into(),
+                    }
+                } else {
+                    Source::Layer {
+                        layer: self.layer,
+                        ordinal,
+                    }
+                };
+                let kept = matches!(source, Source::Memory { .. });
+                let inode = self.inode(meta, Kind::File { size, source });
+                if kept {
+                    self.kept.push(inode);
+                }
+                leaf(inode)
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| bad(format!("symlink {} has no target", show(&raw))))?
+                    .into_owned();
+                if target.is_empty() || target.len() > MAX_SYMLINK {
+                    return Err(bad(format!(
+                        "symlink {} has an empty or too long target",
+                        show(&raw)
+                    )));
+                }
+                leaf(self.inode(meta, Kind::Symlink(target)))
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| bad(format!("hardlink {} has no target", show(&raw))))?
+                    .into_owned();
+                let target_comps = clean(&target)?;
+                let found = match target_comps.split_last() {
+                    None => None,
+                    Some((tname, tparent)) => self
+                        .walk(tparent, false)?
+                        .and_then(|d| self.child(d, tname))
+                        .filter(|&n| matches!(self.nodes[n].what, What::Leaf(_))),
+                };
+                let Some(target_node) = found else {
+                    return Err(bad(format!(
+                        "hardlink {} points to {}, which is missing (deleted by a later layer?) or a directory",
+                        show(&raw),
+                        show(&target)
+                    )));
+                };
+                if self.child(parent, name) == Some(target_node) {
+                    return Ok(());
+                }
+                let What::Leaf(inode) = self.nodes[target_node].what else {
+                    unreachable!("filtered to leaves above")
+                };
+                leaf(inode)
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let major = header.device_major().ok().flatten().unwrap_or(0);
+                let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                let k = match kind {
+                    EntryType::Char => Kind::Char(major, minor),
+                    EntryType::Block => Kind::Block(major, minor),
+                    _ => Kind::Fifo,
+                };
+                leaf(self.inode(meta, k))
+            }
+            other => {
+                return Err(bad(format!(
+                    "{} has an unsupported entry type {other:?}",
+                    show(&raw)
+                )));
+            }
+        };
+        self.put(parent, name, new)
+    }
+
+    fn inode(&mut self, meta: Meta, kind: Kind) -> usize {
+        self.inodes.push(Inode { meta, kind });
+        self.inodes.len() - 1
+    }
+
+    fn child(&self, dir: usize, name: &[u8]) -> Option<usize> {
+        match &self.nodes[dir].what {
+            What::Dir { children, .. } => children.get(name).copied(),
+            What::Leaf(_) => None,
+        }
+    }
+
+    /// Puts `what` at `parent/name`, replacing whatever was there.
+    fn put(&mut self, parent: usize, name: &[u8], what: What) -> Result<(), EntryError> {
+        if let Some(old) = self.child(parent, name) {
+            self.remove(parent, old);
+        }
+        let What::Dir { children, .. } = &self.nodes[parent].what else {
+            unreachable!("parents are directories")
+        };
+        if children.len() as u64 >= self.limits.entries_per_dir {
+            return Err(EntryError::Limit(Error::TooManyEntries {
+                limit: self.limits.entries_per_dir,
+                what: "in one directory",
+            }));
+        }
+        self.nodes.push(Node {
+            name: name.to_vec(),
+            parent,
+            stamp: self.layer,
+            what,
+        });
+        let id = self.nodes.len() - 1;
+        if let What::Dir { children, .. } = &mut self.nodes[parent].what {
+            children.insert(name.to_vec(), id);
+        }
+        Ok(())
+    }
+
+    /// Unlinks `node` (and so its subtree) from `parent`.
+    fn remove(&mut self, parent: usize, node: usize) {
+        let name = self.nodes[node].name.clone();
+        if let What::Dir { children, .. } = &mut self.nodes[parent].what {
+            children.remove(&name);
+        }
+    }
+
+    /// Removes what lower layers left under the opaque `dir`: everything
+    /// not stamped by the current layer, recursively.
+    fn opaque(&mut self, dir: usize) {
+        let mut stack = vec![dir];
+        while let Some(d) = stack.pop() {
+            let What::Dir { children, .. } = &self.nodes[d].what else {
+                continue;
+            };
+            let list: Vec<usize> = children.values().copied().collect();
+            for c in list {
+                if self.nodes[c].stamp != self.layer {
+                    self.remove(d, c);
+                } else if matches!(self.nodes[c].what, What::Dir { .. }) {
+                    stack.push(c);
+                }
+            }
+        }
+    }
+
+    /// Resolves the directory `comps` inside the tree, following symlinks
+    /// as if the root were `/` (absolute targets restart at the root, `..`
+    /// stops at it). With `create`, missing directories are made (0755,
+    /// root-owned) as runtimes do, and every directory passed is stamped
+    /// with the current layer. `None` when something is missing.
+    fn walk(&mut self, comps: &[Vec<u8>], create: bool) -> Result<Option<usize>, EntryError> {
+        let mut pending: Vec<Vec<u8>> = comps.iter().rev().cloned().collect();
+        let mut cur = ROOT;
+        let mut links = 0;
+        while let Some(part) = pending.pop() {
+            if part == b".." {
+                cur = self.nodes[cur].parent;
+                continue;
+            }
+            if part == b"." || part.is_empty() {
+                continue;
+            }
+            match self.child(cur, &part) {
+                Some(n) => match &self.nodes[n].what {
+                    What::Dir { .. } => {
+                        if create {
+                            self.nodes[n].stamp = self.layer;
+                        }
+                        cur = n;
+                    }
+                    What::Leaf(i) => match &self.inodes[*i].kind {
+                        Kind::Symlink(target) => {
+                            links += 1;
+                            if links > MAX_SYMLINKS {
+                                return Err(bad("too many symlinks resolving a path".into()));
+                            }
+                            if target.starts_with(b"/") {
+                                cur = ROOT;
+                            }
+                            pending.extend(
+                                target
+                                    .split(|&b| b == b'/')
+                                    .rev()
+                                    .filter(|c| !c.is_empty())
+                                    .map(<[u8]>::to_vec),
+                            );
+                        }
+                        _ if create => {
+                            return Err(bad(format!("{} is not a directory", show(&part))));
+                        }
+                        _ => return Ok(None),
+                    },
+                },
+                None if create => {
+                    if part.len() > MAX_NAME {
+                        return Err(bad(format!(
+                            "name {} is longer than 255 bytes",
+                            show(&part)
+                        )));
+                    }
+                    self.put(
+                        cur,
+                        &part,
+                        What::Dir {
+                            meta: dir_meta(),
+                            children: HashMap::new(),
+                        },
+                    )?;
+                    cur = self.nodes.len() - 1;
+                }
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(cur))
+    }
+
+    /// Resolves `path` fully (also its last component) inside the tree, the
+    /// way the guest would see it. `None` when missing or looping.
+    fn lookup(&mut self, path: &str) -> Option<usize> {
+        let mut comps: Vec<Vec<u8>> = path
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .map(|c| c.as_bytes().to_vec())
+            .collect();
+        for _ in 0..MAX_SYMLINKS {
+            let (name, parent) = comps.split_last()?;
+            let dir = self.walk(parent, false).ok()??;
+            let node = if name == b".." {
+                self.nodes[dir].parent
+            } else if name == b"." {
+                dir
+            } else {
+                self.child(dir, name)?
+            };
+            let What::Leaf(i) = self.nodes[node].what else {
+                return Some(node);
+            };
+            let Kind::Symlink(target) = &self.inodes[i].kind else {
+                return Some(node);
+            };
+            // Re-resolve the target from the link's directory.
+            let mut next: Vec<Vec<u8>> = if target.starts_with(b"/") {
+                Vec::new()
+            } else {
+                self.path_of(dir)
+            };
+            next.extend(
+                target
+                    .split(|&b| b == b'/')
+                    .filter(|c| !c.is_empty())
+                    .map(<[u8]>::to_vec),
+            );
+            comps = next;
+        }
+        None
+    }
+
+    fn path_of(&self, mut node: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while node != ROOT {
+            out.push(self.nodes[node].name.clone());
+            node = self.nodes[node].parent;
+        }
+        out.reverse();
+        out
+    }
+
+    /// The regular file `path` resolves to inside the image (symlinks
+    /// followed inside the tree only), if it is one and at most `cap` bytes.
+    pub fn regular_file(&mut self, path: &str, cap: u64) -> Option<FileRef> {
+        let node = self.lookup(path)?;
+        let What::Leaf(i) = self.nodes[node].what else {
+            return None;
+        };
+        match self.inodes[i].kind {
+            Kind::File { size, .. } if size <= cap => Some(FileRef(i)),
+            _ => None,
+        }
+    }
+
+    /// Whether `path` exists (followed inside the tree).
+    pub fn exists(&mut self, path: &str) -> bool {
+        self.lookup(path).is_some()
+    }
+
+    /// The final name `path` resolves to (e.g. `systemd` for `/sbin/init`).
+    pub fn resolved_name(&mut self, path: &str) -> Option<Vec<u8>> {
+        let node = self.lookup(path)?;
+        Some(self.nodes[node].name.clone())
+    }
+
+    /// Adds a host file (guest bits) at `path`, root-owned with `mode`,
+    /// creating missing directories; symlinks on the way are followed
+    /// inside the tree.
+    pub fn add_host_file(&mut self, path: &str, from: &Path, mode: u32) -> Result<(), Error> {
+        let size = std::fs::metadata(from)
+            .map_err(Error::io("cannot read guest file", from))?
+            .len();
+        let meta = Meta {
+            mode,
+            mtime: now(),
+            ..Meta::default()
+        };
+        let kind = Kind::File {
+            size,
+            source: Source::Host(from.to_path_buf()),
+        };
+        self.add_synthetic(path, meta, kind)
+    }
+
+    /// Adds a root-owned symlink `path` → `target`.
+    pub fn add_symlink(&mut self, path: &str, target: &str) -> Result<(), Error> {
+        let meta = Meta {
+            mode: 0o777,
+            mtime: now(),
+            ..Meta::default()
+        };
+        self.add_synthetic(path, meta, Kind::Symlink(target.as_bytes().to_vec()))
+    }
+
+    fn add_synthetic(&mut self, path: &str, meta: Meta, kind: Kind) -> Result<(), Error> {
+        let fail = |e: EntryError| match e {
+            EntryError::Bad(reason) => Error::Inject(format!("cannot place /{path}: {reason}")),
+            EntryError::Limit(e) => e,
+        };
+        let comps: Vec<Vec<u8>> = path
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .map(|c| c.as_bytes().to_vec())
+            .collect();
+        let (name, parent) = comps
+            .split_last()
+            .ok_or_else(|| Error::Inject("empty guest path".into()))?;
+        let dir = self.walk(parent, true).map_err(fail)?.expect("created");
+        let inode = self.inode(meta, kind);
+        self.put(dir, name, What::Leaf(inode)).map_err(fail)
+    }
+
+    /// [`Flattener::stats`], refused when populating would cost more than
+    /// [`Limits::dir_work`].
+    pub fn checked_stats(&self) -> Result<Stats, Error> {
+        let stats = self.stats();
+        if stats.dir_work > self.limits.dir_work {
+            return Err(Error::DirectoriesTooLarge {
+                work: stats.dir_work,
+                limit: self.limits.dir_work,
+            });
+        }
+        Ok(stats)
+    }
+
+    /// Sizes of what the ext4 will hold.
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        let mut seen = vec![false; self.inodes.len()];
+        let mut stack = vec![ROOT];
+        while let Some(n) = stack.pop() {
+            match &self.nodes[n].what {
+                What::Dir { children, .. } => {
+                    stats.inodes += 1;
+                    // A directory entry is 8 bytes + the name, 4-byte aligned.
+                    let entries: u64 = children
+                        .keys()
+                        .map(|k| (8 + k.len() as u64).div_ceil(4) * 4)
+                        .sum();
+                    stats.bytes += (entries + 24).div_ceil(4096).max(1) * 4096;
+                    let n = children.len() as u64;
+                    stats.dir_work = stats.dir_work.saturating_add(n * n);
+                    stack.extend(children.values().copied());
+                }
+                What::Leaf(i) => {
+                    if std::mem::replace(&mut seen[*i], true) {
+                        continue;
+                    }
+                    stats.inodes += 1;
+                    match &self.inodes[*i].kind {
+                        Kind::File { size, .. } => {
+                            stats.content += size;
+                            stats.bytes += size.div_ceil(4096) * 4096;
+                        }
+                        Kind::Symlink(t) if t.len() >= 60 => stats.bytes += 4096,
+                        _ => {}
+                    }
+                    if !self.inodes[*i].meta.xattrs.is_empty() {
+                        stats.bytes += 4096;
+                    }
+                }
+            }
+        }
+        stats
+    }
+
+    /// Writes the flattened tree as one tar stream into `out`, reading file
+    /// contents through `open` (a layer index → its verified blob). Files
+    /// named in `capture` are also returned (their bytes, by [`FileRef`]).
+    /// Returns what mke2fs's tar reader cannot carry and must be fixed up
+    /// afterwards (see [`Fixup`]).
+    pub fn emit(
+        &self,
+        out: impl Write,
+        open: &dyn Fn(usize) -> Result<Box<dyn Read>, Error>,
+        capture: &[FileRef],
+        cancel: &AtomicBool,
+    ) -> Result<Emitted, Error> {
+        let mut tar = tar::Builder::new(CancelWriter { out, cancel });
+        tar.mode(tar::HeaderMode::Complete);
+        let failed = |e: io::Error| {
+            if cancelled(cancel) {
+                Error::Cancelled
+            } else {
+                Error::Mkfs(format!("cannot feed mke2fs: {e}"))
+            }
+        };
+        let mut emitted = Emitted::default();
+        let mut primary: Vec<Option<PathBuf>> = vec![None; self.inodes.len()];
+        let mut links: Vec<(PathBuf, usize)> = Vec::new();
+        // Per layer: member ordinal → inode.
+        let mut from_layer: HashMap<usize, HashMap<u64, usize>> = HashMap::new();
+        let root = match &self.nodes[ROOT].what {
+            What::Dir { meta, .. } => meta,
+            What::Leaf(_) => unreachable!("the root is a directory"),
+        };
+        emitted.fixups.push(Fixup::root(root));
+
+        // 1. Pre-order walk: directories before their children.
+        let mut stack: Vec<(usize, PathBuf)> = vec![(ROOT, PathBuf::new())];
+        while let Some((n, path)) = stack.pop() {
+            match &self.nodes[n].what {
+                What::Dir { meta, children } => {
+                    if n != ROOT {
+                        let h = header(EntryType::Directory, meta, 0);
+                        append(&mut tar, h, &path, meta, io::empty()).map_err(failed)?;
+                        emitted.fixups.push(Fixup::of(&path, meta));
+                    }
+                    let mut names: Vec<(&Vec<u8>, &usize)> = children.iter().collect();
+                    // Reverse order on the stack pops them sorted.
+                    names.sort_unstable_by(|a, b| b.0.cmp(a.0));
+                    for (name, &c) in names {
+                        stack.push((
+                            c,
+                            path.join(
+                                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name),
+                            ),
+                        ));
+                    }
+                }
+                What::Leaf(i) => {
+                    let i = *i;
+                    if primary[i].is_some() {
+                        links.push((path, i));
+                        continue;
+                    }
+                    primary[i] = Some(path.clone());
+                    let inode = &self.inodes[i];
+                    let meta = &inode.meta;
+                    emitted.fixups.push(Fixup::of(&path, meta));
+                    match &inode.kind {
+                        Kind::File {
+                            size,
+                            source: Source::Layer { layer, ordinal },
+                        } if *size > 0 => {
+                            from_layer.entry(*layer).or_default().insert(*ordinal, i);
+                        }
+                        Kind::File { size, source } => {
+                            let h = header(EntryType::Regular, meta, *size);
+                            let data: Box<dyn Read> = match source {
+                                Source::Host(p) => Box::new(
+                                    std::fs::File::open(p)
+                                        .map_err(Error::io("cannot read guest file", p))?
+                                        .take(*size),
+                                ),
+                                Source::Memory { data, .. } => Box::new(&data[..]),
+                                Source::Layer { .. } => Box::new(io::empty()),
+                            };
+                            let data = capture_if(capture, i, data, &mut emitted.captured);
+                            append(&mut tar, h, &path, meta, data).map_err(failed)?;
+                        }
+                        Kind::Symlink(target) => {
+                            let mut h = header(EntryType::Symlink, meta, 0);
+                            h.set_mode(0o777);
+                            let target = Path::new(
+                                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(
+                                    target,
+                                ),
+                            );
+                            write_pax(&mut tar, &xattr_pax(meta)).map_err(failed)?;
+                            tar.append_link(&mut h, &path, target).map_err(failed)?;
+                        }
+                        Kind::Char(ma, mi) | Kind::Block(ma, mi) => {
+                            let t = if matches!(inode.kind, Kind::Char(..)) {
+                                EntryType::Char
+                            } else {
+                                EntryType::Block
+                            };
+                            let mut h = header(t, meta, 0);
+                            h.set_device_major(*ma).map_err(failed)?;
+                            h.set_device_minor(*mi).map_err(failed)?;
+                            append(&mut tar, h, &path, meta, io::empty()).map_err(failed)?;
+                        }
+                        Kind::Fifo => {
+                            let h = header(EntryType::Fifo, meta, 0);
+                            append(&mut tar, h, &path, meta, io::empty()).map_err(failed)?;
+                        }
+                    }
+                }
+            }
+        }
+
+        // 2. File contents, layer by layer, from the verified blobs.
+        let mut layers: Vec<_> = from_layer.into_iter().collect();
+        layers.sort_by_key(|(l, _)| *l);
+        for (layer, wanted) in layers {
+            let bad = |reason: String| Error::BadLayer {
+                layer: format!("#{}", layer + 1),
+                reason,
+            };
+            let stream = decompress(open(layer)?).map_err(|e| bad(e.to_string()))?;
+            let mut archive = tar::Archive::new(stream);
+            let mut left = wanted.len();
+            for (ordinal, entry) in archive
+                .entries()
+                .map_err(|e| bad(e.to_string()))?
+                .enumerate()
+            {
+                let entry = entry.map_err(|e| bad(format!("cannot read the tar stream: {e}")))?;
+                let Some(&i) = wanted.get(&(ordinal as u64)) else {
+                    continue;
+                };
+                let inode = &self.inodes[i];
+                let Kind::File { size, .. } = inode.kind else {
+                    unreachable!("only files are read from layers")
+                };
+                let path = primary[i].as_ref().expect("walked above");
+                let h = header(EntryType::Regular, &inode.meta, size);
+                let data = capture_if(
+                    capture,
+                    i,
+                    Box::new(entry.take(size)),
+                    &mut emitted.captured,
+                );
+                append(&mut tar, h, path, &inode.meta, data).map_err(|e| {
+                    if e.kind() == io::ErrorKind::UnexpectedEof {
+                        bad(format!(
+                            "{} is shorter than its header says",
+                            path.display()
+                        ))
+                    } else {
+                        failed(e)
+                    }
+                })?;
+                left -= 1;
+                if left == 0 {
+                    break;
+                }
+            }
+            if left > 0 {
+                return Err(bad("it changed between reading and building".into()));
+            }
+        }
+
+        // 3. The other names of hardlinked inodes.
+        for (path, i) in links {
+            let inode = &self.inodes[i];
+            let mut h = header(EntryType::Link, &inode.meta, 0);
+            let target = primary[i].as_ref().expect("walked above");
+            tar.append_link(&mut h, &path, target).map_err(failed)?;
+        }
+        tar.into_inner()
+            .and_then(|mut w| w.flush())
+            .map_err(failed)?;
+        emitted.fixups.retain(|f| !f.is_empty());
+        Ok(emitted)
+    }
+}
+
+/// An inode of the index (for capturing its content while emitting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileRef(usize);
+
+/// What [`Flattener::emit`] returns.
+#[derive(Debug, Default)]
+pub struct Emitted {
+    /// Captured file contents.
+    pub captured: Vec<(FileRef, Vec<u8>)>,
+    /// What mke2fs's tar reader drops, per path.
+    pub fixups: Vec<Fixup>,
+}
+
+/// What must be set on one path after mke2fs: xattrs other than
+/// `security.capability` (mke2fs keeps only that one), the sub-second
+/// mtime, and the root directory's owner and mode.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Fixup {
+    /// Path inside the image, relative (empty: the root).
+    pub path: PathBuf,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    /// The root's (mode, uid, gid, mtime) when they differ from mke2fs's.
+    pub root: Option<(u32, u32, u32, i64)>,
+}
+
+impl Fixup {
+    fn of(path: &Path, meta: &Meta) -> Fixup {
+        Fixup {
+            path: path.to_path_buf(),
+            xattrs: meta
+                .xattrs
+                .iter()
+                .filter(|(k, _)| k != "security.capability")
+                .cloned()
+                .collect(),
+            mtime: meta.mtime,
+            mtime_nsec: meta.mtime_nsec,
+            root: None,
+        }
+    }
+
+    fn root(meta: &Meta) -> Fixup {
+        let mut f = Fixup::of(Path::new(""), meta);
+        f.xattrs = meta.xattrs.clone();
+        // mke2fs gives the root 0755 root:root (`-E root_owner=0:0`) and
+        // the time of the build; the image says otherwise (or 0, as umoci).
+        f.root = Some((meta.mode, meta.uid, meta.gid, meta.mtime));
+        f
+    }
+
+    fn is_empty(&self) -> bool {
+        self.xattrs.is_empty() && self.mtime_nsec == 0 && self.root.is_none()
+    }
+}
+
+fn capture_if<'a>(
+    capture: &[FileRef],
+    i: usize,
+    data: Box<dyn Read + 'a>,
+    out: &mut Vec<(FileRef, Vec<u8>)>,
+) -> Box<dyn Read + 'a> {
+    if !capture.contains(&FileRef(i)) {
+        return data;
+    }
+    let mut bytes = Vec::new();
+    if data.take(1 << 20).read_to_end(&mut bytes).is_err() {
+        bytes.clear();
+    }
+    out.push((FileRef(i), bytes.clone()));
+    Box::new(io::Cursor::new(bytes))
+}
+
+fn header(kind: EntryType, meta: &Meta, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(meta.mode);
+    h.set_uid(meta.uid.into());
+    h.set_gid(meta.gid.into());
+    h.set_mtime(meta.mtime.max(0) as u64);
+    h.set_size(size);
+    h
+}
+
+/// `security.capability` goes through the stream (mke2fs keeps it and
+/// nothing else); every other xattr is a [`Fixup`].
+fn xattr_pax(meta: &Meta) -> Vec<(String, Vec<u8>)> {
+    meta.xattrs
+        .iter()
+        .filter(|(k, _)| k == "security.capability")
+        .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.clone()))
+        .collect()
+}
+
+fn write_pax<W: Write>(tar: &mut tar::Builder<W>, pax: &[(String, Vec<u8>)]) -> io::Result<()> {
+    if pax.is_empty() {
+        return Ok(());
+    }
+    tar.append_pax_extensions(pax.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+}
+
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    mut h: tar::Header,
+    path: &Path,
+    meta: &Meta,
+    data: impl Read,
+) -> io::Result<()> {
+    write_pax(tar, &xattr_pax(meta))?;
+    let size = h.size()?;
+    let mut counted = Exact {
+        inner: data,
+        left: size,
+    };
+    tar.append_data(&mut h, path, &mut counted)?;
+    if counted.left > 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+/// Refuses to end before `left` bytes (a member shorter than its header).
+struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        self.left = self.left.saturating_sub(n as u64);
+        Ok(n)
+    }
+}
+
+/// Fails writes once the pull is cancelled, so mke2fs is stopped at once.
+struct CancelWriter<'a, W> {
+    out: W,
+    cancel: &'a AtomicBool,
+}
+
+impl<W: Write> Write for CancelWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if cancelled(self.cancel) {
+            return Err(io::Error::other("cancelled"));
+        }
+        self.out.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// A cancellation flag shared with whoever may stop the build.
+pub type Cancel = Arc<AtomicBool>;
+
+/// Set once the service is stopping: every build stops and kills its
+/// child processes, so shutting down never waits for a long mke2fs.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+/// Stops every build (the service received SIGTERM/SIGINT).
+pub fn stop_all() {
+    STOPPING.store(true, Ordering::Relaxed);
+}
+
+/// Whether a build must stop: its caller went away or the service is stopping.
+pub fn cancelled(cancel: &AtomicBool) -> bool {
+    cancel.load(Ordering::Relaxed) || STOPPING.load(Ordering::Relaxed)
+}
+
+/// Wraps `source` in the decompressor its magic bytes name (gzip, zstd,
+/// else plain tar), whatever the media type says.
+pub fn decompress<'a>(source: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+    let mut reader = BufReader::with_capacity(1 << 20, source);
+    let magic = reader
+        .fill_buf()?
+        .get(..4)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
+    Ok(if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(reader))
+    } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        Box::new(zstd::stream::read::Decoder::with_buffer(reader)?)
+    } else {
+        Box::new(reader)
+    })
+}
+
+/// Why one entry failed.
+enum EntryError {
+    Bad(String),
+    Limit(Error),
+}
+
+fn bad(reason: String) -> EntryError {
+    EntryError::Bad(reason)
+}
+
+fn show(bytes: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(bytes))
+}
+
+/// A member path split into components, lexically normalized; refused when
+/// `..` would climb above the root or a name is longer than ext4 allows.
+fn clean(raw: &[u8]) -> Result<Vec<Vec<u8>>, EntryError> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for c in raw.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                if out.pop().is_none() {
+                    return Err(bad(format!("member {} escapes the root", show(raw))));
+                }
+            }
+            n if n.len() > MAX_NAME => {
+                return Err(bad(format!(
+                    "member {} has a name longer than {MAX_NAME} bytes (ext4's limit)",
+                    show(raw)
+                )));
+            }
+            n => out.push(n.to_vec()),
+        }
+    }
+    Ok(out)
+}
+
+fn check_xattrs(comps: &[Vec<u8>], xattrs: &[(String, Vec<u8>)]) -> Result<(), EntryError> {
+    let used: usize = xattrs
+        .iter()
+        .map(|(k, v)| 16 + k.len().div_ceil(4) * 4 + v.len().div_ceil(4) * 4)
+        .sum();
+    if used > MAX_XATTR_BYTES || xattrs.iter().any(|(k, _)| k.len() > 255 || k.is_empty()) {
+        return Err(bad(format!(
+            "{} has {used} bytes of xattrs; ext4 holds at most {MAX_XATTR_BYTES} per file",
+            show(&comps.join(&b'/'))
+        )));
+    }
+    Ok(())
+}
+
+/// The mode a kernel gives a file whose `system.posix_acl_access` is set
+/// (what a runtime unpacking with `lsetxattr` ends up with): owner, group
+/// (the mask when there is one) and other bits follow the ACL.
+fn acl_mode(mode: u32, xattrs: &[(String, Vec<u8>)]) -> u32 {
+    let Some((_, acl)) = xattrs.iter().find(|(k, _)| k == "system.posix_acl_access") else {
+        return mode;
+    };
+    if acl.len() < 4 || (acl.len() - 4) % 8 != 0 || acl[..4] != [2, 0, 0, 0] {
+        return mode;
+    }
+    let (mut user, mut group, mut mask, mut other) = (None, None, None, None);
+    for e in acl[4..].chunks_exact(8) {
+        let tag = u16::from_le_bytes([e[0], e[1]]);
+        let perm = u32::from(u16::from_le_bytes([e[2], e[3]]) & 7);
+        match tag {
+            0x01 => user = Some(perm),
+            0x04 => group = Some(perm),
+            0x10 => mask = Some(perm),
+            0x20 => other = Some(perm),
+            _ => {}
+        }
+    }
+    let (Some(u), Some(g), Some(o)) = (user, mask.or(group), other) else {
+        return mode;
+    };
+    (mode & 0o7000) | (u << 6) | (g << 3) | o
+}
+
+/// A PAX time `SECONDS[.FRACTION]`.
+fn parse_pax_time(v: &str) -> Option<(i64, u32)> {
+    let (s, frac) = v.split_once('.').unwrap_or((v, ""));
+    let secs: i64 = s.parse().ok()?;
+    let digits: String = frac.chars().take(9).collect();
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let nsec = if digits.is_empty() {
+        0
+    } else {
+        format!("{digits:0<9}").parse().ok()?
+    };
+    Some((secs, nsec))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    fn entry(b: &mut tar::Builder<Vec<u8>>, kind: EntryType, path: &str, data: &[u8]) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(1_000_000);
+        b.append_data(&mut h, path, data).unwrap();
+    }
+
+    fn file(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+        entry(b, EntryType::Regular, path, data);
+    }
+
+    fn link(b: &mut tar::Builder<Vec<u8>>, kind: EntryType, path: &str, target: &str) {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, path, target).unwrap();
+    }
+
+    fn flat(layers: &[Vec<u8>]) -> Result<Flattener, Error> {
+        flat_with(layers, Limits::default())
+    }
+
+    fn flat_with(layers: &[Vec<u8>], limits: Limits) -> Result<Flattener, Error> {
+        let mut f = Flattener::new(limits);
+        for (i, l) in layers.iter().enumerate() {
+            f.add_layer(&l[..], &format!("l{i}"))?;
+        }
+        Ok(f)
+    }
+
+    /// The emitted stream's members: (path, type, link target, content).
+    fn emitted(f: &Flattener, layers: &[Vec<u8>]) -> Vec<(String, EntryType, String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let layers = layers.to_vec();
+        let open = move |i: usize| -> Result<Box<dyn Read>, Error> {
+            Ok(Box::new(io::Cursor::new(layers[i].clone())))
+        };
+        f.emit(&mut out, &open, &[], &AtomicBool::new(false))
+            .unwrap();
+        let mut a = tar::Archive::new(&out[..]);
+        a.entries()
+            .unwrap()
+            .map(|e| {
+                let mut e = e.unwrap();
+                let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+                let t = e.header().entry_type();
+                let target = e
+                    .link_name_bytes()
+                    .map(|l| String::from_utf8_lossy(&l).into_owned())
+                    .unwrap_or_default();
+                let mut data = Vec::new();
+                e.read_to_end(&mut data).unwrap();
+                (path, t, target, data)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn whiteouts_opaque_dirs_and_order() {
+        let l1 = layer(|b| {
+            entry(b, EntryType::Directory, "a", b"");
+            file(b, "a/keep", b"1");
+            file(b, "a/gone", b"1");
+            file(b, "o/lower", b"1");
+            file(b, "o/sub/deep", b"1");
+            file(b, "orig", b"data");
+            link(b, EntryType::Link, "other", "orig");
+        });
+        let l2 = layer(|b| {
+            file(b, "a/.wh.gone", b"");
+            file(b, "o/upper", b"2");
+            file(b, "o/.wh..wh..opq", b"");
+            file(b, "a/keep", b"2");
+            file(b, ".wh.orig", b"");
+            // A child before its directory, in a new tree.
+            file(b, "n/m/child", b"c");
+        });
+        let layers = vec![l1, l2];
+        let f = flat(&layers).unwrap();
+        let out = emitted(&f, &layers);
+        let names: Vec<&str> = out.iter().map(|(p, ..)| p.as_str()).collect();
+        for gone in ["a/gone", "o/lower", "o/sub", "o/sub/deep", "orig"] {
+            assert!(!names.contains(&gone), "{gone} in {names:?}");
+        }
+        let find = |p: &str| out.iter().find(|(n, ..)| n == p).unwrap();
+        assert_eq!(find("a/keep").3, b"2");
+        assert_eq!(find("other").3, b"data");
+        assert_eq!(find("o/upper").3, b"2");
+        // Every directory comes before what it holds.
+        for (i, (p, ..)) in out.iter().enumerate() {
+            if let Some((parent, _)) = p.rsplit_once('/') {
+                let at = names.iter().position(|n| *n == parent).unwrap();
+                assert!(at < i, "{p} before {parent}");
+            }
+        }
+    }
+
+    #[test]
+    fn memory_or_a_second_read_give_the_same_stream() {
+        let l1 = layer(|b| {
+            file(b, "a", b"first layer, kept");
+            file(b, "b", &[1u8; 3000]);
+        });
+        let l2 = layer(|b| {
+            file(b, "c", &[2u8; 3000]);
+            file(b, "d", &[3u8; 3000]);
+            link(b, EntryType::Link, "e", "a");
+        });
+        let layers = vec![l1, l2];
+        let all = flat(&layers).unwrap();
+        // 4000 bytes: the first layer fits, the second stops half-way.
+        let some = flat_with(
+            &layers,
+            Limits {
+                memory: 4000,
+                ..Limits::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(some.memory, 3017);
+        let none = flat_with(
+            &layers,
+            Limits {
+                memory: 0,
+                ..Limits::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(none.memory, 0);
+        let sorted = |mut v: Vec<(String, EntryType, String, Vec<u8>)>| {
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let a = sorted(emitted(&all, &layers));
+        assert_eq!(a, sorted(emitted(&some, &layers)));
+        assert_eq!(a, sorted(emitted(&none, &layers)));
+        assert_eq!(a.iter().find(|e| e.0 == "d").unwrap().3, vec![3u8; 3000]);
+    }
+
+    #[test]
+    fn hardlinks_come_after_their_target_with_its_metadata() {
+        let l1 = layer(|b| {
+            file(b, "z-target", b"x");
+            link(b, EntryType::Link, "a-link", "z-target");
+        });
+        let layers = vec![l1];
+        let f = flat(&layers).unwrap();
+        let out = emitted(&f, &layers);
+        // Sorted walk: a-link is met first and becomes the file; z-target links to it.
+        assert_eq!(out[0].0, "a-link");
+        assert_eq!(out[0].1, EntryType::Regular);
+        assert_eq!(out[1].0, "z-target");
+        assert_eq!(out[1].1, EntryType::Link);
+        assert_eq!(out[1].2, "a-link");
+    }
+
+    #[test]
+    fn escapes_are_followed_inside_the_image_only() {
+        let l = layer(|b| {
+            link(b, EntryType::Symlink, "link", "/etc");
+            link(b, EntryType::Symlink, "up", "../../../../x");
+            file(b, "link/file", b"x");
+            file(b, "up/y", b"y");
+        });
+        let layers = vec![l];
+        let f = flat(&layers).unwrap();
+        let names: Vec<String> = emitted(&f, &layers).into_iter().map(|e| e.0).collect();
+        assert!(names.contains(&"etc/file".to_owned()), "{names:?}");
+        assert!(names.contains(&"x/y".to_owned()), "{names:?}");
+        // `..` members are refused (written into the header by hand: the tar
+        // crate refuses to build them).
+        let mut raw = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..9].copy_from_slice(b"../escape");
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_cksum();
+        raw.append(&h, &b"x"[..]).unwrap();
+        let bytes = raw.into_inner().unwrap();
+        assert!(matches!(flat(&[bytes]), Err(Error::BadLayer { .. })));
+    }
+
+    #[test]
+    fn facts_resolve_inside_the_image_only() {
+        let l = layer(|b| {
+            link(b, EntryType::Symlink, "etc/os-release", "/host/os-release");
+            link(
+                b,
+                EntryType::Symlink,
+                "usr/lib/os-release",
+                "../../etc/fifo",
+            );
+            entry(b, EntryType::Fifo, "etc/fifo", b"");
+            file(b, "usr/lib/systemd/systemd", b"");
+            link(b, EntryType::Symlink, "sbin", "usr/sbin");
+            link(
+                b,
+                EntryType::Symlink,
+                "usr/sbin/init",
+                "/usr/lib/systemd/systemd",
+            );
+        });
+        let mut f = flat(&[l]).unwrap();
+        // Neither a dangling host path nor a fifo is an os-release.
+        assert!(f.regular_file("etc/os-release", 1 << 16).is_none());
+        assert!(f.regular_file("usr/lib/os-release", 1 << 16).is_none());
+        assert_eq!(f.resolved_name("sbin/init").unwrap(), b"systemd");
+        assert!(!f.exists("usr/sbin/sshd"));
+    }
+
+    #[test]
+    fn bad_input_is_refused_with_a_reason() {
+        let reason = |layers: Vec<Vec<u8>>| match flat(&layers) {
+            Err(Error::BadLayer { reason, .. }) => reason,
+            other => panic!("expected a bad layer, got {other:?}"),
+        };
+        // A hardlink to a path a later layer deleted.
+        let l1 = layer(|b| file(b, "a", b"x"));
+        let l2 = layer(|b| file(b, ".wh.a", b""));
+        let l3 = layer(|b| link(b, EntryType::Link, "b", "a"));
+        assert!(reason(vec![l1, l2, l3]).contains("missing"));
+        // A whiteout of the root.
+        let l = layer(|b| file(b, "x/.wh..", b""));
+        assert!(reason(vec![l]).contains("root"));
+        // A name longer than 255 bytes.
+        let long = format!("d/{}", "n".repeat(256));
+        let l = layer(|b| file(b, &long, b"x"));
+        assert!(reason(vec![l]).contains("255"));
+        // An xattr larger than ext4 holds.
+        let big = vec![b'v'; 5000];
+        let l = layer(|b| {
+            b.append_pax_extensions([("SCHILY.xattr.user.big", &big[..])])
+                .unwrap();
+            file(b, "f", b"x");
+        });
+        assert!(reason(vec![l]).contains("xattrs"));
+        // A member whose header claims more bytes than the layer has.
+        let mut l = layer(|b| file(b, "f", &[7u8; 4096]));
+        l.truncate(512 + 1000);
+        let r = reason(vec![l]);
+        assert!(
+            r.contains("shorter") || r.contains("tar stream"),
+            "truncated: {r}"
+        );
+    }
+
+    #[test]
+    fn inode_bombs_hit_the_caps() {
+        let l = layer(|b| {
+            for i in 0..50 {
+                file(b, &format!("d/{i}"), b"");
+            }
+        });
+        let mut f = Flattener::new(Limits {
+            entries_per_dir: 20,
+            ..Limits::default()
+        });
+        assert!(matches!(
+            f.add_layer(&l[..], "l"),
+            Err(Error::TooManyEntries { limit: 20, .. })
+        ));
+        let mut f = Flattener::new(Limits {
+            entries: 30,
+            ..Limits::default()
+        });
+        assert!(matches!(
+            f.add_layer(&l[..], "l"),
+            Err(Error::TooManyEntries { limit: 30, .. })
+        ));
+        let mut f = Flattener::new(Limits {
+            bytes: 10,
+            ..Limits::default()
+        });
+        let l = layer(|b| file(b, "big", &[0u8; 11]));
+        assert!(matches!(
+            f.add_layer(&l[..], "l"),
+            Err(Error::TooLarge { limit: 10 })
+        ));
+    }
+
+    #[test]
+    fn pax_times_and_acl_modes() {
+        assert_eq!(parse_pax_time("12.5"), Some((12, 500_000_000)));
+        assert_eq!(parse_pax_time("12"), Some((12, 0)));
+        assert_eq!(parse_pax_time("x"), None);
+        let acl = [
+            2u8, 0, 0, 0, 1, 0, 7, 0, 0, 0, 0, 0, 4, 0, 5, 0, 0, 0, 0, 0, 0x20, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let x = vec![("system.posix_acl_access".to_owned(), acl.to_vec())];
+        assert_eq!(acl_mode(0o4777, &x), 0o4750);
+    }
+
+    #[test]
+    fn compressed_layers() {
+        use std::io::Write;
+        let l = layer(|b| file(b, "f", b"zz"));
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), Default::default());
+        enc.write_all(&l).unwrap();
+        let gz = enc.finish().unwrap();
+        let zst = zstd::encode_all(&l[..], 3).unwrap();
+        for blob in [gz, zst] {
+            let layers = vec![blob];
+            let f = flat(&layers).unwrap();
+            assert_eq!(emitted(&f, &layers)[0].3, b"zz");
+        }
+    }
+}
