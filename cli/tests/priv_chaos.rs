@@ -373,10 +373,18 @@ fn parallel_create_rm(env: &Env, clients: usize, cycles: usize) {
                 for v in &vms {
                     let name = v["name"].as_str().unwrap().to_owned();
                     *names.entry(name.clone()).or_default() += 1;
+                    // A VM being deleted has no process and gives its lease
+                    // back before its record goes: not alive any more.
+                    if v["state"] == "deleting" {
+                        continue;
+                    }
                     for (key, map) in [("ip", &mut ips), ("mac", &mut macs)] {
                         let value = v[key].as_str().unwrap_or_default();
                         if !value.is_empty() {
-                            map.entry(value.to_owned()).or_default().push(name.clone());
+                            let state = v["state"].as_str().unwrap_or_default();
+                            map.entry(value.to_owned())
+                                .or_default()
+                                .push(format!("{name} ({state})"));
                         }
                     }
                 }
