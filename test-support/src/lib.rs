@@ -12,6 +12,7 @@
 pub mod debian_archive;
 pub mod debian_mirror;
 pub mod fixtures;
+pub mod leaks;
 pub mod minbase;
 pub mod netns;
 pub mod otlp;

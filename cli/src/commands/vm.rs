@@ -3,7 +3,7 @@
 //! SSH client with banger's own key.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -609,20 +609,52 @@ fn ensure_ssh_key() -> Result<SshKey> {
     if !private.exists() {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let status = std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "banger", "-f"])
-            .arg(&private)
-            .status()
-            .context("cannot run ssh-keygen: install openssh-client")?;
-        if !status.success() {
-            bail!("ssh-keygen failed ({status})");
-        }
+        make_ssh_key(&dir, &private, &public_path)?;
     }
     let public = std::fs::read_to_string(&public_path)
         .with_context(|| format!("cannot read {}", public_path.display()))?
         .trim()
         .to_owned();
     Ok(SshKey { private, public })
+}
+
+/// Makes the key pair under a name of this process and publishes it with
+/// hard links, the public key first: parallel first uses (several `vm
+/// create` at once on a fresh host) agree on one pair, and whoever sees
+/// the private key also finds its public key. A loser waits for the
+/// winner's private key.
+fn make_ssh_key(dir: &Path, private: &Path, public: &Path) -> Result<()> {
+    let mine = dir.join(format!(".id_ed25519.{}", std::process::id()));
+    let mine_pub = dir.join(format!(".id_ed25519.{}.pub", std::process::id()));
+    let _ = std::fs::remove_file(&mine);
+    let _ = std::fs::remove_file(&mine_pub);
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "banger", "-f"])
+        .arg(&mine)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .context("cannot run ssh-keygen: install openssh-client")?;
+    if !status.success() {
+        bail!("ssh-keygen failed ({status})");
+    }
+    let won =
+        std::fs::hard_link(&mine_pub, public).is_ok() && std::fs::hard_link(&mine, private).is_ok();
+    let _ = std::fs::remove_file(&mine);
+    let _ = std::fs::remove_file(&mine_pub);
+    if !won {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !private.exists() {
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "{} exists without {}: remove it to make a new key",
+                    public.display(),
+                    private.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
 }
 
 /// `~/.config/banger/known_hosts.d/<vm>`: the one host key `vm ssh` accepts

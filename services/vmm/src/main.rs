@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         // Adopt VMs that outlived a previous vmm, roll back interrupted
         // creates and deletes, before serving anyone.
         service.manager().reconcile().await?;
+        service.manager().spawn_sweeper();
         Ok(Routes::new(VmmServer::new(service)))
     })
 }

@@ -170,6 +170,11 @@ pub struct VmRecord {
     pub created_unix: i64,
     pub started_unix: Option<i64>,
     pub error: Option<String>,
+    /// A stop was asked for and is under way: a hypervisor found gone (or
+    /// still there) after a vmm crash is then a stopped VM, not a failed
+    /// one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stop_requested: bool,
 }
 
 /// What the direct systemd boot of a VM's disk needs to know.
@@ -365,6 +370,7 @@ pub(crate) fn sample(name: &str) -> VmRecord {
         systemd_boot: None,
         created_unix: now_unix(),
         started_unix: None,
+        stop_requested: false,
         error: None,
     }
 }

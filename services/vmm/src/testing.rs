@@ -32,6 +32,8 @@ pub struct RecordingPeers {
     /// The image is a registry image with a distribution but no init or
     /// sshd: VMs of it need a prepared filesystem.
     pub unprepared: bool,
+    /// imagestore "down": releases of image holds fail (Unavailable).
+    pub imagestore_down: std::sync::atomic::AtomicBool,
     calls: Mutex<Vec<String>>,
 }
 
@@ -54,6 +56,7 @@ impl RecordingPeers {
             has_agent: false,
             has_ssh_server: false,
             unprepared: false,
+            imagestore_down: Default::default(),
             calls: Mutex::default(),
         }
     }
@@ -125,6 +128,17 @@ impl Peers for RecordingPeers {
         })
     }
     async fn release_image(&self, name: &str, holder: &str) -> Result<()> {
+        if self
+            .imagestore_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Error::Peer {
+                service: "imagestore",
+                code: tonic::Code::Unavailable,
+                reason: None,
+                message: "connection refused".into(),
+            });
+        }
         self.log(format!("release_image {name} {holder}"));
         Ok(())
     }

@@ -103,6 +103,7 @@ impl Manager {
             systemd_boot: None,
             created_unix: record::now_unix(),
             started_unix: None,
+            stop_requested: false,
             error: None,
         };
         // A new attempt replaces the evidence of an older failed one.
@@ -287,15 +288,14 @@ impl Manager {
         Ok(self.view(vm.clone()))
     }
 
-    /// Undoes a create: process, sockets, disk, lease, holds, record.
+    /// Undoes a create: process, sockets, disk, lease, holds, record. When
+    /// a peer cannot take a release (it is down), the record stays as
+    /// `deleting` and the sweeper finishes the job once it is back.
     pub(super) async fn rollback(&self, vm: &VmRecord) {
         let mut vm = vm.clone();
-        self.kill_vm(&mut vm).await;
-        self.release_all(&vm).await;
-        if let Err(e) = self.inner.store.remove(&vm) {
-            tracing::error!(vm = %vm.name, "rollback cannot remove files: {e}");
+        if let Err(e) = self.finish_delete(&mut vm).await {
+            tracing::warn!(vm = %vm.name, "rollback left for the sweeper: {e}");
         }
-        self.forget_probes(&vm.id);
     }
 }
 

@@ -128,21 +128,28 @@ impl Manager {
         vm.helper_pid = None;
     }
 
-    /// Drops the VM's lease and holds; failures are logged (the peers
-    /// treat a repeated release as done).
-    pub(super) async fn release_all(&self, vm: &VmRecord) {
+    /// Drops the VM's lease and holds (the peers treat a repeated release
+    /// as done). Every release is tried; the first failure is returned, so
+    /// the caller keeps the record (`deleting`) for a later retry instead of
+    /// forgetting a hold that a peer still keeps.
+    pub(super) async fn release_all(&self, vm: &VmRecord) -> Result<()> {
         let peers = &self.inner.peers;
+        let mut first = None;
         if let Err(e) = peers.release_lease(&vm.id).await {
             tracing::warn!(vm = %vm.name, "cannot release lease: {e}");
+            first.get_or_insert(e);
         }
         if !vm.kernel.name.is_empty()
             && let Err(e) = peers.release_kernel(&vm.kernel.name, &vm.id).await
         {
             tracing::warn!(vm = %vm.name, "cannot release kernel hold: {e}");
+            first.get_or_insert(e);
         }
         if let Err(e) = peers.release_image(&vm.image.name, &vm.id).await {
             tracing::warn!(vm = %vm.name, "cannot release image hold: {e}");
+            first.get_or_insert(e);
         }
+        first.map_or(Ok(()), Err)
     }
 
     /// Starts a stopped VM and waits for readiness.
@@ -180,9 +187,13 @@ impl Manager {
         } else {
             timeout_secs
         }));
+        // Recorded first: a vmm killed mid-stop finds the VM stopped, not failed.
+        vm.stop_requested = true;
+        self.inner.store.save(&vm)?;
         self.shutdown(&mut vm, force, timeout).await;
         vm.state = VmState::Stopped;
         vm.error = None;
+        vm.stop_requested = false;
         self.inner.store.save(&vm)?;
         self.forget_probes(&vm.id);
         Ok(self.view(vm))
@@ -250,9 +261,16 @@ impl Manager {
 
     /// The part of a delete after `deleting` is recorded; reconcile
     /// repeats it for a delete cut short.
+    /// A release a peer could not take (it was down) leaves the record
+    /// `deleting`, retried by [`Manager::sweep_deletes`].
     pub(super) async fn finish_delete(&self, vm: &mut VmRecord) -> Result<()> {
         self.kill_vm(vm).await;
-        self.release_all(vm).await;
+        vm.state = VmState::Deleting;
+        // Unsaved (e.g. disk full), the releases and removal still run.
+        if let Err(e) = self.inner.store.save(vm) {
+            tracing::warn!(vm = %vm.name, "cannot record `deleting`: {e}");
+        }
+        self.release_all(vm).await?;
         self.inner.store.remove(vm)?;
         self.forget_probes(&vm.id);
         Ok(())

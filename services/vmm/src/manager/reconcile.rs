@@ -28,7 +28,19 @@ impl Manager {
                 }
                 VmState::Deleting => {
                     tracing::warn!(vm = %vm.name, "finishing an interrupted delete");
-                    self.finish_delete(&mut vm).await?;
+                    // A peer not up yet: the sweeper retries.
+                    if let Err(e) = self.finish_delete(&mut vm).await {
+                        tracing::warn!(vm = %vm.name, "delete left for the sweeper: {e}");
+                    }
+                }
+                VmState::Running if vm.stop_requested => {
+                    // A stop cut short: finish it.
+                    tracing::warn!(vm = %vm.name, "finishing an interrupted stop");
+                    self.kill_vm(&mut vm).await;
+                    vm.state = VmState::Stopped;
+                    vm.error = None;
+                    vm.stop_requested = false;
+                    self.inner.store.save(&vm)?;
                 }
                 VmState::Running if alive => {
                     tracing::info!(vm = %vm.name, pid = ?vm.pid, "adopting running VM");
@@ -63,6 +75,48 @@ impl Manager {
     }
 }
 
+impl Manager {
+    /// Retries, every [`SWEEP_EVERY`], the deletes and rolled-back creates
+    /// that a peer could not finish (its release failed while it was down):
+    /// the lease and holds are dropped once it is back.
+    pub fn spawn_sweeper(&self) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                this.sweep_deletes().await;
+            }
+        });
+    }
+
+    /// One pass of the sweeper: every `deleting` record no operation holds.
+    pub async fn sweep_deletes(&self) {
+        let Ok((vms, _)) = self.inner.store.list() else {
+            return;
+        };
+        for vm in vms.into_iter().filter(|v| v.state == VmState::Deleting) {
+            let lock = self.lock_of(&vm.name);
+            // A delete or create in flight owns it.
+            let Ok(_guard) = lock.try_lock() else {
+                continue;
+            };
+            let Ok(Some(mut vm)) = self.inner.store.load(&vm.name) else {
+                continue;
+            };
+            if vm.state != VmState::Deleting {
+                continue;
+            }
+            match self.finish_delete(&mut vm).await {
+                Ok(()) => tracing::info!(vm = %vm.name, "finished a delete left pending"),
+                Err(e) => tracing::debug!(vm = %vm.name, "delete still pending: {e}"),
+            }
+        }
+    }
+}
+
+/// How often the sweeper retries pending deletes.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -85,6 +139,21 @@ mod tests {
         let live = create("live").await;
         let half = create("half").await;
         let dead = create("dead").await;
+        // "halting" was being stopped when the vmm died: its guest went
+        // down (or not) while nobody watched.
+        let halting = create("halting").await;
+        let mut s = mgr.store().load("halting").unwrap().unwrap();
+        s.stop_requested = true;
+        mgr.store().save(&s).unwrap();
+        hypervisor::kill(halting.pid.unwrap());
+        hypervisor::wait_gone(halting.pid.unwrap(), Duration::from_secs(5)).await;
+        // Let its supervisor record the exit first, then undo that.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut s = mgr.store().load("halting").unwrap().unwrap();
+        s.state = VmState::Running;
+        s.pid = halting.pid;
+        mgr.store().save(&s).unwrap();
+
         // "half" looks like a create cut short by a crash, "dead" lost its
         // process while the vmm was down, "gone" was being deleted.
         let mut h = mgr.store().load("half").unwrap().unwrap();
@@ -104,6 +173,10 @@ mod tests {
 
         let restarted = t.restarted();
         restarted.reconcile().await.unwrap();
+        let h = restarted.get("halting").unwrap().vm;
+        assert_eq!((h.state, h.pid), (VmState::Stopped, None), "{:?}", h.error);
+        assert!(h.error.is_none() && !h.stop_requested);
+        restarted.delete("halting", true).await.unwrap();
         let names: Vec<String> = restarted
             .list()
             .unwrap()
@@ -128,5 +201,39 @@ mod tests {
         assert!(calls.contains(&format!("release_lease {}", gone.id)));
         restarted.delete("live", true).await.unwrap();
         assert!(!hypervisor::pid_alive(live.pid.unwrap()));
+    }
+
+    #[tokio::test]
+    async fn a_release_a_peer_cannot_take_is_retried_not_forgotten() {
+        use std::sync::atomic::Ordering;
+        let t = Doubles::new(false);
+        let vm = t
+            .mgr
+            .create(testing::spec("held", "img"), &NoProgress)
+            .await
+            .unwrap()
+            .vm;
+        // imagestore is down (killed) while the VM is removed.
+        t.peers.imagestore_down.store(true, Ordering::Relaxed);
+        let err = t.mgr.delete("held", true).await.unwrap_err();
+        assert!(err.to_string().contains("imagestore"), "{err}");
+        // Its supervisor saw the process go: the record stays `deleting`.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let left = t.mgr.store().load("held").unwrap().expect("record kept");
+        assert_eq!(left.state, VmState::Deleting);
+        assert!(!hypervisor::pid_alive(vm.pid.unwrap()), "the VM is stopped");
+        t.mgr.sweep_deletes().await;
+        assert!(t.mgr.store().load("held").unwrap().is_some(), "still down");
+        // Back up: the sweeper drops the hold and the record.
+        t.peers.imagestore_down.store(false, Ordering::Relaxed);
+        t.mgr.sweep_deletes().await;
+        assert!(t.mgr.store().load("held").unwrap().is_none());
+        assert!(
+            t.peers
+                .calls()
+                .contains(&format!("release_image img {}", vm.id)),
+            "{:?}",
+            t.peers.calls()
+        );
     }
 }

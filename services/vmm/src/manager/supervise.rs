@@ -33,8 +33,11 @@ impl Manager {
             if vm.id != id || vm.pid != Some(pid) {
                 return; // an operation already handled this exit
             }
-            if vm.state == VmState::Creating {
-                return; // the create rolls back, or reconcile does
+            if vm.state.is_busy() {
+                // The create rolls back, the delete finishes (or reconcile
+                // or the sweeper does): a `deleting` record never turns
+                // back into `error`.
+                return;
             }
             let paths = this.inner.store.paths_of(&vm);
             hypervisor::cleanup_after_exit(&paths, helper);

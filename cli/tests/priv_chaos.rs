@@ -1,0 +1,655 @@
+//! The chaos tier: the real product (`banger up`, the four services, QEMU
+//! TCG) in a private network namespace, with tiny busybox guests (the agent
+//! runs as PID 1), under faults:
+//!
+//! 1. N clients × M create/rm cycles in parallel: IPs and MACs unique among
+//!    the VMs alive at one time, no name listed twice, every create either
+//!    succeeds (and the agent answers) or fails cleanly.
+//! 2. kill -9 of a random service at a random point of a create, start,
+//!    stop, rm or pull (seeded; the seed is printed), then `banger up`:
+//!    every VM is running and reachable, stopped by the stop asked for, or
+//!    fully gone.
+//! 3. `banger down` and `up` with 3 VMs running: 3/3 adopted, reachable,
+//!    no nft rule twice.
+//!
+//! After each case [`banger_test_support::leaks::leaks`] must find nothing.
+//! Sizes come from the environment (scripts/chaos/soak.sh raises them):
+//! `BANGER_CHAOS_CLIENTS` (4), `BANGER_CHAOS_CYCLES` (4),
+//! `BANGER_CHAOS_FAULTS` (15), `BANGER_CHAOS_SEED` (from the clock).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use banger_test_support::leaks::leaks;
+use banger_test_support::netns::in_new_netns;
+use banger_test_support::registry::Registry;
+use serde_json::Value;
+
+const SERVICES: [&str; 4] = ["kernelcat", "imagestore", "netd", "vmm"];
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The binaries: `$BANGER_TEST_BIN_DIR` (a copy, so a concurrent build
+/// cannot swap them mid-test), else cargo's.
+fn bin_dir() -> PathBuf {
+    let dir = std::env::var_os("BANGER_TEST_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_BIN_EXE_banger"))
+                .parent()
+                .unwrap()
+                .to_path_buf()
+        });
+    for bin in [
+        "banger",
+        "banger-kernelcat",
+        "banger-imagestore",
+        "banger-netd",
+        "banger-vmm",
+    ] {
+        assert!(
+            dir.join(bin).is_file(),
+            "{bin} missing in {}: run `cargo build --workspace` first",
+            dir.display()
+        );
+    }
+    dir
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A small seeded generator (xorshift64*): the same seed, the same faults.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Clone)]
+struct Env {
+    bins: PathBuf,
+    home: PathBuf,
+    user_home: PathBuf,
+}
+
+impl Env {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.bins.join("banger"));
+        cmd.arg("--home")
+            .arg(&self.home)
+            .args(args)
+            .env_remove("BANGER_HOME")
+            .env("HOME", &self.user_home)
+            .env("XDG_CONFIG_HOME", self.user_home.join(".config"))
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.cmd(args).output().expect("run banger");
+        eprintln!(
+            "$ banger {} → {}\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "banger {args:?} failed ({}); logs under {}",
+            out.status,
+            self.home.display()
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `--json ARGS`, quiet (the leak checker and the monitor call it often).
+    fn json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let out = self.cmd(&full).output().expect("run banger");
+        assert!(
+            out.status.success(),
+            "banger {full:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    fn vms(&self) -> Vec<Value> {
+        self.json(&["vm", "list"]).as_array().cloned().unwrap()
+    }
+
+    fn vm(&self, name: &str) -> Option<Value> {
+        self.vms().into_iter().find(|v| v["name"] == name)
+    }
+
+    fn pid_of(&self, service: &str) -> Option<i32> {
+        std::fs::read_to_string(self.home.join(format!("run/{service}.pid")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn assert_no_leaks(&self, case: &str) {
+        // Hypervisors of removed VMs are reaped asynchronously: give them a moment.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = leaks(&self.home, &|args| self.json(args));
+            if found.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("{case}: {} leak(s):\n  {}", found.len(), found.join("\n  "));
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The agent answers through vsock.
+    fn reachable(&self, name: &str) -> bool {
+        self.cmd(&["vm", "exec", name, "--", "true"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn create_args(name: &str, nat: bool, no_start: bool) -> Vec<&str> {
+        let mut args = vec!["vm", "create", "--image", "busybox-latest", "--name", name];
+        if nat {
+            args.push("--nat");
+        }
+        if no_start {
+            args.push("--no-start");
+        }
+        args
+    }
+}
+
+/// Brings up a home with the fixture kernel and a busybox image pulled.
+fn world(work: &Path, registry: &Registry) -> Env {
+    let env = Env {
+        bins: bin_dir(),
+        home: work.join("home"),
+        user_home: work.join("user"),
+    };
+    std::fs::create_dir_all(&env.home).unwrap();
+    std::fs::create_dir_all(&env.user_home).unwrap();
+    let made = Command::new(repo().join("scripts/make-test-image.sh"))
+        .args(["busybox", &registry.addr, "library/busybox:latest"])
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "make-test-image.sh busybox failed");
+    // busybox2: the same layer under another config (a label), so another
+    // digest whose pull really builds a filesystem (the faulted pulls).
+    let layout = String::from_utf8(made.stdout).unwrap();
+    let layout_dir = layout
+        .trim()
+        .strip_prefix("oci:")
+        .and_then(|l| l.strip_suffix(":latest"))
+        .expect("oci:DIR:latest");
+    let copy = work.join("busybox2");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(layout_dir)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = Command::new("umoci")
+        .args(["config", "--config.label", "banger.chaos=2", "--image"])
+        .arg(format!("{}:latest", copy.display()))
+        .status()
+        .unwrap();
+    assert!(status.success(), "umoci config");
+    registry.push(
+        &format!("oci:{}:latest", copy.display()),
+        "library/busybox2:latest",
+    );
+    std::fs::write(
+        env.home.join("banger.toml"),
+        format!(
+            "[imagestore]\ninsecure_registries = [\"{a}\"]\n\
+             [imagestore.mirrors]\n\"docker.io\" = [\"http://{a}\"]\n\
+             [vmm]\nhypervisor = \"qemu\"\nqemu_accel = \"auto\"\n\
+             default_memory_mib = 128\ndefault_vcpus = 1\n\
+             # TCG on a loaded 2-core machine: be patient.\n\
+             ready_timeout_secs = 240\n",
+            a = registry.addr,
+        ),
+    )
+    .unwrap();
+    let vmlinux = work.join("vmlinux");
+    std::fs::copy(banger_test_support::fixtures::kernel_vmlinux(), &vmlinux).unwrap();
+    env.ok(&["up"]);
+    env.ok(&[
+        "kernel",
+        "import",
+        "generic-6.12",
+        "--vmlinux",
+        vmlinux.to_str().unwrap(),
+    ]);
+    env.ok(&[
+        "image",
+        "pull",
+        "docker.io/library/busybox:latest",
+        "--kernel-ref",
+        "generic-6.12",
+    ]);
+    env
+}
+
+#[test]
+fn chaos_tier() {
+    let started = Instant::now();
+    let seed = std::env::var("BANGER_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("CHAOS seed {seed} (rerun with BANGER_CHAOS_SEED={seed})");
+    in_new_netns(move || {
+        let registry = Registry::start();
+        let work = tempfile::tempdir().unwrap();
+        let env = world(work.path(), &registry);
+        let _down = Down(env.clone());
+        env.assert_no_leaks("setup");
+
+        let t = Instant::now();
+        parallel_create_rm(
+            &env,
+            env_usize("BANGER_CHAOS_CLIENTS", 4),
+            env_usize("BANGER_CHAOS_CYCLES", 4),
+        );
+        env.assert_no_leaks("parallel create/rm");
+        eprintln!("FIGURES parallel create/rm: {:.1?}", t.elapsed());
+
+        let t = Instant::now();
+        let faults = env_usize("BANGER_CHAOS_FAULTS", 15);
+        kill9_faults(&env, seed, faults);
+        eprintln!("FIGURES {faults} faults (seed {seed}): {:.1?}", t.elapsed());
+
+        let t = Instant::now();
+        restart_with_running_vms(&env, 3);
+        env.assert_no_leaks("restart with running VMs");
+        eprintln!("FIGURES restart with 3 VMs: {:.1?}", t.elapsed());
+
+        drop(registry);
+    });
+    eprintln!(
+        "FIGURES chaos tier total {:.1?} (seed {seed})",
+        started.elapsed()
+    );
+}
+
+/// Stops the VMs and the services however the test ends (a panic too):
+/// nothing of the test outlives it.
+struct Down(Env);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The home goes with the test: show what the services said.
+            let logs = self.0.home.join("state/logs");
+            for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!(
+                    "--- last lines of {} ---\n{}",
+                    entry.path().display(),
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+        }
+        let _ = self.0.run(&["down", "--stop-vms", "--timeout", "5"]);
+        // A vmm that does not answer cannot stop its VMs: kill what is left.
+        let needle = self.0.home.display().to_string();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// Case 1: clients × cycles of create, exec, rm, in parallel, watched by a
+/// monitor that lists the VMs all along.
+fn parallel_create_rm(env: &Env, clients: usize, cycles: usize) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let monitor = {
+        let (env, stop, seen) = (env.clone(), stop.clone(), seen.clone());
+        std::thread::spawn(move || {
+            let mut problems = Vec::new();
+            let mut polls = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let vms = env.vms();
+                polls += 1;
+                let mut names = BTreeMap::<String, usize>::new();
+                let mut ips = BTreeMap::<String, Vec<String>>::new();
+                let mut macs = BTreeMap::<String, Vec<String>>::new();
+                for v in &vms {
+                    let name = v["name"].as_str().unwrap().to_owned();
+                    *names.entry(name.clone()).or_default() += 1;
+                    // A VM being deleted has no process and gives its lease
+                    // back before its record goes: not alive any more.
+                    if v["state"] == "deleting" {
+                        continue;
+                    }
+                    for (key, map) in [("ip", &mut ips), ("mac", &mut macs)] {
+                        let value = v[key].as_str().unwrap_or_default();
+                        if !value.is_empty() {
+                            let state = v["state"].as_str().unwrap_or_default();
+                            map.entry(value.to_owned())
+                                .or_default()
+                                .push(format!("{name} ({state})"));
+                        }
+                    }
+                }
+                for (name, n) in names.iter().filter(|(_, n)| **n > 1) {
+                    problems.push(format!("name {name} listed {n} times"));
+                }
+                for (what, map) in [("ip", &ips), ("mac", &macs)] {
+                    for (value, owners) in map.iter().filter(|(_, o)| o.len() > 1) {
+                        problems.push(format!("{what} {value} shared by {owners:?}"));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            seen.lock().unwrap().extend(problems);
+            polls
+        })
+    };
+    let workers: Vec<_> = (0..clients)
+        .map(|c| {
+            let env = env.clone();
+            std::thread::spawn(move || {
+                let mut outcomes = Vec::new();
+                for i in 0..cycles {
+                    let name = format!("par-{c}-{i}");
+                    let created = env.run(&Env::create_args(&name, i % 2 == 0, false));
+                    if created.status.success() {
+                        assert!(env.reachable(&name), "{name}: created but no agent");
+                        env.ok(&["vm", "rm", "--force", &name]);
+                        outcomes.push(true);
+                    } else {
+                        // A clean failure: said why, and left nothing.
+                        assert!(!created.stderr.is_empty(), "{name}: create failed silently");
+                        assert!(env.vm(&name).is_none(), "{name}: failed create left a VM");
+                        outcomes.push(false);
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut failed = 0;
+    for w in workers {
+        for o in w.join().expect("client thread") {
+            if o {
+                ok += 1;
+            } else {
+                failed += 1;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let polls = monitor.join().unwrap();
+    let problems = seen.lock().unwrap().clone();
+    eprintln!(
+        "FIGURES parallel: {clients}x{cycles}: {ok} created, {failed} failed cleanly, {polls} list polls"
+    );
+    assert!(problems.is_empty(), "while in parallel: {problems:#?}");
+    // No fault is injected here: a clean failure is still a failure (a
+    // race between the clients, e.g. on the first SSH key).
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} parallel creates failed (their output is above)",
+        clients * cycles
+    );
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Create,
+    Start,
+    Stop,
+    Rm,
+    Pull,
+}
+
+/// Case 2: `faults` times, one operation with a kill -9 of one service at a
+/// random point of it; then `up`, the outcome judged, and no leak.
+fn kill9_faults(env: &Env, seed: u64, faults: usize) {
+    let mut rng = Rng(seed);
+    let mut log = Vec::new();
+    let mut landed_count = 0;
+    for n in 0..faults {
+        let op = [Op::Create, Op::Start, Op::Stop, Op::Rm, Op::Pull][rng.below(5) as usize];
+        let service = SERVICES[rng.below(4) as usize];
+        // Within each operation's usual length here (a busybox create takes
+        // ~2.5 s under TCG), so most kills land in the middle of it.
+        let delay_ms = match op {
+            Op::Create | Op::Start => rng.below(3000),
+            Op::Pull => rng.below(2000),
+            Op::Stop => rng.below(1000),
+            Op::Rm => rng.below(400),
+        };
+        let name = format!("fault-{n}");
+        let what = format!("#{n} {op:?} kill -9 {service} after {delay_ms} ms");
+        eprintln!("CHAOS {what} (seed {seed})");
+        log.push(what.clone());
+        // Preconditions, made without faults.
+        match op {
+            Op::Start => {
+                env.ok(&Env::create_args(&name, false, true));
+            }
+            Op::Stop | Op::Rm => {
+                env.ok(&Env::create_args(&name, n % 2 == 0, false));
+            }
+            Op::Create => {}
+            Op::Pull => {
+                if env
+                    .json(&["image", "list"])
+                    .to_string()
+                    .contains("\"busybox2-latest\"")
+                {
+                    env.ok(&["image", "rm", "busybox2-latest"]);
+                }
+            }
+        }
+        let args: Vec<String> = match op {
+            Op::Create => Env::create_args(&name, n % 2 == 1, false)
+                .into_iter()
+                .map(str::to_owned)
+                .collect(),
+            Op::Start => vec!["vm".into(), "start".into(), name.clone()],
+            Op::Stop => vec!["vm".into(), "stop".into(), name.clone()],
+            Op::Rm => vec!["vm".into(), "rm".into(), "--force".into(), name.clone()],
+            Op::Pull => vec![
+                "image".into(),
+                "pull".into(),
+                "docker.io/library/busybox2:latest".into(),
+                "--kernel-ref".into(),
+                "generic-6.12".into(),
+            ],
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut client = env
+            .cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let landed = client.try_wait().unwrap().is_none();
+        landed_count += usize::from(landed);
+        let pid = env.pid_of(service).expect("service pid file");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let out = client.wait_with_output().unwrap();
+        eprintln!(
+            "  {} client → {}: {}",
+            if landed {
+                "mid-operation;"
+            } else {
+                "after it ended;"
+            },
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        // Wait for the dead service's socket to stop answering, then up.
+        std::thread::sleep(Duration::from_millis(300));
+        env.ok(&["up"]);
+
+        // The outcome: running and reachable, stopped by a stop, or gone.
+        match op {
+            Op::Pull => {
+                let images = env.json(&["image", "list"]).to_string();
+                if images.contains("\"busybox2-latest\"") {
+                    env.ok(&["image", "show", "busybox2-latest"]);
+                }
+            }
+            _ => {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let vm = env.vm(&name);
+                    let state = vm.as_ref().map(|v| v["state"].as_str().unwrap().to_owned());
+                    match state.as_deref() {
+                        None => break,
+                        Some("running") => {
+                            assert!(
+                                env.reachable(&name),
+                                "{what}: {name} running but the agent does not answer (seed {seed})"
+                            );
+                            break;
+                        }
+                        Some("stopped") if matches!(op, Op::Stop | Op::Start) => break,
+                        // A create, start or delete still settling.
+                        Some("creating" | "starting" | "stopping" | "deleting")
+                            if Instant::now() < deadline =>
+                        {
+                            std::thread::sleep(Duration::from_millis(500));
+                        }
+                        other => panic!(
+                            "{what}: {name} is {other:?}, neither running, stopped nor gone \
+                             (seed {seed}): {vm:#?}"
+                        ),
+                    }
+                }
+                if env.vm(&name).is_some() {
+                    env.ok(&["vm", "rm", "--force", &name]);
+                }
+            }
+        }
+        env.assert_no_leaks(&format!("{what} (seed {seed}; faults so far: {log:#?})"));
+    }
+    eprintln!("FIGURES faults: {faults} injected, {landed_count} while the operation ran");
+}
+
+/// Case 3: `banger down` (VMs keep running) and `up`: all adopted, the
+/// same processes, reachable, and netd's tables not re-created twice.
+fn restart_with_running_vms(env: &Env, count: usize) {
+    let names: Vec<String> = (0..count).map(|i| format!("keep-{i}")).collect();
+    for (i, name) in names.iter().enumerate() {
+        env.ok(&Env::create_args(name, i % 2 == 0, false));
+    }
+    let before: BTreeMap<String, Value> = names
+        .iter()
+        .map(|n| (n.clone(), env.vm(n).unwrap()))
+        .collect();
+    let rules_before = nft_rules();
+    let down = env.run(&["down"]);
+    assert!(down.status.success());
+    assert!(
+        String::from_utf8_lossy(&down.stderr).contains("still running"),
+        "down names the running VMs"
+    );
+    env.ok(&["up"]);
+    let mut adopted = 0;
+    for name in &names {
+        let vm = env.vm(name).expect("VM still known after up");
+        assert_eq!(vm["state"], "running", "{vm:#}");
+        assert_eq!(vm["pid"], before[name]["pid"], "the same hypervisor");
+        assert_eq!(vm["ip"], before[name]["ip"]);
+        assert!(env.reachable(name), "{name}: adopted but unreachable");
+        adopted += 1;
+    }
+    eprintln!("FIGURES restart: {adopted}/{count} adopted and reachable");
+    assert_eq!(
+        nft_rules(),
+        rules_before,
+        "the restart changed netd's rules"
+    );
+    for name in &names {
+        env.ok(&["vm", "rm", "--force", name]);
+    }
+}
+
+/// banger's nft rules (chain and expression, handles dropped), sorted.
+fn nft_rules() -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for family in ["inet", "bridge"] {
+        let listing = Command::new("nft")
+            .args(["-j", "list", "table", family, "banger"])
+            .output()
+            .unwrap();
+        let listing: Value = serde_json::from_slice(&listing.stdout).unwrap_or(Value::Null);
+        let mut counts = BTreeMap::<String, usize>::new();
+        for o in listing["nftables"].as_array().into_iter().flatten() {
+            if let Some(rule) = o.get("rule") {
+                *counts
+                    .entry(format!("{family} {} {}", rule["chain"], rule["expr"]))
+                    .or_default() += 1;
+            }
+        }
+        out.extend(counts.into_iter().map(|(r, n)| format!("{n}x {r}")));
+    }
+    out
+}
