@@ -26,3 +26,15 @@ fi
 
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast -- --test-threads="${BANGER_TEST_THREADS:-2}"
+
+# The chaos tier (kill -9 of services at seeded random points, parallel
+# create/rm, restart with running VMs; leak check after each) runs on its
+# own and does not gate: it has a known, unexplained flake (issue #13: one
+# guest's agent sometimes never answers its vsock handshake under load).
+# Its result is printed either way; scripts/chaos/soak.sh is the long form.
+echo "== chaos tier (non-gating)"
+if cargo test -p banger --test priv_chaos --locked -- --ignored --test-threads=1; then
+  echo "== CHAOS TIER PASSED"
+else
+  echo "== CHAOS TIER FAILED (non-gating; see the seed and leak report above, and issue #13)"
+fi
