@@ -18,7 +18,7 @@ use super::events::Console;
 use super::root::Root;
 
 /// Marker of the identity last applied (its checksum).
-pub const APPLIED: &str = "/var/lib/banger/identity.applied";
+pub use banger_proto::guest::IDENTITY_APPLIED_PATH as APPLIED;
 /// The most of identity.json first boot reads.
 const MAX_IDENTITY: u64 = 1 << 20;
 
@@ -56,15 +56,13 @@ pub fn load(root: &Root) -> Result<Option<Loaded>, FirstBootError> {
     }))
 }
 
-/// FNV-1a 64 of the file: tells one identity from another (not a security
-/// boundary: the file and the marker live on the same disk).
+/// The stamp of the file, as vmm writes it for disks it prepared itself
+/// (one home: [`banger_proto::guest::identity_applied_stamp`]), without its
+/// newline.
 fn checksum(data: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in data {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("fnv1a64:{h:016x} {}", data.len())
+    banger_proto::guest::identity_applied_stamp(data)
+        .trim_end()
+        .to_owned()
 }
 
 /// Whether this identity was applied already.
