@@ -4,6 +4,7 @@
 mod commands;
 mod context;
 mod output;
+mod registry_auth;
 mod ssh;
 
 use std::process::ExitCode;
