@@ -4,6 +4,7 @@
 mod commands;
 mod context;
 mod output;
+mod progress;
 mod registry_auth;
 mod ssh;
 

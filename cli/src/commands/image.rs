@@ -11,10 +11,10 @@ use banger_proto::imagestore::v1 as pb;
 use banger_proto::imagestore::v1::image_store_client::ImageStoreClient;
 use banger_proto::vmm::v1 as vmm;
 use banger_proto::vmm::v1::vmm_client::VmmClient;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::context::Context;
+use crate::progress::Progress;
 use crate::{output, registry_auth};
 
 /// `banger image` subcommands.
@@ -251,7 +251,7 @@ pub async fn run(ctx: &Context, command: ImageCommand) -> Result<ExitCode> {
                 println!(
                     "{} ({}, {}) built from {}",
                     image.name,
-                    short_digest(&image.digest),
+                    output::short_digest(&image.digest),
                     output::human_bytes(image.size_bytes),
                     image.reference
                 );
@@ -284,7 +284,7 @@ pub async fn run(ctx: &Context, command: ImageCommand) -> Result<ExitCode> {
                     t.add_row(vec![
                         i.name.clone(),
                         i.reference.clone(),
-                        short_digest(&i.digest),
+                        output::short_digest(&i.digest),
                         output::human_bytes(i.size_bytes),
                         i.default_kernel.clone(),
                         i.prepared_word().to_owned(),
@@ -395,14 +395,12 @@ pub async fn run(ctx: &Context, command: ImageCommand) -> Result<ExitCode> {
                 })
                 .await?
                 .into_inner();
-            let mut bar = output::PhaseBar::new(ctx.json);
+            let mut progress = Progress::new(ctx.json);
             let mut done = None;
             let result = async {
                 while let Some(ev) = stream.message().await? {
                     match ev.event {
-                        Some(vmm::prepare_image_event::Event::Progress(p)) => {
-                            bar.event(&p.phase, &p.message, p.done, p.total, p.seconds)
-                        }
+                        Some(vmm::prepare_image_event::Event::Progress(p)) => progress.update(&p),
                         Some(vmm::prepare_image_event::Event::Done(p)) => done = Some(p),
                         None => {}
                     }
@@ -410,7 +408,10 @@ pub async fn run(ctx: &Context, command: ImageCommand) -> Result<ExitCode> {
                 anyhow::Ok(())
             }
             .await;
-            bar.finish();
+            match &result {
+                Ok(()) => progress.finish(),
+                Err(_) => progress.abandon("failed"),
+            }
             result?;
             let p = done.context("vmm ended the preparation without a result")?;
             if ctx.json {
@@ -485,7 +486,7 @@ pub async fn run(ctx: &Context, command: ImageCommand) -> Result<ExitCode> {
                 println!(
                     "{} ({}, {}) imported from {}",
                     image.name,
-                    short_digest(&image.digest),
+                    output::short_digest(&image.digest),
                     output::human_bytes(image.size_bytes),
                     file.display()
                 );
@@ -527,51 +528,23 @@ async fn follow(
     ctx: &Context,
     mut stream: tonic::Streaming<pb::PullImageEvent>,
 ) -> Result<pb::Image> {
-    let multi = MultiProgress::new();
-    if ctx.json {
-        multi.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
-    let phase = multi.add(ProgressBar::new_spinner());
-    phase.enable_steady_tick(std::time::Duration::from_millis(120));
-    let style =
-        ProgressStyle::with_template("{prefix:>14} {bar:30} {bytes:>10}/{total_bytes:<10} {msg}")
-            .expect("static template");
-    let mut bars: HashMap<String, ProgressBar> = HashMap::new();
-    while let Some(event) = stream.message().await? {
-        match event.event {
-            Some(pb::pull_image_event::Event::Progress(p)) => {
-                if p.layer.is_empty() {
-                    phase.set_message(format!("{} {}", p.phase, p.message));
-                    continue;
-                }
-                let bar = bars.entry(p.layer.clone()).or_insert_with(|| {
-                    let bar = multi.add(ProgressBar::new(p.bytes_total));
-                    bar.set_style(style.clone());
-                    bar.set_prefix(short_digest(&p.layer));
-                    bar
-                });
-                if p.bytes_total > 0 {
-                    bar.set_length(p.bytes_total);
-                }
-                match p.phase.as_str() {
-                    "downloading" => bar.set_position(p.bytes_done),
-                    other => {
-                        bar.set_position(bar.length().unwrap_or(0));
-                        bar.set_message(other.to_owned());
-                    }
-                }
+    let mut progress = Progress::new(ctx.json);
+    let result = async {
+        while let Some(event) = stream.message().await? {
+            match event.event {
+                Some(pb::pull_image_event::Event::Progress(p)) => progress.update(&p),
+                Some(pb::pull_image_event::Event::Done(image)) => return Ok(image),
+                None => {}
             }
-            Some(pb::pull_image_event::Event::Done(image)) => {
-                for bar in bars.values() {
-                    bar.finish_with_message("done");
-                }
-                phase.finish_and_clear();
-                return Ok(image);
-            }
-            None => {}
         }
+        anyhow::bail!("the image store ended the pull without a result; see its log")
     }
-    anyhow::bail!("the image store ended the pull without a result; see its log")
+    .await;
+    match &result {
+        Ok(_) => progress.finish(),
+        Err(_) => progress.abandon("failed"),
+    }
+    result
 }
 
 /// `image show`'s line about the preparation.
@@ -598,13 +571,6 @@ fn prepared_line(json: &ImageJson) -> String {
         ),
         None => "not needed".into(),
     }
-}
-
-fn short_digest(digest: &str) -> String {
-    digest
-        .split_once(':')
-        .map(|(_, h)| h.chars().take(12).collect())
-        .unwrap_or_else(|| digest.to_owned())
 }
 
 fn created(unix: i64) -> String {

@@ -15,6 +15,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::context::Context;
 use crate::output;
+use crate::progress::{Progress, Unit, Update};
 
 /// Size of the chunks an import streams.
 const CHUNK: usize = 1 << 20;
@@ -337,21 +338,6 @@ async fn catalog(ctx: &Context, client: &mut KernelCatClient<TracedChannel>) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn progress_bar(ctx: &Context) -> Option<indicatif::ProgressBar> {
-    if ctx.json {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg:12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .expect("valid progress template")
-        .progress_chars("=> "),
-    );
-    Some(bar)
-}
-
 async fn pull(
     ctx: &Context,
     client: &mut KernelCatClient<TracedChannel>,
@@ -363,7 +349,7 @@ async fn pull(
     print_kernel(ctx, kernel)
 }
 
-/// Pulls a catalog kernel, showing a progress bar (none under `--json`).
+/// Pulls a catalog kernel, drawing its progress (nothing under `--json`).
 /// Also used by `vm create`/`vm run` when their kernel is missing.
 pub(crate) async fn pull_with_progress(
     ctx: &Context,
@@ -380,43 +366,34 @@ pub(crate) async fn pull_with_progress(
         })
         .await?
         .into_inner();
-    let bar = progress_bar(ctx);
+    let mut progress = Progress::new(ctx.json);
     // Ctrl-C drops the stream; the service then cancels the pull and
     // removes what it had downloaded.
     let result = loop {
         let message = tokio::select! {
             m = stream.message() => m,
             _ = tokio::signal::ctrl_c() => {
-                if let Some(bar) = &bar { bar.abandon_with_message("cancelled"); }
+                progress.abandon("cancelled");
                 bail!("pull cancelled; nothing was stored");
             }
         };
         match message {
             Err(status) => {
-                if let Some(bar) = &bar {
-                    bar.abandon_with_message("failed");
-                }
+                progress.abandon("failed");
                 return Err(status.into());
             }
-            Ok(None) => bail!("the service ended the pull without a result; see its log"),
+            Ok(None) => {
+                progress.abandon("failed");
+                bail!("the service ended the pull without a result; see its log")
+            }
             Ok(Some(event)) => match event.event {
-                Some(pb::pull_kernel_event::Event::Progress(p)) => {
-                    if let Some(bar) = &bar {
-                        bar.set_message(p.phase.clone());
-                        if p.bytes_total > 0 {
-                            bar.set_length(p.bytes_total);
-                        }
-                        bar.set_position(p.bytes_done);
-                    }
-                }
+                Some(pb::pull_kernel_event::Event::Progress(p)) => progress.update(&p),
                 Some(pb::pull_kernel_event::Event::Done(kernel)) => break kernel,
                 None => {}
             },
         }
     };
-    if let Some(bar) = &bar {
-        bar.finish_with_message("done");
-    }
+    progress.finish();
     Ok(result)
 }
 
@@ -533,29 +510,40 @@ async fn import(
         }
     }
     let total: u64 = parts.iter().map(|p| p.2).sum();
-    let bar = progress_bar(ctx);
-    if let Some(bar) = &bar {
-        bar.set_length(total);
-        bar.set_message("importing");
-    }
-    let progress = bar.clone();
+    let mut progress = Progress::new(ctx.json);
+    let sent = |done| Update {
+        phase: "importing".into(),
+        done,
+        total,
+        unit: Unit::Bytes,
+        ..Update::default()
+    };
+    progress.update(sent(0));
+    // The request stream reports each chunk it hands over; drawn here.
+    let (tx, mut chunks) = tokio::sync::mpsc::unbounded_channel();
     let first = pb::ImportKernelRequest {
         part: Some(pb::import_kernel_request::Part::Header(header)),
     };
-    let requests = async_stream_of(first, parts, progress);
-    let kernel = client.import_kernel(requests).await;
+    let call = client.import_kernel(async_stream_of(first, parts, tx));
+    tokio::pin!(call);
+    let mut done = 0;
+    let kernel = loop {
+        tokio::select! {
+            r = &mut call => break r,
+            Some(n) = chunks.recv() => {
+                done += n;
+                progress.update(sent(done));
+            }
+        }
+    };
     let kernel = match kernel {
         Ok(k) => k.into_inner(),
         Err(status) => {
-            if let Some(bar) = &bar {
-                bar.abandon_with_message("failed");
-            }
+            progress.abandon("failed");
             return Err(status.into());
         }
     };
-    if let Some(bar) = &bar {
-        bar.finish_with_message("done");
-    }
+    progress.finish();
     print_kernel(ctx, kernel)
 }
 
@@ -565,17 +553,17 @@ async fn import(
 fn async_stream_of(
     first: pb::ImportKernelRequest,
     parts: Vec<(pb::KernelFile, tokio::fs::File, u64)>,
-    bar: Option<indicatif::ProgressBar>,
+    sent: tokio::sync::mpsc::UnboundedSender<u64>,
 ) -> impl futures::Stream<Item = pb::ImportKernelRequest> + Send + 'static {
     let state = (
         Some(first),
         parts.into_iter(),
         None::<(pb::KernelFile, tokio::fs::File)>,
-        bar,
+        sent,
     );
-    futures::stream::unfold(state, |(first, mut parts, mut current, bar)| async move {
+    futures::stream::unfold(state, |(first, mut parts, mut current, sent)| async move {
         if let Some(first) = first {
-            return Some((first, (None, parts, current, bar)));
+            return Some((first, (None, parts, current, sent)));
         }
         loop {
             if current.is_none() {
@@ -588,9 +576,7 @@ fn async_stream_of(
                 Ok(0) => current = None,
                 Ok(n) => {
                     buf.truncate(n);
-                    if let Some(bar) = &bar {
-                        bar.inc(n as u64);
-                    }
+                    let _ = sent.send(n as u64);
                     let message = pb::ImportKernelRequest {
                         part: Some(pb::import_kernel_request::Part::Chunk(
                             pb::ImportKernelChunk {
@@ -599,7 +585,7 @@ fn async_stream_of(
                             },
                         )),
                     };
-                    return Some((message, (None, parts, current, bar)));
+                    return Some((message, (None, parts, current, sent)));
                 }
                 Err(e) => {
                     eprintln!("banger: read error during import: {e}");

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::{CreateArgs, parse_hypervisor, parse_size, render, vmm};
 use crate::context::Context;
+use crate::progress::Progress;
 use crate::{output, ssh};
 
 pub(super) async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
@@ -38,14 +39,12 @@ pub(super) async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
         ready_timeout_seconds: args.timeout,
     };
     let mut stream = vmm(ctx).await?.create_vm(request).await?.into_inner();
-    let mut bar = output::PhaseBar::new(ctx.json);
+    let mut progress = Progress::new(ctx.json);
     let mut done = None;
     let result = async {
         while let Some(ev) = stream.message().await? {
             match ev.event {
-                Some(pb::create_vm_event::Event::Progress(p)) => {
-                    bar.event(&p.phase, &p.message, p.done, p.total, p.seconds);
-                }
+                Some(pb::create_vm_event::Event::Progress(p)) => progress.update(&p),
                 Some(pb::create_vm_event::Event::Done(vm)) => done = Some(vm),
                 None => {}
             }
@@ -53,21 +52,28 @@ pub(super) async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
         anyhow::Ok(())
     }
     .await;
-    bar.finish();
+    match &result {
+        Ok(()) => progress.finish(),
+        Err(_) => progress.abandon("failed"),
+    }
     result?;
-    let timings = bar.timings;
+    let timings = progress.timings();
     if args.timings {
-        let total: f64 = timings.iter().map(|(_, s, _)| s).sum();
+        let total: f64 = timings.iter().map(|t| t.seconds).sum();
         if ctx.json {
             let phases: Vec<_> = timings
                 .iter()
-                .map(|(p, s, d)| json!({"phase": p, "seconds": s, "detail": d}))
+                .map(|t| json!({"phase": t.phase, "seconds": t.seconds, "detail": t.detail}))
                 .collect();
             output::print_json(&json!({ "timings": phases, "total_seconds": total }))?;
         } else {
             let mut t = output::table(["PHASE", "SECONDS", "DETAIL"]);
-            for (p, s, d) in &timings {
-                t.add_row([p.clone(), format!("{s:.2}"), d.clone()]);
+            for p in timings {
+                t.add_row([
+                    p.phase.clone(),
+                    format!("{:.2}", p.seconds),
+                    p.detail.clone(),
+                ]);
             }
             t.add_row(["total".to_string(), format!("{total:.2}"), String::new()]);
             eprintln!("{t}");
