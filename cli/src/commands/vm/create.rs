@@ -10,7 +10,7 @@ use banger_proto::kernelcat::v1::kernel_cat_client::KernelCatClient;
 use banger_proto::vmm::v1 as pb;
 use serde_json::json;
 
-use super::{CreateArgs, parse_hypervisor, parse_size, render, vmm};
+use super::{CreateArgs, HypervisorArg, parse_size, render, vmm};
 use crate::context::Context;
 use crate::progress::Progress;
 use crate::{output, ssh};
@@ -34,7 +34,7 @@ pub(super) async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
             .unwrap_or(0),
         nat: args.nat,
         no_start: args.no_start,
-        hypervisor: parse_hypervisor(args.hypervisor.as_deref())? as i32,
+        hypervisor: HypervisorArg::or_configured(args.hypervisor) as i32,
         ssh_authorized_keys: vec![key.public],
         ready_timeout_seconds: args.timeout,
     };

@@ -109,9 +109,9 @@ pub struct CreateArgs {
     /// Masquerade the VM's traffic out of the host's uplinks.
     #[arg(long)]
     pub nat: bool,
-    /// `firecracker` or `qemu` (default: configured).
-    #[arg(long)]
-    pub hypervisor: Option<String>,
+    /// Hypervisor (default: the one `[vmm] hypervisor` selects).
+    #[arg(long, value_enum)]
+    pub hypervisor: Option<HypervisorArg>,
     /// Create without starting.
     #[arg(long)]
     pub no_start: bool,
@@ -121,6 +121,26 @@ pub struct CreateArgs {
     /// Seconds to wait for readiness (0 = configured default).
     #[arg(long, default_value_t = 0)]
     pub timeout: u32,
+}
+
+/// `--hypervisor`: the backends `vmm.v1.Hypervisor` names; leaving the
+/// flag out sends `HYPERVISOR_UNSPECIFIED` (the vmm's configured choice,
+/// which may be `auto`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HypervisorArg {
+    Firecracker,
+    Qemu,
+}
+
+impl HypervisorArg {
+    /// The request's value for an optional `--hypervisor`.
+    pub fn or_configured(h: Option<HypervisorArg>) -> pb::Hypervisor {
+        match h {
+            None => pb::Hypervisor::Unspecified,
+            Some(HypervisorArg::Firecracker) => pb::Hypervisor::Firecracker,
+            Some(HypervisorArg::Qemu) => pb::Hypervisor::Qemu,
+        }
+    }
 }
 
 /// `banger vm run` flags.
@@ -136,9 +156,9 @@ pub struct RunArgs {
     /// Delete the VM when the SSH session ends.
     #[arg(long)]
     pub rm: bool,
-    /// `firecracker` or `qemu`.
-    #[arg(long)]
-    pub hypervisor: Option<String>,
+    /// Hypervisor (default: the one `[vmm] hypervisor` selects).
+    #[arg(long, value_enum)]
+    pub hypervisor: Option<HypervisorArg>,
     /// A command to run instead of a shell.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -278,15 +298,6 @@ pub async fn run(ctx: &Context, command: VmCommand) -> Result<ExitCode> {
     }
 }
 
-fn parse_hypervisor(h: Option<&str>) -> Result<pb::Hypervisor> {
-    Ok(match h {
-        None => pb::Hypervisor::Unspecified,
-        Some("firecracker") => pb::Hypervisor::Firecracker,
-        Some("qemu") => pb::Hypervisor::Qemu,
-        Some(other) => bail!("unknown hypervisor {other:?}: use firecracker or qemu"),
-    })
-}
-
 /// `4G`, `512M`, `1024K`, or plain bytes.
 fn parse_size(s: &str) -> Result<u64> {
     let s = s.trim();
@@ -332,6 +343,31 @@ fn ssh_session(vm: &pb::Vm, command: &[String]) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hypervisor_flag_takes_the_backends_the_proto_names() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            create: CreateArgs,
+        }
+        let parse = |extra: &[&str]| {
+            Cli::try_parse_from([&["t", "--name", "box"], extra].concat())
+                .map(|c| HypervisorArg::or_configured(c.create.hypervisor))
+        };
+        assert_eq!(parse(&[]).unwrap(), pb::Hypervisor::Unspecified);
+        assert_eq!(
+            parse(&["--hypervisor", "qemu"]).unwrap(),
+            pb::Hypervisor::Qemu
+        );
+        assert_eq!(
+            parse(&["--hypervisor", "firecracker"]).unwrap(),
+            pb::Hypervisor::Firecracker
+        );
+        let err = parse(&["--hypervisor", "kvm"]).unwrap_err().to_string();
+        assert!(err.contains("firecracker") && err.contains("qemu"), "{err}");
+    }
 
     #[test]
     fn sizes() {
