@@ -1,5 +1,16 @@
 //! How the CLI prints: tables for people, JSON with `--json`, and errors
 //! that say what to do. Progress of long operations is `crate::progress`.
+//!
+//! The one `--json` rule: a command that prints a result builds a view
+//! type (`#[derive(Serialize)]`, named `…View`, in the command's
+//! `render.rs` or beside its handler) from the generated message, and both outputs come
+//! from that one value: `--json` is [`print_json`] of it, the table or the
+//! `key: value` lines are rendered from its fields, so the two cannot drift
+//! and the JSON field names are the CLI's, not the wire's. No
+//! `serde_json::json!` literals, no serde on generated types. A command
+//! that only deletes prints [`Deleted`]. Progress, notes and warnings go to
+//! stderr (progress is silent under `--json`); stdout carries only the
+//! result.
 
 use std::process::ExitCode;
 
@@ -22,6 +33,13 @@ where
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// `{"deleted": NAME}`: what `vm rm`, `kernel rm` and `image rm` print
+/// under `--json`.
+#[derive(Debug, serde::Serialize)]
+pub struct Deleted {
+    pub deleted: String,
 }
 
 /// Prints an error (with gRPC statuses reduced to their message) and
@@ -63,6 +81,15 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// Unix time `unix` as RFC 3339 (UTC, seconds), or `-` before 1970.
+pub fn timestamp(unix: i64) -> String {
+    u64::try_from(unix)
+        .ok()
+        .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
 /// The first 12 hex digits of a `sha256:…` digest; other text as it is.
 pub fn short_digest(digest: &str) -> String {
     digest
@@ -73,12 +100,14 @@ pub fn short_digest(digest: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{human_bytes, short_digest};
+    use super::{human_bytes, short_digest, timestamp};
 
     #[test]
-    fn digests() {
+    fn digests_and_times() {
         assert_eq!(short_digest("sha256:0123456789abcdef"), "0123456789ab");
         assert_eq!(short_digest(""), "");
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp(-1), "-");
     }
 
     #[test]

@@ -101,7 +101,7 @@ impl From<&kc::PullProgress> for Update {
 
 /// A phase that ended: name, seconds, and how it went (e.g. the disk
 /// phase's `reflink`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Timing {
     pub phase: String,
     pub seconds: f64,

@@ -8,12 +8,11 @@ use banger_proto::imagestore::v1::image_store_client::ImageStoreClient;
 use banger_proto::kernelcat::v1 as kc;
 use banger_proto::kernelcat::v1::kernel_cat_client::KernelCatClient;
 use banger_proto::vmm::v1 as pb;
-use serde_json::json;
 
 use super::{CreateArgs, HypervisorArg, parse_size, render, vmm};
 use crate::context::Context;
 use crate::progress::Progress;
-use crate::{output, ssh};
+use crate::ssh;
 
 pub(super) async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
     let key = ssh::ensure_ssh_key()?;
@@ -57,27 +56,8 @@ pub(super) async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
         Err(_) => progress.abandon("failed"),
     }
     result?;
-    let timings = progress.timings();
     if args.timings {
-        let total: f64 = timings.iter().map(|t| t.seconds).sum();
-        if ctx.json {
-            let phases: Vec<_> = timings
-                .iter()
-                .map(|t| json!({"phase": t.phase, "seconds": t.seconds, "detail": t.detail}))
-                .collect();
-            output::print_json(&json!({ "timings": phases, "total_seconds": total }))?;
-        } else {
-            let mut t = output::table(["PHASE", "SECONDS", "DETAIL"]);
-            for p in timings {
-                t.add_row([
-                    p.phase.clone(),
-                    format!("{:.2}", p.seconds),
-                    p.detail.clone(),
-                ]);
-            }
-            t.add_row(["total".to_string(), format!("{total:.2}"), String::new()]);
-            eprintln!("{t}");
-        }
+        render::print_timings(ctx, &render::TimingsView::new(progress.timings()))?;
     }
     let vm = done.context("the vmm ended the create without a result")?;
     if args.timings && !ctx.json && !vm.accelerator.is_empty() {

@@ -17,7 +17,6 @@ use anyhow::{Context as _, Result, bail};
 use banger_proto::config::Service;
 use banger_proto::vmm::v1 as pb;
 use banger_proto::vmm::v1::vmm_client::VmmClient;
-use serde_json::json;
 
 use crate::context::Context;
 use crate::{output, ssh};
@@ -237,7 +236,7 @@ pub async fn run(ctx: &Context, command: VmCommand) -> Result<ExitCode> {
             }
             ssh::forget_host_key(&name)?;
             if ctx.json {
-                output::print_json(&json!({ "deleted": name }))?;
+                output::print_json(&output::Deleted { deleted: name })?;
             } else {
                 println!("deleted {name}");
             }
