@@ -616,6 +616,37 @@ fn vm_lifecycle_end_to_end() {
             debian_ready.as_secs_f64() / fixture_ready.as_secs_f64()
         );
 
+        // `vm run`: the image store names the image from the reference and
+        // finds it stored (no second pull, no new image); the session's
+        // output is ours, and --rm removes the VM and its pinned host key.
+        let images_before = env.json(&["image", "list"]).as_array().unwrap().len();
+        let ran = env.ok(&[
+            "vm",
+            "run",
+            "docker.io/library/debian:bookworm",
+            "--name",
+            "runbox",
+            "--rm",
+            "--",
+            "echo",
+            "ran-in-runbox",
+        ]);
+        assert!(ran.contains("ran-in-runbox"), "{ran}");
+        assert_eq!(
+            env.json(&["image", "list"]).as_array().unwrap().len(),
+            images_before
+        );
+        assert!(
+            !env.json(&["vm", "list"]).to_string().contains("runbox"),
+            "vm run --rm deleted its VM"
+        );
+        assert!(
+            !env.user_home
+                .join(".config/banger/known_hosts.d/runbox")
+                .exists(),
+            "and forgot its host key"
+        );
+
         // `down --stop-vms` stops the VM cleanly before the services; after
         // `up` it is there, stopped. Then start keeps the VM and its disk.
         let down = env.json(&["down", "--stop-vms"]);

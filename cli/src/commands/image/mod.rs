@@ -124,6 +124,7 @@ pub async fn run(ctx: &Context, command: ImageCommand) -> Result<ExitCode> {
                 kernel_ref: kernel_ref.unwrap_or_default(),
                 platform: platform.unwrap_or_default(),
                 force,
+                if_missing: false,
                 credentials,
             };
             let image = pull_with_progress(ctx, &mut client, request).await?;

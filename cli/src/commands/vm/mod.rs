@@ -285,13 +285,7 @@ pub async fn run(ctx: &Context, command: VmCommand) -> Result<ExitCode> {
                 .get_vm(pb::GetVmRequest { name })
                 .await?
                 .into_inner();
-            // sshd may still be starting right after a `start` without
-            // readiness; when the vmm saw it answer, connect at once (a
-            // probe costs the guest an sshd fork of its own).
-            if !ssh::known_ready(&vm) {
-                ssh::wait_tcp(&vm.ip, 22, Duration::from_secs(60)).await;
-            }
-            ssh_session(&vm, &command)
+            ssh_session(&vm, &command, Duration::from_secs(60)).await
         }
         VmCommand::Run(args) => run::run(ctx, args).await,
     }
@@ -323,8 +317,9 @@ fn parse_size(s: &str) -> Result<u64> {
         .with_context(|| format!("size {s:?} is too large: it does not fit in 64 bits of bytes"))
 }
 
-/// SSH into a running VM (see [`ssh::session`]).
-fn ssh_session(vm: &pb::Vm, command: &[String]) -> Result<ExitCode> {
+/// SSH into a running VM (see [`ssh::session`]), waiting up to
+/// `sshd_wait` for its port 22 unless the vmm saw sshd answer.
+async fn ssh_session(vm: &pb::Vm, command: &[String], sshd_wait: Duration) -> Result<ExitCode> {
     if vm.ip.is_empty() {
         bail!("VM {} has no IP address", vm.name);
     }
@@ -335,6 +330,12 @@ fn ssh_session(vm: &pb::Vm, command: &[String]) -> Result<ExitCode> {
             render::state_name(vm.state),
             vm.name
         );
+    }
+    // sshd may still be starting right after a `start` without readiness
+    // (the agent may answer first); when the vmm saw it answer, connect at
+    // once (a probe costs the guest an sshd fork of its own).
+    if !ssh::known_ready(vm) {
+        ssh::wait_tcp(&vm.ip, 22, sshd_wait).await;
     }
     ssh::session(vm, command)
 }
