@@ -63,20 +63,16 @@ impl From<&vmm::CreateVmProgress> for Update {
     }
 }
 
-/// imagestore's pull and import: per layer while `downloading`; a layer's
-/// later phase (`unpacking`) means its download is complete.
+/// imagestore's pull and import: per layer (`downloading`, and
+/// `unpacking`, which starts while the download still runs), else for the
+/// whole image.
 impl From<&img::ImageProgress> for Update {
     fn from(p: &img::ImageProgress) -> Self {
-        let counted_done = if !p.layer.is_empty() && p.phase != "downloading" {
-            p.bytes_total.max(p.bytes_done)
-        } else {
-            p.bytes_done
-        };
         Update {
             phase: p.phase.clone(),
             message: p.message.clone(),
             item: output::short_digest(&p.layer),
-            done: counted_done,
+            done: p.bytes_done,
             total: p.bytes_total,
             unit: Unit::Bytes,
             seconds: 0.0,
@@ -183,7 +179,9 @@ impl Progress {
                 if u.total > 0 {
                     bar.set_length(u.total);
                 }
-                bar.set_position(u.done);
+                // An item's count only grows: a later phase's update without
+                // one (an image layer's `unpacking`) keeps what was counted.
+                bar.set_position(bar.position().max(u.done));
                 bar.set_message(u.phase.clone());
             }
             Sink::Terminal {
@@ -358,8 +356,10 @@ mod tests {
             lines.line(&layer("downloading", 1024)).as_deref(),
             Some("0123456789ab downloading (1.0 KiB/2.0 KiB)")
         );
-        // Unpacking comes with no count: the download is complete.
-        assert_eq!(layer("unpacking", 0).done, 2048);
+        assert_eq!(
+            lines.line(&layer("unpacking", 0)).as_deref(),
+            Some("0123456789ab unpacking (0 B/2.0 KiB)")
+        );
         let whole = Update::from(&img::ImageProgress {
             phase: "building".into(),
             ..Default::default()

@@ -5,8 +5,10 @@
 //! kernel imported as `generic-6.12`; `vm create --nat` under QEMU TCG;
 //! `vm ssh -- id`, which verifies the VM's own host key (and refuses any
 //! other); `vm exec`; a vmm restart with a VM running; two VMs that cannot
-//! reach each other; a vmm killed during create; stop/start/rm; and after rm
-//! no tap, lease, nftables element, disk, record or known_hosts entry left.
+//! reach each other; `vm run --rm` of the pulled reference (the image store
+//! names it, no second pull); a vmm killed during create; stop/start/rm;
+//! and after rm no tap, lease, nftables element, disk, record or
+//! known_hosts entry left.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
