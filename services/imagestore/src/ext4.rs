@@ -27,15 +27,88 @@ pub fn image_size(stats: Stats, headroom_percent: u64, min_headroom_mib: u64) ->
     let metadata = inodes * 256 + stats.bytes / 32;
     let headroom = (stats.bytes * headroom_percent / 100).max(min_headroom_mib << 20);
     let base = stats.bytes + metadata + headroom;
-    // mke2fs's default journal sizes by filesystem size.
-    let journal: u64 = match base {
+    let size = (base + journal_bytes(base)).div_ceil(4 << 20) * (4 << 20);
+    (size, inodes)
+}
+
+/// mke2fs's default journal size for a filesystem of `size` bytes.
+fn journal_bytes(size: u64) -> u64 {
+    match size {
         s if s < 128 << 20 => 4 << 20,
         s if s < 1 << 30 => 16 << 20,
         s if s < 2 << 30 => 32 << 20,
         _ => 64 << 20,
+    }
+}
+
+/// Builds `out` with the in-process writer ([`crate::ext4w`]): the same
+/// sizing as [`build`], the tree written by `write` (which gets the open
+/// writer); one retry with more room if the estimate was short.
+pub fn build_builtin<T>(
+    out: &Path,
+    label: &str,
+    stats: Stats,
+    (headroom_percent, min_headroom_mib, max_bytes): (u64, u64, u64),
+    root: &crate::flatten::Meta,
+    mut write: impl FnMut(&mut crate::ext4w::Writer) -> Result<T, Error>,
+) -> Result<(u64, T), Error> {
+    let (mut size, inodes) = image_size(stats, headroom_percent, min_headroom_mib);
+    let root = crate::ext4w::Attrs {
+        mode: root.mode,
+        uid: root.uid,
+        gid: root.gid,
+        mtime: root.mtime,
+        mtime_nsec: root.mtime_nsec,
+        xattrs: &root.xattrs,
     };
-    let size = (base + journal).div_ceil(4 << 20) * (4 << 20);
-    (size, inodes)
+    let mut inodes = inodes;
+    for attempt in 0..2 {
+        if size > max_bytes {
+            return Err(Error::ImageTooLarge {
+                size,
+                limit: max_bytes,
+            });
+        }
+        let _ = std::fs::remove_file(out);
+        let file = std::fs::File::create(out).map_err(Error::io("cannot create", out))?;
+        let result =
+            crate::ext4w::Writer::new(file, size, inodes, journal_bytes(size), label, root)
+                .map_err(|e| Error::Ext4Write {
+                    path: "/".into(),
+                    source: e,
+                })
+                .and_then(|mut w| {
+                    let t = write(&mut w)?;
+                    let size = w.finish().map_err(|e| Error::Ext4Write {
+                        path: "the filesystem's metadata".into(),
+                        source: e,
+                    })?;
+                    Ok((size, t))
+                });
+        match result {
+            Ok(done) => return Ok(done),
+            Err(Error::Ext4Write {
+                source: crate::ext4w::Error::Full(what),
+                ..
+            }) if attempt == 0 => {
+                tracing::warn!(
+                    size,
+                    what,
+                    "the ext4 estimate was short; retrying with more room"
+                );
+                size = size.saturating_mul(3) / 2;
+                inodes = inodes.saturating_mul(3) / 2;
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(out);
+                return Err(e);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(out);
+    Err(Error::Mkfs(
+        "the filesystem estimate was short twice".into(),
+    ))
 }
 
 /// A command whose process is killed when imagestore dies.

@@ -915,6 +915,54 @@ impl Flattener {
         }
 
         // 2. File contents, layer by layer, from the verified blobs.
+        self.layer_contents(from_layer, open, |i, entry, bad| {
+            let inode = &self.inodes[i];
+            let Kind::File { size, .. } = inode.kind else {
+                unreachable!("only files are read from layers")
+            };
+            let path = primary[i].as_ref().expect("walked above");
+            let h = header(EntryType::Regular, &inode.meta, size);
+            let data = capture_if(
+                capture,
+                i,
+                Box::new(Read::take(entry, size)),
+                &mut emitted.captured,
+            );
+            append(&mut tar, h, path, &inode.meta, data).map_err(|e| {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    bad(format!(
+                        "{} is shorter than its header says",
+                        path.display()
+                    ))
+                } else {
+                    failed(e)
+                }
+            })
+        })?;
+
+        // 3. The other names of hardlinked inodes.
+        for (path, i) in links {
+            let inode = &self.inodes[i];
+            let mut h = header(EntryType::Link, &inode.meta, 0);
+            let target = primary[i].as_ref().expect("walked above");
+            tar.append_link(&mut h, &path, target).map_err(failed)?;
+        }
+        tar.into_inner()
+            .and_then(|mut w| w.flush())
+            .map_err(failed)?;
+        emitted.fixups.retain(|f| !f.is_empty());
+        Ok(emitted)
+    }
+
+    /// Reads the wanted members (`layer` → member ordinal → inode) of each
+    /// layer, in layer order, each layer blob decompressed once, and hands
+    /// each to `f` (with the layer's error constructor).
+    fn layer_contents(
+        &self,
+        from_layer: HashMap<usize, HashMap<u64, usize>>,
+        open: &dyn Fn(usize) -> Result<Box<dyn Read>, Error>,
+        mut f: impl FnMut(usize, &mut dyn Read, &dyn Fn(String) -> Error) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let mut layers: Vec<_> = from_layer.into_iter().collect();
         layers.sort_by_key(|(l, _)| *l);
         for (layer, wanted) in layers {
@@ -930,32 +978,12 @@ impl Flattener {
                 .map_err(|e| bad(e.to_string()))?
                 .enumerate()
             {
-                let entry = entry.map_err(|e| bad(format!("cannot read the tar stream: {e}")))?;
+                let mut entry =
+                    entry.map_err(|e| bad(format!("cannot read the tar stream: {e}")))?;
                 let Some(&i) = wanted.get(&(ordinal as u64)) else {
                     continue;
                 };
-                let inode = &self.inodes[i];
-                let Kind::File { size, .. } = inode.kind else {
-                    unreachable!("only files are read from layers")
-                };
-                let path = primary[i].as_ref().expect("walked above");
-                let h = header(EntryType::Regular, &inode.meta, size);
-                let data = capture_if(
-                    capture,
-                    i,
-                    Box::new(entry.take(size)),
-                    &mut emitted.captured,
-                );
-                append(&mut tar, h, path, &inode.meta, data).map_err(|e| {
-                    if e.kind() == io::ErrorKind::UnexpectedEof {
-                        bad(format!(
-                            "{} is shorter than its header says",
-                            path.display()
-                        ))
-                    } else {
-                        failed(e)
-                    }
-                })?;
+                f(i, &mut entry, &bad)?;
                 left -= 1;
                 if left == 0 {
                     break;
@@ -965,18 +993,142 @@ impl Flattener {
                 return Err(bad("it changed between reading and building".into()));
             }
         }
+        Ok(())
+    }
 
-        // 3. The other names of hardlinked inodes.
-        for (path, i) in links {
-            let inode = &self.inodes[i];
-            let mut h = header(EntryType::Link, &inode.meta, 0);
-            let target = primary[i].as_ref().expect("walked above");
-            tar.append_link(&mut h, &path, target).map_err(failed)?;
+    /// The root directory's owner, mode, times and xattrs.
+    pub fn root_meta(&self) -> &Meta {
+        match &self.nodes[ROOT].what {
+            What::Dir { meta, .. } => meta,
+            What::Leaf(_) => unreachable!("the root is a directory"),
         }
-        tar.into_inner()
-            .and_then(|mut w| w.flush())
-            .map_err(failed)?;
-        emitted.fixups.retain(|f| !f.is_empty());
+    }
+
+    /// Writes the flattened tree into `w` (the in-process ext4 writer,
+    /// its root made from [`Flattener::root_meta`]): every inode and name
+    /// in a pre-order walk (directories before their children), content
+    /// from memory or the host at once, then the files of each layer in
+    /// the order they come out of its blob. Files named in `capture` are
+    /// returned; nothing needs fixing up afterwards.
+    pub fn write_ext4(
+        &self,
+        w: &mut crate::ext4w::Writer,
+        open: &dyn Fn(usize) -> Result<Box<dyn Read>, Error>,
+        capture: &[FileRef],
+        cancel: &AtomicBool,
+    ) -> Result<Emitted, Error> {
+        use crate::ext4w::Special;
+        let mut emitted = Emitted::default();
+        // Index inode → ext4 inode number (0: not written yet).
+        let mut ino = vec![0u32; self.inodes.len()];
+        let mut from_layer: HashMap<usize, HashMap<u64, usize>> = HashMap::new();
+        let fail = |path: &Path, e: crate::ext4w::Error| Error::Ext4Write {
+            path: format!("/{}", path.display()),
+            source: e,
+        };
+        let mut stack: Vec<(usize, u32, PathBuf)> = vec![(ROOT, 2, PathBuf::new())];
+        while let Some((n, dir_ino, path)) = stack.pop() {
+            if cancelled(cancel) {
+                return Err(Error::Cancelled);
+            }
+            let node = &self.nodes[n];
+            match &node.what {
+                What::Dir { meta, children } => {
+                    let me = if n == ROOT {
+                        dir_ino
+                    } else {
+                        w.mkdir(dir_ino, &node.name, attrs(meta))
+                            .map_err(|e| fail(&path, e))?
+                    };
+                    let mut names: Vec<(&Vec<u8>, &usize)> = children.iter().collect();
+                    names.sort_unstable_by(|a, b| b.0.cmp(a.0));
+                    for (name, &c) in names {
+                        stack.push((
+                            c,
+                            me,
+                            path.join(
+                                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name),
+                            ),
+                        ));
+                    }
+                }
+                What::Leaf(i) => {
+                    let i = *i;
+                    if ino[i] != 0 {
+                        w.link(dir_ino, &node.name, ino[i])
+                            .map_err(|e| fail(&path, e))?;
+                        continue;
+                    }
+                    let inode = &self.inodes[i];
+                    let a = attrs(&inode.meta);
+                    let name = &node.name;
+                    ino[i] = match &inode.kind {
+                        Kind::File { size, source } => {
+                            let f = w
+                                .file(dir_ino, name, a, *size)
+                                .map_err(|e| fail(&path, e))?;
+                            let data: Option<Box<dyn Read>> = match source {
+                                _ if *size == 0 => None,
+                                Source::Layer { layer, ordinal } => {
+                                    from_layer.entry(*layer).or_default().insert(*ordinal, i);
+                                    None
+                                }
+                                Source::Host(p) => Some(Box::new(
+                                    std::fs::File::open(p)
+                                        .map_err(Error::io("cannot read guest file", p))?
+                                        .take(*size),
+                                )),
+                                Source::Memory { data, .. } => Some(Box::new(&data[..])),
+                            };
+                            if let Some(data) = data {
+                                let mut data = capture_if(capture, i, data, &mut emitted.captured);
+                                w.write_data(f, &mut data).map_err(|e| fail(&path, e))?;
+                            } else if *size == 0 {
+                                // An empty file named for capture: nothing to read.
+                                let _ = capture_if(
+                                    capture,
+                                    i,
+                                    Box::new(io::empty()),
+                                    &mut emitted.captured,
+                                );
+                            }
+                            Ok(f)
+                        }
+                        Kind::Symlink(t) => w.special(dir_ino, name, a, Special::Symlink(t)),
+                        Kind::Char(ma, mi) => w.special(dir_ino, name, a, Special::Char(*ma, *mi)),
+                        Kind::Block(ma, mi) => {
+                            w.special(dir_ino, name, a, Special::Block(*ma, *mi))
+                        }
+                        Kind::Fifo => w.special(dir_ino, name, a, Special::Fifo),
+                    }
+                    .map_err(|e| fail(&path, e))?;
+                }
+            }
+        }
+        self.layer_contents(from_layer, open, |i, entry, bad| {
+            if cancelled(cancel) {
+                return Err(Error::Cancelled);
+            }
+            let Kind::File { size, .. } = self.inodes[i].kind else {
+                unreachable!("only files are read from layers")
+            };
+            let mut data = capture_if(
+                capture,
+                i,
+                Box::new(Read::take(entry, size)),
+                &mut emitted.captured,
+            );
+            w.write_data(ino[i], &mut data).map_err(|e| match e {
+                crate::ext4w::Error::Short => {
+                    bad("a member is shorter than its header says".into())
+                }
+                crate::ext4w::Error::Read(e) => bad(format!("cannot read the tar stream: {e}")),
+                e => Error::Ext4Write {
+                    path: format!("inode {}", ino[i]),
+                    source: e,
+                },
+            })
+        })?;
         Ok(emitted)
     }
 }
@@ -1053,6 +1205,18 @@ fn capture_if<'a>(
     }
     out.push((FileRef(i), bytes.clone()));
     Box::new(io::Cursor::new(bytes))
+}
+
+/// What the ext4 writer needs of `meta`.
+fn attrs(meta: &Meta) -> crate::ext4w::Attrs<'_> {
+    crate::ext4w::Attrs {
+        mode: meta.mode,
+        uid: meta.uid,
+        gid: meta.gid,
+        mtime: meta.mtime,
+        mtime_nsec: meta.mtime_nsec,
+        xattrs: &meta.xattrs,
+    }
 }
 
 fn header(kind: EntryType, meta: &Meta, size: u64) -> tar::Header {
