@@ -1022,6 +1022,7 @@ impl Flattener {
         // Index inode → ext4 inode number (0: not written yet).
         let mut ino = vec![0u32; self.inodes.len()];
         let mut from_layer: HashMap<usize, HashMap<u64, usize>> = HashMap::new();
+        let mut layer_paths: HashMap<usize, PathBuf> = HashMap::new();
         let fail = |path: &Path, e: crate::ext4w::Error| Error::Ext4Write {
             path: format!("/{}", path.display()),
             source: e,
@@ -1071,6 +1072,7 @@ impl Flattener {
                                 _ if *size == 0 => None,
                                 Source::Layer { layer, ordinal } => {
                                     from_layer.entry(*layer).or_default().insert(*ordinal, i);
+                                    layer_paths.insert(i, path.clone());
                                     None
                                 }
                                 Source::Host(p) => Some(Box::new(
@@ -1112,21 +1114,20 @@ impl Flattener {
             let Kind::File { size, .. } = self.inodes[i].kind else {
                 unreachable!("only files are read from layers")
             };
-            let mut data = capture_if(
-                capture,
-                i,
-                Box::new(Read::take(entry, size)),
-                &mut emitted.captured,
-            );
+            let data = CancelReader {
+                inner: Read::take(entry, size),
+                cancel,
+            };
+            let mut data = capture_if(capture, i, Box::new(data), &mut emitted.captured);
+            let path = &layer_paths[&i];
             w.write_data(ino[i], &mut data).map_err(|e| match e {
-                crate::ext4w::Error::Short => {
-                    bad("a member is shorter than its header says".into())
-                }
+                _ if cancelled(cancel) => Error::Cancelled,
+                crate::ext4w::Error::Short => bad(format!(
+                    "{} is shorter than its header says",
+                    path.display()
+                )),
                 crate::ext4w::Error::Read(e) => bad(format!("cannot read the tar stream: {e}")),
-                e => Error::Ext4Write {
-                    path: format!("inode {}", ino[i]),
-                    source: e,
-                },
+                e => fail(path, e),
             })
         })?;
         Ok(emitted)
@@ -1284,6 +1285,21 @@ impl<R: Read> Read for Exact<R> {
         }
         self.left = self.left.saturating_sub(n as u64);
         Ok(n)
+    }
+}
+
+/// Fails reads once the pull is cancelled (a big file stops mid-copy).
+struct CancelReader<'a, R> {
+    inner: R,
+    cancel: &'a AtomicBool,
+}
+
+impl<R: Read> Read for CancelReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if cancelled(self.cancel) {
+            return Err(io::Error::other("cancelled"));
+        }
+        self.inner.read(buf)
     }
 }
 
@@ -1511,6 +1527,48 @@ mod tests {
                 (path, t, target, data)
             })
             .collect()
+    }
+
+    #[test]
+    fn the_builtin_writer_writes_the_index_and_stops_when_cancelled() {
+        let l1 = layer(|b| {
+            entry(b, EntryType::Directory, "a", b"");
+            file(b, "a/keep", b"1");
+            file(b, "big", &vec![3u8; 300_000]);
+            link(b, EntryType::Link, "other", "big");
+        });
+        let l2 = layer(|b| {
+            file(b, "a/keep", b"2");
+            file(b, "n/m/child", b"c");
+        });
+        let layers = vec![l1, l2];
+        let f = flat(&layers).unwrap();
+        let open = |i: usize| -> Result<Box<dyn Read>, Error> {
+            Ok(Box::new(io::Cursor::new(layers[i].clone())))
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("img");
+        let build = |cancel: &AtomicBool| {
+            crate::ext4::build_builtin(&img, "t", f.stats(), (20, 8, 1 << 30), f.root_meta(), |w| {
+                f.write_ext4(w, &open, &[], cancel)
+            })
+        };
+        build(&AtomicBool::new(false)).unwrap();
+        crate::ext4::check(&img, &AtomicBool::new(false)).unwrap();
+        let cat = |p: &str| {
+            std::process::Command::new("debugfs")
+                .args(["-R", &format!("cat {p}")])
+                .arg(&img)
+                .output()
+                .unwrap()
+                .stdout
+        };
+        assert_eq!(cat("/a/keep"), b"2");
+        assert_eq!(cat("/other").len(), 300_000);
+        assert_eq!(cat("/n/m/child"), b"c");
+        let err = build(&AtomicBool::new(true)).unwrap_err();
+        assert!(matches!(err, Error::Cancelled), "{err:?}");
+        assert!(!img.exists(), "a cancelled build leaves nothing");
     }
 
     #[test]
