@@ -441,6 +441,23 @@ impl Writer {
         Ok(self.inodes.len() as u32)
     }
 
+    /// A name a directory entry can hold: 1 to 255 bytes, no `/` or NUL,
+    /// not `.` or `..`.
+    fn check_name(name: &[u8]) -> Result<()> {
+        if name.is_empty()
+            || name.len() > 255
+            || name == b"."
+            || name == b".."
+            || name.iter().any(|&b| b == b'/' || b == 0)
+        {
+            return Err(Error::Unsupported(format!(
+                "the name {:?} cannot be an ext4 directory entry (1 to 255 bytes, no '/' or NUL)",
+                String::from_utf8_lossy(name)
+            )));
+        }
+        Ok(())
+    }
+
     fn add_entry(&mut self, parent: u32, name: &[u8], ino: u32, mode: u16) {
         if mode & 0o170000 != 0o040000 && self.dirs.contains_key(&LOST_FOUND_INO) {
             self.lost_found(parent, name, None);
@@ -451,6 +468,7 @@ impl Writer {
 
     /// A directory `name` in `parent`; returns its inode number.
     pub fn mkdir(&mut self, parent: u32, name: &[u8], a: Attrs<'_>) -> Result<u32> {
+        Self::check_name(name)?;
         let inode = self.inode(0o040000, a)?;
         if self.dirs.contains_key(&LOST_FOUND_INO)
             && let Some(ino) = self.lost_found(parent, name, Some(inode.clone()))
@@ -478,6 +496,7 @@ impl Writer {
         a: Attrs<'_>,
         kind: Special<'_>,
     ) -> Result<u32> {
+        Self::check_name(name)?;
         let mut raw = [0u8; 60];
         let (mode, body, size) = match kind {
             Special::Symlink(t) if t.len() < 60 => {
@@ -524,6 +543,7 @@ impl Writer {
     /// A regular file `name` in `parent` whose `size` bytes come later
     /// ([`Writer::write_data`]; an empty file needs none).
     pub fn file(&mut self, parent: u32, name: &[u8], a: Attrs<'_>, size: u64) -> Result<u32> {
+        Self::check_name(name)?;
         let mut inode = self.inode(0o100000, a)?;
         inode.size = size;
         let ino = self.number(inode)?;
@@ -533,6 +553,7 @@ impl Writer {
 
     /// Another name for the non-directory `ino`.
     pub fn link(&mut self, parent: u32, name: &[u8], ino: u32) -> Result<()> {
+        Self::check_name(name)?;
         let inode = self.inodes[ino as usize - 1].as_mut().expect("an inode");
         if inode.links >= LINK_MAX {
             return Err(Error::Unsupported(format!(
@@ -1242,6 +1263,36 @@ mod tests {
             ea.contains("user.big") && ea.contains("security.capability"),
             "{ea}"
         );
+    }
+
+    #[test]
+    fn what_ext4_cannot_hold_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("img")).unwrap();
+        let mut w = Writer::new(file, 64 << 20, 64, 0, "test", attrs(0o755)).unwrap();
+        let long = vec![b'n'; 256];
+        let err = w.file(ROOT_INO, &long, attrs(0o644), 0).unwrap_err();
+        assert!(err.to_string().contains("255 bytes"), "{err}");
+        w.file(ROOT_INO, &long[..255], attrs(0o644), 0).unwrap();
+        let huge = vec![("user.big".to_string(), vec![0u8; 4096 - 32 - 16 - 4])];
+        let mut a = attrs(0o644);
+        a.xattrs = &huge;
+        let err = w.file(ROOT_INO, b"x", a, 0).unwrap_err();
+        assert!(err.to_string().contains("larger than ext4 holds"), "{err}");
+        let odd = vec![("os2.name".to_string(), vec![1])];
+        a.xattrs = &odd;
+        assert!(w.file(ROOT_INO, b"y", a, 0).is_err());
+        let bad_acl = vec![("system.posix_acl_access".to_string(), vec![9, 9])];
+        a.xattrs = &bad_acl;
+        assert!(w.file(ROOT_INO, b"z", a, 0).is_err());
+        // Exactly a block's worth fits.
+        let full = vec![("user.big".to_string(), vec![0u8; 4096 - 32 - 16 - 4 - 4])];
+        a.xattrs = &full;
+        w.file(ROOT_INO, b"full", a, 0).unwrap();
+        let size = w.finish().unwrap();
+        assert_eq!(size % BS, 0);
+        let (ok, out) = fsck(&dir.path().join("img"));
+        assert!(ok, "{out}");
     }
 
     #[test]
