@@ -1,5 +1,8 @@
-//! Building the ext4 root filesystem without a tree and without privilege:
-//! the flattened tar stream ([`crate::flatten`]) is piped into
+//! Building the ext4 root filesystem without a tree and without privilege,
+//! in one of two ways (`[imagestore] ext4_writer`): [`build_builtin`] hands
+//! the flattened index to the in-process writer ([`crate::ext4w`]; linear
+//! in the number of entries, nothing to fix up), or [`build`] pipes the
+//! flattened tar stream ([`crate::flatten`]) into
 //! `mke2fs -d -` (e2fsprogs ≥ 1.47.1 with libarchive), sized from the
 //! stream's own accounting plus headroom; what mke2fs's tar reader drops
 //! (xattrs other than `security.capability`, sub-second mtimes, the root's

@@ -1049,6 +1049,51 @@ async fn a_directory_of_40k_files_builds_with_the_builtin_writer_and_is_refused_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flat_directory_of_100k_entries_mounts_and_reads_back() {
+    banger_test_support::require_root();
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    let mut t = TarBuilder::new();
+    t.dir("flat", 0o755, 0, 0);
+    for i in 0..100_000 {
+        t.file(&format!("flat/f{i:06}"), 0o644, i % 7, 0, b"");
+    }
+    t.file("flat/data", 0o600, 0, 0, b"data");
+    registry.push(
+        &layout(src.path(), "v1", &[gzip_layer(t.finish())]),
+        "flat:v1",
+    );
+    let ts = TestStore::new();
+    let mut cfg = config(&[&registry.addr]);
+    // Beyond the default per-directory cap, which stays.
+    cfg.max_entries_per_dir = 200_000;
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(cfg), sock.path()).await;
+    let (_, image) = pull(&mut client, req(&format!("{}/flat:v1", registry.addr))).await;
+    let image = image.unwrap();
+    let ext4 = ts
+        .state
+        .path()
+        .join("images")
+        .join(&image.name)
+        .join("rootfs.ext4");
+    let tree = describe_ext4(&ext4);
+    let flat: Vec<_> = tree.keys().filter(|p| p.starts_with("flat/")).collect();
+    assert_eq!(flat.len(), 100_001);
+    let node = |p: &str| &tree[Path::new(p)];
+    assert_eq!(node("flat/f099999").uid, 99_999 % 7);
+    assert_eq!(node("flat/f000000").mode & 0o7777, 0o644);
+    assert_eq!(node("flat/data").content, Some(digest(b"data")));
+
+    // The per-directory cap still refuses more.
+    let ts = TestStore::new();
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(config(&[&registry.addr])), sock.path()).await;
+    let (_, err) = pull(&mut client, req(&format!("{}/flat:v1", registry.addr))).await;
+    assert_eq!(err.unwrap_err().code(), tonic::Code::ResourceExhausted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filesystem_over_the_cap_is_refused_and_nothing_is_left() {
     let registry = Registry::start();
     let src = tempfile::tempdir().unwrap();
