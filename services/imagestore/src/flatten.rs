@@ -1580,7 +1580,7 @@ mod tests {
     /// The builtin writer is linear in a directory's size (mke2fs is
     /// quadratic): 10k, 50k and 100k empty files in one directory, timed
     /// from the index to the finished image; 10× the entries may cost at
-    /// most 25× the time (quadratic would be 100×).
+    /// most 25× the time plus a second (quadratic would be 100×).
     #[test]
     fn a_flat_directory_of_100k_entries_is_written_in_linear_time() {
         let mut times = Vec::new();
@@ -1627,8 +1627,10 @@ mod tests {
                 .count();
             assert_eq!(names, n as usize + 1);
         }
+        // Slack for a busy machine: a quadratic writer misses this by far
+        // (mke2fs: 40k entries in one directory take minutes).
         assert!(
-            times[2] < times[0] * 25 + std::time::Duration::from_millis(200),
+            times[2] < times[0] * 25 + std::time::Duration::from_secs(1),
             "{times:?}"
         );
     }
