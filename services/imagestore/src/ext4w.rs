@@ -107,7 +107,7 @@ struct Geometry {
 }
 
 fn is_power_of(mut n: u64, base: u64) -> bool {
-    while n > 1 && n % base == 0 {
+    while n > 1 && n.is_multiple_of(base) {
         n /= base;
     }
     n == 1
@@ -871,7 +871,7 @@ fn set_bits(bitmap: &mut [u8], from: u64, to: u64) {
     let to = to.min(bitmap.len() as u64 * 8);
     let mut i = from;
     while i < to {
-        if i % 8 == 0 && i + 8 <= to {
+        if i.is_multiple_of(8) && i + 8 <= to {
             let full = ((to - i) / 8) as usize;
             bitmap[(i / 8) as usize..(i / 8) as usize + full].fill(0xFF);
             i += full as u64 * 8;
@@ -1092,7 +1092,7 @@ fn xattr_entries(xattrs: &[(String, Vec<u8>)]) -> Result<Vec<XEntry>> {
 /// on-disk format (version 1; owner, group-owner, mask and other entries
 /// without the id).
 fn acl_to_disk(v: &[u8]) -> Option<Vec<u8>> {
-    if v.len() < 4 || (v.len() - 4) % 8 != 0 || v[..4] != [2, 0, 0, 0] {
+    if v.len() < 4 || !(v.len() - 4).is_multiple_of(8) || v[..4] != [2, 0, 0, 0] {
         return None;
     }
     let mut out = vec![1, 0, 0, 0];
