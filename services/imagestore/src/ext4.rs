@@ -21,6 +21,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::ext4w::time_extra;
 use crate::flatten::{Fixup, Stats};
 
 /// The ext4 file size for `stats`: content, inode tables, a journal and
@@ -66,9 +67,10 @@ pub fn build_builtin<T>(
     };
     let mut inodes = inodes;
     for attempt in 0..2 {
-        if size > max_bytes {
+        let real = crate::ext4w::image_bytes(size, inodes);
+        if real > max_bytes {
             return Err(Error::ImageTooLarge {
-                size,
+                size: real,
                 limit: max_bytes,
             });
         }
@@ -339,13 +341,6 @@ fn quote(s: &[u8]) -> Option<Vec<u8>> {
     }
     out.push(b'"');
     Some(out)
-}
-
-/// ext4's `_extra` time field: nanoseconds << 2, and in the low two bits
-/// the epoch that extends the signed 32-bit seconds (0 until 2038).
-fn time_extra(secs: i64, nsec: u32) -> u64 {
-    let epoch = ((secs - i64::from(secs as i32)) >> 32) as u64 & 3;
-    (u64::from(nsec) << 2) | epoch
 }
 
 /// Sets what mke2fs dropped, in one `debugfs -w -f` run; values go through

@@ -12,8 +12,11 @@
 //! group metadata it steps over) and the block bitmaps are "everything
 //! before the cursor". Inodes, directories and bitmaps are kept in memory
 //! and written at [`Writer::finish`]; directories are linear ext4
-//! directory blocks (valid ext4; the kernel indexes a directory itself when
-//! it grows), built per directory in one pass.
+//! directory blocks built per directory in one pass (valid ext4 without an
+//! htree index: the kernel indexes a one-block directory itself when it
+//! outgrows its block, while a directory written with many blocks stays
+//! linear, so a lookup there scans it, until `e2fsck -fD` indexes it;
+//! distro images have no such directories).
 //!
 //! Features: `has_journal` (a clean jbd2 journal costs one written block:
 //! the image file is sparse), `ext_attr`, `dir_index`, `filetype`,
@@ -272,6 +275,12 @@ fn file_type(mode: u16) -> u8 {
         0o120000 => 7,
         _ => 0,
     }
+}
+
+/// The size of the image [`Writer::new`] makes for `bytes` and `inodes`
+/// (more than `bytes` when the inodes need more groups).
+pub fn image_bytes(bytes: u64, inodes: u64) -> u64 {
+    Geometry::new(bytes, inodes + u64::from(FIRST_INO)).blocks * BS
 }
 
 impl Writer {
