@@ -119,8 +119,9 @@ fn is_power_of(mut n: u64, base: u64) -> bool {
 impl Geometry {
     fn new(bytes: u64, inodes: u64) -> Geometry {
         let mut blocks = (bytes / BS).max(1024);
-        // At most 16384 inodes per group (a quarter of a group's blocks).
-        let groups = blocks.div_ceil(BPG).max(inodes.div_ceil(16384));
+        // At most 32768 inodes per group (one bitmap block's bits; their
+        // table takes 2048 of the group's 32768 blocks).
+        let groups = blocks.div_ceil(BPG).max(inodes.div_ceil(BS * 8));
         blocks = blocks.max((groups - 1) * BPG + 1024);
         let ipg = inodes.div_ceil(groups).max(IPB).div_ceil(IPB) * IPB;
         let mut g = Geometry {

@@ -1607,7 +1607,7 @@ mod tests {
                 &img,
                 "t",
                 f.stats(),
-                (20, 8, 1 << 30),
+                (20, 8, 4 << 30),
                 f.root_meta(),
                 |w| f.write_ext4(w, &open, &[], &AtomicBool::new(false)),
             )
