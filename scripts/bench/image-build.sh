@@ -2,10 +2,12 @@
 # Benchmark (not a test): banger's pull + ext4 build of the bookworm test
 # image against the baseline pipeline `skopeo copy` + `umoci unpack` +
 # `mkfs.ext4 -d` of the same image, in the same run; prints both and the
-# ratio, plus the time of a re-pull of the already built digest.
+# ratio, plus the time of a re-pull of the already built digest. Each ext4
+# writer (`[imagestore] ext4_writer`) is measured in the same run.
 #
 #   scripts/bench/image-build.sh [bookworm|busybox]
 #
+# BENCH_WRITERS="builtin mke2fs" (the default) names the writers to measure.
 # BENCH_PROFILE=release builds banger with the release profile (slow to
 # compile); the default is the dev profile. Needs root, docker-registry,
 # skopeo, umoci, e2fsprogs (and debootstrap on a cold cache).
@@ -21,7 +23,7 @@ scripts/make-test-image.sh "$kind" - "x:y" >/dev/null
 
 work=$(mktemp -d /tmp/banger-bench.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -n "${BENCH_KEEP:-}" ] && cp "$work/imagestore.log" /tmp/banger-bench-imagestore.log; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -n "${BENCH_KEEP:-}" ] && cp "$work"/imagestore-*.log /tmp/; rm -rf "$work"; }
 trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -42,23 +44,34 @@ for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break;
 scripts/make-test-image.sh "$kind" "$addr" "bench/$kind:latest" >/dev/null
 ref=$addr/bench/$kind:latest
 
-home=$work/home
-mkdir -p "$home"
-# max_dir_work is lifted so the 40k-files line measures the build instead
-# of imagestore's refusal (by default such a directory is refused up front).
-printf '[imagestore]\ninsecure_registries = ["%s"]\nmax_dir_work = 100000000000\n' "$addr" >"$home/banger.toml"
-"$bindir/banger-imagestore" --home "$home" >"$work/imagestore.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 200); do [ -S "$home/run/imagestore.sock" ] && break; sleep 0.05; done
-
+writers=${BENCH_WRITERS:-builtin mke2fs}
 now() { date +%s.%N; }
-sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-t0=$(now)
-"$bindir/banger" --home "$home" --json image pull "$ref" --name bench >"$work/image.json"
-t1=$(now)
-"$bindir/banger" --home "$home" --json image pull "$ref" --name bench >/dev/null
-t2=$(now)
-size=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["size_bytes"])' "$work/image.json")
+# One imagestore per writer. max_dir_work is lifted so the 40k-files line
+# measures mke2fs's build instead of imagestore's refusal (by default such
+# a directory is refused up front with ext4_writer = "mke2fs").
+for w in $writers; do
+    home=$work/home-$w
+    mkdir -p "$home"
+    printf '[imagestore]\ninsecure_registries = ["%s"]\nmax_dir_work = 100000000000\next4_writer = "%s"\n' \
+        "$addr" "$w" >"$home/banger.toml"
+    "$bindir/banger-imagestore" --home "$home" >"$work/imagestore-$w.log" 2>&1 &
+    pids+=($!)
+    for _ in $(seq 200); do [ -S "$home/run/imagestore.sock" ] && break; sleep 0.05; done
+done
+
+results=()
+for w in $writers; do
+    home=$work/home-$w
+    sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+    t0=$(now)
+    "$bindir/banger" --home "$home" --json image pull "$ref" --name bench >"$work/image-$w.json"
+    t1=$(now)
+    "$bindir/banger" --home "$home" --json image pull "$ref" --name bench >/dev/null
+    t2=$(now)
+    results+=("$w:$t0:$t1:$t2")
+done
+first=${writers%% *}
+size=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["size_bytes"])' "$work/image-$first.json")
 
 sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
 t3=$(now)
@@ -70,19 +83,20 @@ truncate -s "$size" "$work/baseline.ext4"
 mkfs.ext4 -q -F -t ext4 -b 4096 -m 0 -E root_owner=0:0 -d "$work/bundle/rootfs" "$work/baseline.ext4"
 t6=$(now)
 
-python3 - "$t0" "$t1" "$t2" "$t3" "$t4" "$t5" "$t6" "$kind" "$profile" <<'PY'
+python3 - "$t3" "$t4" "$t5" "$t6" "$kind" "$profile" "${results[@]}" <<'PY'
 import sys
-t0, t1, t2, t3, t4, t5, t6 = map(float, sys.argv[1:8])
-ours, repull = t1 - t0, t2 - t1
+t3, t4, t5, t6 = map(float, sys.argv[1:5])
 base = t6 - t3
-print(f"image {sys.argv[8]} (banger built with the {sys.argv[9]} profile)")
-print(f"banger image pull (download+verify+unpack+ext4): {ours:7.2f} s")
+print(f"image {sys.argv[5]} (banger built with the {sys.argv[6]} profile)")
 print(f"baseline skopeo copy:                            {t4 - t3:7.2f} s")
 print(f"baseline umoci unpack:                           {t5 - t4:7.2f} s")
 print(f"baseline mkfs.ext4 -d:                           {t6 - t5:7.2f} s")
 print(f"baseline total:                                  {base:7.2f} s")
-print(f"ratio banger / baseline:                         {ours / base:7.2f}")
-print(f"re-pull of the built digest (CLI round trip):    {repull * 1000:7.0f} ms")
+for r in sys.argv[7:]:
+    w, t0, t1, t2 = r.split(":")
+    ours, repull = float(t1) - float(t0), float(t2) - float(t1)
+    print(f"banger image pull, ext4_writer={w:8} {ours:7.2f} s  ratio {ours / base:5.2f}  "
+          f"(re-pull {repull * 1000:4.0f} ms)")
 PY
 
 # Second line: one layer of 40k empty files in one directory (an inode
@@ -113,19 +127,29 @@ open(os.path.join(root, "oci-layout"), "w").write('{"imageLayoutVersion":"1.0.0"
 open(os.path.join(root, "index.json"), "w").write(json.dumps({"schemaVersion": 2, "manifests": [m]}))
 PY
 skopeo copy --quiet --dest-tls-verify=false "oci:$work/flat:latest" "docker://$addr/bench/flat:latest"
-t0=$(now)
-"$bindir/banger" --home "$home" --json image pull "$addr/bench/flat:latest" --name flat >"$work/flat.json"
+flat=()
+for w in $writers; do
+    t0=$(now)
+    "$bindir/banger" --home "$work/home-$w" --json image pull "$addr/bench/flat:latest" --name flat \
+        >"$work/flat-$w.json"
+    t1=$(now)
+    flat+=("$w:$t0:$t1")
+done
+size=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["size_bytes"])' "$work/flat-$first.json")
 t1=$(now)
-size=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["size_bytes"])' "$work/flat.json")
 skopeo copy --quiet --src-tls-verify=false "docker://$addr/bench/flat:latest" "oci:$work/flatcopy:latest"
 umoci unpack --image "$work/flatcopy:latest" "$work/flatbundle" >/dev/null
 t2=$(now)
 truncate -s "$size" "$work/flat.ext4"
 mkfs.ext4 -q -F -t ext4 -b 4096 -m 0 -N 65536 -E root_owner=0:0 -d "$work/flatbundle/rootfs" "$work/flat.ext4"
 t3=$(now)
-python3 - "$t0" "$t1" "$t2" "$t3" <<'PY'
+python3 - "$t1" "$t2" "$t3" "${flat[@]}" <<'PY'
 import sys
-t0, t1, t2, t3 = map(float, sys.argv[1:5])
-print(f"40k empty files in one dir: banger {t1 - t0:6.2f} s, baseline {t3 - t1:6.2f} s "
-      f"(mkfs.ext4 -d alone {t3 - t2:6.2f} s), ratio {(t1 - t0) / (t3 - t1):5.2f}")
+b0, b1, b2 = map(float, sys.argv[1:4])
+base = b2 - b0
+print(f"40k empty files in one dir: baseline {base:6.2f} s (mkfs.ext4 -d alone {b2 - b1:6.2f} s)")
+for r in sys.argv[4:]:
+    w, t0, t1 = r.split(":")
+    ours = float(t1) - float(t0)
+    print(f"  banger ext4_writer={w:8} {ours:6.2f} s, ratio {ours / base:5.2f}")
 PY

@@ -34,6 +34,10 @@ pub struct ImageStoreConfig {
     pub flatten_memory_bytes: u64,
     /// Refuse an image whose filesystem (content + headroom) exceeds this.
     pub max_image_bytes: u64,
+    /// What writes the ext4: `builtin` (in-process, linear in the number
+    /// of entries) or `mke2fs` (`mke2fs -d -` fed the flattened tar, then
+    /// debugfs for what its tar reader drops).
+    pub ext4_writer: Ext4Writer,
     /// Free space added to the ext4 image, as a percentage of the content.
     pub ext4_headroom_percent: u64,
     /// Minimum free space added to the ext4 image, in MiB.
@@ -58,12 +62,24 @@ impl Default for ImageStoreConfig {
             max_dir_work: 1 << 29,
             flatten_memory_bytes: 256 << 20,
             max_image_bytes: 32 << 30,
+            ext4_writer: Ext4Writer::default(),
             ext4_headroom_percent: 20,
             ext4_min_headroom_mib: 64,
             max_parallel_layers: 3,
             guest_dir: None,
         }
     }
+}
+
+/// The ext4 writer ([`ImageStoreConfig::ext4_writer`]).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Ext4Writer {
+    /// [`crate::ext4w`].
+    #[default]
+    Builtin,
+    /// e2fsprogs ≥ 1.47.1 with libarchive.
+    Mke2fs,
 }
 
 /// One endpoint to try for a registry: where, and whether over plain HTTP.
@@ -159,6 +175,20 @@ mod tests {
         let cfg = banger_proto::config::Config::parse(shipped, "banger.toml").unwrap();
         let s: ImageStoreConfig = cfg.section("imagestore").unwrap();
         assert_eq!(s, ImageStoreConfig::default());
+    }
+
+    #[test]
+    fn the_ext4_writer_is_one_of_two() {
+        let parse = |v: &str| {
+            banger_proto::config::Config::parse(&format!("[imagestore]\next4_writer = {v}\n"), "t")
+                .unwrap()
+                .section::<ImageStoreConfig>("imagestore")
+                .map(|s| s.ext4_writer)
+        };
+        assert_eq!(parse("\"builtin\"").unwrap(), Ext4Writer::Builtin);
+        assert_eq!(parse("\"mke2fs\"").unwrap(), Ext4Writer::Mke2fs);
+        assert!(parse("\"mkfs\"").is_err());
+        assert!(parse("1").is_err());
     }
 
     #[test]

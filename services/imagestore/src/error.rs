@@ -102,6 +102,12 @@ pub enum Error {
     /// `mkfs.ext4` or `e2fsck` failed.
     #[error("building the ext4 file failed: {0}")]
     Mkfs(String),
+    /// The in-process ext4 writer cannot store an entry.
+    #[error("cannot write {path} into the ext4: {source}")]
+    Ext4Write {
+        path: String,
+        source: crate::ext4w::Error,
+    },
     /// The guest bundle could not be placed in the image.
     #[error("cannot inject the guest bundle: {0}")]
     Inject(String),
@@ -156,6 +162,11 @@ impl GrpcError for Error {
             | Error::ImageTooLarge { .. } => Code::ResourceExhausted,
             Error::Cancelled => Code::Cancelled,
             Error::MkfsCannotReadTar(_) => Code::FailedPrecondition,
+            Error::Ext4Write { source, .. } => match source {
+                crate::ext4w::Error::Unsupported(_) => Code::FailedPrecondition,
+                crate::ext4w::Error::Full(_) => Code::ResourceExhausted,
+                _ => Code::Internal,
+            },
             Error::Mkfs(_) | Error::Inject(_) | Error::Io { .. } | Error::CorruptRecord { .. } => {
                 Code::Internal
             }

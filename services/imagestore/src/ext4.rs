@@ -1,5 +1,8 @@
-//! Building the ext4 root filesystem without a tree and without privilege:
-//! the flattened tar stream ([`crate::flatten`]) is piped into
+//! Building the ext4 root filesystem without a tree and without privilege,
+//! in one of two ways (`[imagestore] ext4_writer`): [`build_builtin`] hands
+//! the flattened index to the in-process writer ([`crate::ext4w`]; linear
+//! in the number of entries, nothing to fix up), or [`build`] pipes the
+//! flattened tar stream ([`crate::flatten`]) into
 //! `mke2fs -d -` (e2fsprogs ≥ 1.47.1 with libarchive), sized from the
 //! stream's own accounting plus headroom; what mke2fs's tar reader drops
 //! (xattrs other than `security.capability`, sub-second mtimes, the root's
@@ -18,6 +21,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::ext4w::time_extra;
 use crate::flatten::{Fixup, Stats};
 
 /// The ext4 file size for `stats`: content, inode tables, a journal and
@@ -27,15 +31,89 @@ pub fn image_size(stats: Stats, headroom_percent: u64, min_headroom_mib: u64) ->
     let metadata = inodes * 256 + stats.bytes / 32;
     let headroom = (stats.bytes * headroom_percent / 100).max(min_headroom_mib << 20);
     let base = stats.bytes + metadata + headroom;
-    // mke2fs's default journal sizes by filesystem size.
-    let journal: u64 = match base {
+    let size = (base + journal_bytes(base)).div_ceil(4 << 20) * (4 << 20);
+    (size, inodes)
+}
+
+/// mke2fs's default journal size for a filesystem of `size` bytes.
+fn journal_bytes(size: u64) -> u64 {
+    match size {
         s if s < 128 << 20 => 4 << 20,
         s if s < 1 << 30 => 16 << 20,
         s if s < 2 << 30 => 32 << 20,
         _ => 64 << 20,
+    }
+}
+
+/// Builds `out` with the in-process writer ([`crate::ext4w`]): the same
+/// sizing as [`build`], the tree written by `write` (which gets the open
+/// writer); one retry with more room if the estimate was short.
+pub fn build_builtin<T>(
+    out: &Path,
+    label: &str,
+    stats: Stats,
+    (headroom_percent, min_headroom_mib, max_bytes): (u64, u64, u64),
+    root: &crate::flatten::Meta,
+    mut write: impl FnMut(&mut crate::ext4w::Writer) -> Result<T, Error>,
+) -> Result<(u64, T), Error> {
+    let (mut size, inodes) = image_size(stats, headroom_percent, min_headroom_mib);
+    let root = crate::ext4w::Attrs {
+        mode: root.mode,
+        uid: root.uid,
+        gid: root.gid,
+        mtime: root.mtime,
+        mtime_nsec: root.mtime_nsec,
+        xattrs: &root.xattrs,
     };
-    let size = (base + journal).div_ceil(4 << 20) * (4 << 20);
-    (size, inodes)
+    let mut inodes = inodes;
+    for attempt in 0..2 {
+        let real = crate::ext4w::image_bytes(size, inodes);
+        if real > max_bytes {
+            return Err(Error::ImageTooLarge {
+                size: real,
+                limit: max_bytes,
+            });
+        }
+        let _ = std::fs::remove_file(out);
+        let file = std::fs::File::create(out).map_err(Error::io("cannot create", out))?;
+        let result =
+            crate::ext4w::Writer::new(file, size, inodes, journal_bytes(size), label, root)
+                .map_err(|e| Error::Ext4Write {
+                    path: "/".into(),
+                    source: e,
+                })
+                .and_then(|mut w| {
+                    let t = write(&mut w)?;
+                    let size = w.finish().map_err(|e| Error::Ext4Write {
+                        path: "the filesystem's metadata".into(),
+                        source: e,
+                    })?;
+                    Ok((size, t))
+                });
+        match result {
+            Ok(done) => return Ok(done),
+            Err(Error::Ext4Write {
+                source: crate::ext4w::Error::Full(what),
+                ..
+            }) if attempt == 0 => {
+                tracing::warn!(
+                    size,
+                    what,
+                    "the ext4 estimate was short; retrying with more room"
+                );
+                size = size.saturating_mul(3) / 2;
+                inodes = inodes.saturating_mul(3) / 2;
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(out);
+                return Err(e);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(out);
+    Err(Error::Mkfs(
+        "the filesystem estimate was short twice".into(),
+    ))
 }
 
 /// A command whose process is killed when imagestore dies.
@@ -263,13 +341,6 @@ fn quote(s: &[u8]) -> Option<Vec<u8>> {
     }
     out.push(b'"');
     Some(out)
-}
-
-/// ext4's `_extra` time field: nanoseconds << 2, and in the low two bits
-/// the epoch that extends the signed 32-bit seconds (0 until 2038).
-fn time_extra(secs: i64, nsec: u32) -> u64 {
-    let epoch = ((secs - i64::from(secs as i32)) >> 32) as u64 & 3;
-    (u64::from(nsec) << 2) | epoch
 }
 
 /// Sets what mke2fs dropped, in one `debugfs -w -f` run; values go through

@@ -7,6 +7,7 @@ pub mod blobs;
 pub mod config;
 pub mod error;
 pub mod ext4;
+pub mod ext4w;
 pub mod flatten;
 pub mod guest;
 pub mod import;

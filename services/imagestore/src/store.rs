@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{RwLock, Semaphore, mpsc};
 
 use crate::blobs::{BlobCache, Started};
-use crate::config::ImageStoreConfig;
+use crate::config::{Ext4Writer, ImageStoreConfig};
 use crate::error::Error;
 use crate::flatten::{Cancel, Flattener, Limits};
 use crate::guest::{self, GuestFacts};
@@ -148,7 +148,9 @@ impl Store {
             std::fs::create_dir_all(d).map_err(Error::io("cannot create", d))?;
         }
         // Refuse to start on a host whose mke2fs cannot build from a tar.
-        crate::ext4::probe(&tmp)?;
+        if config.ext4_writer == crate::config::Ext4Writer::Mke2fs {
+            crate::ext4::probe(&tmp)?;
+        }
         if let Ok(read) = std::fs::read_dir(&images) {
             for entry in read.flatten() {
                 if entry.path() != tmp && !entry.path().join("manifest.json").is_file() {
@@ -545,6 +547,7 @@ impl Store {
             .map(|l| self.blobs.path(&l.digest))
             .collect::<Result<Vec<_>, _>>()?;
         let cancel2 = cancel.clone();
+        let writer = cfg.ext4_writer;
         let (facts, size, content) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
             let facts = guest::facts(&mut flat);
             let has_agent = match guest::find_bundle(&candidates) {
@@ -563,7 +566,6 @@ impl Store {
                 ..Progress::default()
             });
             let t = std::time::Instant::now();
-            let stats = flat.checked_stats()?;
             let open = |i: usize| -> Result<Box<dyn std::io::Read>, Error> {
                 let p = &blob_paths[i];
                 Ok(Box::new(
@@ -571,26 +573,53 @@ impl Store {
                 ))
             };
             let capture: Vec<_> = facts.os_release.into_iter().collect();
-            let (size, emitted) = crate::ext4::build(
-                &ext4,
-                &label,
-                stats,
-                sizing,
-                |w| flat.emit(w, &open, &capture, &cancel2),
-                &cancel2,
-            )?;
-            let built = t.elapsed();
-            crate::ext4::fix_up(&ext4, &emitted.fixups, &scratch, &cancel2)?;
-            let fixed = t.elapsed();
-            crate::ext4::check(&ext4, &cancel2)?;
-            tracing::info!(
-                entries = stats.inodes,
-                fixups = emitted.fixups.len(),
-                mke2fs_ms = built.as_millis() as u64,
-                debugfs_ms = (fixed - built).as_millis() as u64,
-                e2fsck_ms = (t.elapsed() - fixed).as_millis() as u64,
-                "ext4 built"
-            );
+            let (stats, size, emitted) = match writer {
+                Ext4Writer::Builtin => {
+                    // Linear in every directory's size: only the entry caps apply.
+                    let stats = flat.stats();
+                    let (size, emitted) = crate::ext4::build_builtin(
+                        &ext4,
+                        &label,
+                        stats,
+                        sizing,
+                        flat.root_meta(),
+                        |w| flat.write_ext4(w, &open, &capture, &cancel2),
+                    )?;
+                    let built = t.elapsed();
+                    crate::ext4::check(&ext4, &cancel2)?;
+                    tracing::info!(
+                        entries = stats.inodes,
+                        write_ms = built.as_millis() as u64,
+                        e2fsck_ms = (t.elapsed() - built).as_millis() as u64,
+                        "ext4 built"
+                    );
+                    (stats, size, emitted)
+                }
+                Ext4Writer::Mke2fs => {
+                    let stats = flat.checked_stats()?;
+                    let (size, emitted) = crate::ext4::build(
+                        &ext4,
+                        &label,
+                        stats,
+                        sizing,
+                        |w| flat.emit(w, &open, &capture, &cancel2),
+                        &cancel2,
+                    )?;
+                    let built = t.elapsed();
+                    crate::ext4::fix_up(&ext4, &emitted.fixups, &scratch, &cancel2)?;
+                    let fixed = t.elapsed();
+                    crate::ext4::check(&ext4, &cancel2)?;
+                    tracing::info!(
+                        entries = stats.inodes,
+                        fixups = emitted.fixups.len(),
+                        mke2fs_ms = built.as_millis() as u64,
+                        debugfs_ms = (fixed - built).as_millis() as u64,
+                        e2fsck_ms = (t.elapsed() - fixed).as_millis() as u64,
+                        "ext4 built"
+                    );
+                    (stats, size, emitted)
+                }
+            };
             let mut facts = facts.finish(&emitted.captured);
             facts.has_agent = has_agent;
             Ok((facts, size, stats.content))

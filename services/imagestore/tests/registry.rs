@@ -8,6 +8,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use banger_imagestore::config::Ext4Writer;
 use banger_proto::imagestore::v1 as pb;
 use banger_test_support::registry::{Registry, RegistryAuth, push_with_skopeo};
 use common::*;
@@ -377,26 +378,7 @@ async fn flattening_equals_umoci_unpack() {
     let layers: Vec<Layer> = tricky_layers().into_iter().map(gzip_layer).collect();
     registry.push(&layout(src.path(), "v1", &layers), "tricky:v1");
 
-    let ts = TestStore::new();
-    let mut store = ts.open(config(&[&registry.addr]));
-    // No guest bits: the image must be exactly the layers.
-    store.set_guest_candidates(vec![]);
-    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-    let record = store
-        .pull(
-            banger_imagestore::store::PullRequest {
-                reference: format!("{}/tricky:v1", registry.addr),
-                ..Default::default()
-            },
-            tx,
-        )
-        .await
-        .unwrap();
-    assert_eq!(record.layers.len(), 2);
-
-    // The ext4 the pull built, mounted read-only …
-    let ours = describe_ext4(&store.ext4_path(&record.name));
-    // … equals umoci's unpack of the same image fetched by skopeo.
+    // umoci's unpack of the image fetched by skopeo …
     let work = tempfile::tempdir().unwrap();
     let oci = work.path().join("oci");
     push_with_skopeo(
@@ -416,9 +398,37 @@ async fn flattening_equals_umoci_unpack() {
         "umoci: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_same(&ours, &describe(&bundle.join("rootfs")));
+    let theirs = describe(&bundle.join("rootfs"));
 
-    // Spot checks, so equality with umoci is not equality of two wrongs.
+    // … equals the ext4 each writer builds, mounted read-only.
+    for writer in [Ext4Writer::Builtin, Ext4Writer::Mke2fs] {
+        let ts = TestStore::new();
+        let mut cfg = config(&[&registry.addr]);
+        cfg.ext4_writer = writer;
+        let mut store = ts.open(cfg);
+        // No guest bits: the image must be exactly the layers.
+        store.set_guest_candidates(vec![]);
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let record = store
+            .pull(
+                banger_imagestore::store::PullRequest {
+                    reference: format!("{}/tricky:v1", registry.addr),
+                    ..Default::default()
+                },
+                tx,
+            )
+            .await
+            .unwrap();
+        assert_eq!(record.layers.len(), 2);
+        let ours = describe_ext4(&store.ext4_path(&record.name));
+        assert_same(&ours, &theirs);
+        spot_checks(&ours);
+    }
+}
+
+/// Spot checks of the tricky image, so equality with umoci is not
+/// equality of two wrongs.
+fn spot_checks(ours: &std::collections::BTreeMap<std::path::PathBuf, Node>) {
     let node = |p: &str| {
         ours.get(Path::new(p))
             .unwrap_or_else(|| panic!("{p} missing from the image"))
@@ -792,13 +802,14 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(registry: &str, unprivileged: bool) -> Daemon {
+    fn start(registry: &str, unprivileged: bool, writer: &str) -> Daemon {
         use std::os::unix::fs::PermissionsExt;
         let home = tempfile::tempdir().unwrap();
         std::fs::write(
             home.path().join("banger.toml"),
             format!(
-                "[imagestore]\ninsecure_registries = [\"{registry}\"]\next4_min_headroom_mib = 8\n"
+                "[imagestore]\ninsecure_registries = [\"{registry}\"]\next4_min_headroom_mib = 8\n\
+                 ext4_writer = \"{writer}\"\n"
             ),
         )
         .unwrap();
@@ -870,13 +881,19 @@ async fn imagestore_without_any_capability_builds_setuid_files_and_devices() {
     registry.push(&layout(src.path(), "v1", &layers), "tricky:v1");
 
     // Dev mode: started as root, it drops everything, bounding set included.
-    let root = Daemon::start(&registry.addr, false);
+    let root = Daemon::start(&registry.addr, false, "builtin");
     assert_eq!(cap_field(root.pid, "CapEff"), 0, "effective set as root");
     assert_eq!(cap_field(root.pid, "CapBnd"), 0, "bounding set as root");
     drop(root);
 
     // As nobody with nothing: the pull still makes setuid files and devices.
-    let daemon = Daemon::start(&registry.addr, true);
+    for writer in ["builtin", "mke2fs"] {
+        without_capabilities(&registry.addr, writer).await;
+    }
+}
+
+async fn without_capabilities(registry: &str, writer: &str) {
+    let daemon = Daemon::start(registry, true, writer);
     for field in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
         assert_eq!(cap_field(daemon.pid, field), 0, "{field}");
     }
@@ -884,7 +901,7 @@ async fn imagestore_without_any_capability_builds_setuid_files_and_devices() {
     let mut client = banger_proto::imagestore::v1::image_store_client::ImageStoreClient::new(
         banger_proto::rpc::connect(&socket).await.unwrap(),
     );
-    let (_, image) = pull(&mut client, req(&format!("{}/tricky:v1", registry.addr))).await;
+    let (_, image) = pull(&mut client, req(&format!("{registry}/tricky:v1"))).await;
     let image = image.unwrap();
     let ext4 = daemon
         .home
@@ -956,7 +973,9 @@ async fn a_client_that_goes_away_stops_mke2fs_and_the_store_stays_healthy() {
     );
     let ts = TestStore::new();
     let sock = tempfile::tempdir().unwrap();
-    let mut client = serve(ts.open(config(&[&registry.addr])), sock.path()).await;
+    let mut cfg = config(&[&registry.addr]);
+    cfg.ext4_writer = Ext4Writer::Mke2fs;
+    let mut client = serve(ts.open(cfg), sock.path()).await;
     let mut stream = client
         .pull_image(req(&format!("{}/wide:v1", registry.addr)))
         .await
@@ -998,6 +1017,116 @@ async fn a_client_that_goes_away_stops_mke2fs_and_the_store_stays_healthy() {
             .images
             .is_empty()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_of_40k_files_builds_with_the_builtin_writer_and_is_refused_by_mke2fs() {
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    let mut t = TarBuilder::new();
+    t.dir("wide", 0o755, 0, 0);
+    for i in 0..40_000 {
+        t.file(&format!("wide/f{i:05}"), 0o644, 0, 0, b"");
+    }
+    t.file("wide/last", 0o644, 0, 0, b"last");
+    registry.push(
+        &layout(src.path(), "v1", &[gzip_layer(t.finish())]),
+        "wide:v1",
+    );
+    let reference = format!("{}/wide:v1", registry.addr);
+
+    // mke2fs would take minutes: the work cap refuses it up front.
+    let ts = TestStore::new();
+    let mut cfg = config(&[&registry.addr]);
+    cfg.ext4_writer = Ext4Writer::Mke2fs;
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(cfg), sock.path()).await;
+    let (_, err) = pull(&mut client, req(&reference)).await;
+    let err = err.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("max_dir_work"), "{err:?}");
+
+    // The builtin writer is linear: no cap, seconds.
+    let ts = TestStore::new();
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(config(&[&registry.addr])), sock.path()).await;
+    let started = std::time::Instant::now();
+    let (_, image) = pull(&mut client, req(&reference)).await;
+    let image = image.unwrap();
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(30), "{took:?}");
+    let ext4 = ts
+        .state
+        .path()
+        .join("images")
+        .join(&image.name)
+        .join("rootfs.ext4");
+    assert_eq!(debugfs_cat(&ext4, "/wide/last"), b"last");
+    let out = Command::new("debugfs")
+        .args(["-R", "ls /wide"])
+        .arg(&ext4)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("f00000") && listing.contains("f39999"));
+    let e2fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&ext4)
+        .output()
+        .unwrap();
+    assert!(
+        e2fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&e2fsck.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flat_directory_of_100k_entries_mounts_and_reads_back() {
+    banger_test_support::require_root();
+    let registry = Registry::start();
+    let src = tempfile::tempdir().unwrap();
+    let mut t = TarBuilder::new();
+    t.dir("flat", 0o755, 0, 0);
+    for i in 0..100_000 {
+        t.file(&format!("flat/f{i:06}"), 0o644, i % 7, 0, b"");
+    }
+    t.file("flat/data", 0o600, 0, 0, b"data");
+    registry.push(
+        &layout(src.path(), "v1", &[gzip_layer(t.finish())]),
+        "flat:v1",
+    );
+    let ts = TestStore::new();
+    let mut cfg = config(&[&registry.addr]);
+    // Beyond the default per-directory cap, which stays.
+    cfg.max_entries_per_dir = 200_000;
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(cfg), sock.path()).await;
+    let (_, image) = pull(&mut client, req(&format!("{}/flat:v1", registry.addr))).await;
+    let image = image.unwrap();
+    let ext4 = ts
+        .state
+        .path()
+        .join("images")
+        .join(&image.name)
+        .join("rootfs.ext4");
+    let tree = describe_ext4(&ext4);
+    let flat: Vec<_> = tree
+        .keys()
+        .filter(|p| p.parent() == Some(Path::new("flat")))
+        .collect();
+    assert_eq!(flat.len(), 100_001);
+    let node = |p: &str| &tree[Path::new(p)];
+    assert_eq!(node("flat/f099999").uid, 99_999 % 7);
+    assert_eq!(node("flat/f000000").mode & 0o7777, 0o644);
+    assert_eq!(node("flat/data").content, Some(digest(b"data")));
+
+    // The per-directory cap still refuses more.
+    let ts = TestStore::new();
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(config(&[&registry.addr])), sock.path()).await;
+    let (_, err) = pull(&mut client, req(&format!("{}/flat:v1", registry.addr))).await;
+    assert_eq!(err.unwrap_err().code(), tonic::Code::ResourceExhausted);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1091,7 +1220,7 @@ async fn stopping_the_service_kills_a_running_mke2fs() {
         &layout(src.path(), "v1", &[gzip_layer(t.finish())]),
         "wide:v1",
     );
-    let mut daemon = Daemon::start(&registry.addr, false);
+    let mut daemon = Daemon::start(&registry.addr, false, "mke2fs");
     let socket = daemon.home.path().join("run/imagestore.sock");
     let mut client = banger_proto::imagestore::v1::image_store_client::ImageStoreClient::new(
         banger_proto::rpc::connect(&socket).await.unwrap(),
