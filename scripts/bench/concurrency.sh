@@ -43,10 +43,11 @@ tsc=$(tr '\0' '\n' <"/proc/$(b --json vm show single | python3 -c 'import json,s
   grep -o 'tsc_early_khz=[0-9]*' | head -1 || true)
 b vm rm --force single >/dev/null
 
+# The bare guest's init: print the marker, then idle.
+printf '#!/bin/sh\necho BENCH-BARE-READY\nexec /bin/sh -c "while :; do sleep 3600; done"\n' >"$work/bare-init"
 bare() { # NAME → seconds from QEMU start to the guest init's marker
-  local disk=$work/$1.bare.ext4 log=$work/$1.bare.log t0 pid
+  local disk=$work/bare-$1.ext4 log=$work/bare-$1.log t0 pid
   cp --reflink=auto --sparse=always "$image_ext4" "$disk"
-  printf '#!/bin/sh\necho BENCH-BARE-READY\nexec /bin/sh -c "while :; do sleep 3600; done"\n' >"$work/bare-init"
   debugfs -w -f - "$disk" >/dev/null 2>&1 <<DEBUGFS
 write $work/bare-init /bench-init
 sif /bench-init mode 0100755
@@ -61,10 +62,10 @@ DEBUGFS
     -kernel "$work/vmlinux" \
     -append "console=ttyS0 reboot=k panic=1 root=/dev/vda rw init=/bench-init $tsc" \
     -drive "id=root,file=$disk,format=raw,if=none" -device virtio-blk-device,drive=root \
-    >"$work/$1.bare.qemu.log" 2>&1 &
+    >"$work/bare-$1.qemu.log" 2>&1 &
   pid=$!
   until grep -q BENCH-BARE-READY "$log"; do
-    kill -0 "$pid" 2>/dev/null || { echo "bare QEMU $1 exited:" >&2; tail -n 5 "$work/$1.bare.qemu.log" "$log" >&2; return 1; }
+    kill -0 "$pid" 2>/dev/null || { echo "bare QEMU $1 exited:" >&2; tail -n 5 "$work/bare-$1.qemu.log" "$log" >&2; return 1; }
     sleep 0.1
   done
   awk -v a="$t0" -v b="$(now)" 'BEGIN {printf "%.3f\n", b-a}'
@@ -76,10 +77,10 @@ DEBUGFS
 bare warm >/dev/null
 bare_single=$(bare single)
 for i in $(seq 1 "$n"); do
-  bare "c$i" >"$work/c$i.bare.secs" &
+  bare "$i" >"$work/bare-$i.secs" &
 done
 wait
-cat "$work"/c*.bare.secs >"$work/bare.all"
+cat "$work"/bare-[0-9]*.secs >"$work/bare.all"
 [ "$(wc -l <"$work/bare.all")" = "$n" ] || { echo "only $(wc -l <"$work/bare.all") of $n bare boots succeeded" >&2; exit 1; }
 bare_p50=$(median <"$work/bare.all")
 bare_p95=$(percentile 95 <"$work/bare.all")
