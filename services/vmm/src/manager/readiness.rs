@@ -1,7 +1,11 @@
 //! Readiness: what proves a booted guest is usable. The agent answers
 //! where the image has it, SSH where it has an SSH server; a guest with
 //! neither must at least write to its console. Capabilities the image
-//! cannot have are reported as skipped.
+//! cannot have are reported as skipped. With an agent, "sshd listens" is
+//! what the guest's own socket table says (the agent's WaitListening), so
+//! the host never probes port 22; agent-less images (and agents older
+//! than that call) get the TCP probe. All of it runs while the console is
+//! watched for a first-boot failure (lifecycle.rs).
 
 use std::time::{Duration, Instant};
 
