@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything banger's build and tests need on a fresh Debian 12
 # machine, then builds the workspace. Idempotent.
-#   scripts/setup.sh          packages + tools + build
-#   scripts/setup.sh --deps   packages + tools only
+#   scripts/setup.sh            packages + tools + build (debug: what the tests use)
+#   scripts/setup.sh --deps     packages + tools only
+#   scripts/setup.sh --release  packages + tools + release build into target/release,
+#                               guest bundle included: `target/release/banger up`
+#                               then runs the release services (they sit next to it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -134,6 +137,14 @@ if ! cmp -s scripts/deps/clients.npm "$clients/node/.installed" 2>/dev/null; the
 fi
 
 [ "${1:-}" = "--deps" ] && exit 0
+if [ "${1:-}" = "--release" ]; then
+  log "building the workspace (release)"
+  cargo build --workspace --locked --release
+  log "building the guest bundle into target/release/guest"
+  scripts/build-guest.sh target/release/guest
+  log "done: target/release/banger up starts the release services"
+  exit 0
+fi
 log "building the workspace"
 cargo build --workspace --locked
 log "building the guest bundle (static banger-agent, first-boot, units) into target/debug/guest"

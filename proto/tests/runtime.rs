@@ -8,7 +8,7 @@ use banger_proto::agent::v1::agent_client::AgentClient;
 use banger_proto::agent::v1::agent_server::{Agent, AgentServer};
 use banger_proto::agent::v1::{
     ExecRequest, ExecResponse, FactsRequest, FactsResponse, PingRequest, PingResponse,
-    ShutdownRequest, ShutdownResponse,
+    ShutdownRequest, ShutdownResponse, WaitListeningRequest, WaitListeningResponse,
 };
 use banger_proto::rpc::{self, BoundSocket, RuntimeError, ServeOptions};
 use banger_proto::runtime::v1::GetInfoRequest;
@@ -54,6 +54,13 @@ impl Agent for PeerEcho {
 
     async fn facts(&self, _: Request<FactsRequest>) -> Result<Response<FactsResponse>, Status> {
         Err(rpc::status::unimplemented("facts"))
+    }
+
+    async fn wait_listening(
+        &self,
+        _: Request<WaitListeningRequest>,
+    ) -> Result<Response<WaitListeningResponse>, Status> {
+        Err(rpc::status::unimplemented("wait_listening"))
     }
 }
 

@@ -10,7 +10,7 @@ use banger_proto::agent::v1::agent_client::AgentClient;
 use banger_proto::agent::v1::agent_server::{Agent, AgentServer};
 use banger_proto::agent::v1::{
     ExecRequest, ExecResponse, FactsRequest, FactsResponse, PingRequest, PingResponse,
-    ShutdownRequest, ShutdownResponse,
+    ShutdownRequest, ShutdownResponse, WaitListeningRequest, WaitListeningResponse,
 };
 use banger_proto::rpc::{self, BoundSocket, ServeOptions};
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
@@ -63,6 +63,13 @@ impl Agent for Hop {
 
     async fn facts(&self, _: Request<FactsRequest>) -> Result<Response<FactsResponse>, Status> {
         Err(Status::unimplemented("facts"))
+    }
+
+    async fn wait_listening(
+        &self,
+        _: Request<WaitListeningRequest>,
+    ) -> Result<Response<WaitListeningResponse>, Status> {
+        Err(Status::unimplemented("wait_listening"))
     }
 }
 

@@ -22,6 +22,9 @@ pub enum AgentError {
         cwd: String,
         source: std::io::Error,
     },
+    /// WaitListening named no TCP port.
+    #[error("WaitListening.port {port} is not a TCP port; give 1-65535")]
+    BadPort { port: u32 },
     /// Waiting for the child failed.
     #[error("lost track of the command: {0}")]
     Wait(std::io::Error),
@@ -48,7 +51,9 @@ pub enum AgentError {
 impl GrpcError for AgentError {
     fn grpc_code(&self) -> Code {
         match self {
-            AgentError::NotStarted | AgentError::EmptyArgv => Code::InvalidArgument,
+            AgentError::NotStarted | AgentError::EmptyArgv | AgentError::BadPort { .. } => {
+                Code::InvalidArgument
+            }
             AgentError::ProgramNotFound { .. } => Code::NotFound,
             AgentError::Spawn { .. } => Code::FailedPrecondition,
             AgentError::Wait(_)

@@ -44,12 +44,19 @@ fn main() -> ExitCode {
         Some("first-boot") => return banger_agent::first_boot::main(argv.split_off(2)),
         _ => {}
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BANGER_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
+    // `BANGER_LOG=debug` or `BANGER_LOG=info,banger_agent=trace`: a level
+    // per target (`Targets`), enough inside a guest and no regex engine.
+    let filter: tracing_subscriber::filter::Targets = std::env::var("BANGER_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::INFO)
+        });
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

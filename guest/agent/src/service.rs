@@ -20,6 +20,10 @@ use crate::system;
 /// leaves the guest before the network stack (or the whole VM) goes away.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(300);
 
+/// How often WaitListening rereads the socket tables: reading two small
+/// /proc files costs far less than the host's TCP probe it replaces.
+const LISTEN_POLL: Duration = Duration::from_millis(50);
+
 /// The agent service.
 pub struct AgentService {
     power: Arc<dyn Power>,
@@ -163,6 +167,35 @@ impl Agent for AgentService {
             init_system: f.init.as_str().to_owned(),
             hostname: f.hostname,
             kernel_release: f.kernel_release,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(port = request.get_ref().port))]
+    async fn wait_listening(
+        &self,
+        request: Request<pb::WaitListeningRequest>,
+    ) -> Result<Response<pb::WaitListeningResponse>, Status> {
+        let req = request.into_inner();
+        let port = u16::try_from(req.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or(AgentError::BadPort { port: req.port })?;
+        let started = tokio::time::Instant::now();
+        let deadline = started + Duration::from_millis(u64::from(req.timeout_ms));
+        let address = loop {
+            let root = self.root.clone();
+            let found = tokio::task::spawn_blocking(move || system::listening(&root, port))
+                .await
+                .map_err(|e| Status::internal(format!("reading socket tables panicked: {e}")))?;
+            if found.is_some() || tokio::time::Instant::now() >= deadline {
+                break found;
+            }
+            tokio::time::sleep(LISTEN_POLL).await;
+        };
+        Ok(Response::new(pb::WaitListeningResponse {
+            listening: address.is_some(),
+            address: address.unwrap_or_default(),
+            waited_seconds: started.elapsed().as_secs_f64(),
         }))
     }
 }

@@ -73,6 +73,53 @@ pub fn ping(root: &Path) -> Ping {
     }
 }
 
+/// The first socket in the guest's TCP tables (`proc/net/tcp`, then
+/// `proc/net/tcp6`) that listens on `port` on a non-loopback address, as
+/// `ip:port`; `None` while nothing does. Missing tables (no IPv6) count as
+/// empty: readiness must never fail, only wait.
+pub fn listening(root: &Path, port: u16) -> Option<String> {
+    ["proc/net/tcp", "proc/net/tcp6"].iter().find_map(|table| {
+        let text = std::fs::read_to_string(root.join(table)).ok()?;
+        text.lines()
+            .skip(1)
+            .filter_map(parse_tcp_line)
+            .find(|(addr, state)| {
+                *state == TCP_LISTEN && addr.port() == port && !addr.ip().is_loopback()
+            })
+            .map(|(addr, _)| addr.to_string())
+    })
+}
+
+/// `TCP_LISTEN` in the kernel's `st` column.
+const TCP_LISTEN: u8 = 0x0A;
+
+/// One row of `/proc/net/tcp{,6}`: `sl local rem st ...`, where `local` is
+/// the address as the kernel's 32-bit words in host byte order, in hex,
+/// then `:` and the port in hex.
+fn parse_tcp_line(line: &str) -> Option<(std::net::SocketAddr, u8)> {
+    let mut cols = line.split_whitespace();
+    let (_sl, local, _rem, state) = (cols.next()?, cols.next()?, cols.next()?, cols.next()?);
+    let (ip_hex, port_hex) = local.split_once(':')?;
+    let port = u16::from_str_radix(port_hex, 16).ok()?;
+    let state = u8::from_str_radix(state, 16).ok()?;
+    let mut bytes = Vec::with_capacity(16);
+    for word in 0..ip_hex.len() / 8 {
+        let w = u32::from_str_radix(ip_hex.get(word * 8..word * 8 + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&w.to_ne_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => std::net::IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => {
+            let v6 = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?);
+            // A v4-mapped loopback is loopback too.
+            v6.to_ipv4_mapped()
+                .map_or(v6.into(), std::net::IpAddr::from)
+        }
+        _ => return None,
+    };
+    Some((std::net::SocketAddr::new(ip, port), state))
+}
+
 /// Which init system is PID 1.
 pub fn detect_init(root: &Path) -> InitSystem {
     let comm = read_trimmed(root, "proc/1/comm");
@@ -178,6 +225,61 @@ mod tests {
         assert_eq!(detect_init(r), InitSystem::Other);
         std::fs::create_dir_all(r.join("run/openrc")).unwrap();
         assert_eq!(detect_init(r), InitSystem::Openrc);
+    }
+
+    #[test]
+    fn listening_reads_both_tables_and_ignores_loopback_and_other_states() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("proc/net")).unwrap();
+        let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+        // 127.0.0.1:22 listening, 10.0.0.2:22 established, *:8080 listening.
+        std::fs::write(
+            r.join("proc/net/tcp"),
+            format!(
+                "{header}   0: 0100007F:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n\
+                    1: 0200000A:0016 0100000A:C350 01 00000000:00000000 00:00000000 00000000     0        0 2 1\n\
+                    2: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3 1\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            listening(r, 22),
+            None,
+            "loopback and established sockets do not count"
+        );
+        assert_eq!(listening(r, 8080).as_deref(), Some("0.0.0.0:8080"));
+        // sshd on [::]:22 (tcp6 all-zero address).
+        std::fs::write(
+            r.join("proc/net/tcp6"),
+            format!(
+                "{header}   0: 00000000000000000000000000000000:0016 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4 1\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(listening(r, 22).as_deref(), Some("[::]:22"));
+        // ::1 and ::ffff:127.0.0.1 are loopback.
+        std::fs::write(
+            r.join("proc/net/tcp6"),
+            format!(
+                "{header}   0: 00000000000000000000000001000000:0016 00000000000000000000000000000000:0000 0A 0 0 0 0 0 4 1\n\
+                    1: 0000000000000000FFFF00000100007F:0016 00000000000000000000000000000000:0000 0A 0 0 0 0 0 5 1\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(listening(r, 22), None);
+    }
+
+    #[test]
+    fn listening_sees_a_real_socket_on_this_host() {
+        let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(
+            listening(Path::new("/"), port),
+            Some(format!("0.0.0.0:{port}"))
+        );
+        drop(l);
+        assert_eq!(listening(Path::new("/"), port), None);
     }
 
     #[test]

@@ -81,3 +81,55 @@ async fn shutdown_replies_then_powers_off() {
     calls.sort();
     assert_eq!(calls, vec![false, true]);
 }
+
+/// WaitListening waits for a socket that starts listening late, answers
+/// `false` when nothing listens in time, and refuses port 0.
+#[tokio::test]
+async fn wait_listening_sees_a_late_listener() {
+    use banger_proto::agent::v1::WaitListeningRequest;
+    let (_dir, channel, _) = start().await;
+    let mut client = AgentClient::new(channel);
+    // A free port, then nothing on it for 600 ms.
+    let port = std::net::TcpListener::bind("0.0.0.0:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let none = client
+        .wait_listening(WaitListeningRequest {
+            port: u32::from(port),
+            timeout_ms: 300,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!none.listening, "{none:?}");
+    assert!(none.waited_seconds >= 0.3, "{none:?}");
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        std::net::TcpListener::bind(("0.0.0.0", port)).unwrap()
+    });
+    let seen = client
+        .wait_listening(WaitListeningRequest {
+            port: u32::from(port),
+            timeout_ms: 10_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(seen.listening, "{seen:?}");
+    assert_eq!(seen.address, format!("0.0.0.0:{port}"));
+    assert!(
+        seen.waited_seconds >= 0.5,
+        "answered before the listener: {seen:?}"
+    );
+    drop(late.await.unwrap());
+    let bad = client
+        .wait_listening(WaitListeningRequest {
+            port: 0,
+            timeout_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+}

@@ -312,6 +312,12 @@ mod tests {
         ) -> Result<tonic::Response<FactsResponse>, tonic::Status> {
             Err(tonic::Status::unimplemented("fake"))
         }
+        async fn wait_listening(
+            &self,
+            _: tonic::Request<WaitListeningRequest>,
+        ) -> Result<tonic::Response<WaitListeningResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("fake"))
+        }
     }
 
     /// A fake hybrid-vsock socket: closes the first `refuse` connections

@@ -207,6 +207,21 @@ impl Guest for RecordingGuest {
         }
         Ok("test-double".into())
     }
+    async fn wait_listening(
+        &self,
+        _: &Path,
+        _: u16,
+        timeout: Duration,
+    ) -> Result<crate::guest::Listening> {
+        self.log("wait_listening");
+        if self.unreachable {
+            tokio::time::sleep(timeout).await;
+            return Ok(crate::guest::Listening::No);
+        }
+        Ok(crate::guest::Listening::Yes {
+            address: "0.0.0.0:22".into(),
+        })
+    }
     async fn shutdown(&self, _: &Path) -> Result<()> {
         self.log("shutdown");
         Ok(())

@@ -138,3 +138,103 @@ async fn run(kernel: PathBuf, agent: PathBuf) {
     server.await.unwrap().unwrap();
     sh("ip link del bgagent0");
 }
+
+/// Readiness for an image with the agent and sshd comes from inside the
+/// guest: a stand-in sshd (busybox `nc`) that starts listening 8 s after
+/// the agent answers. Create must not return before it listens (the
+/// first connection from the host succeeds at once), and the host must
+/// not have probed port 22 itself (the stand-in logs every connection on
+/// the console: exactly one, ours).
+#[test]
+fn readiness_waits_inside_the_guest_for_a_late_sshd() {
+    banger_test_support::require_program("qemu-system-x86_64", "qemu-system-x86");
+    banger_test_support::require_program("vhost-device-vsock", "(cargo) vhost-device-vsock");
+    let kernel = banger_test_support::fixtures::kernel_vmlinux();
+    let agent = agent_binary();
+    banger_test_support::netns::in_new_netns(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(late_sshd(kernel, agent));
+    });
+}
+
+async fn late_sshd(kernel: PathBuf, agent: PathBuf) {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    sh(
+        "ip tuntap add dev bglate0 mode tap && ip addr add 10.99.0.1/24 dev bglate0 \
+        && ip link set bglate0 up",
+    );
+    let fake_sshd = dir.path().join("fake-sshd");
+    std::fs::write(
+        &fake_sshd,
+        "#!/bin/sh\necho FAKE-SSHD-CONNECTION > /dev/console\necho SSH-2.0-banger-late-test\n",
+    )
+    .unwrap();
+    let image = common::busybox_ext4_with(
+        dir.path(),
+        &[
+            ("bin/banger-agent", agent.as_path()),
+            ("bin/fake-sshd", fake_sshd.as_path()),
+        ],
+        "/bin/busybox mount -t devtmpfs devtmpfs /dev\n\
+         /bin/busybox --install -s /bin\n\
+         export PATH=/bin\n\
+         /bin/banger-agent &\n\
+         (sleep 8; echo FAKE-SSHD-LISTENING > /dev/console; nc -ll -p 22 -e /bin/fake-sshd) &\n\
+         while true; do /bin/busybox sleep 3600; done",
+    );
+    let peers = Arc::new(
+        RecordingPeers::new(image, kernel, "bglate0")
+            .with_agent()
+            .with_ssh_server(),
+    );
+    let mgr = manager(dir.path(), peers.clone());
+    let (mut client, stop_tx, server) = common::serve(dir.path(), mgr).await;
+
+    let (phases, vm) = create(&mut client, "latessh", "generic-6.12")
+        .await
+        .unwrap();
+    println!("TIMING late-sshd create phases: {}", phases.join(", "));
+    // At once, one attempt: sshd must be listening now.
+    let mut stream = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::net::TcpStream::connect(("10.99.0.5", 22)),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("create returned before sshd listened");
+    let mut banner = [0u8; 4];
+    stream.read_exact(&mut banner).await.unwrap();
+    assert_eq!(&banner, b"SSH-");
+    drop(stream);
+    let ssh = vm.probes.iter().find(|p| p.capability == "ssh").unwrap();
+    assert_eq!(ssh.state, "ready", "{ssh:?}");
+    assert!(
+        ssh.detail.contains("inside the guest"),
+        "readiness did not come from the agent: {ssh:?}"
+    );
+    let text = wait_console(&mut client, "latessh", "FAKE-SSHD-CONNECTION").await;
+    assert!(text.contains("FAKE-SSHD-LISTENING"), "{text}");
+    // Give a stray probe's log line time to land before counting.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let text = common::console(&mut client, "latessh").await;
+    assert_eq!(
+        text.matches("FAKE-SSHD-CONNECTION").count(),
+        1,
+        "the host probed port 22 itself:\n{text}"
+    );
+
+    client
+        .delete_vm(pb::DeleteVmRequest {
+            name: "latessh".into(),
+            force: true,
+        })
+        .await
+        .unwrap();
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+    sh("ip link del bglate0");
+}

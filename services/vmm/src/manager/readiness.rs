@@ -1,7 +1,11 @@
 //! Readiness: what proves a booted guest is usable. The agent answers
 //! where the image has it, SSH where it has an SSH server; a guest with
 //! neither must at least write to its console. Capabilities the image
-//! cannot have are reported as skipped.
+//! cannot have are reported as skipped. With an agent, "sshd listens" is
+//! what the guest's own socket table says (the agent's WaitListening), so
+//! the host never probes port 22; agent-less images (and agents older
+//! than that call) get the TCP probe. All of it runs while the console is
+//! watched for a first-boot failure (lifecycle.rs).
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +15,7 @@ use super::progress::Phases;
 use super::{Manager, VmView};
 use crate::error::{Error, Result, Want};
 use crate::firstboot::{ConsoleFollower, GuestFailure};
+use crate::guest::Listening;
 use crate::record::{VmRecord, VmState};
 
 /// The result of one readiness probe.
@@ -49,15 +54,23 @@ impl Manager {
         match (&vm.lease, vm.image.has_ssh_server) {
             (Some(lease), true) => {
                 let remaining = timeout.saturating_sub(started.elapsed());
-                wait_ssh(&lease.ip, remaining).await?;
+                let seen = if vm.image.has_agent {
+                    self.ssh_listening_inside(vm, &lease.ip, remaining).await?
+                } else {
+                    None
+                };
+                let how = match seen {
+                    Some(address) => format!("sshd listens on {address} inside the guest"),
+                    None => {
+                        let remaining = timeout.saturating_sub(started.elapsed());
+                        wait_ssh(&lease.ip, remaining).await?;
+                        format!("{}:22 answers", lease.ip)
+                    }
+                };
                 probes.push(Probe {
                     capability: "ssh",
                     state: "ready",
-                    detail: format!(
-                        "{}:22 answers after {:.1}s",
-                        lease.ip,
-                        started.elapsed().as_secs_f64()
-                    ),
+                    detail: format!("{how} after {:.1}s", started.elapsed().as_secs_f64()),
                 });
             }
             _ => probes.push(Probe {
@@ -77,6 +90,28 @@ impl Manager {
             });
         }
         Ok(probes)
+    }
+
+    /// Asks the agent (which has answered already) to wait until sshd
+    /// listens, as the guest's own socket table shows it: no TCP probe
+    /// from the host, so sshd forks no throwaway child under a slow guest.
+    /// `None` when the agent is too old to tell: probe TCP instead.
+    async fn ssh_listening_inside(
+        &self,
+        vm: &VmRecord,
+        ip: &str,
+        timeout: Duration,
+    ) -> Result<Option<String>> {
+        let vsock = self.inner.store.paths_of(vm).vsock();
+        match self.inner.guest.wait_listening(&vsock, 22, timeout).await? {
+            Listening::Yes { address } => Ok(Some(address)),
+            Listening::Unsupported => Ok(None),
+            Listening::No => Err(Error::SshNotReady {
+                ip: ip.into(),
+                timeout,
+                last: "the guest agent saw nothing listening on port 22".into(),
+            }),
+        }
     }
 
     /// Waits until a VM is ready (for `WaitReady`).
