@@ -36,6 +36,7 @@ impl GrpcError for Error {
                 Code::DeadlineExceeded
             }
             Error::Agent(_) | Error::AgentCall { .. } => Code::Unavailable,
+            Error::CallerGone { .. } => Code::Cancelled,
             Error::TaskFailed { .. } => Code::Internal,
         }
     }
