@@ -4,6 +4,9 @@
 mod commands;
 mod context;
 mod output;
+mod progress;
+mod registry_auth;
+mod ssh;
 
 use std::process::ExitCode;
 

@@ -1,5 +1,16 @@
 //! How the CLI prints: tables for people, JSON with `--json`, and errors
-//! that say what to do.
+//! that say what to do. Progress of long operations is `crate::progress`.
+//!
+//! The one `--json` rule: a command that prints a result builds a view
+//! type (`#[derive(Serialize)]`, named `…View`, in the command's
+//! `render.rs` or beside its handler) from the generated message, and both outputs come
+//! from that one value: `--json` is [`print_json`] of it, the table or the
+//! `key: value` lines are rendered from its fields, so the two cannot drift
+//! and the JSON field names are the CLI's, not the wire's. No
+//! `serde_json::json!` literals, no serde on generated types. A command
+//! that only deletes prints [`Deleted`]. Progress, notes and warnings go to
+//! stderr (progress is silent under `--json`); stdout carries only the
+//! result.
 
 use std::process::ExitCode;
 
@@ -24,6 +35,13 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `{"deleted": NAME}`: what `vm rm`, `kernel rm` and `image rm` print
+/// under `--json`.
+#[derive(Debug, serde::Serialize)]
+pub struct Deleted {
+    pub deleted: String,
+}
+
 /// Prints an error (with gRPC statuses reduced to their message) and
 /// returns the failure exit code.
 pub fn fail(err: &anyhow::Error) -> ExitCode {
@@ -33,78 +51,6 @@ pub fn fail(err: &anyhow::Error) -> ExitCode {
         eprintln!("banger: {err:#}");
     }
     ExitCode::FAILURE
-}
-
-/// The one renderer of a long call's phases (`vm create`, `image
-/// prepare`): a spinner showing the running phase, its message and count,
-/// and the ended phases' durations for `--timings`. Hidden under `--json`.
-pub struct PhaseBar {
-    bar: Option<indicatif::ProgressBar>,
-    /// Without a terminal (logs, CI) progress is printed as lines: the
-    /// last one printed, and the quarter of a count it reached.
-    lines: Option<(String, u64)>,
-    /// Ended phases: name, seconds, and how it went (e.g. the disk
-    /// phase's `reflink`).
-    pub timings: Vec<(String, f64, String)>,
-}
-
-impl PhaseBar {
-    pub fn new(hidden: bool) -> PhaseBar {
-        use std::io::IsTerminal;
-        let terminal = std::io::stderr().is_terminal();
-        let lines = (!hidden && !terminal).then(|| (String::new(), 0));
-        let bar = (!hidden && terminal).then(|| {
-            let bar = indicatif::ProgressBar::new_spinner();
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-                    .expect("valid"),
-            );
-            bar.enable_steady_tick(std::time::Duration::from_millis(120));
-            bar
-        });
-        PhaseBar {
-            bar,
-            lines,
-            timings: Vec::new(),
-        }
-    }
-
-    /// One progress event: a phase that ended (`seconds` > 0), or one that
-    /// started or moved on.
-    pub fn event(&mut self, phase: &str, message: &str, done: u64, total: u64, seconds: f64) {
-        if seconds > 0.0 {
-            self.timings
-                .push((phase.to_owned(), seconds, message.to_owned()));
-            return;
-        }
-        let text = if message.is_empty() {
-            phase.to_owned()
-        } else {
-            format!("{phase}: {message}")
-        };
-        let counted = if total > 0 {
-            format!("{text} ({done}/{total})")
-        } else {
-            text.clone()
-        };
-        if let Some(bar) = &self.bar {
-            bar.set_message(counted);
-        } else if let Some((last, quarter)) = &mut self.lines {
-            // A new message, or a count past the next quarter: one line.
-            let q = (done * 4).checked_div(total).unwrap_or(0);
-            if *last != text || q > *quarter {
-                eprintln!("banger: {counted}");
-                *last = text;
-                *quarter = q;
-            }
-        }
-    }
-
-    pub fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
 }
 
 /// How long ago unix time `unix` was, e.g. `5m`.
@@ -135,9 +81,34 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
+/// Unix time `unix` as RFC 3339 (UTC, seconds), or `-` before 1970.
+pub fn timestamp(unix: i64) -> String {
+    u64::try_from(unix)
+        .ok()
+        .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The first 12 hex digits of a `sha256:…` digest; other text as it is.
+pub fn short_digest(digest: &str) -> String {
+    digest
+        .split_once(':')
+        .map(|(_, h)| h.chars().take(12).collect())
+        .unwrap_or_else(|| digest.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::human_bytes;
+    use super::{human_bytes, short_digest, timestamp};
+
+    #[test]
+    fn digests_and_times() {
+        assert_eq!(short_digest("sha256:0123456789abcdef"), "0123456789ab");
+        assert_eq!(short_digest(""), "");
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(timestamp(-1), "-");
+    }
 
     #[test]
     fn human_sizes() {

@@ -5,8 +5,10 @@
 //! kernel imported as `generic-6.12`; `vm create --nat` under QEMU TCG;
 //! `vm ssh -- id`, which verifies the VM's own host key (and refuses any
 //! other); `vm exec`; a vmm restart with a VM running; two VMs that cannot
-//! reach each other; a vmm killed during create; stop/start/rm; and after rm
-//! no tap, lease, nftables element, disk, record or known_hosts entry left.
+//! reach each other; `vm run --rm` of the pulled reference (the image store
+//! names it, no second pull); a vmm killed during create; stop/start/rm;
+//! and after rm no tap, lease, nftables element, disk, record or
+//! known_hosts entry left.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -614,6 +616,37 @@ fn vm_lifecycle_end_to_end() {
             "FIGURES create→ready: generic-6.12 {fixture_ready:.1?}; debian-6.12 {debian_ready:.1?} \
              ({:.2}x), {with_pull:.1?} with the kernel pull",
             debian_ready.as_secs_f64() / fixture_ready.as_secs_f64()
+        );
+
+        // `vm run`: the image store names the image from the reference and
+        // finds it stored (no second pull, no new image); the session's
+        // output is ours, and --rm removes the VM and its pinned host key.
+        let images_before = env.json(&["image", "list"]).as_array().unwrap().len();
+        let ran = env.ok(&[
+            "vm",
+            "run",
+            "docker.io/library/debian:bookworm",
+            "--name",
+            "runbox",
+            "--rm",
+            "--",
+            "echo",
+            "ran-in-runbox",
+        ]);
+        assert!(ran.contains("ran-in-runbox"), "{ran}");
+        assert_eq!(
+            env.json(&["image", "list"]).as_array().unwrap().len(),
+            images_before
+        );
+        assert!(
+            !env.json(&["vm", "list"]).to_string().contains("runbox"),
+            "vm run --rm deleted its VM"
+        );
+        assert!(
+            !env.user_home
+                .join(".config/banger/known_hosts.d/runbox")
+                .exists(),
+            "and forgot its host key"
         );
 
         // `down --stop-vms` stops the VM cleanly before the services; after

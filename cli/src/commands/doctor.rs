@@ -38,6 +38,14 @@ pub struct Finding {
     pub detail: String,
 }
 
+/// `banger doctor --json`: whether nothing blocks VM creation, and every
+/// check (the table's rows).
+#[derive(Debug, Serialize)]
+struct DoctorView<'a> {
+    ok: bool,
+    checks: &'a [Finding],
+}
+
 fn finding(check: &str, severity: Severity, detail: impl Into<String>) -> Finding {
     Finding {
         check: check.to_owned(),
@@ -74,7 +82,10 @@ pub async fn doctor(ctx: &Context, _args: DoctorArgs) -> Result<ExitCode> {
 
     let blocked = findings.iter().any(|f| f.severity == Severity::Fail);
     if ctx.json {
-        output::print_json(&serde_json::json!({ "ok": !blocked, "checks": findings }))?;
+        output::print_json(&DoctorView {
+            ok: !blocked,
+            checks: &findings,
+        })?;
     } else {
         let mut table = output::table(["CHECK", "STATUS", "DETAIL"]);
         for f in &findings {

@@ -45,12 +45,27 @@ pub struct StatusArgs {}
 
 /// One row of `banger status`.
 #[derive(Debug, Serialize)]
-struct ServiceStatus {
+struct ServiceView {
     service: String,
     socket: PathBuf,
     pid: Option<u32>,
     version: Option<String>,
     health: String,
+}
+
+/// `banger down --json`: the services it stopped and the VMs it left
+/// running.
+#[derive(Debug, Serialize)]
+struct DownView {
+    stopped: Vec<StoppedView>,
+    vms_left_running: Vec<String>,
+}
+
+/// A service `banger down` stopped.
+#[derive(Debug, Serialize)]
+struct StoppedView {
+    service: String,
+    pid: u32,
 }
 
 pub async fn up(ctx: &Context, args: UpArgs) -> Result<ExitCode> {
@@ -154,13 +169,16 @@ pub async fn down(ctx: &Context, args: DownArgs) -> Result<ExitCode> {
         if !ctx.json {
             eprintln!("{service}: stopped (pid {pid})");
         }
-        stopped.push(serde_json::json!({"service": service.short_name(), "pid": pid}));
+        stopped.push(StoppedView {
+            service: service.short_name().to_owned(),
+            pid,
+        });
     }
     if ctx.json {
-        output::print_json(&serde_json::json!({
-            "stopped": stopped,
-            "vms_left_running": running,
-        }))?;
+        output::print_json(&DownView {
+            stopped,
+            vms_left_running: running,
+        })?;
     } else {
         if stopped.is_empty() {
             eprintln!("no banger services were running");
@@ -205,7 +223,7 @@ pub async fn status(ctx: &Context, _args: StatusArgs) -> Result<ExitCode> {
     })
 }
 
-async fn collect_status(ctx: &Context) -> Vec<ServiceStatus> {
+async fn collect_status(ctx: &Context) -> Vec<ServiceView> {
     let mut out = Vec::new();
     for service in Service::ALL {
         let socket = ctx.config.paths.socket(service);
@@ -234,7 +252,7 @@ async fn collect_status(ctx: &Context) -> Vec<ServiceStatus> {
                 )
             }
         };
-        out.push(ServiceStatus {
+        out.push(ServiceView {
             service: service.short_name().to_owned(),
             socket,
             pid,

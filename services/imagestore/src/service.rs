@@ -134,6 +134,7 @@ impl ImageStore for ImageStoreService {
             kernel_ref: r.kernel_ref,
             platform: r.platform,
             force: r.force,
+            if_missing: r.if_missing,
             credentials: r
                 .credentials
                 .into_iter()

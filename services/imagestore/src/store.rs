@@ -59,6 +59,9 @@ pub struct PullRequest {
     pub kernel_ref: String,
     pub platform: String,
     pub force: bool,
+    /// An image already stored under the name is the answer, as it is:
+    /// no registry is asked (ignored with `force`).
+    pub if_missing: bool,
     pub credentials: Vec<Credentials>,
     /// Once set, the build stops and its child processes are killed
     /// (downloads go on for the next pull). The service never sets it: a
@@ -313,6 +316,12 @@ impl Store {
         let lock = self.name_lock(&name);
         let _name = lock.lock().await;
         let _gate = self.gate.read().await;
+        if req.if_missing
+            && !req.force
+            && let Some(r) = self.read(&name)?
+        {
+            return self.reuse(&r, &req.kernel_ref).await;
+        }
         let send = |p: Progress| {
             let _ = tx.send(p);
         };

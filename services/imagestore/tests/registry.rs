@@ -116,6 +116,39 @@ async fn busybox_pull_list_hold_delete_prune() {
     )
     .await;
     assert_eq!(pinned.unwrap().created_unix, image.created_unix);
+    // Pull if missing (`vm run`): a stored image of the derived name is the
+    // answer as it is, and no registry is asked (this one is not there).
+    let (events, kept) = pull(
+        &mut client,
+        pb::PullImageRequest {
+            if_missing: true,
+            ..req("127.0.0.1:9/busybox:latest")
+        },
+    )
+    .await;
+    let kept = kept.unwrap();
+    assert_eq!(
+        (kept.name.as_str(), kept.created_unix),
+        ("busybox-latest", image.created_unix)
+    );
+    assert!(events.is_empty(), "{events:?}");
+    // A missing name is pulled.
+    let (_, fresh) = pull(
+        &mut client,
+        pb::PullImageRequest {
+            name: "bb-missing".into(),
+            if_missing: true,
+            ..req(&reference)
+        },
+    )
+    .await;
+    assert_eq!(fresh.unwrap().name, "bb-missing");
+    client
+        .delete_image(pb::DeleteImageRequest {
+            name: "bb-missing".into(),
+        })
+        .await
+        .unwrap();
     // A new --kernel-ref on a built digest updates the record, no rebuild.
     let (_, rekerneled) = pull(
         &mut client,

@@ -13,7 +13,8 @@ impl GrpcError for Error {
             | Error::Invalid(_)
             | Error::InvalidSize { .. }
             | Error::UnknownHypervisor { .. }
-            | Error::BadExecStream { .. } => Code::InvalidArgument,
+            | Error::BadExecStream { .. }
+            | Error::InvalidDigest { .. } => Code::InvalidArgument,
             Error::NotFound { .. } => Code::NotFound,
             Error::AlreadyExists { .. } => Code::AlreadyExists,
             Error::WrongState { .. } | Error::NoAgent { .. } | Error::BackendUnavailable { .. } => {
@@ -28,9 +29,9 @@ impl GrpcError for Error {
             | Error::LaunchFailed { .. }
             | Error::HypervisorApi { .. } => Code::FailedPrecondition,
             Error::Boot { .. } | Error::FirstBootFailed { .. } => Code::Aborted,
-            Error::PreparationFailed { .. } | Error::NothingToPrepare { .. } => {
-                Code::FailedPrecondition
-            }
+            Error::PreparationFailed { .. }
+            | Error::NothingToPrepare { .. }
+            | Error::PreparationRunning { .. } => Code::FailedPrecondition,
             Error::EvidenceKept { source, .. } => source.grpc_code(),
             Error::AgentNotReady(_) | Error::SshNotReady { .. } | Error::ConsoleSilent { .. } => {
                 Code::DeadlineExceeded

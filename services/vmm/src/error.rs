@@ -135,6 +135,12 @@ pub enum Error {
         why: String,
         log: PathBuf,
     },
+    /// An image digest that is not `sha256:<hex>` (names a prepared copy).
+    #[error("the image digest {digest:?} is not of the form sha256:<hex>")]
+    InvalidDigest { digest: String },
+    /// A prepared copy cannot be dropped while its preparation runs.
+    #[error("image {digest} is being prepared; try again when that has finished")]
+    PreparationRunning { digest: String },
     #[error("image {image} needs no preparation: {why}")]
     NothingToPrepare { image: String, why: &'static str },
     /// The caller of a create went away: only it wanted the VM, so the

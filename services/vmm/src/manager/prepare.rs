@@ -102,10 +102,9 @@ impl PreparedStore {
                 && hex.bytes().all(|b| b.is_ascii_hexdigit())
         });
         if !ok {
-            return Err(Error::tool(
-                "prepare",
-                format!("the image digest {digest:?} is not of the form sha256:<hex>"),
-            ));
+            return Err(Error::InvalidDigest {
+                digest: digest.to_string(),
+            });
         }
         Ok(digest.replacen(':', "-", 1))
     }
@@ -269,10 +268,9 @@ impl Manager {
     /// --force`). Refused while a preparation of it runs.
     pub fn drop_prepared(&self, digest: &str) -> Result<bool> {
         if self.inflight(digest).is_some() {
-            return Err(Error::tool(
-                "prepare",
-                format!("image {digest} is being prepared; try again when that has finished"),
-            ));
+            return Err(Error::PreparationRunning {
+                digest: digest.to_string(),
+            });
         }
         self.prepared_store().remove(digest)
     }
@@ -551,7 +549,10 @@ impl Manager {
             };
             for event in follower.poll() {
                 if let Some(failure) = GuestFailure::from_event(&event) {
-                    return Err(Error::tool("first boot", failure.to_string()));
+                    return Err(Error::FirstBootFailed {
+                        vm: id.to_string(),
+                        failure,
+                    });
                 }
                 match event {
                     FirstBootEvent::Installing { manager, packages } => send(
@@ -612,14 +613,13 @@ impl Manager {
                 return Ok(packages.clone());
             }
             if Instant::now() >= deadline {
-                return Err(Error::tool(
-                    "prepare",
-                    format!(
-                        "first boot did not finish within {}s ([vmm] prepare_timeout_secs); last console lines:\n{}",
-                        timeout.as_secs(),
-                        super::console_tail(&paths.console_log())
+                return Err(Error::Boot {
+                    cause: format!(
+                        "first boot did not finish within {}s ([vmm] prepare_timeout_secs)",
+                        timeout.as_secs()
                     ),
-                ));
+                    console_tail: super::console_tail(&paths.console_log()),
+                });
             }
         }
     }
