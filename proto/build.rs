@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
     "banger/runtime/v1/info.proto",
+    "banger/runtime/v1/progress.proto",
     "banger/kernelcat/v1/kernelcat.proto",
     "banger/imagestore/v1/imagestore.proto",
     "banger/netd/v1/netd.proto",

@@ -1,10 +1,11 @@
 //! The one renderer of every streamed long operation: kernel pull and
 //! import, image pull, import and prepare, VM create.
 //!
-//! Its input is [`Update`], a small CLI-side struct; the conversions from
-//! each service's generated progress message are the `From` impls below and
-//! live nowhere else, so a change of the wire message is a change of this
-//! file only. On a terminal it draws a spinner (or a byte bar) for the
+//! Its input is [`Update`], a small CLI-side struct; the one conversion
+//! from the wire's common progress message (`banger.runtime.v1.Progress`,
+//! each stream event's `update`, read through
+//! `banger_proto::rpc::progress::LongEvent::into_step`) is the `From` impl
+//! below and lives nowhere else. On a terminal it draws a spinner (or a byte bar) for the
 //! operation and one byte bar per item (an image layer); without a
 //! terminal (logs, CI) it prints lines instead: one per new message and per
 //! quarter of a count. Under `--json` it draws nothing.
@@ -13,9 +14,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use banger_proto::imagestore::v1 as img;
-use banger_proto::kernelcat::v1 as kc;
-use banger_proto::vmm::v1 as vmm;
+use banger_proto::runtime::v1::{self as rt, ProgressUnit};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::output;
@@ -48,49 +47,21 @@ pub struct Update {
     pub seconds: f64,
 }
 
-/// vmm's `vm create` and `image prepare` steps.
-impl From<&vmm::CreateVmProgress> for Update {
-    fn from(p: &vmm::CreateVmProgress) -> Self {
+/// Every service's update: the common `banger.runtime.v1.Progress` (an
+/// image layer's updates name it in `subject`).
+impl From<&rt::Progress> for Update {
+    fn from(p: &rt::Progress) -> Self {
         Update {
             phase: p.phase.clone(),
             message: p.message.clone(),
-            item: String::new(),
+            item: output::short_digest(&p.subject),
             done: p.done,
             total: p.total,
-            unit: Unit::Items,
+            unit: match p.unit() {
+                ProgressUnit::Bytes => Unit::Bytes,
+                ProgressUnit::Items | ProgressUnit::Unspecified => Unit::Items,
+            },
             seconds: p.seconds,
-        }
-    }
-}
-
-/// imagestore's pull and import: per layer (`downloading`, and
-/// `unpacking`, which starts while the download still runs), else for the
-/// whole image.
-impl From<&img::ImageProgress> for Update {
-    fn from(p: &img::ImageProgress) -> Self {
-        Update {
-            phase: p.phase.clone(),
-            message: p.message.clone(),
-            item: output::short_digest(&p.layer),
-            done: p.bytes_done,
-            total: p.bytes_total,
-            unit: Unit::Bytes,
-            seconds: 0.0,
-        }
-    }
-}
-
-/// kernelcat's kernel pull.
-impl From<&kc::PullProgress> for Update {
-    fn from(p: &kc::PullProgress) -> Self {
-        Update {
-            phase: p.phase.clone(),
-            message: String::new(),
-            item: String::new(),
-            done: p.bytes_done,
-            total: p.bytes_total,
-            unit: Unit::Bytes,
-            seconds: 0.0,
         }
     }
 }
@@ -306,13 +277,7 @@ mod tests {
     use super::*;
 
     fn step(phase: &str, message: &str, done: u64, total: u64) -> Update {
-        Update::from(&vmm::CreateVmProgress {
-            phase: phase.into(),
-            message: message.into(),
-            done,
-            total,
-            seconds: 0.0,
-        })
+        Update::from(&rt::Progress::phase(phase, message).counted(done, total, ProgressUnit::Items))
     }
 
     #[test]
@@ -343,13 +308,11 @@ mod tests {
     #[test]
     fn image_layers_are_items_counted_in_bytes() {
         let layer = |phase: &str, done| {
-            Update::from(&img::ImageProgress {
-                phase: phase.into(),
-                layer: "sha256:0123456789abcdef0123".into(),
-                bytes_done: done,
-                bytes_total: 2048,
-                message: String::new(),
-            })
+            Update::from(
+                &rt::Progress::phase(phase, "")
+                    .counted(done, 2048, ProgressUnit::Bytes)
+                    .about("sha256:0123456789abcdef0123"),
+            )
         };
         let mut lines = Lines::default();
         assert_eq!(
@@ -360,21 +323,18 @@ mod tests {
             lines.line(&layer("unpacking", 0)).as_deref(),
             Some("0123456789ab unpacking (0 B/2.0 KiB)")
         );
-        let whole = Update::from(&img::ImageProgress {
-            phase: "building".into(),
-            ..Default::default()
-        });
+        let whole = Update::from(&rt::Progress::phase("building", ""));
         assert_eq!(whole.item, "");
         assert_eq!(lines.line(&whole).as_deref(), Some("building"));
     }
 
     #[test]
     fn kernel_pulls_count_bytes() {
-        let u = Update::from(&kc::PullProgress {
-            phase: "downloading".into(),
-            bytes_done: 3 << 20,
-            bytes_total: 0,
-        });
+        let u = Update::from(&rt::Progress::phase("downloading", "").counted(
+            3 << 20,
+            0,
+            ProgressUnit::Bytes,
+        ));
         assert_eq!(
             (u.unit, counted(&u).as_str()),
             (Unit::Bytes, "downloading (3.0 MiB)")
@@ -385,12 +345,7 @@ mod tests {
     fn ended_phases_are_timings_not_drawn() {
         let mut p = Progress::new(true);
         p.update(step("booting", "", 0, 0));
-        p.update(&vmm::CreateVmProgress {
-            phase: "disk".into(),
-            message: "reflink".into(),
-            seconds: 0.5,
-            ..Default::default()
-        });
+        p.update(&rt::Progress::phase("disk", "reflink").ended(0.5));
         assert_eq!(
             p.timings(),
             [Timing {

@@ -12,7 +12,8 @@ client side. Stubs are generated from banger's own .proto files:
 Conventions (README, "The gRPC API for other tools"):
 - dial `unix:` + the socket path; the server accepts whatever `:authority`
   the client sends for it (grpcio sends the path; that is fine);
-- long operations (`CreateVm`) stream progress events, then one final result;
+- long operations (`CreateVm`) stream events carrying one progress message
+  (`update`, a `banger.runtime.v1.Progress`), then one final result (`done`);
   closing the stream early cancels a create only this caller wanted;
 - errors are gRPC status codes (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,
   FAILED_PRECONDITION, UNAVAILABLE…) with a message a person can act on.
@@ -32,7 +33,11 @@ DEFAULT_PROTO_ROOT = os.path.join(HERE, "..", "..", "proto")
 def load_stubs(proto_root):
     """Generates the Python stubs for vmm and agent into a temp dir, imports them."""
     out = tempfile.mkdtemp(prefix="banger-stubs-")
-    files = ["banger/vmm/v1/vmm.proto", "banger/agent/v1/agent.proto"]
+    files = [
+        "banger/vmm/v1/vmm.proto",
+        "banger/agent/v1/agent.proto",
+        "banger/runtime/v1/progress.proto",  # the progress message vmm.proto imports
+    ]
     subprocess.run(
         [sys.executable, "-m", "grpc_tools.protoc", f"-I{proto_root}",
          f"--python_out={out}", f"--grpc_python_out={out}", *files],
@@ -63,14 +68,16 @@ def main():
     request = vmm_pb2.CreateVmRequest(
         name=args.name, image=args.image, ready_timeout_seconds=args.timeout)
     for event in vmm.CreateVm(request):
-        if event.HasField("progress"):
-            pr = event.progress
+        if event.HasField("done"):
+            vm = event.done
+        elif event.HasField("update"):  # banger.runtime.v1.Progress
+            pr = event.update
             if pr.seconds:  # a phase ended
                 print(f"[{pr.phase}] done in {pr.seconds:.2f}s", flush=True)
+            elif pr.total:  # a phase moved on
+                print(f"[{pr.phase}] {pr.done}/{pr.total} {pr.message}", flush=True)
             else:  # a phase started
                 print(f"[{pr.phase}] {pr.message}", flush=True)
-        elif event.HasField("done"):
-            vm = event.done
     if vm is None:
         sys.exit("CreateVm ended without a result")
     print(f"created {vm.name}: {vm.ip} ({vmm_pb2.VmState.Name(vm.state)})", flush=True)

@@ -21,8 +21,8 @@
 //! exporter, toml, clap, tracing-subscriber, tonic-health and reflection,
 //! rustls).
 //! The static guest agent depends on this crate with `default-features =
-//! false`: the generated API, [`guest`], [`fsutil`] (std only), [`rpc::hybrid_vsock`], [`rpc::status`] and
-//! [`rpc::signal`], nothing else.
+//! false`: the generated API, [`guest`], [`fsutil`] (std only), [`rpc::hybrid_vsock`], [`rpc::status`],
+//! [`rpc::signal`] and the event half of [`rpc::progress`], nothing else.
 
 #[cfg(feature = "host")]
 pub mod config;

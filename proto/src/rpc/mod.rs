@@ -11,11 +11,14 @@
 //! - [`peer`]: the caller's uid/gid/pid, from the socket's peer credentials.
 //! - [`trace_context`]: carrying the OpenTelemetry context through metadata.
 //! - [`status`]: mapping domain errors to one precise gRPC code each.
+//! - [`progress`]: long operations: the common progress update in every
+//!   stream's event, and (host) the one server helper with the one
+//!   cancellation rule.
 //! - [`signal`]: waiting for SIGTERM/SIGINT.
 //!
-//! `server`, `client`, `peer` and `trace_context` are host pieces (feature
-//! `host`); the guest agent builds with `hybrid_vsock`, `status` and
-//! `signal` only.
+//! `server`, `client`, `peer`, `trace_context` and the server half of
+//! `progress` are host pieces (feature `host`); the guest agent builds with
+//! `hybrid_vsock`, `status`, `signal` and the event half of `progress` only.
 
 #[cfg(feature = "host")]
 pub mod authority;
@@ -24,6 +27,7 @@ pub mod client;
 pub mod hybrid_vsock;
 #[cfg(feature = "host")]
 pub mod peer;
+pub mod progress;
 #[cfg(feature = "host")]
 pub mod server;
 pub mod signal;

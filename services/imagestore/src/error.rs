@@ -90,7 +90,7 @@ pub enum Error {
         "the image's filesystem would take {size} bytes, more than {limit} (max_image_bytes in [imagestore]); refusing it"
     )]
     ImageTooLarge { size: u64, limit: u64 },
-    /// The caller went away or the service is stopping.
+    /// The build was stopped (the service is stopping).
     #[error("the image build was cancelled")]
     Cancelled,
     /// The host's mke2fs cannot populate a filesystem from a tar stream.

@@ -11,7 +11,7 @@
 //! in the image file, so none of this needs a capability.
 //!
 //! Every child process dies with imagestore (`PR_SET_PDEATHSIG`) and is
-//! killed when its pull is cancelled.
+//! killed when its build is stopped (the service stopping).
 
 use std::io::{Read, Write};
 use std::path::Path;

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use banger_proto::config::{Config, Service};
 use banger_proto::imagestore::v1 as pb;
 use banger_proto::imagestore::v1::image_store_server::ImageStore;
+use banger_proto::rpc::progress::{self, Reporter, Work};
+use banger_proto::runtime::v1::{Progress, ProgressUnit};
 use tokio::sync::mpsc;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -78,45 +80,42 @@ fn image_pb(r: &Record) -> pb::Image {
     }
 }
 
-/// Sets the build's cancel flag when the response stream is dropped (the
-/// client went away): the build stops and its mke2fs is killed; downloads
-/// go on, so a retry finds the blobs.
-struct CancelOnDrop(Cancel);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    }
+/// The common progress update of a store one.
+fn progress_pb(p: crate::store::Progress) -> Progress {
+    // The store counts bytes only (a layer's download or unpack).
+    let unit = if p.done > 0 || p.total > 0 {
+        ProgressUnit::Bytes
+    } else {
+        ProgressUnit::Unspecified
+    };
+    Progress::phase(p.phase, p.message)
+        .counted(p.done, p.total, unit)
+        .about(p.layer)
 }
 
-/// Progress events from `rx`, then the task's image or error.
-fn progress_stream(
+/// Runs a store operation (`work`, reporting to the sender whose receiver
+/// is `rx`) and passes its updates on to `reporter`, to the last one.
+/// Pulls and imports are shared work (proto/README.md, "Long operations
+/// and cancellation"): the build goes on when the client goes away, so the
+/// next caller of that name finds the image.
+async fn forward(
+    work: impl std::future::Future<Output = Result<Record, Error>>,
     mut rx: mpsc::UnboundedReceiver<crate::store::Progress>,
-    task: tokio::task::JoinHandle<Result<Record, Error>>,
-    cancel: Cancel,
-) -> BoxStream<pb::PullImageEvent> {
-    let guard = CancelOnDrop(cancel);
-    Box::pin(async_stream::stream! {
-        let _guard = guard;
-        while let Some(p) = rx.recv().await {
-            yield Ok(pb::PullImageEvent {
-                event: Some(pb::pull_image_event::Event::Progress(pb::ImageProgress {
-                    phase: p.phase.into(),
-                    layer: p.layer,
-                    bytes_done: p.done,
-                    bytes_total: p.total,
-                    message: p.message,
-                })),
-            });
+    reporter: Reporter<pb::PullImageEvent>,
+) -> Result<pb::Image, Error> {
+    tokio::pin!(work);
+    let result = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            Some(p) = rx.recv() => reporter.report(progress_pb(p)),
         }
-        match task.await {
-            Ok(Ok(record)) => yield Ok(pb::PullImageEvent {
-                event: Some(pb::pull_image_event::Event::Done(image_pb(&record))),
-            }),
-            Ok(Err(e)) => yield Err(Status::from(e)),
-            Err(e) => yield Err(Status::internal(format!("image task failed: {e}"))),
-        }
-    })
+    };
+    // Downloads left running (for a retry) may still hold a sender: take
+    // what is there, do not wait for them.
+    while let Ok(p) = rx.try_recv() {
+        reporter.report(progress_pb(p));
+    }
+    result.map(|r| image_pb(&r))
 }
 
 #[tonic::async_trait]
@@ -150,12 +149,10 @@ impl ImageStore for ImageStoreService {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let store = self.store.clone();
-        let cancel = req.cancel.clone();
-        // The downloads run to completion even if the client goes away, so
-        // a retry finds its blobs; the build (mke2fs) is only that
-        // caller's and stops.
-        let task = tokio::spawn(async move { store.pull(req, tx).await });
-        Ok(Response::new(progress_stream(rx, task, cancel)))
+        Ok(Response::new(progress::stream(
+            Work::Shared,
+            |reporter| async move { forward(store.pull(req, tx), rx, reporter).await },
+        )))
     }
 
     type ImportImageStream = BoxStream<pb::PullImageEvent>;
@@ -201,13 +198,14 @@ impl ImageStore for ImageStoreService {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let store = self.store.clone();
-        let cancel = req.cancel.clone();
-        let task = tokio::spawn(async move {
-            let r = store.import(req, file.path(), tx).await;
-            drop(file);
-            r
-        });
-        Ok(Response::new(progress_stream(rx, task, cancel)))
+        Ok(Response::new(progress::stream(
+            Work::Shared,
+            |reporter| async move {
+                let imported = forward(store.import(req, file.path(), tx), rx, reporter).await;
+                drop(file);
+                imported
+            },
+        )))
     }
 
     #[tracing::instrument(skip_all)]

@@ -63,8 +63,11 @@ pub struct PullRequest {
     /// no registry is asked (ignored with `force`).
     pub if_missing: bool,
     pub credentials: Vec<Credentials>,
-    /// Set when the caller went away: the build stops and its child
-    /// processes are killed (downloads go on for the next pull).
+    /// Once set, the build stops and its child processes are killed
+    /// (downloads go on for the next pull). The service never sets it: a
+    /// pull is shared work that outlives its client (proto/README.md, "Long
+    /// operations and cancellation"); shutdown stops every build
+    /// ([`crate::flatten::stop_all`]). For embedders of the store.
     pub cancel: Cancel,
 }
 
@@ -512,8 +515,8 @@ impl Store {
                 }
             });
             if let Err(e) = result {
-                // A caller that went away leaves the downloads running: a
-                // retry (or another image sharing the layers) finds them.
+                // A stopped build leaves the downloads running: a retry (or
+                // another image sharing the layers) finds them.
                 if !matches!(e, Error::Cancelled) {
                     abort_all(&downloads);
                 }

@@ -79,7 +79,7 @@ pub enum Error {
     /// The client broke the import protocol.
     #[error("invalid import: {reason}")]
     BadImport { reason: String },
-    /// The operation was cancelled (client gone, service stopping).
+    /// The operation was cancelled (the service is stopping).
     #[error("the operation was cancelled")]
     Cancelled,
     /// Another process owns the store.

@@ -3,13 +3,15 @@
 //! bundle rules, re-hash `vmlinux`, write the manifest, move into place.
 //!
 //! One pull per name runs at a time: a second caller joins the running one
-//! and gets the same progress and result. The pull runs in its own task
-//! that is aborted when the last caller goes away (client vanished,
-//! Ctrl-C); its staging dir is then removed by the drop guard.
+//! and gets the same progress and result. A pull is shared work: it runs
+//! in its own task to its end even when every caller went away (client
+//! vanished, Ctrl-C), so a retry finds the kernel (proto/README.md, "Long
+//! operations and cancellation"). A pull that fails, or a process that dies
+//! mid-pull, leaves no staging dir (the drop guard, the store's sweep).
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
@@ -70,12 +72,10 @@ pub struct JobState {
     pub result: Option<std::result::Result<StoredKernel, Arc<Error>>>,
 }
 
-/// A running (or finished) pull; the pull is aborted when the last
-/// handle is dropped before it finished.
+/// A running (or finished) pull. Dropping a handle stops nothing.
 #[derive(Debug)]
 pub struct Job {
     state: watch::Receiver<JobState>,
-    abort: tokio::task::AbortHandle,
 }
 
 impl Job {
@@ -98,13 +98,6 @@ impl Job {
     }
 }
 
-impl Drop for Job {
-    fn drop(&mut self) {
-        // Dropping the task drops its staging guard, which removes the dir.
-        self.abort.abort();
-    }
-}
-
 /// Runs pulls for the service.
 #[derive(Debug)]
 pub struct Puller {
@@ -114,7 +107,8 @@ pub struct Puller {
     max_unpacked_bytes: u64,
     insecure_registries: Vec<String>,
     archives: crate::debian::Archives,
-    running: Mutex<HashMap<String, Weak<Job>>>,
+    /// Pulls not finished yet (finished ones are dropped at the next pull).
+    running: Mutex<HashMap<String, Arc<Job>>>,
 }
 
 impl Puller {
@@ -144,12 +138,10 @@ impl Puller {
     pub fn pull(self: &Arc<Self>, name: &str, force: bool, update: bool) -> Result<Arc<Job>> {
         store::validate_name(name)?;
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        running.retain(|_, job| job.strong_count() > 0);
-        if let Some(job) = running.get(name).and_then(Weak::upgrade)
-            && job.state.borrow().result.is_none()
-        {
+        running.retain(|_, job| job.state.borrow().result.is_none());
+        if let Some(job) = running.get(name) {
             tracing::info!(kernel = name, "joining the pull already running");
-            return Ok(job);
+            return Ok(Arc::clone(job));
         }
         if !update {
             self.store.check_replaceable(name, force)?;
@@ -157,7 +149,8 @@ impl Puller {
         let (tx, rx) = watch::channel(JobState::default());
         let this = Arc::clone(self);
         let owned = name.to_owned();
-        let task = tokio::spawn(async move {
+        // Its own task, never aborted: the pull finishes for whoever asks next.
+        tokio::spawn(async move {
             let result = this.run(&owned, force, update, &tx).await;
             if let Err(e) = &result {
                 tracing::warn!(kernel = %owned, error = %e, "pull failed");
@@ -169,11 +162,8 @@ impl Puller {
                 s.result = Some(result.map_err(Arc::new));
             });
         });
-        let job = Arc::new(Job {
-            state: rx,
-            abort: task.abort_handle(),
-        });
-        running.insert(name.to_owned(), Arc::downgrade(&job));
+        let job = Arc::new(Job { state: rx });
+        running.insert(name.to_owned(), Arc::clone(&job));
         Ok(job)
     }
 
@@ -229,7 +219,7 @@ impl Puller {
         set(Phase::Unpacking, size, size);
         let max = self.max_unpacked_bytes;
         // The staging guard travels with the blocking work: if this task is
-        // aborted meanwhile, the guard is dropped when that work ends, so
+        // dropped meanwhile (the runtime shutting down), the guard is dropped when that work ends, so
         // the dir is never removed under a writer nor left behind.
         let (staging, unpacked) = tokio::task::spawn_blocking(move || {
             let result = unpack_and_inspect(&staging, &bundle_path, max);

@@ -7,6 +7,8 @@ use std::time::Duration;
 use banger_proto::config::Config;
 use banger_proto::kernelcat::v1 as pb;
 use banger_proto::kernelcat::v1::kernel_cat_server::KernelCat;
+use banger_proto::rpc::progress::{self, Reporter, Work};
+use banger_proto::runtime::v1::{Progress, ProgressUnit};
 use futures::StreamExt;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -17,7 +19,7 @@ use crate::config::KernelCatConfig;
 use crate::debian::Archives;
 use crate::error::Error;
 use crate::import::{self, ImportFile, ImportHeader};
-use crate::pull::{Job, JobState, Puller};
+use crate::pull::{Job, Puller};
 use crate::store::{Store, StoredKernel};
 
 /// Name of the catalog cache file inside the store root (not a DNS label,
@@ -176,47 +178,33 @@ fn entry_to_pb(e: CatalogEntry, pulled: bool) -> pb::CatalogEntry {
     }
 }
 
-fn progress_event(state: &JobState) -> pb::PullKernelEvent {
-    pb::PullKernelEvent {
-        event: Some(pb::pull_kernel_event::Event::Progress(pb::PullProgress {
-            phase: state.progress.phase.as_str().to_owned(),
-            bytes_done: state.progress.bytes_done,
-            bytes_total: state.progress.bytes_total,
-        })),
-    }
+/// The common progress update of a pull's state.
+fn progress_pb(p: &crate::pull::Progress) -> Progress {
+    Progress::phase(p.phase.as_str(), "").counted(p.bytes_done, p.bytes_total, ProgressUnit::Bytes)
 }
 
-/// Turns a job into the event stream: progress on every change, then the
-/// kernel or the error. The stream owns a handle on the job, so a client
-/// that goes away releases it (and the pull is aborted if nobody else waits).
-fn job_stream(job: Arc<Job>) -> BoxStream<pb::PullKernelEvent> {
-    let rx = job.subscribe();
-    let stream = futures::stream::unfold(
-        (Some(job), rx, None::<crate::pull::Progress>),
-        |(job, mut rx, last)| async move {
-            let job = job?;
-            loop {
-                let state = rx.borrow_and_update().clone();
-                if let Some(result) = state.result {
-                    let item = match result {
-                        Ok(kernel) => Ok(pb::PullKernelEvent {
-                            event: Some(pb::pull_kernel_event::Event::Done(kernel_to_pb(kernel))),
-                        }),
-                        Err(e) => Err(Status::from(&*e)),
-                    };
-                    return Some((item, (None, rx, last)));
-                }
-                if last != Some(state.progress) {
-                    let event = progress_event(&state);
-                    return Some((Ok(event), (Some(job), rx, Some(state.progress))));
-                }
-                if rx.changed().await.is_err() {
-                    return Some((Err(Status::from(Error::Cancelled)), (None, rx, last)));
-                }
-            }
-        },
-    );
-    Box::pin(stream)
+/// Follows a (shared) pull for one caller: an update on every change,
+/// then the kernel or the error. A caller that goes away stops following;
+/// the pull goes on for the next one.
+async fn follow(
+    job: Arc<Job>,
+    reporter: Reporter<pb::PullKernelEvent>,
+) -> Result<pb::Kernel, Status> {
+    let mut rx = job.subscribe();
+    let mut last = None;
+    loop {
+        let state = rx.borrow_and_update().clone();
+        if let Some(result) = state.result {
+            return result.map(kernel_to_pb).map_err(|e| Status::from(&*e));
+        }
+        if last != Some(state.progress) {
+            reporter.report(progress_pb(&state.progress));
+            last = Some(state.progress);
+        }
+        if rx.changed().await.is_err() {
+            return Err(Status::from(Error::Cancelled));
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -323,7 +311,9 @@ impl KernelCat for KernelCatService {
             update,
         } = request.into_inner();
         let job = self.puller.pull(&name, force, update)?;
-        Ok(Response::new(job_stream(job)))
+        Ok(Response::new(progress::stream(Work::Shared, |reporter| {
+            follow(job, reporter)
+        })))
     }
 
     #[tracing::instrument(skip_all)]

@@ -195,11 +195,7 @@ async fn pulls_the_embedded_entry_through_a_mirror_and_the_signed_chain() {
         .filter(|p| p.phase == "downloading")
         .collect();
     assert!(!downloading.is_empty(), "{progress:?}");
-    assert!(
-        downloading
-            .iter()
-            .all(|p| p.bytes_total == a.deb.len() as u64)
-    );
+    assert!(downloading.iter().all(|p| p.total == a.deb.len() as u64));
     assert_eq!(
         archive.hits(&a.by_hash_path()),
         1,
@@ -654,6 +650,7 @@ async fn pull_update(
         match stream.message().await? {
             Some(pb::PullKernelEvent {
                 event: Some(pb::pull_kernel_event::Event::Done(k)),
+                ..
             }) => return Ok(k),
             Some(_) => {}
             None => panic!("the pull ended without a result"),

@@ -79,8 +79,8 @@ async fn pulls_a_bundle_hosted_in_an_oci_registry() {
     assert!(
         progress
             .iter()
-            .any(|p| p.phase == "downloading" && p.bytes_done > 0)
-            && progress.iter().any(|p| p.bytes_done == bundle.len() as u64),
+            .any(|p| p.phase == "downloading" && p.done > 0)
+            && progress.iter().any(|p| p.done == bundle.len() as u64),
         "{progress:?}"
     );
 
@@ -197,9 +197,8 @@ async fn a_killed_service_leaves_no_half_kernel_and_a_retry_succeeds() {
         .unwrap()
         .into_inner();
     loop {
-        if let Some(pb::pull_kernel_event::Event::Progress(p)) =
-            stream.message().await.unwrap().unwrap().event
-            && p.bytes_done > 0
+        if let Some(p) = stream.message().await.unwrap().unwrap().update
+            && p.done > 0
         {
             break;
         }
@@ -270,6 +269,7 @@ async fn the_debian_archive_is_reached_through_the_http_proxy() {
         match stream.message().await.expect("pull through the proxy") {
             Some(pb::PullKernelEvent {
                 event: Some(pb::pull_kernel_event::Event::Done(k)),
+                ..
             }) => break k,
             Some(_) => {}
             None => panic!("no result"),

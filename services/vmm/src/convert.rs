@@ -37,6 +37,7 @@ impl GrpcError for Error {
                 Code::DeadlineExceeded
             }
             Error::Agent(_) | Error::AgentCall { .. } => Code::Unavailable,
+            Error::CallerGone { .. } => Code::Cancelled,
             Error::TaskFailed { .. } => Code::Internal,
         }
     }

@@ -143,6 +143,11 @@ pub enum Error {
     PreparationRunning { digest: String },
     #[error("image {image} needs no preparation: {why}")]
     NothingToPrepare { image: String, why: &'static str },
+    /// The caller of a create went away: only it wanted the VM, so the
+    /// create stopped and was rolled back (proto/README.md, "Long
+    /// operations and cancellation").
+    #[error("the create of VM {name} was cancelled: its caller went away")]
+    CallerGone { name: String },
     /// A failed create whose console log was kept after the rollback.
     #[error("{source}\nthe console log of this create is kept: `banger vm logs {name}` shows it")]
     EvidenceKept { name: String, source: Box<Error> },

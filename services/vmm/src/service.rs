@@ -8,6 +8,8 @@ use banger_proto::agent::v1 as agent;
 use banger_proto::agent::v1::ExecResponse;
 use banger_proto::agent::v1::agent_client::AgentClient;
 use banger_proto::config::{Config, Service};
+use banger_proto::rpc::progress::{self, LongEvent, Reporter, Work};
+use banger_proto::runtime::v1::ProgressUnit;
 use banger_proto::vmm::v1 as pb;
 use banger_proto::vmm::v1::vmm_server::Vmm;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -15,7 +17,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
-use tracing::Instrument;
 
 use crate::config::{Backend, VmmConfig};
 use crate::error::Error;
@@ -23,7 +24,9 @@ use crate::guest::{AgentGuest, Guest};
 use crate::hypervisor::Hypervisor;
 use crate::hypervisor::firecracker::Firecracker;
 use crate::hypervisor::qemu::Qemu;
-use crate::manager::{CreateSpec, FailedPreparation, Manager, PhaseEvent, Prepared, VmView};
+use crate::manager::{
+    CreateSpec, FailedPreparation, Manager, PhaseEvent, Prepared, Progress, VmView,
+};
 use crate::peers::{GrpcPeers, Peers};
 use crate::record::{Store, VmState};
 use crate::validate;
@@ -182,43 +185,36 @@ fn failed_pb(f: FailedPreparation) -> pb::PreparedImage {
     }
 }
 
-/// Runs `work` to completion in its own task (a client that goes away
-/// cancels nothing), streaming its phases as `progress` and its result as
-/// `done`: the one way vmm's long calls stream.
-fn stream_phases<T, E, W>(
-    work: W,
-    mut events_rx: mpsc::Receiver<PhaseEvent>,
-    progress: impl Fn(pb::CreateVmProgress) -> E + Send + 'static,
-    done: impl Fn(T) -> E + Send + 'static,
-) -> BoxStream<E>
-where
-    T: Send + 'static,
-    E: Send + 'static,
-    W: std::future::Future<Output = crate::Result<T>> + Send + 'static,
-{
-    let (out_tx, out_rx) = mpsc::channel(32);
-    let work = tokio::spawn(work.in_current_span());
-    tokio::spawn(async move {
-        // The phases until the work is over (it drops the sender)…
-        while let Some(ev) = events_rx.recv().await {
-            let event = progress(pb::CreateVmProgress {
-                phase: ev.phase.into(),
-                message: ev.message,
-                done: ev.done,
-                total: ev.total,
-                seconds: ev.seconds.unwrap_or_default(),
-            });
-            let _ = out_tx.send(Ok(event)).await;
-        }
-        // …then its result: the one `done`, or the error.
-        let result = match work.await {
-            Ok(Ok(v)) => Ok(done(v)),
-            Ok(Err(e)) => Err(Status::from(e)),
-            Err(e) => Err(Error::task("stream")(e).into()),
-        };
-        let _ = out_tx.send(result).await;
-    });
-    Box::pin(ReceiverStream::new(out_rx))
+/// The common progress update of a manager phase event.
+fn phase_pb(ev: PhaseEvent) -> banger_proto::runtime::v1::Progress {
+    // The manager counts items only (first-boot steps, packages).
+    let unit = if ev.done > 0 || ev.total > 0 {
+        ProgressUnit::Items
+    } else {
+        ProgressUnit::Unspecified
+    };
+    banger_proto::runtime::v1::Progress::phase(ev.phase, ev.message)
+        .counted(ev.done, ev.total, unit)
+        .ended(ev.seconds.unwrap_or_default())
+}
+
+/// The manager's progress, reported into a response stream: also how the
+/// manager learns that the caller of a create went away.
+struct Streamed<E>(Reporter<E>);
+
+#[tonic::async_trait]
+impl<E: LongEvent> Progress for Streamed<E> {
+    async fn report(&self, event: PhaseEvent) {
+        self.0.report(phase_pb(event));
+    }
+
+    fn caller_gone(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    async fn gone(&self) {
+        self.0.cancelled().await;
+    }
 }
 
 #[tonic::async_trait]
@@ -264,21 +260,13 @@ impl Vmm for VmmService {
         validate::resources(spec.vcpus, spec.memory_mib, spec.disk_bytes).map_err(Error::from)?;
         validate::timeout("ready_timeout_seconds", spec.ready_timeout_secs).map_err(Error::from)?;
         validate::ssh_public_keys(&spec.ssh_authorized_keys).map_err(Error::from)?;
-        let (events_tx, events_rx) = mpsc::channel::<PhaseEvent>(32);
         let manager = self.manager.clone();
-        // The create runs to completion (or rollback) even if the client
-        // goes away half-way: a VM never outlives its cleanup.
-        // It stays in this call's trace: the steps are children of CreateVm.
-        let stream = stream_phases(
-            async move { manager.create(spec, &events_tx).await },
-            events_rx,
-            |p| pb::CreateVmEvent {
-                event: Some(pb::create_vm_event::Event::Progress(p)),
-            },
-            |view| pb::CreateVmEvent {
-                event: Some(pb::create_vm_event::Event::Done(to_pb(view))),
-            },
-        );
+        // Work only this caller wanted: a client that goes away stops the
+        // create, which rolls back (its hypervisor killed). It stays in
+        // this call's trace: the steps are children of CreateVm.
+        let stream = progress::stream(Work::CallerOnly, |reporter| async move {
+            manager.create(spec, &Streamed(reporter)).await.map(to_pb)
+        });
         Ok(Response::new(stream))
     }
 
@@ -461,22 +449,15 @@ impl Vmm for VmmService {
         if let Some(k) = &kernel {
             banger_proto::names::validate_dotted("kernel", k).map_err(Error::from)?;
         }
-        let (events_tx, events_rx) = mpsc::channel::<PhaseEvent>(32);
         let manager = self.manager.clone();
-        let stream = stream_phases(
-            async move {
-                manager
-                    .prepare_image(&r.image, kernel, r.force, &events_tx)
-                    .await
-            },
-            events_rx,
-            |p| pb::PrepareImageEvent {
-                event: Some(pb::prepare_image_event::Event::Progress(p)),
-            },
-            |p| pb::PrepareImageEvent {
-                event: Some(pb::prepare_image_event::Event::Done(prepared_pb(p))),
-            },
-        );
+        // Shared: the preparation finishes for every VM of the image even
+        // if this caller goes away.
+        let stream = progress::stream(Work::Shared, |reporter| async move {
+            manager
+                .prepare_image(&r.image, kernel, r.force, &Streamed(reporter))
+                .await
+                .map(prepared_pb)
+        });
         Ok(Response::new(stream))
     }
 

@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 use banger_proto::config::Service;
 use banger_proto::imagestore::v1 as pb;
 use banger_proto::imagestore::v1::image_store_client::ImageStoreClient;
+use banger_proto::rpc::progress::{LongEvent, Step};
 use banger_proto::vmm::v1 as vmm;
 use banger_proto::vmm::v1::vmm_client::VmmClient;
 
@@ -79,9 +80,9 @@ pub(super) async fn prepare(
     let mut done = None;
     let result = async {
         while let Some(ev) = stream.message().await? {
-            match ev.event {
-                Some(vmm::prepare_image_event::Event::Progress(p)) => progress.update(&p),
-                Some(vmm::prepare_image_event::Event::Done(p)) => done = Some(p),
+            match ev.into_step() {
+                Some(Step::Update(p)) => progress.update(&p),
+                Some(Step::Done(p)) => done = Some(p),
                 None => {}
             }
         }
@@ -104,9 +105,9 @@ async fn follow(
     let mut progress = Progress::new(ctx.json);
     let result = async {
         while let Some(event) = stream.message().await? {
-            match event.event {
-                Some(pb::pull_image_event::Event::Progress(p)) => progress.update(&p),
-                Some(pb::pull_image_event::Event::Done(image)) => return Ok(image),
+            match event.into_step() {
+                Some(Step::Update(p)) => progress.update(&p),
+                Some(Step::Done(image)) => return Ok(image),
                 None => {}
             }
         }

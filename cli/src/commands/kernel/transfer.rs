@@ -8,6 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use banger_proto::kernelcat::v1 as pb;
 use banger_proto::kernelcat::v1::kernel_cat_client::KernelCatClient;
 use banger_proto::rpc::TracedChannel;
+use banger_proto::rpc::progress::{LongEvent, Step};
 use tokio::io::AsyncReadExt;
 
 use crate::context::Context;
@@ -53,9 +54,9 @@ pub(crate) async fn pull_with_progress(
                 progress.abandon("failed");
                 bail!("the service ended the pull without a result; see its log")
             }
-            Ok(Some(event)) => match event.event {
-                Some(pb::pull_kernel_event::Event::Progress(p)) => progress.update(&p),
-                Some(pb::pull_kernel_event::Event::Done(kernel)) => break kernel,
+            Ok(Some(event)) => match event.into_step() {
+                Some(Step::Update(p)) => progress.update(&p),
+                Some(Step::Done(kernel)) => break kernel,
                 None => {}
             },
         }

@@ -7,6 +7,7 @@ use banger_proto::imagestore::v1 as img;
 use banger_proto::imagestore::v1::image_store_client::ImageStoreClient;
 use banger_proto::kernelcat::v1 as kc;
 use banger_proto::kernelcat::v1::kernel_cat_client::KernelCatClient;
+use banger_proto::rpc::progress::{LongEvent, Step};
 use banger_proto::vmm::v1 as pb;
 
 use super::{CreateArgs, HypervisorArg, parse_size, render, vmm};
@@ -42,9 +43,9 @@ pub(super) async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
     let mut done = None;
     let result = async {
         while let Some(ev) = stream.message().await? {
-            match ev.event {
-                Some(pb::create_vm_event::Event::Progress(p)) => progress.update(&p),
-                Some(pb::create_vm_event::Event::Done(vm)) => done = Some(vm),
+            match ev.into_step() {
+                Some(Step::Update(p)) => progress.update(&p),
+                Some(Step::Done(vm)) => done = Some(vm),
                 None => {}
             }
         }

@@ -15,7 +15,9 @@ use banger_imagestore::store::Store;
 use banger_proto::imagestore::v1 as pb;
 use banger_proto::imagestore::v1::image_store_client::ImageStoreClient;
 use banger_proto::imagestore::v1::image_store_server::ImageStoreServer;
+use banger_proto::rpc::progress::{LongEvent, Step};
 use banger_proto::rpc::{BoundSocket, ServeOptions, TracedChannel};
+use banger_proto::runtime::v1::Progress;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tonic::service::Routes;
@@ -293,11 +295,11 @@ pub async fn serve(store: Store, dir: &Path) -> ImageStoreClient<TracedChannel> 
     ImageStoreClient::new(banger_proto::rpc::connect(&socket).await.unwrap())
 }
 
-/// Runs a pull to its end: the progress events and the image, or the status.
+/// Runs a pull to its end: the progress updates and the image, or the status.
 pub async fn pull(
     client: &mut ImageStoreClient<TracedChannel>,
     req: pb::PullImageRequest,
-) -> (Vec<pb::ImageProgress>, Result<pb::Image, tonic::Status>) {
+) -> (Vec<Progress>, Result<pb::Image, tonic::Status>) {
     let mut events = Vec::new();
     let mut stream = match client.pull_image(req).await {
         Ok(s) => s.into_inner(),
@@ -305,13 +307,14 @@ pub async fn pull(
     };
     loop {
         match stream.message().await {
-            Ok(Some(pb::PullImageEvent {
-                event: Some(pb::pull_image_event::Event::Progress(p)),
-            })) => events.push(p),
-            Ok(Some(pb::PullImageEvent {
-                event: Some(pb::pull_image_event::Event::Done(img)),
-            })) => return (events, Ok(img)),
-            Ok(_) => {
+            Ok(Some(event)) => match event.into_step() {
+                Some(Step::Update(p)) => events.push(p),
+                Some(Step::Done(img)) => return (events, Ok(img)),
+                None => {
+                    return (events, Err(tonic::Status::internal("an empty pull event")));
+                }
+            },
+            Ok(None) => {
                 return (
                     events,
                     Err(tonic::Status::internal("stream ended without done")),

@@ -15,7 +15,9 @@ use banger_kernelcat::{KernelCatConfig, KernelCatService};
 use banger_proto::kernelcat::v1 as pb;
 use banger_proto::kernelcat::v1::kernel_cat_client::KernelCatClient;
 use banger_proto::kernelcat::v1::kernel_cat_server::KernelCatServer;
+use banger_proto::rpc::progress::{LongEvent, Step};
 use banger_proto::rpc::{BoundSocket, ServeOptions, TracedChannel};
+use banger_proto::runtime::v1::Progress;
 use sha2::{Digest, Sha256};
 
 /// How the server answers one path.
@@ -350,12 +352,12 @@ pub fn settings(catalog_url: &str) -> KernelCatConfig {
     }
 }
 
-/// Runs a pull to its end: the progress events seen and the result.
+/// Runs a pull to its end: the progress updates seen and the result.
 pub async fn pull(
     client: &mut KernelCatClient<TracedChannel>,
     name: &str,
     force: bool,
-) -> (Vec<pb::PullProgress>, Result<pb::Kernel, tonic::Status>) {
+) -> (Vec<Progress>, Result<pb::Kernel, tonic::Status>) {
     let mut stream = match client
         .pull_kernel(pb::PullKernelRequest {
             name: name.into(),
@@ -370,13 +372,12 @@ pub async fn pull(
     let mut progress = Vec::new();
     loop {
         match stream.message().await {
-            Ok(Some(pb::PullKernelEvent {
-                event: Some(pb::pull_kernel_event::Event::Progress(p)),
-            })) => progress.push(p),
-            Ok(Some(pb::PullKernelEvent {
-                event: Some(pb::pull_kernel_event::Event::Done(k)),
-            })) => return (progress, Ok(k)),
-            Ok(other) => panic!("unexpected pull message {other:?}"),
+            Ok(Some(event)) => match event.clone().into_step() {
+                Some(Step::Update(p)) => progress.push(p),
+                Some(Step::Done(k)) => return (progress, Ok(k)),
+                None => panic!("unexpected pull message {event:?}"),
+            },
+            Ok(None) => panic!("the pull stream ended without a result"),
             Err(status) => return (progress, Err(status)),
         }
     }

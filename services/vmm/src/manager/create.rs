@@ -118,7 +118,9 @@ impl Manager {
                 let tail = console_tail(&self.inner.store.paths_of(&vm).console_log());
                 tracing::warn!(error = %e, "create failed; rolling back");
                 let e = match e {
-                    Error::Boot { .. } | Error::FirstBootFailed { .. } => e,
+                    Error::Boot { .. }
+                    | Error::FirstBootFailed { .. }
+                    | Error::CallerGone { .. } => e,
                     e if vm.pid.is_some() || !tail.is_empty() => Error::Boot {
                         cause: e.to_string(),
                         console_tail: tail.clone(),
@@ -128,6 +130,8 @@ impl Manager {
                 // The guest's console says why; keep it past the rollback
                 // (a failed preparation's is the preparation VM's).
                 let kept = match &e {
+                    // Nothing failed: nobody is left to read the evidence.
+                    Error::CallerGone { .. } => false,
                     Error::PreparationFailed { log, .. } => {
                         self.keep_evidence_from(&vm, log, &e.to_string())
                     }
@@ -156,6 +160,10 @@ impl Manager {
         let peers = &self.inner.peers;
         let phase = Phases::new(progress, &vm.name);
 
+        // A create is work only its caller wanted: once the caller went
+        // away, it stops before its next step (or during a long wait) and
+        // rolls back (proto/README.md, "Long operations and cancellation").
+        phase.check()?;
         phase
             .start("resolving", format!("image {}", spec.image))
             .await;
@@ -184,6 +192,7 @@ impl Manager {
             let prepared = match self.prepared_store().get(&vm.image.digest) {
                 Some(done) => done,
                 None => {
+                    phase.check()?;
                     phase
                         .start(
                             "preparing",
@@ -214,6 +223,7 @@ impl Manager {
             store.save(vm)?;
         }
 
+        phase.check()?;
         phase.start("network", String::new()).await;
         vm.lease = Some(
             peers
@@ -225,6 +235,7 @@ impl Manager {
         let lease = vm.lease.clone().expect("just set");
         phase.end().await;
 
+        phase.check()?;
         phase
             .start("disk", format!("copying {}", vm.image.ext4_path.display()))
             .await;
@@ -249,6 +260,7 @@ impl Manager {
         tracing::info!(%method, bytes = vm.disk_bytes, "disk ready");
         phase.end_with(method.to_string()).await;
 
+        phase.check()?;
         phase.start("identity", String::new()).await;
         let identity = Identity {
             hostname: vm.name.clone(),

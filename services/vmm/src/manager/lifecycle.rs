@@ -26,6 +26,7 @@ impl Manager {
         let backend = self.backend(vm.backend)?;
         let paths = store.paths_of(vm);
         let accel = backend.accelerator();
+        phase.check()?;
         phase
             .start(
                 "booting",
@@ -85,6 +86,9 @@ impl Manager {
         let console = paths.console_log();
         let ready = tokio::select! {
             r = self.probe(vm, timeout).instrument(phase.span()) => r,
+            // A caller that went away ends a create's wait (the VM is killed
+            // and rolled back); never a start's, which has no caller to lose.
+            e = phase.gone() => Err(e),
             // A first boot that says it failed ends the wait at once.
             failure = readiness::first_boot_failure(&console, phase) => {
                 Err(Error::FirstBootFailed { vm: vm.name.clone(), failure })

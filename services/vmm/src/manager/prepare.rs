@@ -358,6 +358,9 @@ impl Manager {
                         phase.update(message, done, total).await;
                     }
                 }
+                // A create whose caller went away stops waiting; the
+                // preparation is shared and goes on for the next VM.
+                e = phase.gone() => return Err(e),
             }
         };
         outcome.map_err(|(why, log)| Error::PreparationFailed {

@@ -1,12 +1,15 @@
 //! Progress of a create (or a start): phases that start and end, with
 //! their durations. The manager reports to a [`Progress`]; the service
 //! turns the events into its stream, and callers without a stream pass
-//! [`NoProgress`].
+//! [`NoProgress`]. A [`Progress`] also says whether its caller went away,
+//! which stops a create (work only that caller wanted) at its next step.
 
 use std::sync::Mutex;
 use std::time::Instant;
 
 use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
 
 /// One phase started (`seconds` = None), moved on (an update: `seconds` =
 /// None, `total` > 0 or a new message) or ended (`seconds` = its duration).
@@ -20,12 +23,23 @@ pub struct PhaseEvent {
     pub total: u64,
 }
 
-/// Where progress goes.
+/// Where progress goes, and whether its caller still waits.
 #[tonic::async_trait]
 pub trait Progress: Send + Sync {
     /// Reports one event. May wait for a slow receiver; never fails (a
     /// receiver that went away does not stop the operation).
     async fn report(&self, event: PhaseEvent);
+
+    /// Whether the caller of work only it wanted went away (the operation
+    /// stops and undoes itself). Never, unless the progress says so.
+    fn caller_gone(&self) -> bool {
+        false
+    }
+
+    /// Resolves once [`Progress::caller_gone`]; by default never.
+    async fn gone(&self) {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Progress nobody watches.
@@ -71,6 +85,26 @@ impl<'a> Phases<'a> {
             .as_ref()
             .map(|(_, _, span)| span.clone())
             .unwrap_or_else(tracing::Span::none)
+    }
+
+    /// `Err(CallerGone)` once the caller went away: a create checks it
+    /// before each step and rolls back.
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.progress.caller_gone() {
+            return Err(Error::CallerGone {
+                name: self.vm.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Resolves with `CallerGone` once the caller went away (never for
+    /// shared work): the long waits of a create race it.
+    pub(crate) async fn gone(&self) -> Error {
+        self.progress.gone().await;
+        Error::CallerGone {
+            name: self.vm.clone(),
+        }
     }
 
     pub(crate) async fn start(&self, phase: &'static str, message: String) {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use banger_proto::rpc::progress::{LongEvent, Step};
 use banger_proto::rpc::{BoundSocket, ServeOptions, TracedChannel};
 use banger_proto::vmm::v1 as pb;
 use banger_proto::vmm::v1::vmm_client::VmmClient;
@@ -140,13 +141,13 @@ pub async fn create(
     let mut phases = Vec::new();
     let mut done = None;
     while let Some(ev) = stream.message().await? {
-        match ev.event.unwrap() {
-            pb::create_vm_event::Event::Progress(p) => {
+        match ev.into_step().expect("an empty create event") {
+            Step::Update(p) => {
                 if p.seconds > 0.0 {
                     phases.push(format!("{} {:.2}s", p.phase, p.seconds));
                 }
             }
-            pb::create_vm_event::Event::Done(vm) => {
+            Step::Done(vm) => {
                 assert!(done.is_none(), "a second done event: {vm:?}");
                 done = Some(vm);
             }
