@@ -69,7 +69,7 @@ impl Env {
 
 #[test]
 fn systemd_image_boots_directly_trimmed_and_healthy() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(E2e, ROOT, QEMU, VHOST_VSOCK, SHARED);
     // Build (or reuse) the image's OCI layout before the namespace (debootstrap
     // needs the Debian mirror); imported from a tar, no registry needed.
     let out = Command::new(repo().join("scripts/make-test-image.sh"))

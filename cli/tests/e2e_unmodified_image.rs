@@ -285,6 +285,7 @@ fn package_state(env: &Env, vm: &str) -> PackageState {
 
 #[test]
 fn an_unmodified_docker_hub_image_is_prepared_once_and_fails_fast_without_a_mirror() {
+    banger_test_support::gate!(E2e, ROOT, QEMU, VHOST_VSOCK, SHARED);
     let _ = bin_dir();
     // Everything that needs the internet, before the namespace: the image,
     // the mirror for its apt, the kernel archive, the systemd image.

@@ -330,6 +330,7 @@ fn wait_gone(path: &Path) {
 
 #[test]
 fn vm_lifecycle_end_to_end() {
+    banger_test_support::gate!(E2e, ROOT, QEMU, VHOST_VSOCK, SHARED);
     let bins = bin_dir();
     // debootstrap needs the Debian mirror: build (or reuse) the image's
     // rootfs and OCI layout before entering the namespace, which has no

@@ -272,6 +272,7 @@ fn world(work: &Path, registry: &Registry) -> Env {
 #[test]
 #[ignore = "non-gating tier: scripts/test.sh runs it on its own with --ignored and reports it loudly (#13: a guest agent's vsock handshake sometimes never answers under load)"]
 fn chaos_tier() {
+    banger_test_support::gate!(Priv, ROOT, QEMU, VHOST_VSOCK, SHARED);
     let started = Instant::now();
     let seed = std::env::var("BANGER_CHAOS_SEED")
         .ok()

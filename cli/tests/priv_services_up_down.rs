@@ -81,6 +81,7 @@ async fn reflected_services(socket: &Path) -> Vec<String> {
 
 #[test]
 fn up_status_down_in_a_temp_home() {
+    banger_test_support::gate!(Priv, ROOT);
     in_new_netns(|| {
         let home = tempfile::tempdir().unwrap();
         let home = home.path();
@@ -220,6 +221,7 @@ fn up_status_down_in_a_temp_home() {
 /// collector.
 #[test]
 fn one_command_is_one_trace_across_processes() {
+    banger_test_support::gate!(Priv, ROOT);
     in_new_netns(|| {
         // Multi-threaded, so the receiver answers while this thread waits
         // for a command; its threads inherit this thread's namespace.

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use banger_test_support::netns::in_new_netns;
-use banger_test_support::require_root;
 
 const SERVICES: [(&str, &str); 4] = [
     ("kernelcat", "banger.kernelcat.v1.KernelCat"),
@@ -107,7 +106,7 @@ fn run_client(mut cmd: Command, service: &str) -> serde_json::Value {
 
 #[test]
 fn python_and_node_clients_work_on_every_socket() {
-    require_root();
+    banger_test_support::gate!(Priv, ROOT);
     let python = client_dir("py").join("bin/python");
     let node_modules = client_dir("node").join("node_modules");
     let clients = repo().join("proto/tests/clients");

@@ -243,7 +243,7 @@ fn uid(status: &str) -> Option<String> {
 
 #[test]
 fn installed_units_run_with_exactly_the_designed_privileges() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT, NSPAWN);
     banger_test_support::require_program("systemd-nspawn", "systemd-container");
     banger_test_support::require_program("nsenter", "util-linux");
     banger_test_support::require_program("systemd-sysusers", "systemd");

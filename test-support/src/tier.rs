@@ -77,8 +77,16 @@ impl Need {
     }
 }
 
+/// Root ([`Need::Root`]).
+pub const ROOT: Need = Need::Root;
 /// QEMU for x86_64 guests (TCG here).
 pub const QEMU: Need = Need::Program("qemu-system-x86_64", "qemu-system-x86");
+/// The vsock bridge QEMU guests talk through.
+pub const VHOST_VSOCK: Need = Need::Program("vhost-device-vsock", "(cargo) vhost-device-vsock");
+/// systemd-nspawn, for the systemd-in-a-container tests.
+pub const NSPAWN: Need = Need::Program("systemd-nspawn", "systemd-container");
+/// The shared fixtures ([`Need::SharedFixtures`]).
+pub const SHARED: Need = Need::SharedFixtures;
 
 /// Whether a test may go on: true when every need is met. Otherwise fails
 /// under CI and prints a loud skip line elsewhere. Use [`gate!`](crate::gate).
@@ -114,14 +122,29 @@ pub fn ready(tier: Tier, needs: &[Need]) -> bool {
 }
 
 /// Returns from the calling test unless it may run (see the module docs):
-/// `gate!(Priv, Need::Root, tier::QEMU)`.
+/// `gate!(Priv, ROOT, QEMU)` names the tier and the needs (the constants
+/// of this module); [`ready`] takes any [`Need`].
 #[macro_export]
 macro_rules! gate {
-    ($tier:ident $(, $need:expr)* $(,)?) => {
-        if !$crate::tier::ready($crate::tier::Tier::$tier, &[$($need),*]) {
+    ($tier:ident $(, $need:ident)* $(,)?) => {
+        if !$crate::tier::ready($crate::tier::Tier::$tier, &[$($crate::tier::$need),*]) {
             return;
         }
     };
+}
+
+/// For a tier this machine cannot have by design (Firecracker has no
+/// Debian package): says so loudly and records `unavailable` in the log,
+/// which `scripts/check-tiers.sh` reports instead of counting it as run.
+pub fn unavailable(tier: Tier, why: &str) {
+    let test = std::thread::current().name().unwrap_or("?").to_owned();
+    let binary = binary_name();
+    log(&format!("unavailable {} {binary} {test}", tier.name()));
+    let _ = writeln!(
+        std::io::stderr(),
+        "\nTIER NOT RUN {}: {binary}::{test}: {why}\n",
+        tier.name()
+    );
 }
 
 /// CI (or a developer asking for it) wants every tier to run.

@@ -452,6 +452,7 @@ echo "ROOT-INIT-MARKER"
 
 #[test]
 fn debian_kernel_boots_through_the_agent_init_to_the_real_root() {
+    banger_test_support::gate!(Priv, ROOT, QEMU);
     // Downloads and builds happen out here; the namespace has no route out.
     let kernel = debian_kernel();
     let _ = guest_bundle::bundle();
@@ -522,6 +523,7 @@ fn debian_kernel_boots_through_the_agent_init_to_the_real_root() {
 
 #[test]
 fn a_module_that_fails_to_load_is_named_on_the_console() {
+    banger_test_support::gate!(Priv, ROOT, QEMU);
     let kernel = debian_kernel();
     let _ = guest_bundle::bundle();
     banger_test_support::netns::in_new_netns(|| {
@@ -554,6 +556,7 @@ fn a_module_that_fails_to_load_is_named_on_the_console() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_on_the_debian_kernel_answers_over_vsock() {
+    banger_test_support::gate!(Priv, ROOT, QEMU);
     assert!(
         Command::new("vhost-device-vsock")
             .arg("--version")

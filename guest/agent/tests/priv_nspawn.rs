@@ -197,7 +197,7 @@ fn prepare(rootfs: &Path, dir: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_boot_as_pid1_execs_systemd_with_the_agent_active() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT, NSPAWN);
     banger_test_support::require_program("systemd-nspawn", "systemd-container");
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
@@ -264,7 +264,7 @@ async fn first_boot_as_pid1_execs_systemd_with_the_agent_active() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_boot_installs_systemd_and_ssh_from_apt_when_the_image_has_no_init() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT, NSPAWN);
     banger_test_support::require_program("systemd-nspawn", "systemd-container");
     let minbase = debootstrap("bookworm-minbase", None);
     assert!(!minbase.join("usr/lib/systemd/systemd").exists());

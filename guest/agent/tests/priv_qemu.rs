@@ -137,6 +137,7 @@ fn wait_for(path: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_in_a_tcg_guest_over_hybrid_vsock() {
+    banger_test_support::gate!(Priv, ROOT, QEMU);
     banger_test_support::require_program("qemu-system-x86_64", "qemu-system-x86");
     banger_test_support::require_program("busybox", "busybox-static");
     assert!(
@@ -432,6 +433,7 @@ const TEST_KEY: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_boot_supervises_the_agent_in_a_busybox_root() {
+    banger_test_support::gate!(Priv, ROOT, QEMU);
     banger_test_support::require_program("busybox", "busybox-static");
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
@@ -555,7 +557,7 @@ fn bookworm_rootfs() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_boot_hands_a_systemd_image_to_systemd_with_agent_sshd_and_a_console_login() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT, QEMU);
     let rootfs = bookworm_rootfs();
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
@@ -674,8 +676,8 @@ async fn wait_poweroff(vm: &mut DiskVm, timeout: Duration) -> String {
 /// ran again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preparation_installs_once_and_the_prepared_disk_boots_systemd_without_apt() {
+    banger_test_support::gate!(Priv, ROOT, QEMU);
     use banger_proto::guest::FirstBootEvent;
-    banger_test_support::require_root();
     banger_test_support::require_program("debugfs", "e2fsprogs");
     let minbase = bookworm::debootstrap("bookworm-minbase", None);
     let repo = bookworm::init_repo(&minbase);

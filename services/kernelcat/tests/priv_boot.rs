@@ -16,7 +16,7 @@ use common::{HttpServer, Route, Service, pull, serve_catalog};
 
 #[tokio::test]
 async fn the_pulled_kernel_boots_and_loads_its_modules() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT, QEMU, SHARED);
     banger_test_support::require_program("qemu-system-x86_64", "qemu-system-x86");
     banger_test_support::require_program("gcc", "build-essential");
     let a = debian_archive::bookworm_security();

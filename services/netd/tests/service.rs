@@ -169,6 +169,7 @@ async fn serve_open(config: NetdConfig, ops: RecordingOps) -> (Served, PathBuf) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_root_and_the_vmm_uid_change_state() {
+    banger_test_support::gate!(Priv, ROOT);
     let ops = RecordingOps::default();
     let cfg = NetdConfig {
         vmm_uid: Some(4242),
