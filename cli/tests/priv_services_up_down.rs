@@ -19,17 +19,7 @@ const SERVICES: [(&str, &str); 4] = [
 ];
 
 fn banger() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_banger"));
-    let dir = exe.parent().unwrap();
-    for (name, _) in SERVICES {
-        let bin = dir.join(format!("banger-{name}"));
-        assert!(
-            bin.is_file(),
-            "{} is missing: build every binary first (`cargo build --workspace`; scripts/test.sh does)",
-            bin.display()
-        );
-    }
-    exe
+    banger_test_support::cli::bin_dir(env!("CARGO_BIN_EXE_banger"), false).join("banger")
 }
 
 fn run(home: &Path, args: &[&str]) -> Output {

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use banger_test_support::netns::in_new_netns;
+use banger_test_support::fixtures::repo_root as repo;
 
 const SERVICES: [(&str, &str); 4] = [
     ("kernelcat", "banger.kernelcat.v1.KernelCat"),
@@ -49,13 +50,6 @@ const REASONS: [(&str, &str, &str, &str, &str); 3] = [
         "IMAGE_MISSING",
     ),
 ];
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn client_dir(what: &str) -> PathBuf {
     let dir = repo().join("target/clients").join(what);

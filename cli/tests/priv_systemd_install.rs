@@ -15,6 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
+use banger_test_support::fixtures::repo_root as repo;
 
 /// Each service with the capabilities DESIGN §2 gives it (effective and
 /// bounding set alike) and its user.
@@ -27,22 +28,9 @@ const SERVICES: [(&str, u64, &str); 4] = [
 
 const CAP_NET_ADMIN: u32 = 12;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// The directory holding `banger` and the four service binaries.
 fn bin_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_banger")).parent().unwrap();
-    for (name, _, _) in SERVICES {
-        let bin = dir.join(format!("banger-{name}"));
-        assert!(
-            bin.is_file(),
-            "{} is missing: build every binary first (`cargo build --workspace`; scripts/test.sh does)",
-            bin.display()
-        );
-    }
-    dir.to_path_buf()
+    banger_test_support::cli::bin_dir(env!("CARGO_BIN_EXE_banger"), false)
 }
 
 /// Bookworm minbase with systemd, debootstrapped on first use into
