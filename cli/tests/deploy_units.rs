@@ -1,9 +1,9 @@
 //! The systemd units in `deploy/`: `systemd-analyze verify` is silent and
 //! each service's exposure stays within budget (DESIGN §2, issue 8).
 
+use banger_test_support::fixtures::repo_root as repo;
 use std::path::Path;
 use std::process::Command;
-use banger_test_support::fixtures::repo_root as repo;
 
 const SERVICES: [&str; 4] = ["kernelcat", "imagestore", "netd", "vmm"];
 

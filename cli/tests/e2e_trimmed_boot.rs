@@ -118,8 +118,7 @@ fn systemd_image_boots_directly_trimmed_and_healthy() {
             );
             // The masked units really are masked, and nothing failed for it.
             assert_eq!(
-                guest(&env, "systemctl is-enabled e2scrub_reap.service || true")
-                    .trim(),
+                guest(&env, "systemctl is-enabled e2scrub_reap.service || true").trim(),
                 "masked-runtime"
             );
             // journald records this boot, from the kernel on.
@@ -134,14 +133,14 @@ fn systemd_image_boots_directly_trimmed_and_healthy() {
             // identity and wrote the stamp, so the unit was skipped by its
             // condition without starting a process.
             assert_eq!(
-                guest(&env, "systemctl show -p ConditionResult --value banger-first-boot.service")
-                    .trim(),
+                guest(
+                    &env,
+                    "systemctl show -p ConditionResult --value banger-first-boot.service"
+                )
+                .trim(),
                 "no"
             );
-            assert!(
-                guest(&env, "cat /var/lib/banger/identity.applied")
-                    .starts_with("fnv1a64:")
-            );
+            assert!(guest(&env, "cat /var/lib/banger/identity.applied").starts_with("fnv1a64:"));
             assert_eq!(guest(&env, "hostname").trim(), "box");
             assert!(
                 guest(&env, "cat /etc/hosts")
@@ -151,8 +150,7 @@ fn systemd_image_boots_directly_trimmed_and_healthy() {
             // Console login: the getty on ttyS0 runs and its prompt is on
             // the console `vm logs` prints.
             assert_eq!(
-                guest(&env, "systemctl is-active serial-getty@ttyS0.service")
-                    .trim(),
+                guest(&env, "systemctl is-active serial-getty@ttyS0.service").trim(),
                 "active"
             );
             let console = env.ok(&["vm", "logs", "box"]);

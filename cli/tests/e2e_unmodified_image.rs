@@ -251,8 +251,10 @@ fn an_unmodified_docker_hub_image_is_prepared_once_and_fails_fast_without_a_mirr
 
         // A: the first VM of the image prepares it.
         let started = Instant::now();
-        let (out, a_preparing) =
-            create(&env, &["--image", "debian-bookworm", "--name", "a", "--nat"]);
+        let (out, a_preparing) = create(
+            &env,
+            &["--image", "debian-bookworm", "--name", "a", "--nat"],
+        );
         let a_time = started.elapsed();
         assert!(out.status.success(), "vm create a failed: {}", text(&out));
         host_side(

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 use banger_test_support::cli::{self, Banger as Env};
 use banger_test_support::fixtures::repo_root;
 use banger_test_support::netns::in_new_netns;
-use banger_test_support::wait::wait_until;
-use banger_test_support::{leaks, procs};
 use banger_test_support::otlp::{Collector, ReceivedSpan};
 use banger_test_support::registry::Registry;
 use banger_test_support::serve::FileServer;
+use banger_test_support::wait::wait_until;
+use banger_test_support::{leaks, procs};
 
 /// `banger vm create NAME` is one trace: the CLI's root span → vmm's
 /// CreateVm → a span per step carrying the VM name → the imagestore,
@@ -497,7 +497,9 @@ fn vm_lifecycle_end_to_end() {
         let down = env.json(&["down", "--stop-vms"]);
         assert_eq!(down["vms_left_running"], serde_json::json!([]), "{down:#}");
         assert_eq!(down["stopped"].as_array().unwrap().len(), 4, "{down:#}");
-        wait_until(Duration::from_secs(20), || hypervisors_of(&env.home).is_empty());
+        wait_until(Duration::from_secs(20), || {
+            hypervisors_of(&env.home).is_empty()
+        });
         assert_eq!(
             hypervisors_of(&env.home),
             Vec::<String>::new(),
@@ -524,7 +526,9 @@ fn vm_lifecycle_end_to_end() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_until(Duration::from_secs(60), || !hypervisors_of(&env.home).is_empty());
+        wait_until(Duration::from_secs(60), || {
+            !hypervisors_of(&env.home).is_empty()
+        });
         assert!(
             !hypervisors_of(&env.home).is_empty(),
             "the create never started QEMU"
@@ -567,7 +571,9 @@ fn vm_lifecycle_end_to_end() {
             "VM dirs left in {}: {left:?}",
             vms_dir.display()
         );
-        wait_until(Duration::from_secs(20), || hypervisors_of(&env.home).is_empty());
+        wait_until(Duration::from_secs(20), || {
+            hypervisors_of(&env.home).is_empty()
+        });
         assert_eq!(
             hypervisors_of(&env.home),
             Vec::<String>::new(),

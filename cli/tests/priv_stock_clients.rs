@@ -16,8 +16,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use banger_test_support::netns::in_new_netns;
 use banger_test_support::fixtures::repo_root as repo;
+use banger_test_support::netns::in_new_netns;
 
 const SERVICES: [(&str, &str); 4] = [
     ("kernelcat", "banger.kernelcat.v1.KernelCat"),

@@ -12,10 +12,10 @@
 //! served for a member of group `banger` and refused (`Permission denied`)
 //! for anyone else, by the directory and by the socket itself.
 
+use banger_test_support::fixtures::repo_root as repo;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
-use banger_test_support::fixtures::repo_root as repo;
 
 /// Each service with the capabilities DESIGN §2 gives it (effective and
 /// bounding set alike) and its user.
@@ -35,7 +35,7 @@ fn bin_dir() -> PathBuf {
 
 /// Bookworm minbase with systemd, debootstrapped on first use into
 /// `target/test-cache/bookworm-systemd` (the same cache and recipe as
-/// guest/agent/tests/nspawn.rs).
+/// guest/agent/tests/priv_nspawn.rs).
 fn bookworm() -> PathBuf {
     banger_test_support::fixtures::debootstrap(
         "bookworm-systemd",

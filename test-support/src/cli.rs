@@ -153,9 +153,7 @@ impl Banger {
                 );
             }
         }
-        let _ = self
-            .cmd(&["down", "--stop-vms", "--timeout", "5"])
-            .output();
+        let _ = self.cmd(&["down", "--stop-vms", "--timeout", "5"]).output();
         crate::procs::kill_mentioning(&self.home);
     }
 }

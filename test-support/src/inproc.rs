@@ -27,6 +27,28 @@ impl Served {
         }
     }
 
+    /// Serves until the runtime ends (the test's, usually) and returns the
+    /// channel: for helpers that hand out only a client.
+    pub fn detach(mut self) -> TracedChannel {
+        // A stop sender never dropped: nothing ends the serving but the runtime.
+        std::mem::forget(self.stop.take());
+        self.channel.clone()
+    }
+
+    /// The channel, the sender that stops the serving and its task, for a
+    /// test that stops the server at a moment of its choosing.
+    pub fn into_parts(
+        mut self,
+    ) -> (
+        TracedChannel,
+        oneshot::Sender<()>,
+        JoinHandle<Result<(), RuntimeError>>,
+    ) {
+        let stop = self.stop.take().expect("not stopped yet");
+        let task = self.task.take().expect("not stopped yet");
+        (self.channel.clone(), stop, task)
+    }
+
     /// Stops it and returns how serving ended.
     pub async fn stopped(mut self) -> Result<(), RuntimeError> {
         self.stop();

@@ -21,8 +21,10 @@ pub mod minbase;
 pub mod netns;
 pub mod otlp;
 pub mod procs;
+pub mod qemu;
 pub mod registry;
 pub mod serve;
+pub mod tar;
 pub mod tier;
 pub mod wait;
 

@@ -57,8 +57,9 @@ impl Need {
     fn missing(&self) -> Option<String> {
         match self {
             Need::Root => (!nix::unistd::geteuid().is_root()).then(|| "root".to_owned()),
-            Need::Program(program, package) => (!on_path(program))
-                .then(|| format!("`{program}` (apt-get install {package})")),
+            Need::Program(program, package) => {
+                (!on_path(program)).then(|| format!("`{program}` (apt-get install {package})"))
+            }
             Need::Path(path, how) => {
                 (!path.exists()).then(|| format!("{} ({how})", path.display()))
             }
@@ -179,7 +180,10 @@ fn log(line: &str) {
         .open(Path::new(&path))
         .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
     if let Err(e) = written {
-        panic!("cannot append to BANGER_TIER_LOG {}: {e}", Path::new(&path).display());
+        panic!(
+            "cannot append to BANGER_TIER_LOG {}: {e}",
+            Path::new(&path).display()
+        );
     }
 }
 

@@ -19,21 +19,14 @@ mod guest_bundle;
 use bookworm::{bookworm, copy_tree, debootstrap, init_repo};
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use banger_proto::agent::v1::ShutdownRequest;
 use banger_proto::agent::v1::agent_client::AgentClient;
 use tonic::transport::{Channel, Endpoint};
 
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use banger_test_support::qemu::Reaped;
 
 fn install(root: &Path, bundle: &Path, from: &str, to: &str, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
