@@ -24,8 +24,19 @@ else
   echo "   its request bodies are unit-tested against a fake API socket; VMs here boot under QEMU TCG"
 fi
 
+# Tiers (README "Tests"): in-process everywhere; priv_* and e2e_* pass a
+# gate that, with BANGER_REQUIRE_TIERS=1, fails when their needs are
+# missing instead of skipping, and logs each test that ran; check-tiers.sh
+# then fails if a priv/e2e test did not run.
 echo "== cargo test"
-cargo test --workspace --locked --no-fail-fast -- --test-threads="${BANGER_TEST_THREADS:-2}"
+tier_log="$PWD/target/tier-log.txt"
+rm -f "$tier_log"
+export BANGER_TIER_LOG="$tier_log" BANGER_REQUIRE_TIERS=1
+status=0
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${BANGER_TEST_THREADS:-2}" || status=$?
+echo "== tier check"
+scripts/check-tiers.sh "$tier_log" || status=1
+[ "$status" = 0 ] || exit "$status"
 
 # The chaos tier (kill -9 of services at seeded random points, parallel
 # create/rm, restart with running VMs; leak check after each) runs on its

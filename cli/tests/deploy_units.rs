@@ -1,17 +1,11 @@
 //! The systemd units in `deploy/`: `systemd-analyze verify` is silent and
 //! each service's exposure stays within budget (DESIGN §2, issue 8).
 
-use std::path::{Path, PathBuf};
+use banger_test_support::fixtures::repo_root as repo;
+use std::path::Path;
 use std::process::Command;
 
 const SERVICES: [&str; 4] = ["kernelcat", "imagestore", "netd", "vmm"];
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 /// Renders the units with `@BINDIR@` pointing at the built binaries, as
 /// `deploy/install.sh` does.

@@ -7,72 +7,23 @@
 //! a login (serial-getty@ttyS0 active, its prompt on the console), and first
 //! boot's oneshot is skipped: vmm applied the identity and wrote its stamp.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
+use banger_test_support::cli::{self, Banger as Env};
+use banger_test_support::fixtures::repo_root;
 use banger_test_support::netns::in_new_netns;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-struct Env {
-    home: PathBuf,
-    user_home: PathBuf,
-}
-
-impl Env {
-    fn run(&self, args: &[&str]) -> Output {
-        let bin = Path::new(env!("CARGO_BIN_EXE_banger"));
-        assert!(
-            bin.with_file_name("banger-vmm").is_file()
-                && bin.with_file_name("guest/banger-agent").is_file(),
-            "services or guest bundle missing: cargo build --workspace and scripts/build-guest.sh first"
-        );
-        let out = Command::new(bin)
-            .arg("--home")
-            .arg(&self.home)
-            .args(args)
-            .env_remove("BANGER_HOME")
-            .env("HOME", &self.user_home)
-            .env("XDG_CONFIG_HOME", self.user_home.join(".config"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run banger");
-        eprintln!(
-            "$ banger {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "banger {args:?} failed ({})",
-            out.status
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// `vm ssh box -- sh -c CMD`, stdout.
-    fn guest(&self, cmd: &str) -> String {
-        self.ok(&["vm", "ssh", "box", "--", cmd])
-    }
+/// `vm ssh box -- sh -c CMD`, stdout.
+fn guest(env: &Env, cmd: &str) -> String {
+    env.ok(&["vm", "ssh", "box", "--", cmd])
 }
 
 #[test]
 fn systemd_image_boots_directly_trimmed_and_healthy() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(E2e, ROOT, QEMU, VHOST_VSOCK, SHARED);
     // Build (or reuse) the image's OCI layout before the namespace (debootstrap
     // needs the Debian mirror); imported from a tar, no registry needed.
-    let out = Command::new(repo().join("scripts/make-test-image.sh"))
+    let out = Command::new(repo_root().join("scripts/make-test-image.sh"))
         .args(["bookworm", "-", "library/debian:bookworm"])
         .stderr(Stdio::inherit())
         .output()
@@ -88,10 +39,11 @@ fn systemd_image_boots_directly_trimmed_and_healthy() {
         .to_owned();
     in_new_netns(move || {
         let work = tempfile::tempdir().unwrap();
-        let env = Env {
-            home: work.path().join("home"),
-            user_home: work.path().join("user"),
-        };
+        let env = Env::new(
+            cli::bin_dir(env!("CARGO_BIN_EXE_banger"), true),
+            work.path().join("home"),
+            work.path().join("user"),
+        );
         std::fs::create_dir_all(&env.home).unwrap();
         std::fs::create_dir_all(&env.user_home).unwrap();
         std::fs::write(
@@ -138,7 +90,7 @@ fn systemd_image_boots_directly_trimmed_and_healthy() {
                 "box",
                 "--timings",
             ]);
-            let cmdline = env.guest("cat /proc/cmdline");
+            let cmdline = guest(&env, "cat /proc/cmdline");
             let words: Vec<&str> = cmdline.split_whitespace().collect();
             assert!(words.contains(&"init=/sbin/init"), "{cmdline}");
             assert!(
@@ -147,7 +99,7 @@ fn systemd_image_boots_directly_trimmed_and_healthy() {
             );
             assert!(!cmdline.contains("dev-ttyS0"), "{cmdline}");
             // systemd itself is PID 1: nothing ran before it.
-            assert_eq!(env.guest("cat /proc/1/comm").trim(), "systemd");
+            assert_eq!(guest(&env, "cat /proc/1/comm").trim(), "systemd");
 
             // A healthy system: running (or the failed units, named).
             let state = env.run(&[
@@ -162,19 +114,18 @@ fn systemd_image_boots_directly_trimmed_and_healthy() {
                 state,
                 "running",
                 "failed units: {}",
-                env.guest("systemctl --failed --no-legend --plain")
+                guest(&env, "systemctl --failed --no-legend --plain")
             );
             // The masked units really are masked, and nothing failed for it.
             assert_eq!(
-                env.guest("systemctl is-enabled e2scrub_reap.service || true")
-                    .trim(),
+                guest(&env, "systemctl is-enabled e2scrub_reap.service || true").trim(),
                 "masked-runtime"
             );
             // journald records this boot, from the kernel on.
-            let journal = env.guest("journalctl -b --no-pager -o cat | head -n 400");
+            let journal = guest(&env, "journalctl -b --no-pager -o cat | head -n 400");
             assert!(journal.contains("Linux version"), "{journal}");
             assert!(
-                env.guest("journalctl -b --no-pager -o cat -u ssh.service")
+                guest(&env, "journalctl -b --no-pager -o cat -u ssh.service")
                     .contains("Server listening"),
                 "sshd's start is in the journal"
             );
@@ -182,25 +133,24 @@ fn systemd_image_boots_directly_trimmed_and_healthy() {
             // identity and wrote the stamp, so the unit was skipped by its
             // condition without starting a process.
             assert_eq!(
-                env.guest("systemctl show -p ConditionResult --value banger-first-boot.service")
-                    .trim(),
+                guest(
+                    &env,
+                    "systemctl show -p ConditionResult --value banger-first-boot.service"
+                )
+                .trim(),
                 "no"
             );
+            assert!(guest(&env, "cat /var/lib/banger/identity.applied").starts_with("fnv1a64:"));
+            assert_eq!(guest(&env, "hostname").trim(), "box");
             assert!(
-                env.guest("cat /var/lib/banger/identity.applied")
-                    .starts_with("fnv1a64:")
-            );
-            assert_eq!(env.guest("hostname").trim(), "box");
-            assert!(
-                env.guest("cat /etc/hosts")
+                guest(&env, "cat /etc/hosts")
                     .lines()
                     .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["127.0.1.1", "box"])
             );
             // Console login: the getty on ttyS0 runs and its prompt is on
             // the console `vm logs` prints.
             assert_eq!(
-                env.guest("systemctl is-active serial-getty@ttyS0.service")
-                    .trim(),
+                guest(&env, "systemctl is-active serial-getty@ttyS0.service").trim(),
                 "active"
             );
             let console = env.ok(&["vm", "logs", "box"]);

@@ -29,15 +29,15 @@
 //! preparation VM dominates: 110–250 s here).
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use banger_test_support::cli::{self, Banger as Env, text};
 use banger_test_support::debian_mirror::{self, MIRROR_HOSTS};
 use banger_test_support::netns::in_new_netns;
 use banger_test_support::registry::{Registry, push_with_skopeo};
 use banger_test_support::serve::{DnsServer, FileServer};
-use banger_test_support::{debian_archive, minbase};
+use banger_test_support::{debian_archive, leaks, minbase, procs};
 
 /// Whether vmm's preparation and the Rust first boot (console events,
 /// power-off when prepared, DNS failures named) are both in.
@@ -59,138 +59,24 @@ fn host_side(ok: bool, what: &str) {
     }
 }
 
-fn bin_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_banger"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    for bin in [
-        "banger-kernelcat",
-        "banger-imagestore",
-        "banger-netd",
-        "banger-vmm",
-    ] {
-        assert!(
-            dir.join(bin).is_file(),
-            "{bin} missing: run `cargo build --workspace` first (scripts/test.sh does)"
-        );
-    }
-    assert!(
-        dir.join("guest/banger-agent").is_file(),
-        "guest bundle missing in {}: run scripts/build-guest.sh (scripts/setup.sh does)",
-        dir.join("guest").display()
-    );
-    dir
-}
-
-struct Env {
-    home: PathBuf,
-    user_home: PathBuf,
-}
-
-impl Env {
-    fn run(&self, args: &[&str]) -> Output {
-        let out = Command::new(bin_dir().join("banger"))
-            .arg("--home")
-            .arg(&self.home)
-            .args(args)
-            .env_remove("BANGER_HOME")
-            .env("HOME", &self.user_home)
-            .env("XDG_CONFIG_HOME", self.user_home.join(".config"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run banger");
-        eprintln!(
-            "$ banger {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "banger {args:?} failed ({}); logs under {}",
-            out.status,
-            self.home.display()
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut full = vec!["--json"];
-        full.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&full)).expect("JSON output")
-    }
-
-    /// `vm create` with default settings and `--timings` (the only output
-    /// of the phases when stderr is not a terminal), and the seconds of its
-    /// `preparing` phase, if it really prepared.
-    fn create(&self, args: &[&str]) -> (Output, Option<f64>) {
-        let mut full = vec!["vm", "create", "--timings"];
-        full.extend_from_slice(args);
-        let out = self.run(&full);
-        let preparing = text(&out).lines().find_map(|l| {
-            let mut words = l
-                .split(|c: char| c.is_whitespace() || c == '|' || c == '│')
-                .filter(|w| !w.is_empty());
-            (words.next() == Some("preparing"))
-                .then(|| words.next()?.parse().ok())
-                .flatten()
-        });
-        // vmm reports a (near-)zero `preparing` phase when it finds the
-        // image prepared already: only a real one counts.
-        (out, preparing.filter(|s| *s >= 1.0))
-    }
-}
-
-impl Drop for Env {
-    /// A failed test must not leave services or guests running in its
-    /// (then unreachable) namespace: stop them, then end what is left of
-    /// the processes of this home, by pid.
-    fn drop(&mut self) {
-        let _ = Command::new(bin_dir().join("banger"))
-            .arg("--home")
-            .arg(&self.home)
-            .args(["down", "--stop-vms"])
-            .env("HOME", &self.user_home)
-            .stdin(Stdio::null())
-            .output();
-        for pid in processes_of(&self.home) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
-/// Pids of the processes whose command line names `home` (services,
-/// hypervisors, vsock bridges of this test).
-fn processes_of(home: &Path) -> Vec<i32> {
-    let needle = home.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            String::from_utf8_lossy(&cmdline)
-                .contains(&needle)
-                .then_some(pid)
-        })
-        .collect()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// `vm create` with default settings and `--timings` (the only output
+/// of the phases when stderr is not a terminal), and the seconds of its
+/// `preparing` phase, if it really prepared.
+fn create(env: &Env, args: &[&str]) -> (Output, Option<f64>) {
+    let mut full = vec!["vm", "create", "--timings"];
+    full.extend_from_slice(args);
+    let out = env.run(&full);
+    let preparing = text(&out).lines().find_map(|l| {
+        let mut words = l
+            .split(|c: char| c.is_whitespace() || c == '|' || c == '│')
+            .filter(|w| !w.is_empty());
+        (words.next() == Some("preparing"))
+            .then(|| words.next()?.parse().ok())
+            .flatten()
+    });
+    // vmm reports a (near-)zero `preparing` phase when it finds the
+    // image prepared already: only a real one counts.
+    (out, preparing.filter(|s| *s >= 1.0))
 }
 
 fn sh(cmd: &str) -> String {
@@ -209,12 +95,7 @@ struct Owned {
 }
 
 fn owned(env: &Env) -> Owned {
-    let mut taps: Vec<String> = sh("ip -o link show")
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap().to_owned())
-        .filter(|n| n.starts_with("bg-"))
-        .collect();
+    let mut taps = leaks::taps();
     taps.sort();
     let mut vm_dirs: Vec<String> = std::fs::read_dir(env.home.join("state/vms"))
         .map(|r| {
@@ -226,14 +107,7 @@ fn owned(env: &Env) -> Owned {
         })
         .unwrap_or_default();
     vm_dirs.sort();
-    let needle = env.home.display().to_string();
-    let hypervisors = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("qemu-system") && c.contains(&needle))
-        .count();
+    let hypervisors = procs::command_lines_mentioning(&env.home, &["qemu-system"]).len();
     Owned {
         taps,
         nat_elements: sh("nft -j list set inet banger nat_sources"),
@@ -285,7 +159,8 @@ fn package_state(env: &Env, vm: &str) -> PackageState {
 
 #[test]
 fn an_unmodified_docker_hub_image_is_prepared_once_and_fails_fast_without_a_mirror() {
-    let _ = bin_dir();
+    banger_test_support::gate!(E2e, ROOT, QEMU, VHOST_VSOCK, SHARED);
+    let bins = cli::bin_dir(env!("CARGO_BIN_EXE_banger"), true);
     // Everything that needs the internet, before the namespace: the image,
     // the mirror for its apt, the kernel archive, the systemd image.
     let started = Instant::now();
@@ -308,10 +183,10 @@ fn an_unmodified_docker_hub_image_is_prepared_once_and_fails_fast_without_a_mirr
 
     in_new_netns(move || {
         let work = tempfile::tempdir().unwrap();
-        let env = Env {
-            home: work.path().join("home"),
-            user_home: work.path().join("user"),
-        };
+        let env = Env::new(bins, work.path().join("home"), work.path().join("user"));
+        // A failed test must not leave services or guests running in its
+        // (then unreachable) namespace.
+        let _down = cli::Down(env.clone());
         std::fs::create_dir_all(&env.home).unwrap();
         std::fs::create_dir_all(&env.user_home).unwrap();
 
@@ -376,8 +251,10 @@ fn an_unmodified_docker_hub_image_is_prepared_once_and_fails_fast_without_a_mirr
 
         // A: the first VM of the image prepares it.
         let started = Instant::now();
-        let (out, a_preparing) =
-            env.create(&["--image", "debian-bookworm", "--name", "a", "--nat"]);
+        let (out, a_preparing) = create(
+            &env,
+            &["--image", "debian-bookworm", "--name", "a", "--nat"],
+        );
         let a_time = started.elapsed();
         assert!(out.status.success(), "vm create a failed: {}", text(&out));
         host_side(
@@ -428,7 +305,7 @@ fn an_unmodified_docker_hub_image_is_prepared_once_and_fails_fast_without_a_mirr
         let dns_before = dns.queries().len();
         let files_before = files.requests().len();
         let started = Instant::now();
-        let (out, preparing) = env.create(&["--image", "debian-bookworm", "--name", "b"]);
+        let (out, preparing) = create(&env, &["--image", "debian-bookworm", "--name", "b"]);
         assert!(out.status.success(), "vm create b failed: {}", text(&out));
         host_side(
             preparing.is_none(),
@@ -467,7 +344,7 @@ fn an_unmodified_docker_hub_image_is_prepared_once_and_fails_fast_without_a_mirr
 
         // C: the debootstrapped systemd image, for comparison.
         let started = Instant::now();
-        let (out, _) = env.create(&["--image", "debian-bookworm-systemd", "--name", "c"]);
+        let (out, _) = create(&env, &["--image", "debian-bookworm-systemd", "--name", "c"]);
         assert!(out.status.success(), "vm create c failed: {}", text(&out));
         env.ok(&["vm", "ssh", "c", "--", "true"]);
         let c_time = started.elapsed();

@@ -10,14 +10,18 @@
 //! and after rm no tap, lease, nftables element, disk, record or
 //! known_hosts entry left.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use banger_test_support::cli::{self, Banger as Env};
+use banger_test_support::fixtures::repo_root;
 use banger_test_support::netns::in_new_netns;
 use banger_test_support::otlp::{Collector, ReceivedSpan};
 use banger_test_support::registry::Registry;
 use banger_test_support::serve::FileServer;
+use banger_test_support::wait::wait_until;
+use banger_test_support::{leaks, procs};
 
 /// `banger vm create NAME` is one trace: the CLI's root span → vmm's
 /// CreateVm → a span per step carrying the VM name → the imagestore,
@@ -123,47 +127,16 @@ fn assert_create_is_one_trace(collector: &Collector, vm: &str) {
     }
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn bin_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_banger"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    for bin in [
-        "banger-kernelcat",
-        "banger-imagestore",
-        "banger-netd",
-        "banger-vmm",
-    ] {
-        assert!(
-            dir.join(bin).is_file(),
-            "{bin} missing: run `cargo build --workspace` first (scripts/test.sh does)"
-        );
-    }
-    assert!(
-        dir.join("guest/banger-agent").is_file(),
-        "guest bundle missing in {}: run scripts/build-guest.sh (scripts/setup.sh does)",
-        dir.join("guest").display()
-    );
-    dir
-}
-
 /// Runs `examples/python/create_exec_delete.py` against the vmm socket.
 fn python_example_creates_execs_deletes(env: &Env) {
-    let python = repo().join("target/clients/py/bin/python");
+    let python = repo_root().join("target/clients/py/bin/python");
     assert!(
         python.is_file(),
         "{} missing: run scripts/setup.sh --deps (installs the stock Python gRPC client)",
         python.display()
     );
     let out = Command::new(python)
-        .arg(repo().join("examples/python/create_exec_delete.py"))
+        .arg(repo_root().join("examples/python/create_exec_delete.py"))
         .arg("--socket")
         .arg(env.home.join("run/vmm.sock"))
         .args(["--image", "debian-bookworm", "--name", "pybox", "--"])
@@ -200,82 +173,9 @@ fn python_example_creates_execs_deletes(env: &Env) {
     );
 }
 
-struct Env {
-    home: PathBuf,
-    user_home: PathBuf,
-    /// OTLP receiver every process exports to.
-    otlp_endpoint: String,
-}
-
-impl Env {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(bin_dir().join("banger"));
-        cmd.arg("--home")
-            .arg(&self.home)
-            .args(args)
-            .env_remove("BANGER_HOME")
-            // banger's SSH key lives in the user's config dir.
-            .env("HOME", &self.user_home)
-            .env("XDG_CONFIG_HOME", self.user_home.join(".config"))
-            // Services started by `up` inherit these: one trace per command.
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &self.otlp_endpoint)
-            .env("OTEL_BSP_SCHEDULE_DELAY", "200");
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self
-            .cmd(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run banger");
-        eprintln!(
-            "$ banger {}\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "banger {args:?} failed ({}); console/logs under {}",
-            out.status,
-            self.home.display()
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        let mut full = vec!["--json"];
-        full.extend_from_slice(args);
-        serde_json::from_str(&self.ok(&full)).expect("JSON output")
-    }
-
-    fn vmm_pid(&self) -> i32 {
-        std::fs::read_to_string(self.home.join("run/vmm.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
 fn sh(cmd: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn taps() -> Vec<String> {
-    sh("ip -o link show")
-        .lines()
-        .filter_map(|l| l.split(": ").nth(1))
-        .map(|n| n.split('@').next().unwrap().to_owned())
-        .filter(|n| n.starts_with("bg-"))
-        .collect()
 }
 
 fn guard_elements() -> String {
@@ -287,16 +187,7 @@ fn nat_elements() -> String {
 }
 
 fn hypervisors_of(home: &Path) -> Vec<String> {
-    let needle = home.display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| {
-            (c.contains("qemu-system") || c.contains("vhost-device-vsock")) && c.contains(&needle)
-        })
-        .collect()
+    procs::command_lines_mentioning(home, &["qemu-system", "vhost-device-vsock"])
 }
 
 /// The guest's SSH host public keys (`/etc/ssh/ssh_host_*_key.pub`), one
@@ -315,28 +206,14 @@ fn guest_host_keys(env: &Env, vm: &str) -> String {
     .to_owned()
 }
 
-fn kill9(pid: i32) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-}
-
-fn wait_gone(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while path.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn vm_lifecycle_end_to_end() {
-    let bins = bin_dir();
+    banger_test_support::gate!(E2e, ROOT, QEMU, VHOST_VSOCK, SHARED);
+    let bins = cli::bin_dir(env!("CARGO_BIN_EXE_banger"), true);
     // debootstrap needs the Debian mirror: build (or reuse) the image's
     // rootfs and OCI layout before entering the namespace, which has no
     // route out; inside it the script only pushes the cached layout.
-    let status = Command::new(repo().join("scripts/make-test-image.sh"))
+    let status = Command::new(repo_root().join("scripts/make-test-image.sh"))
         .args(["bookworm", "-", "library/debian:bookworm"])
         .stdout(Stdio::null())
         .status()
@@ -357,17 +234,16 @@ fn vm_lifecycle_end_to_end() {
             .unwrap();
         let collector = rt.block_on(Collector::start());
         let work = tempfile::tempdir().unwrap();
-        let env = Env {
-            home: work.path().join("home"),
-            user_home: work.path().join("user"),
-            otlp_endpoint: collector.endpoint.clone(),
-        };
+        // Services started by `up` inherit the OTLP settings: one trace per command.
+        let env = Env::new(bins, work.path().join("home"), work.path().join("user"))
+            .with_env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector.endpoint)
+            .with_env("OTEL_BSP_SCHEDULE_DELAY", "200");
         std::fs::create_dir_all(&env.home).unwrap();
         std::fs::create_dir_all(&env.user_home).unwrap();
 
         // A real registry on 127.0.0.1, filled with a debootstrapped bookworm.
         let registry = Registry::start();
-        let status = Command::new(repo().join("scripts/make-test-image.sh"))
+        let status = Command::new(repo_root().join("scripts/make-test-image.sh"))
             .args(["bookworm", &registry.addr, "library/debian:bookworm"])
             .stdout(Stdio::null())
             .status()
@@ -395,7 +271,6 @@ fn vm_lifecycle_end_to_end() {
         .unwrap();
         let vmlinux = work.path().join("vmlinux");
         std::fs::copy(banger_test_support::fixtures::kernel_vmlinux(), &vmlinux).unwrap();
-        let _ = bins;
 
         env.ok(&["up"]);
         env.ok(&[
@@ -463,13 +338,14 @@ fn vm_lifecycle_end_to_end() {
         );
 
         // vmm restarted with the VM running: adopted, same process, reachable.
-        let vmm = env.vmm_pid();
+        let vmm = env.pid_of("vmm").expect("vmm pid file");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(vmm),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
-        wait_gone(&env.home.join("run/vmm.sock"));
+        let socket = env.home.join("run/vmm.sock");
+        wait_until(Duration::from_secs(30), || !socket.exists());
         env.ok(&["up"]);
         let adopted = env.json(&["vm", "show", "testbox"]);
         assert_eq!(adopted["state"], "running", "{adopted:#}");
@@ -654,10 +530,9 @@ fn vm_lifecycle_end_to_end() {
         let down = env.json(&["down", "--stop-vms"]);
         assert_eq!(down["vms_left_running"], serde_json::json!([]), "{down:#}");
         assert_eq!(down["stopped"].as_array().unwrap().len(), 4, "{down:#}");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !hypervisors_of(&env.home).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_until(Duration::from_secs(20), || {
+            hypervisors_of(&env.home).is_empty()
+        });
         assert_eq!(
             hypervisors_of(&env.home),
             Vec::<String>::new(),
@@ -684,15 +559,14 @@ fn vm_lifecycle_end_to_end() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while hypervisors_of(&env.home).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_until(Duration::from_secs(60), || {
+            !hypervisors_of(&env.home).is_empty()
+        });
         assert!(
             !hypervisors_of(&env.home).is_empty(),
             "the create never started QEMU"
         );
-        kill9(env.vmm_pid());
+        procs::kill9(env.pid_of("vmm").expect("vmm pid file"));
         let _ = create.wait();
         env.ok(&["up"]);
         let after = env.json(&["vm", "list"]);
@@ -710,7 +584,7 @@ fn vm_lifecycle_end_to_end() {
         // Nothing a VM owned is left.
         assert_eq!(env.json(&["vm", "list"]), serde_json::json!([]));
         assert_eq!(env.json(&["network", "leases"]), serde_json::json!([]));
-        assert_eq!(taps(), Vec::<String>::new(), "taps left behind");
+        assert_eq!(leaks::taps(), Vec::<String>::new(), "taps left behind");
         let guard = guard_elements();
         assert!(
             guard.contains("\"leases\"") && !guard.contains("\"elem\""),
@@ -730,10 +604,9 @@ fn vm_lifecycle_end_to_end() {
             "VM dirs left in {}: {left:?}",
             vms_dir.display()
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !hypervisors_of(&env.home).is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_until(Duration::from_secs(20), || {
+            hypervisors_of(&env.home).is_empty()
+        });
         assert_eq!(
             hypervisors_of(&env.home),
             Vec::<String>::new(),

@@ -18,52 +18,20 @@
 //! `BANGER_CHAOS_FAULTS` (15), `BANGER_CHAOS_SEED` (from the clock).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use banger_test_support::cli::{self, Banger};
+use banger_test_support::fixtures::repo_root;
 use banger_test_support::leaks::leaks;
 use banger_test_support::netns::in_new_netns;
 use banger_test_support::registry::Registry;
 use serde_json::Value;
 
 const SERVICES: [&str; 4] = ["kernelcat", "imagestore", "netd", "vmm"];
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The binaries: `$BANGER_TEST_BIN_DIR` (a copy, so a concurrent build
-/// cannot swap them mid-test), else cargo's.
-fn bin_dir() -> PathBuf {
-    let dir = std::env::var_os("BANGER_TEST_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_BIN_EXE_banger"))
-                .parent()
-                .unwrap()
-                .to_path_buf()
-        });
-    for bin in [
-        "banger",
-        "banger-kernelcat",
-        "banger-imagestore",
-        "banger-netd",
-        "banger-vmm",
-    ] {
-        assert!(
-            dir.join(bin).is_file(),
-            "{bin} missing in {}: run `cargo build --workspace` first",
-            dir.display()
-        );
-    }
-    dir
-}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -87,76 +55,24 @@ impl Rng {
     }
 }
 
+/// The CLI harness, plus the chaos cases' own questions.
 #[derive(Clone)]
-struct Env {
-    bins: PathBuf,
-    home: PathBuf,
-    user_home: PathBuf,
+struct Env(Banger);
+
+impl std::ops::Deref for Env {
+    type Target = Banger;
+    fn deref(&self) -> &Banger {
+        &self.0
+    }
 }
 
 impl Env {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(self.bins.join("banger"));
-        cmd.arg("--home")
-            .arg(&self.home)
-            .args(args)
-            .env_remove("BANGER_HOME")
-            .env("HOME", &self.user_home)
-            .env("XDG_CONFIG_HOME", self.user_home.join(".config"))
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().expect("run banger");
-        eprintln!(
-            "$ banger {} → {}\n{}{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "banger {args:?} failed ({}); logs under {}",
-            out.status,
-            self.home.display()
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// `--json ARGS`, quiet (the leak checker and the monitor call it often).
-    fn json(&self, args: &[&str]) -> Value {
-        let mut full = vec!["--json"];
-        full.extend_from_slice(args);
-        let out = self.cmd(&full).output().expect("run banger");
-        assert!(
-            out.status.success(),
-            "banger {full:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("JSON output")
-    }
-
     fn vms(&self) -> Vec<Value> {
         self.json(&["vm", "list"]).as_array().cloned().unwrap()
     }
 
     fn vm(&self, name: &str) -> Option<Value> {
         self.vms().into_iter().find(|v| v["name"] == name)
-    }
-
-    fn pid_of(&self, service: &str) -> Option<i32> {
-        std::fs::read_to_string(self.home.join(format!("run/{service}.pid")))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
     }
 
     fn assert_no_leaks(&self, case: &str) {
@@ -197,14 +113,14 @@ impl Env {
 
 /// Brings up a home with the fixture kernel and a busybox image pulled.
 fn world(work: &Path, registry: &Registry) -> Env {
-    let env = Env {
-        bins: bin_dir(),
-        home: work.join("home"),
-        user_home: work.join("user"),
-    };
+    let env = Env(Banger::new(
+        cli::bin_dir(env!("CARGO_BIN_EXE_banger"), false),
+        work.join("home"),
+        work.join("user"),
+    ));
     std::fs::create_dir_all(&env.home).unwrap();
     std::fs::create_dir_all(&env.user_home).unwrap();
-    let made = Command::new(repo().join("scripts/make-test-image.sh"))
+    let made = Command::new(repo_root().join("scripts/make-test-image.sh"))
         .args(["busybox", &registry.addr, "library/busybox:latest"])
         .stderr(Stdio::inherit())
         .output()
@@ -272,6 +188,7 @@ fn world(work: &Path, registry: &Registry) -> Env {
 #[test]
 #[ignore = "non-gating tier: scripts/test.sh runs it on its own with --ignored and reports it loudly (#13: a guest agent's vsock handshake sometimes never answers under load)"]
 fn chaos_tier() {
+    banger_test_support::gate!(Priv, ROOT, QEMU, VHOST_VSOCK, SHARED);
     let started = Instant::now();
     let seed = std::env::var("BANGER_CHAOS_SEED")
         .ok()
@@ -288,7 +205,7 @@ fn chaos_tier() {
         let registry = Registry::start();
         let work = tempfile::tempdir().unwrap();
         let env = world(work.path(), &registry);
-        let _down = Down(env.clone());
+        let _down = cli::Down(env.0.clone());
         env.assert_no_leaks("setup");
 
         let t = Instant::now();
@@ -316,43 +233,6 @@ fn chaos_tier() {
         "FIGURES chaos tier total {:.1?} (seed {seed})",
         started.elapsed()
     );
-}
-
-/// Stops the VMs and the services however the test ends (a panic too):
-/// nothing of the test outlives it.
-struct Down(Env);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            // The home goes with the test: show what the services said.
-            let logs = self.0.home.join("state/logs");
-            for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
-                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                eprintln!(
-                    "--- last lines of {} ---\n{}",
-                    entry.path().display(),
-                    lines[lines.len().saturating_sub(40)..].join("\n")
-                );
-            }
-        }
-        let _ = self.0.run(&["down", "--stop-vms", "--timeout", "5"]);
-        // A vmm that does not answer cannot stop its VMs: kill what is left.
-        let needle = self.0.home.display().to_string();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(&needle) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
 }
 
 /// Case 1: clients × cycles of create, exec, rm, in parallel, watched by a

@@ -16,8 +16,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use banger_test_support::fixtures::repo_root as repo;
 use banger_test_support::netns::in_new_netns;
-use banger_test_support::require_root;
 
 const SERVICES: [(&str, &str); 4] = [
     ("kernelcat", "banger.kernelcat.v1.KernelCat"),
@@ -50,13 +50,6 @@ const REASONS: [(&str, &str, &str, &str, &str); 3] = [
         "IMAGE_MISSING",
     ),
 ];
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn client_dir(what: &str) -> PathBuf {
     let dir = repo().join("target/clients").join(what);
@@ -107,7 +100,7 @@ fn run_client(mut cmd: Command, service: &str) -> serde_json::Value {
 
 #[test]
 fn python_and_node_clients_work_on_every_socket() {
-    require_root();
+    banger_test_support::gate!(Priv, ROOT);
     let python = client_dir("py").join("bin/python");
     let node_modules = client_dir("node").join("node_modules");
     let clients = repo().join("proto/tests/clients");

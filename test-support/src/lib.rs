@@ -6,18 +6,27 @@
 //! mirror built from Debian's signed files), and the file and DNS servers a
 //! test runs in its namespace to serve them.
 //!
-//! A test that needs something missing panics with what to install; it never
-//! passes silently.
+//! The tiers (in-process, `priv_*`, `e2e_*`) and the gate a heavier test
+//! passes first are in [`tier`]: a test whose needs are missing fails under
+//! CI and says loudly what it did not run elsewhere; it never passes
+//! silently. Helpers that need something missing panic with what to install.
 
+pub mod cli;
 pub mod debian_archive;
 pub mod debian_mirror;
 pub mod fixtures;
+pub mod inproc;
 pub mod leaks;
 pub mod minbase;
 pub mod netns;
 pub mod otlp;
+pub mod procs;
+pub mod qemu;
 pub mod registry;
 pub mod serve;
+pub mod tar;
+pub mod tier;
+pub mod wait;
 
 use std::path::Path;
 use std::process::Command;

@@ -61,7 +61,7 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn the_official_minbase_image_installs_systemd_and_sshd_from_the_local_mirror() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT);
     banger_test_support::require_program("unshare", "util-linux");
     let started = Instant::now();
     let image = minbase::debian_bookworm_minbase();

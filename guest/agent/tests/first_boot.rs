@@ -5,7 +5,7 @@
 //! files. The events it prints are parsed with the host's own parser
 //! (`FirstBootEvent::parse_console_line`). The real PID-1 paths are proven
 //! under QEMU (qemu.rs: busybox supervisor, systemd image) and
-//! systemd-nspawn (nspawn.rs).
+//! systemd-nspawn (priv_nspawn.rs).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

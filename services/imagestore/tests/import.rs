@@ -89,11 +89,13 @@ async fn docker_save_and_oci_archives() {
 
     let layout_dir = tempfile::tempdir().unwrap();
     layout(layout_dir.path(), "v1", &[zstd_layer(busybox_layer())]);
-    let mut b = tar::Builder::new(Vec::new());
-    b.append_dir_all(".", layout_dir.path()).unwrap();
     let oci = import(
         &mut client,
-        messages("from-oci", "bb-oci.tar", b.into_inner().unwrap()),
+        messages(
+            "from-oci",
+            "bb-oci.tar",
+            banger_test_support::tar::tar_dir(layout_dir.path()),
+        ),
     )
     .await
     .unwrap();

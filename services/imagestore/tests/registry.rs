@@ -371,7 +371,7 @@ fn tricky_layers() -> Vec<Vec<u8>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flattening_equals_umoci_unpack() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT);
     banger_test_support::require_program("umoci", "umoci");
     let registry = Registry::start();
     let src = tempfile::tempdir().unwrap();
@@ -679,7 +679,7 @@ async fn corrupt_blob_is_refused_then_a_retry_resumes_from_verified_blobs() {
 
 #[test]
 fn docker_io_through_a_mirror_in_a_private_netns() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT);
     // The mirror is the only way out: in a namespace with only `lo`, a
     // fallback to the real docker.io cannot leave the machine.
     banger_test_support::netns::in_new_netns(|| {
@@ -874,7 +874,7 @@ impl Drop for Daemon {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imagestore_without_any_capability_builds_setuid_files_and_devices() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT);
     let registry = Registry::start();
     let src = tempfile::tempdir().unwrap();
     let layers: Vec<Layer> = tricky_layers().into_iter().map(gzip_layer).collect();
@@ -1219,7 +1219,7 @@ async fn a_registry_sending_more_than_the_declared_size_is_cut_off() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_service_kills_a_running_mke2fs() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT);
     let registry = Registry::start();
     let src = tempfile::tempdir().unwrap();
     let mut t = TarBuilder::new();

@@ -214,44 +214,7 @@ fn move_into(from: &Path, to: &Path) -> Result<()> {
 pub(crate) mod tests {
     use super::*;
 
-    /// One member of a crafted tarball.
-    pub enum Member<'a> {
-        File(&'a str, &'a [u8]),
-        Dir(&'a str),
-        Symlink(&'a str, &'a str),
-        Hardlink(&'a str, &'a str),
-        Fifo(&'a str),
-        CharDevice(&'a str),
-    }
-
-    /// Builds a tar.zst with raw names (the tar crate's setters refuse
-    /// `..` and absolute paths, which is exactly what we need to craft).
-    pub fn tar_zst(members: &[Member]) -> Vec<u8> {
-        let mut builder = tar::Builder::new(Vec::new());
-        for m in members {
-            let mut header = tar::Header::new_gnu();
-            let (name, kind, link, data): (&str, EntryType, Option<&str>, &[u8]) = match m {
-                Member::File(n, d) => (n, EntryType::Regular, None, d),
-                Member::Dir(n) => (n, EntryType::Directory, None, b""),
-                Member::Symlink(n, t) => (n, EntryType::Symlink, Some(t), b""),
-                Member::Hardlink(n, t) => (n, EntryType::Link, Some(t), b""),
-                Member::Fifo(n) => (n, EntryType::Fifo, None, b""),
-                Member::CharDevice(n) => (n, EntryType::Char, None, b""),
-            };
-            let gnu = header.as_gnu_mut().unwrap();
-            gnu.name[..name.len()].copy_from_slice(name.as_bytes());
-            if let Some(link) = link {
-                gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
-            }
-            header.set_entry_type(kind);
-            header.set_mode(0o644);
-            header.set_size(data.len() as u64);
-            header.set_cksum();
-            builder.append(&header, data).unwrap();
-        }
-        let tar = builder.into_inner().unwrap();
-        zstd::encode_all(&tar[..], 1).unwrap()
-    }
+    use banger_test_support::tar::{Member, tar_zst};
 
     fn run(members: &[Member]) -> (tempfile::TempDir, Result<Unpacked>) {
         let dir = tempfile::tempdir().unwrap();

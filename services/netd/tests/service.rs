@@ -9,13 +9,13 @@ use banger_netd::{Manager, NetdConfig, NetdService};
 use banger_proto::netd::v1 as pb;
 use banger_proto::netd::v1::netd_client::NetdClient;
 use banger_proto::netd::v1::netd_server::NetdServer;
-use banger_proto::rpc::{BoundSocket, ServeOptions, TracedChannel};
-use tokio::sync::oneshot;
+use banger_proto::rpc::TracedChannel;
+use banger_test_support::inproc;
 use tonic::service::Routes;
 
 struct Served {
     client: NetdClient<TracedChannel>,
-    _stop: oneshot::Sender<()>,
+    _served: inproc::Served,
     _dir: tempfile::TempDir,
 }
 
@@ -29,25 +29,17 @@ async fn serve(config: NetdConfig, ops: RecordingOps) -> Served {
     )
     .await
     .unwrap();
-    let socket: PathBuf = dir.path().join("netd.sock");
-    let bound = BoundSocket::bind(ServeOptions {
-        socket: socket.clone(),
-        socket_group: None,
-        pid_file: None,
-        name: "banger-netd".into(),
-        services: vec!["banger.netd.v1.Netd".into()],
-    })
-    .await
-    .unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
     let routes = Routes::new(NetdServer::new(NetdService::new(Arc::new(manager))));
-    tokio::spawn(bound.serve(routes, async {
-        let _ = stopped.await;
-    }));
-    let channel = banger_proto::rpc::connect(&socket).await.unwrap();
+    let served = inproc::serve(
+        &dir.path().join("netd.sock"),
+        "banger-netd",
+        &["banger.netd.v1.Netd"],
+        routes,
+    )
+    .await;
     Served {
-        client: NetdClient::new(channel),
-        _stop: stop,
+        client: NetdClient::new(served.channel.clone()),
+        _served: served,
         _dir: dir,
     }
 }
@@ -169,6 +161,7 @@ async fn serve_open(config: NetdConfig, ops: RecordingOps) -> (Served, PathBuf) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_root_and_the_vmm_uid_change_state() {
+    banger_test_support::gate!(Priv, ROOT);
     let ops = RecordingOps::default();
     let cfg = NetdConfig {
         vmm_uid: Some(4242),

@@ -70,7 +70,7 @@ fn used(path: &Path) -> u64 {
 
 #[test]
 fn reflink_on_xfs() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT);
     banger_test_support::require_program("mkfs.xfs", "xfsprogs");
     let backing = tempfile::tempdir().unwrap();
     let dev = backing.path().join("xfs.img");
@@ -106,6 +106,7 @@ fn reflink_on_xfs() {
 
 #[test]
 fn sparse_copy_on_tmpfs_which_cannot_reflink() {
+    banger_test_support::gate!(Priv, ROOT);
     let mnt = Mount::new(&["-t", "tmpfs", "-o", "size=256m", "tmpfs"]);
     let src = image(mnt.path());
     let dst = mnt.path().join("rootfs.ext4");
@@ -126,6 +127,7 @@ fn sparse_copy_on_tmpfs_which_cannot_reflink() {
 
 #[test]
 fn a_full_disk_during_the_copy_leaves_nothing() {
+    banger_test_support::gate!(Priv, ROOT);
     let big = tempfile::tempdir().unwrap();
     let src = image(big.path());
     // Room for the file's metadata but not its 1 MiB of data.

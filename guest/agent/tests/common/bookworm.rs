@@ -1,5 +1,5 @@
-//! Cached Debian bookworm trees for the first-boot tests (nspawn.rs,
-//! qemu.rs): debootstrapped on first use into `target/test-cache/`, and a
+//! Cached Debian bookworm trees for the first-boot tests (priv_nspawn.rs,
+//! priv_qemu.rs): debootstrapped on first use into `target/test-cache/`, and a
 //! local apt repository with what a minbase lacks for an init and sshd.
 
 #![allow(dead_code)]
@@ -7,37 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub fn cache_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-cache")
-}
-
 /// A cached bookworm rootfs (`minbase` plus `include`), debootstrapped on
-/// first use into `target/test-cache/<name>`.
-pub fn debootstrap(name: &str, include: Option<&str>) -> PathBuf {
-    let cache = cache_dir();
-    let rootfs = cache.join(name);
-    if rootfs.join("etc/os-release").exists() {
-        return rootfs;
-    }
-    banger_test_support::require_program("debootstrap", "debootstrap");
-    let partial = cache.join(format!("{name}.partial"));
-    let _ = std::fs::remove_dir_all(&partial);
-    std::fs::create_dir_all(&cache).unwrap();
-    let mut cmd = Command::new("nice");
-    cmd.args(["-n", "10", "debootstrap", "--variant=minbase"]);
-    if let Some(include) = include {
-        cmd.arg(format!("--include={include}"));
-    }
-    let status = cmd
-        .arg("bookworm")
-        .arg(&partial)
-        .arg("http://deb.debian.org/debian")
-        .status()
-        .expect("run debootstrap");
-    assert!(status.success(), "debootstrap failed: {status}");
-    std::fs::rename(&partial, &rootfs).unwrap();
-    rootfs
-}
+/// first use; one recipe for every crate's tests.
+pub use banger_test_support::fixtures::debootstrap;
+/// `target/test-cache/`, shared with every crate's tests.
+pub use banger_test_support::fixtures::test_cache_dir as cache_dir;
 
 /// Bookworm with systemd (the image case "systemd present").
 pub fn bookworm() -> PathBuf {

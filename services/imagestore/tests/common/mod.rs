@@ -16,8 +16,9 @@ use banger_proto::imagestore::v1 as pb;
 use banger_proto::imagestore::v1::image_store_client::ImageStoreClient;
 use banger_proto::imagestore::v1::image_store_server::ImageStoreServer;
 use banger_proto::rpc::progress::{LongEvent, Step};
-use banger_proto::rpc::{BoundSocket, ServeOptions, TracedChannel};
+use banger_proto::rpc::TracedChannel;
 use banger_proto::runtime::v1::Progress;
+use banger_test_support::inproc;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tonic::service::Routes;
@@ -118,92 +119,7 @@ pub fn multi_arch_layout(dir: &Path, tag: &str, images: &[(&str, Vec<Layer>)]) -
     format!("oci:{}:{tag}", dir.display())
 }
 
-/// A tar builder with helpers that set every header field explicitly.
-pub struct TarBuilder(pub tar::Builder<Vec<u8>>);
-
-impl TarBuilder {
-    pub fn new() -> Self {
-        TarBuilder(tar::Builder::new(Vec::new()))
-    }
-
-    fn header(kind: tar::EntryType, mode: u32, uid: u64, gid: u64) -> tar::Header {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(uid);
-        h.set_gid(gid);
-        h.set_mtime(1_600_000_000);
-        h.set_size(0);
-        h
-    }
-
-    pub fn dir(&mut self, path: &str, mode: u32, uid: u64, gid: u64) -> &mut Self {
-        let mut h = Self::header(tar::EntryType::Directory, mode, uid, gid);
-        self.0.append_data(&mut h, path, &b""[..]).unwrap();
-        self
-    }
-
-    pub fn file(&mut self, path: &str, mode: u32, uid: u64, gid: u64, data: &[u8]) -> &mut Self {
-        let mut h = Self::header(tar::EntryType::Regular, mode, uid, gid);
-        h.set_size(data.len() as u64);
-        self.0.append_data(&mut h, path, data).unwrap();
-        self
-    }
-
-    pub fn file_xattrs(
-        &mut self,
-        path: &str,
-        mode: u32,
-        data: &[u8],
-        xattrs: &[(&str, &[u8])],
-    ) -> &mut Self {
-        let keys: Vec<(String, &[u8])> = xattrs
-            .iter()
-            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
-            .collect();
-        self.0
-            .append_pax_extensions(keys.iter().map(|(k, v)| (k.as_str(), *v)))
-            .unwrap();
-        self.file(path, mode, 0, 0, data)
-    }
-
-    /// A file with raw PAX records (e.g. `mtime` with a fraction).
-    pub fn file_pax(
-        &mut self,
-        path: &str,
-        mode: u32,
-        data: &[u8],
-        pax: &[(&str, &[u8])],
-    ) -> &mut Self {
-        self.0.append_pax_extensions(pax.iter().copied()).unwrap();
-        self.file(path, mode, 0, 0, data)
-    }
-
-    pub fn symlink(&mut self, path: &str, target: &str) -> &mut Self {
-        let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0, 0);
-        self.0.append_link(&mut h, path, target).unwrap();
-        self
-    }
-
-    pub fn hardlink(&mut self, path: &str, target: &str) -> &mut Self {
-        let mut h = Self::header(tar::EntryType::Link, 0o755, 0, 0);
-        self.0.append_link(&mut h, path, target).unwrap();
-        self
-    }
-
-    pub fn node(&mut self, path: &str, kind: tar::EntryType, major: u32, minor: u32) -> &mut Self {
-        let mut h = Self::header(kind, 0o660, 0, 6);
-        h.set_device_major(major).unwrap();
-        h.set_device_minor(minor).unwrap();
-        self.0.append_data(&mut h, path, &b""[..]).unwrap();
-        self
-    }
-
-    pub fn finish(&mut self) -> Vec<u8> {
-        let b = std::mem::replace(&mut self.0, tar::Builder::new(Vec::new()));
-        b.into_inner().unwrap()
-    }
-}
+pub use banger_test_support::tar::TarBuilder;
 
 /// A busybox layer: the static binary and a few applet links.
 pub fn busybox_layer() -> Vec<u8> {
@@ -280,19 +196,15 @@ impl TestStore {
 
 /// Serves `store` on a temp socket; returns a client (the server ends with the runtime).
 pub async fn serve(store: Store, dir: &Path) -> ImageStoreClient<TracedChannel> {
-    let socket = dir.join("imagestore.sock");
-    let bound = BoundSocket::bind(ServeOptions {
-        socket: socket.clone(),
-        socket_group: None,
-        pid_file: None,
-        name: "banger-imagestore".into(),
-        services: vec![],
-    })
-    .await
-    .unwrap();
     let routes = Routes::new(ImageStoreServer::new(ImageStoreService::from_store(store)));
-    tokio::spawn(bound.serve(routes, std::future::pending()));
-    ImageStoreClient::new(banger_proto::rpc::connect(&socket).await.unwrap())
+    let served = inproc::serve(
+        &dir.join("imagestore.sock"),
+        "banger-imagestore",
+        &[],
+        routes,
+    )
+    .await;
+    ImageStoreClient::new(served.detach())
 }
 
 /// Runs a pull to its end: the progress updates and the image, or the status.

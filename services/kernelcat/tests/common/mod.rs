@@ -9,15 +9,17 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use banger_kernelcat::{KernelCatConfig, KernelCatService};
 use banger_proto::kernelcat::v1 as pb;
 use banger_proto::kernelcat::v1::kernel_cat_client::KernelCatClient;
 use banger_proto::kernelcat::v1::kernel_cat_server::KernelCatServer;
 use banger_proto::rpc::progress::{LongEvent, Step};
-use banger_proto::rpc::{BoundSocket, ServeOptions, TracedChannel};
+use banger_proto::rpc::TracedChannel;
 use banger_proto::runtime::v1::Progress;
+use banger_test_support::inproc;
+use banger_test_support::wait::wait_until_async;
 use sha2::{Digest, Sha256};
 
 /// How the server answers one path.
@@ -191,35 +193,7 @@ pub fn sha256(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
 }
 
-/// One member of a crafted bundle.
-pub enum Member<'a> {
-    File(&'a str, &'a [u8]),
-    Symlink(&'a str, &'a str),
-}
-
-/// A tar.zst with raw member names (so `..` and absolute names can be
-/// crafted, which the tar crate's path setters refuse).
-pub fn tar_zst(members: &[Member]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(Vec::new());
-    for m in members {
-        let mut header = tar::Header::new_gnu();
-        let (name, kind, link, data): (&str, tar::EntryType, Option<&str>, &[u8]) = match m {
-            Member::File(n, d) => (n, tar::EntryType::Regular, None, d),
-            Member::Symlink(n, t) => (n, tar::EntryType::Symlink, Some(t), b""),
-        };
-        let gnu = header.as_gnu_mut().unwrap();
-        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
-        if let Some(link) = link {
-            gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
-        }
-        header.set_entry_type(kind);
-        header.set_mode(0o644);
-        header.set_size(data.len() as u64);
-        header.set_cksum();
-        builder.append(&header, data).unwrap();
-    }
-    zstd::encode_all(&builder.into_inner().unwrap()[..], 1).unwrap()
-}
+pub use banger_test_support::tar::{Member, tar_zst};
 
 /// The fixture kernel bundled as the build script would (vmlinux + config),
 /// built once per test binary.
@@ -261,7 +235,7 @@ pub fn serve_catalog(server: &HttpServer, entries: Vec<serde_json::Value>) {
 pub struct Service {
     pub dir: tempfile::TempDir,
     pub client: KernelCatClient<TracedChannel>,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    _served: inproc::Served,
 }
 
 impl Service {
@@ -281,33 +255,17 @@ impl Service {
             None => KernelCatService::with_settings(root, settings),
         }
         .expect("open the service");
-        let socket = dir.path().join("run/kernelcat.sock");
-        let bound = BoundSocket::bind(ServeOptions {
-            socket: socket.clone(),
-            socket_group: None,
-            pid_file: None,
-            name: "banger-kernelcat".into(),
-            services: vec!["banger.kernelcat.v1.KernelCat".into()],
-        })
-        .await
-        .unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            bound
-                .serve(
-                    tonic::service::Routes::new(KernelCatServer::new(service)),
-                    async {
-                        let _ = rx.await;
-                    },
-                )
-                .await
-                .unwrap();
-        });
-        let channel = banger_proto::rpc::connect(&socket).await.unwrap();
+        let served = inproc::serve(
+            &dir.path().join("run/kernelcat.sock"),
+            "banger-kernelcat",
+            &["banger.kernelcat.v1.KernelCat"],
+            tonic::service::Routes::new(KernelCatServer::new(service)),
+        )
+        .await;
         Service {
             dir,
-            client: KernelCatClient::new(channel),
-            shutdown: Some(tx),
+            client: KernelCatClient::new(served.channel.clone()),
+            _served: served,
         }
     }
 
@@ -319,14 +277,6 @@ impl Service {
     /// Names in the store root (kernels, staging dirs, the catalog cache).
     pub fn store_entries(&self) -> Vec<String> {
         store_entries(&self.kernels())
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
     }
 }
 
@@ -385,10 +335,9 @@ pub async fn pull(
 
 /// Polls `cond` every 50 ms until it holds, panicking with `what` after a
 /// generous deadline (a liveness bound, not a timing assertion).
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    assert!(
+        wait_until_async(Duration::from_secs(60), cond).await,
+        "timed out waiting until {what}"
+    );
 }

@@ -9,10 +9,12 @@ use std::process::Command;
 use std::sync::Arc;
 
 use banger_proto::rpc::progress::{LongEvent, Step};
-use banger_proto::rpc::{BoundSocket, ServeOptions, TracedChannel};
+use banger_proto::rpc::TracedChannel;
 use banger_proto::vmm::v1 as pb;
 use banger_proto::vmm::v1::vmm_client::VmmClient;
 use banger_proto::vmm::v1::vmm_server::VmmServer;
+use banger_test_support::inproc;
+use banger_test_support::wait::wait_until_async;
 use banger_vmm::VmmService;
 use banger_vmm::config::{QemuAccel, VmmConfig};
 use banger_vmm::guest::AgentGuest;
@@ -76,14 +78,10 @@ pub fn busybox_ext4_with(dir: &Path, files: &[(&str, &Path)], extra: &str) -> Pa
 
 /// Polls `path` until it contains `needle` or `secs` pass.
 pub async fn wait_for_text(path: &Path, needle: &str, secs: u64) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-    while std::time::Instant::now() < deadline {
-        if std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    false
+    wait_until_async(std::time::Duration::from_secs(secs), || {
+        std::fs::read_to_string(path).is_ok_and(|t| t.contains(needle))
+    })
+    .await
 }
 
 pub fn sh(cmd: &str) {
@@ -204,53 +202,19 @@ pub async fn serve(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<std::result::Result<(), banger_proto::rpc::RuntimeError>>,
 ) {
-    let socket = dir.join("run/vmm.sock");
-    let bound = BoundSocket::bind(ServeOptions {
-        socket: socket.clone(),
-        socket_group: None,
-        pid_file: None,
-        name: "banger-vmm".into(),
-        services: vec![],
-    })
-    .await
-    .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let service = VmmService::with_manager(mgr);
-    let server = tokio::spawn(bound.serve(Routes::new(VmmServer::new(service)), async {
-        let _ = stop_rx.await;
-    }));
-    let client = VmmClient::new(banger_proto::rpc::connect(&socket).await.unwrap());
-    (client, stop_tx, server)
+    let served = inproc::serve(
+        &dir.join("run/vmm.sock"),
+        "banger-vmm",
+        &[],
+        Routes::new(VmmServer::new(service)),
+    )
+    .await;
+    let (channel, stop_tx, server) = served.into_parts();
+    (VmmClient::new(channel), stop_tx, server)
 }
 
-/// Kills, when dropped (a panic included), every process whose command line
-/// mentions `dir`: the VMs and vhost daemons a failing test would otherwise
-/// leave running. Declare it after the temp dir so it drops first.
-#[derive(Debug)]
-pub struct ProcessSweeper(pub PathBuf);
-
-impl Drop for ProcessSweeper {
-    fn drop(&mut self) {
-        let needle = self.0.as_os_str().as_encoded_bytes().to_vec();
-        let me = std::process::id();
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if pid == me {
-                continue;
-            }
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            if !needle.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle) {
-                banger_vmm::hypervisor::kill(pid);
-            }
-        }
-    }
-}
+/// Kills, when dropped, every process mentioning the dir (VMs and vhost
+/// daemons a failing test would leave running).
+#[allow(unused_imports)] // not every test binary sweeps
+pub use banger_test_support::procs::Sweeper as ProcessSweeper;

@@ -19,17 +19,7 @@ const SERVICES: [(&str, &str); 4] = [
 ];
 
 fn banger() -> PathBuf {
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_banger"));
-    let dir = exe.parent().unwrap();
-    for (name, _) in SERVICES {
-        let bin = dir.join(format!("banger-{name}"));
-        assert!(
-            bin.is_file(),
-            "{} is missing: build every binary first (`cargo build --workspace`; scripts/test.sh does)",
-            bin.display()
-        );
-    }
-    exe
+    banger_test_support::cli::bin_dir(env!("CARGO_BIN_EXE_banger"), false).join("banger")
 }
 
 fn run(home: &Path, args: &[&str]) -> Output {
@@ -81,6 +71,7 @@ async fn reflected_services(socket: &Path) -> Vec<String> {
 
 #[test]
 fn up_status_down_in_a_temp_home() {
+    banger_test_support::gate!(Priv, ROOT);
     in_new_netns(|| {
         let home = tempfile::tempdir().unwrap();
         let home = home.path();
@@ -220,6 +211,7 @@ fn up_status_down_in_a_temp_home() {
 /// collector.
 #[test]
 fn one_command_is_one_trace_across_processes() {
+    banger_test_support::gate!(Priv, ROOT);
     in_new_netns(|| {
         // Multi-threaded, so the receiver answers while this thread waits
         // for a command; its threads inherit this thread's namespace.

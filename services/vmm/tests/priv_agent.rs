@@ -34,6 +34,7 @@ fn agent_binary() -> PathBuf {
 
 #[test]
 fn agent_readiness_exec_and_clean_stop() {
+    banger_test_support::gate!(Priv, ROOT, QEMU, VHOST_VSOCK, SHARED);
     banger_test_support::require_program("qemu-system-x86_64", "qemu-system-x86");
     banger_test_support::require_program("vhost-device-vsock", "(cargo) vhost-device-vsock");
     let kernel = banger_test_support::fixtures::kernel_vmlinux();

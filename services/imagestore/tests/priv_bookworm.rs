@@ -33,7 +33,7 @@ fn make_image(registry: &str) {
 
 #[test]
 fn slow_debian_bookworm_via_docker_io_mirror() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT);
     banger_test_support::require_program("debootstrap", "debootstrap");
     banger_test_support::require_program("umoci", "umoci");
     // Build (or reuse) the rootfs and OCI layout, with network.

@@ -21,7 +21,7 @@ mod guest_bundle;
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -40,15 +40,7 @@ const NEEDED: [&str; 4] = [
 const MARKER: &str = "ROOT-INIT-MARKER";
 const IP_ARG: &str = "ip=172.30.0.5::172.30.0.1:255.255.255.0:initbox:eth0:off:10.0.0.53";
 
-/// Kills a child process (by its pid) when dropped.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use banger_test_support::qemu::Reaped;
 
 fn run(cmd: &mut Command) -> Vec<u8> {
     let out = cmd
@@ -325,22 +317,7 @@ fn root_disk(work: &Path, init: &str, extra: &[(&str, &Path)]) -> PathBuf {
     disk
 }
 
-/// The host TSC frequency in kHz, from `cpu MHz` (see DESIGN §7).
-fn tsc_khz() -> u64 {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
-    let mhz: f64 = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("cpu MHz")?
-                .split(':')
-                .nth(1)?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .expect("cpu MHz in /proc/cpuinfo");
-    (mhz * 1000.0).round() as u64
-}
+use banger_test_support::qemu::tsc_khz;
 
 /// QEMU TCG microvm with a serial console into `console`; `extra` adds
 /// devices.
@@ -348,17 +325,7 @@ fn qemu(kernel: &Path, initrd: &Path, append: &str, console: &Path, extra: &[Str
     banger_test_support::require_program("qemu-system-x86_64", "qemu-system-x86");
     Reaped(
         Command::new("qemu-system-x86_64")
-            // qboot: see banger_vmm's QBOOT (Debian's SeaBIOS microvm build is unreliable).
-            .args(["-bios", "qboot.rom", "-M", "microvm,memory-backend=mem"])
-            .args(["-object", "memory-backend-memfd,id=mem,size=512M,share=on"])
-            .args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "512"])
-            .args([
-                "-nographic",
-                "-no-reboot",
-                "-nodefaults",
-                "-serial",
-                "stdio",
-            ])
+            .args(banger_test_support::qemu::microvm_args(512))
             .arg("-kernel")
             .arg(kernel)
             .arg("-initrd")
@@ -443,7 +410,7 @@ poweroff -f
 "#;
 
 /// The fixture kernel's comparison boot (everything built in): a busybox
-/// initramfs printing the same marker, as tests/qemu.rs boots it.
+/// initramfs printing the same marker, as tests/priv_qemu.rs boots it.
 const FIXTURE_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
 echo "ROOT-INIT-MARKER"
@@ -452,6 +419,7 @@ echo "ROOT-INIT-MARKER"
 
 #[test]
 fn debian_kernel_boots_through_the_agent_init_to_the_real_root() {
+    banger_test_support::gate!(Priv, ROOT, QEMU);
     // Downloads and builds happen out here; the namespace has no route out.
     let kernel = debian_kernel();
     let _ = guest_bundle::bundle();
@@ -522,6 +490,7 @@ fn debian_kernel_boots_through_the_agent_init_to_the_real_root() {
 
 #[test]
 fn a_module_that_fails_to_load_is_named_on_the_console() {
+    banger_test_support::gate!(Priv, ROOT, QEMU);
     let kernel = debian_kernel();
     let _ = guest_bundle::bundle();
     banger_test_support::netns::in_new_netns(|| {
@@ -554,6 +523,7 @@ fn a_module_that_fails_to_load_is_named_on_the_console() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_on_the_debian_kernel_answers_over_vsock() {
+    banger_test_support::gate!(Priv, ROOT, QEMU);
     assert!(
         Command::new("vhost-device-vsock")
             .arg("--version")
@@ -579,21 +549,7 @@ async fn agent_on_the_debian_kernel_answers_over_vsock() {
             let vhost_sock = dir.join("vhost-user.sock");
             let uds = dir.join("vsock.sock");
             let console = dir.join("console.log");
-            let vhost = Reaped(
-                Command::new("vhost-device-vsock")
-                    .arg("--guest-cid=3")
-                    .arg(format!("--socket={}", vhost_sock.display()))
-                    .arg(format!("--uds-path={}", uds.display()))
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("start vhost-device-vsock"),
-            );
-            for _ in 0..200 {
-                if vhost_sock.exists() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            let vhost = banger_test_support::qemu::vhost_vsock(&vhost_sock, &uds);
             let mut extra = disk_and_nic(&disk);
             extra.extend([
                 "-chardev".into(),

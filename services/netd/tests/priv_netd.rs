@@ -141,6 +141,7 @@ fn alloc(vm: &str, nat: bool, owner: Option<(u32, u32)>) -> pb::AllocateRequest 
 
 #[test]
 fn bridge_and_table_are_idempotent_and_foreign_tables_untouched() {
+    banger_test_support::gate!(Priv, ROOT);
     netns_test(|| async {
         // Someone else's table must survive everything we do.
         run(&["nft", "add", "table", "ip", "other"]);
@@ -207,6 +208,7 @@ fn bridge_and_table_are_idempotent_and_foreign_tables_untouched() {
 
 #[test]
 fn fifty_concurrent_allocations_then_release_everything() {
+    banger_test_support::gate!(Priv, ROOT);
     netns_test(|| async {
         let dir = tempfile::tempdir().unwrap();
         let (m, _) = start_manager(test_config("172.30.0.0/24"), &dir.path().join("state")).await;
@@ -286,6 +288,7 @@ fn fifty_concurrent_allocations_then_release_everything() {
 
 #[test]
 fn exhausting_a_small_subnet_is_resource_exhausted() {
+    banger_test_support::gate!(Priv, ROOT);
     netns_test(|| async {
         let dir = tempfile::tempdir().unwrap();
         let (m, _) = start_manager(test_config("10.99.0.0/29"), &dir.path().join("state")).await;
@@ -428,6 +431,7 @@ fn assert_consistent(leases: &[pb::Lease]) {
 
 #[test]
 fn killed_with_sigkill_and_restarted_keeps_exactly_the_leases() {
+    banger_test_support::gate!(Priv, ROOT);
     netns_test(|| async {
         let home = tempfile::tempdir().unwrap();
         let mut d = Daemon::spawn(home.path(), &[]);
@@ -603,6 +607,7 @@ fn uplink(ns: &NamedNetns) {
 
 #[test]
 fn guard_binds_addresses_to_taps_and_isolates_vms() {
+    banger_test_support::gate!(Priv, ROOT);
     netns_test(|| async {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
@@ -722,6 +727,7 @@ fn guard_binds_addresses_to_taps_and_isolates_vms() {
 
 #[test]
 fn nat_masquerades_only_leases_with_nat() {
+    banger_test_support::gate!(Priv, ROOT);
     netns_test(|| async {
         let dir = tempfile::tempdir().unwrap();
         let (m, _) = start_manager(test_config("172.30.0.0/24"), &dir.path().join("state")).await;
@@ -821,6 +827,7 @@ fn nat_masquerades_only_leases_with_nat() {
 
 #[test]
 fn runs_unprivileged_with_only_cap_net_admin_and_refuses_without() {
+    banger_test_support::gate!(Priv, ROOT);
     netns_test(|| async {
         let home = tempfile::tempdir().unwrap();
         nix::unistd::chown(home.path(), Some(4242.into()), Some(4242.into())).unwrap();
@@ -888,6 +895,7 @@ fn runs_unprivileged_with_only_cap_net_admin_and_refuses_without() {
 /// to CAP_NET_ADMIN first, then fail the chown with EPERM).
 #[test]
 fn root_netd_with_a_socket_group_starts() {
+    banger_test_support::gate!(Priv, ROOT);
     netns_test(|| async {
         let home = tempfile::tempdir().unwrap();
         std::fs::write(

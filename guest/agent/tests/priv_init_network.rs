@@ -18,6 +18,7 @@ fn ip(args: &[&str]) -> String {
 
 #[test]
 fn configures_address_link_and_default_route() {
+    banger_test_support::gate!(Priv, ROOT);
     banger_test_support::netns::in_new_netns(|| {
         ip(&["link", "set", "lo", "down"]);
         ip(&[
@@ -70,6 +71,7 @@ fn configures_address_link_and_default_route() {
 
 #[test]
 fn init_mode_refuses_to_run_outside_pid_1() {
+    banger_test_support::gate!(Priv);
     let out = Command::new(env!("CARGO_BIN_EXE_banger-agent"))
         .arg("init")
         .output()

@@ -14,6 +14,7 @@ use common::{RecordingPeers, create, manager, sh, wait_console};
 
 #[test]
 fn vm_lifecycle_with_real_qemu_in_a_netns() {
+    banger_test_support::gate!(Priv, ROOT, QEMU, VHOST_VSOCK, SHARED);
     banger_test_support::require_program("qemu-system-x86_64", "qemu-system-x86");
     banger_test_support::require_program("vhost-device-vsock", "(cargo) vhost-device-vsock");
     let kernel = banger_test_support::fixtures::kernel_vmlinux();

@@ -12,6 +12,7 @@
 //! served for a member of group `banger` and refused (`Permission denied`)
 //! for anyone else, by the directory and by the socket itself.
 
+use banger_test_support::fixtures::repo_root as repo;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -27,27 +28,14 @@ const SERVICES: [(&str, u64, &str); 4] = [
 
 const CAP_NET_ADMIN: u32 = 12;
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
 /// The directory holding `banger` and the four service binaries.
 fn bin_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_banger")).parent().unwrap();
-    for (name, _, _) in SERVICES {
-        let bin = dir.join(format!("banger-{name}"));
-        assert!(
-            bin.is_file(),
-            "{} is missing: build every binary first (`cargo build --workspace`; scripts/test.sh does)",
-            bin.display()
-        );
-    }
-    dir.to_path_buf()
+    banger_test_support::cli::bin_dir(env!("CARGO_BIN_EXE_banger"), false)
 }
 
 /// Bookworm minbase with systemd, debootstrapped on first use into
 /// `target/test-cache/bookworm-systemd` (the same cache and recipe as
-/// guest/agent/tests/nspawn.rs).
+/// guest/agent/tests/priv_nspawn.rs).
 fn bookworm() -> PathBuf {
     banger_test_support::fixtures::debootstrap(
         "bookworm-systemd",
@@ -243,7 +231,7 @@ fn uid(status: &str) -> Option<String> {
 
 #[test]
 fn installed_units_run_with_exactly_the_designed_privileges() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT, NSPAWN);
     banger_test_support::require_program("systemd-nspawn", "systemd-container");
     banger_test_support::require_program("nsenter", "util-linux");
     banger_test_support::require_program("systemd-sysusers", "systemd");

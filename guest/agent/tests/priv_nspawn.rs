@@ -19,21 +19,14 @@ mod guest_bundle;
 use bookworm::{bookworm, copy_tree, debootstrap, init_repo};
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use banger_proto::agent::v1::ShutdownRequest;
 use banger_proto::agent::v1::agent_client::AgentClient;
 use tonic::transport::{Channel, Endpoint};
 
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use banger_test_support::qemu::Reaped;
 
 fn install(root: &Path, bundle: &Path, from: &str, to: &str, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
@@ -197,7 +190,7 @@ fn prepare(rootfs: &Path, dir: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_boot_as_pid1_execs_systemd_with_the_agent_active() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT, NSPAWN);
     banger_test_support::require_program("systemd-nspawn", "systemd-container");
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
@@ -264,7 +257,7 @@ async fn first_boot_as_pid1_execs_systemd_with_the_agent_active() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_boot_installs_systemd_and_ssh_from_apt_when_the_image_has_no_init() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT, NSPAWN);
     banger_test_support::require_program("systemd-nspawn", "systemd-container");
     let minbase = debootstrap("bookworm-minbase", None);
     assert!(!minbase.join("usr/lib/systemd/systemd").exists());

@@ -11,22 +11,14 @@ mod common;
 mod guest_bundle;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use banger_proto::agent::v1::ShutdownRequest;
 use banger_proto::agent::v1::agent_client::AgentClient;
 use banger_proto::rpc::hybrid_vsock::{self, AGENT_PORT};
 
-/// Kills a child process (by its pid) when dropped.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use banger_test_support::qemu::Reaped;
 
 /// The `newc` cpio format the kernel unpacks as initramfs.
 #[derive(Default)]
@@ -107,36 +99,11 @@ fn initramfs(dir: &Path) -> PathBuf {
     path
 }
 
-/// The host TSC frequency in kHz, from `cpu MHz` (see DESIGN §7: without
-/// `tsc_early_khz` about one TCG boot in six hangs in calibration).
-fn tsc_khz() -> u64 {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").expect("read /proc/cpuinfo");
-    let mhz: f64 = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("cpu MHz")?
-                .split(':')
-                .nth(1)?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .expect("cpu MHz in /proc/cpuinfo");
-    (mhz * 1000.0).round() as u64
-}
-
-fn wait_for(path: &Path) {
-    for _ in 0..200 {
-        if path.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{} did not appear", path.display());
-}
+use banger_test_support::qemu::tsc_khz;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_in_a_tcg_guest_over_hybrid_vsock() {
+    banger_test_support::gate!(Priv, ROOT, QEMU);
     banger_test_support::require_program("qemu-system-x86_64", "qemu-system-x86");
     banger_test_support::require_program("busybox", "busybox-static");
     assert!(
@@ -154,31 +121,12 @@ async fn agent_in_a_tcg_guest_over_hybrid_vsock() {
     let uds = dir.path().join("vsock.sock");
     let console = dir.path().join("console.log");
 
-    let _vhost = Reaped(
-        Command::new("vhost-device-vsock")
-            .arg("--guest-cid=3")
-            .arg(format!("--socket={}", vhost_sock.display()))
-            .arg(format!("--uds-path={}", uds.display()))
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start vhost-device-vsock"),
-    );
-    wait_for(&vhost_sock);
+    let _vhost = banger_test_support::qemu::vhost_vsock(&vhost_sock, &uds);
 
     let booted = Instant::now();
     let mut qemu = Reaped(
         Command::new("qemu-system-x86_64")
-            // qboot: see banger_vmm's QBOOT (Debian's SeaBIOS microvm build is unreliable).
-            .args(["-bios", "qboot.rom", "-M", "microvm,memory-backend=mem"])
-            .args(["-object", "memory-backend-memfd,id=mem,size=256M,share=on"])
-            .args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "256"])
-            .args([
-                "-nographic",
-                "-no-reboot",
-                "-nodefaults",
-                "-serial",
-                "stdio",
-            ])
+            .args(banger_test_support::qemu::microvm_args(256))
             .arg("-kernel")
             .arg(&kernel)
             .arg("-initrd")
@@ -320,33 +268,10 @@ impl DiskVm {
         let vhost_sock = dir.join("vhost-user.sock");
         let uds = dir.join("vsock.sock");
         let console = dir.join("console.log");
-        let vhost = Reaped(
-            Command::new("vhost-device-vsock")
-                .arg("--guest-cid=3")
-                .arg(format!("--socket={}", vhost_sock.display()))
-                .arg(format!("--uds-path={}", uds.display()))
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("start vhost-device-vsock (scripts/setup.sh --deps)"),
-        );
-        wait_for(&vhost_sock);
+        let vhost = banger_test_support::qemu::vhost_vsock(&vhost_sock, &uds);
         let qemu = Reaped(
             Command::new("qemu-system-x86_64")
-                .args(["-bios", "qboot.rom", "-M", "microvm,memory-backend=mem"])
-                .arg("-object")
-                .arg(format!(
-                    "memory-backend-memfd,id=mem,size={memory_mib}M,share=on"
-                ))
-                .args(["-accel", "tcg", "-cpu", "max", "-smp", "1"])
-                .arg("-m")
-                .arg(memory_mib.to_string())
-                .args([
-                    "-nographic",
-                    "-no-reboot",
-                    "-nodefaults",
-                    "-serial",
-                    "stdio",
-                ])
+                .args(banger_test_support::qemu::microvm_args(memory_mib))
                 .arg("-kernel")
                 .arg(banger_test_support::fixtures::kernel_vmlinux())
                 .arg("-append")
@@ -432,6 +357,7 @@ const TEST_KEY: &str =
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_boot_supervises_the_agent_in_a_busybox_root() {
+    banger_test_support::gate!(Priv, ROOT, QEMU);
     banger_test_support::require_program("busybox", "busybox-static");
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
@@ -555,7 +481,7 @@ fn bookworm_rootfs() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_boot_hands_a_systemd_image_to_systemd_with_agent_sshd_and_a_console_login() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT, QEMU);
     let rootfs = bookworm_rootfs();
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
@@ -674,8 +600,8 @@ async fn wait_poweroff(vm: &mut DiskVm, timeout: Duration) -> String {
 /// ran again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preparation_installs_once_and_the_prepared_disk_boots_systemd_without_apt() {
+    banger_test_support::gate!(Priv, ROOT, QEMU);
     use banger_proto::guest::FirstBootEvent;
-    banger_test_support::require_root();
     banger_test_support::require_program("debugfs", "e2fsprogs");
     let minbase = bookworm::debootstrap("bookworm-minbase", None);
     let repo = bookworm::init_repo(&minbase);

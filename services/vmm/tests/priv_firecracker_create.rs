@@ -27,14 +27,19 @@ fn firecracker_on_path() -> bool {
 #[test]
 fn firecracker_create_rolls_back_a_guest_that_dies() {
     if !firecracker_on_path() {
-        println!("FIRECRACKER TIER NOT RUN: firecracker not on PATH");
+        banger_test_support::tier::unavailable(
+            banger_test_support::tier::Tier::Priv,
+            "FIRECRACKER TIER: firecracker is not on PATH (no Debian package)",
+        );
         return;
     }
+    banger_test_support::gate!(Priv, ROOT);
     if !banger_proto::host::probe_kvm().runs_guests() {
         println!("FIRECRACKER TIER: this KVM cannot run guests; checking the failure path");
     } else {
-        println!(
-            "FIRECRACKER TIER NOT RUN: this host's KVM may boot the guest; this test covers the failure path only"
+        banger_test_support::tier::unavailable(
+            banger_test_support::tier::Tier::Priv,
+            "FIRECRACKER TIER: this host's KVM may boot the guest; this test covers the failure path only",
         );
         return;
     }

@@ -19,6 +19,7 @@ fn tsc() -> Option<u32> {
 
 #[tokio::test]
 async fn qemu_backend_boots_busybox_guest_under_tcg() {
+    banger_test_support::gate!(Priv, ROOT, QEMU, VHOST_VSOCK, SHARED);
     banger_test_support::require_program("qemu-system-x86_64", "qemu-system-x86");
     banger_test_support::require_program(
         "vhost-device-vsock",

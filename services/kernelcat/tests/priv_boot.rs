@@ -16,7 +16,7 @@ use common::{HttpServer, Route, Service, pull, serve_catalog};
 
 #[tokio::test]
 async fn the_pulled_kernel_boots_and_loads_its_modules() {
-    banger_test_support::require_root();
+    banger_test_support::gate!(Priv, ROOT, QEMU, SHARED);
     banger_test_support::require_program("qemu-system-x86_64", "qemu-system-x86");
     banger_test_support::require_program("gcc", "build-essential");
     let a = debian_archive::bookworm_security();
@@ -58,57 +58,17 @@ async fn the_pulled_kernel_boots_and_loads_its_modules() {
         .unwrap()
         .set_len(16 << 20)
         .unwrap();
-    // TCG cannot calibrate the TSC without a PIT: give the host's, as vmm does.
-    let khz = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("cpu MHz")?
-                .split(':')
-                .nth(1)?
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .map(|mhz| (mhz * 1000.0) as u64)
-        .unwrap_or(2_000_000);
     let started = Instant::now();
     let out = Command::new("timeout")
         .arg("120")
         .args(["unshare", "-n", "qemu-system-x86_64"])
-        .args([
-            // qboot: see banger_vmm's QBOOT (Debian's SeaBIOS microvm build
-            // lets the initrd overwrite the ACPI tables).
-            "-bios",
-            "qboot.rom",
-            "-M",
-            "microvm,memory-backend=mem",
-            "-object",
-            "memory-backend-memfd,id=mem,size=1024M,share=on",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-smp",
-            "1",
-        ])
-        .args([
-            "-m",
-            "1024",
-            "-nographic",
-            "-no-reboot",
-            "-nodefaults",
-            "-serial",
-            "stdio",
-        ])
+        .args(banger_test_support::qemu::microvm_args(1024))
         .arg("-kernel")
         .arg(dir.join("vmlinux"))
         .arg("-initrd")
         .arg(dir.join("initrd"))
         .arg("-append")
-        .arg(format!(
-            "console=ttyS0 panic=-1 reboot=k tsc_early_khz={khz}"
-        ))
+        .arg(banger_test_support::qemu::append(""))
         .arg("-drive")
         .arg(format!("id=d,file={},format=raw,if=none", disk.display()))
         .args(["-device", "virtio-blk-device,drive=d"])
