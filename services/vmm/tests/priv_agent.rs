@@ -148,6 +148,7 @@ async fn run(kernel: PathBuf, agent: PathBuf) {
 /// the console: exactly one, ours).
 #[test]
 fn readiness_waits_inside_the_guest_for_a_late_sshd() {
+    banger_test_support::gate!(Priv, ROOT, QEMU, VHOST_VSOCK, SHARED);
     banger_test_support::require_program("qemu-system-x86_64", "qemu-system-x86");
     banger_test_support::require_program("vhost-device-vsock", "(cargo) vhost-device-vsock");
     let kernel = banger_test_support::fixtures::kernel_vmlinux();
