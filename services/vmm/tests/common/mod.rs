@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use banger_proto::rpc::progress::{LongEvent, Step};
 use banger_proto::rpc::TracedChannel;
+use banger_proto::rpc::progress::{LongEvent, Step};
 use banger_proto::vmm::v1 as pb;
 use banger_proto::vmm::v1::vmm_client::VmmClient;
 use banger_proto::vmm::v1::vmm_server::VmmServer;
