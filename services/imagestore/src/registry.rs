@@ -361,7 +361,13 @@ impl Remote {
                     }
                     // Chunks are small and land in the page cache; the
                     // fsync happens once, off the async threads, in commit.
-                    writer.write(&bytes)?;
+                    writer.write(&bytes).map_err(|e| match e {
+                        Error::NoSpace(mut full) => {
+                            full.needed = declared;
+                            Error::NoSpace(full)
+                        }
+                        e => e,
+                    })?;
                     if writer.written() - last_report >= 256 << 10 {
                         last_report = writer.written();
                         progress(last_report);

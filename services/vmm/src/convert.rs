@@ -21,6 +21,7 @@ impl GrpcError for Error {
             }
             Error::Peer { code, .. } => *code,
             Error::Io { .. } => Code::Internal,
+            Error::NoSpace(_) => Code::ResourceExhausted,
             Error::UnusableStateDir { .. } => Code::FailedPrecondition,
             Error::Tool { .. }
             | Error::ProgramMissing { .. }
@@ -49,6 +50,7 @@ impl GrpcError for Error {
             Error::Peer { reason, .. } => *reason,
             Error::FirstBootFailed { .. } => Some("FIRST_BOOT_FAILED"),
             Error::PreparationFailed { .. } => Some("IMAGE_PREPARATION_FAILED"),
+            Error::NoSpace(_) => Some("NO_SPACE"),
             Error::EvidenceKept { source, .. } => source.reason(),
             _ => None,
         }
