@@ -401,6 +401,13 @@ async fn list(ctx: &Context) -> Result<ExitCode> {
         ]);
     }
     println!("{t}");
+    // An orphan's line says which process it is and how to end it.
+    for vm in vms
+        .iter()
+        .filter(|v| v.state == pb::VmState::Orphaned as i32)
+    {
+        println!("{}: {}", vm.name, vm.error);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -411,6 +418,7 @@ fn state_name(state: i32) -> &'static str {
         Ok(pb::VmState::Stopped) => "stopped",
         Ok(pb::VmState::Error) => "error",
         Ok(pb::VmState::Deleting) => "deleting",
+        Ok(pb::VmState::Orphaned) => "orphaned",
         _ => "unknown",
     }
 }

@@ -145,7 +145,10 @@ impl Manager {
             tracing::warn!(vm = %vm.name, "cannot release kernel hold: {e}");
             first.get_or_insert(e);
         }
-        if let Err(e) = peers.release_image(&vm.image.name, &vm.id).await {
+        // An orphaned VM's record (see reconcile) knows no image or kernel.
+        if !vm.image.name.is_empty()
+            && let Err(e) = peers.release_image(&vm.image.name, &vm.id).await
+        {
             tracing::warn!(vm = %vm.name, "cannot release image hold: {e}");
             first.get_or_insert(e);
         }
