@@ -16,7 +16,7 @@ impl Manager {
     /// finishes half-done deletes, removes dirs without a record.
     pub async fn reconcile(&self) -> Result<()> {
         self.reconcile_preparations().await;
-        self.record_orphans()?;
+        self.record_orphans().await?;
         let (vms, orphans) = self.inner.store.list()?;
         for dir in orphans {
             tracing::warn!(dir = %dir.display(), "removing VM dir without a record");
@@ -102,8 +102,11 @@ impl Manager {
     /// both by the VM id, which the run dir's name is). The name is the
     /// one the process names under `$STATE/vms/` when that is free, else
     /// `orphan-<id>`; a corrupt record is kept beside as `vm.json.corrupt`.
+    /// The peers say which image and kernel the id holds and its lease, so
+    /// the rm gives those back too (a peer that is down: the holds stay
+    /// unknown, the process is still recorded).
     /// Preparation VMs (`prep-…`) are reconcile_preparations' own.
-    fn record_orphans(&self) -> Result<()> {
+    async fn record_orphans(&self) -> Result<()> {
         let store = &self.inner.store;
         let mut by_id: BTreeMap<String, Vec<VmProcess>> = BTreeMap::new();
         for p in hypervisor::vm_processes(store.run_root()) {
@@ -141,20 +144,30 @@ impl Manager {
             } else {
                 Backend::Qemu
             };
+            let holds = self.inner.peers.holds_of(&id).await.unwrap_or_else(|e| {
+                tracing::warn!(id, "cannot ask the peers what an orphan holds: {e}");
+                Default::default()
+            });
             let vm = VmRecord {
                 id: id.clone(),
                 name: name.clone(),
                 state: VmState::Orphaned,
-                image: Default::default(),
-                kernel: Default::default(),
+                image: record::ImageInfo {
+                    name: holds.image.unwrap_or_default(),
+                    ..Default::default()
+                },
+                kernel: record::KernelInfo {
+                    name: holds.kernel.unwrap_or_default(),
+                    ..Default::default()
+                },
                 vcpus: 0,
                 memory_mib: 0,
                 disk_bytes: 0,
                 backend,
-                nat: false,
                 ssh_authorized_keys: vec![],
                 ssh_host_key: None,
-                lease: None,
+                nat: holds.lease.as_ref().is_some_and(|l| l.nat),
+                lease: holds.lease,
                 pid: Some(main.pid),
                 helper_pid: helper,
                 cmdline: String::new(),
@@ -165,7 +178,7 @@ impl Manager {
                 created_unix: record::now_unix(),
                 started_unix: None,
                 error: Some(format!(
-                    "a {backend} process of this home (pid {}, run dir {}) runs without a readable record;                      `banger vm rm --force {name}` stops it and frees its tap and lease",
+                    "a {backend} process of this home (pid {}, run dir {}) runs without a readable record; `banger vm rm --force {name}` stops it and frees its tap and lease",
                     main.pid,
                     store.run_root().join(&id).display()
                 )),
@@ -344,6 +357,10 @@ mod tests {
                 "{why}"
             );
             assert!(hypervisor::pid_alive(created.pid.unwrap()));
+            // Put back together from what the peers hold for its id.
+            assert_eq!(vm.image.name, "img");
+            assert_eq!(vm.kernel.name, created.kernel.name);
+            assert_eq!(vm.lease, created.lease);
         }
         assert!(state.join("corrupt/vm.json.corrupt").is_file());
 
@@ -357,13 +374,14 @@ mod tests {
             restarted.delete(name, true).await.unwrap();
             assert!(!hypervisor::pid_alive(vm.pid.unwrap()), "{name} still runs");
             assert!(!state.join(name).exists(), "{name}'s dir is left");
-            assert!(
-                t.peers
-                    .calls()
-                    .contains(&format!("release_lease {}", vm.id)),
-                "{:?}",
-                t.peers.calls()
-            );
+            let calls = t.peers.calls();
+            for call in [
+                format!("release_lease {}", vm.id),
+                format!("release_image img {}", vm.id),
+                format!("release_kernel {} {}", vm.kernel.name, vm.id),
+            ] {
+                assert!(calls.contains(&call), "no {call}: {calls:?}");
+            }
         }
         assert!(restarted.list().unwrap().is_empty());
         // A second restart finds nothing left to adopt.
