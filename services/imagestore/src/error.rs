@@ -53,6 +53,11 @@ pub enum Error {
     /// An image index has no manifest for the requested platform.
     #[error("{reference} has no image for platform {platform}; pick another with --platform")]
     NoPlatform { reference: String, platform: String },
+    /// A manifest or index larger than any real one.
+    #[error(
+        "the registry's manifest for {reference} is larger than {limit} bytes; refusing it (real manifests are a few KiB)"
+    )]
+    ManifestTooLarge { reference: String, limit: u64 },
     /// A manifest or layer type we cannot unpack.
     #[error("{reference}: unsupported {what}")]
     Unsupported { reference: String, what: String },
@@ -166,6 +171,7 @@ impl GrpcError for Error {
             | Error::TooManyEntries { .. }
             | Error::DirectoriesTooLarge { .. }
             | Error::ImageTooLarge { .. }
+            | Error::ManifestTooLarge { .. }
             | Error::NoSpace(_) => Code::ResourceExhausted,
             Error::Cancelled => Code::Cancelled,
             Error::MkfsCannotReadTar(_) => Code::FailedPrecondition,

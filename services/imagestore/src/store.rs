@@ -331,7 +331,7 @@ impl Store {
         {
             return self.reuse(r, &req.kernel_ref).await;
         }
-        let remotes = registry::remotes(&self.config, &image, &platform, &req.credentials)?;
+        let remotes = registry::remotes(&self.config, &image, &req.credentials)?;
         if !req.force
             && let Some(r) = &existing
             && r.reference == image.to_string()
