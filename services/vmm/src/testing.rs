@@ -172,6 +172,17 @@ impl Peers for RecordingPeers {
         Ok(())
     }
     async fn holds_of(&self, holder: &str) -> Result<crate::peers::Holds> {
+        if self
+            .imagestore_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Error::Peer {
+                service: "imagestore",
+                code: tonic::Code::Unavailable,
+                reason: None,
+                message: "connection refused".into(),
+            });
+        }
         // What was resolved or allocated for `holder` and not released yet.
         let calls = self.calls();
         let open = |take: &str, give: &str| {

@@ -257,6 +257,10 @@ impl Manager {
             r => r?,
         };
         let mut vm = Self::require(vm, |s| s.can_delete(force), Want::NotRunning)?;
+        if vm.state == VmState::Orphaned {
+            // What it holds, if reconcile could not ask the peers yet.
+            self.complete_orphan(&mut vm).await;
+        }
         vm.state = VmState::Deleting;
         self.inner.store.save(&vm)?;
         self.finish_delete(&mut vm).await

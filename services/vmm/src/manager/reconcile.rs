@@ -64,6 +64,8 @@ impl Manager {
                 }
                 VmState::Orphaned if alive => {
                     tracing::warn!(vm = %vm.name, pid = ?vm.pid, "an orphaned hypervisor still runs");
+                    self.complete_orphan(&mut vm).await;
+                    self.inner.store.save(&vm)?;
                 }
                 VmState::Orphaned => {
                     hypervisor::cleanup_after_exit(&paths, vm.helper_pid);
@@ -102,9 +104,8 @@ impl Manager {
     /// both by the VM id, which the run dir's name is). The name is the
     /// one the process names under `$STATE/vms/` when that is free, else
     /// `orphan-<id>`; a corrupt record is kept beside as `vm.json.corrupt`.
-    /// The peers say which image and kernel the id holds and its lease, so
-    /// the rm gives those back too (a peer that is down: the holds stay
-    /// unknown, the process is still recorded).
+    /// The peers say which image and kernel the id holds and its lease
+    /// ([`Manager::complete_orphan`]), so the rm gives those back too.
     /// Preparation VMs (`prep-…`) are reconcile_preparations' own.
     async fn record_orphans(&self) -> Result<()> {
         let store = &self.inner.store;
@@ -144,30 +145,20 @@ impl Manager {
             } else {
                 Backend::Qemu
             };
-            let holds = self.inner.peers.holds_of(&id).await.unwrap_or_else(|e| {
-                tracing::warn!(id, "cannot ask the peers what an orphan holds: {e}");
-                Default::default()
-            });
-            let vm = VmRecord {
+            let mut vm = VmRecord {
                 id: id.clone(),
                 name: name.clone(),
                 state: VmState::Orphaned,
-                image: record::ImageInfo {
-                    name: holds.image.unwrap_or_default(),
-                    ..Default::default()
-                },
-                kernel: record::KernelInfo {
-                    name: holds.kernel.unwrap_or_default(),
-                    ..Default::default()
-                },
+                image: Default::default(),
+                kernel: Default::default(),
                 vcpus: 0,
                 memory_mib: 0,
                 disk_bytes: 0,
                 backend,
                 ssh_authorized_keys: vec![],
                 ssh_host_key: None,
-                nat: holds.lease.as_ref().is_some_and(|l| l.nat),
-                lease: holds.lease,
+                nat: false,
+                lease: None,
                 pid: Some(main.pid),
                 helper_pid: helper,
                 cmdline: String::new(),
@@ -185,10 +176,39 @@ impl Manager {
                 stop_requested: false,
             };
             tracing::warn!(vm = %name, id, pid = main.pid, "recording an orphaned hypervisor");
+            self.complete_orphan(&mut vm).await;
             store.save(&vm)?;
             taken.insert(name);
         }
         Ok(())
+    }
+}
+
+impl Manager {
+    /// Fills in what an orphan's record lacks (image, kernel, lease) from
+    /// what the peers hold for its id. At the vmm's start they may not be
+    /// up yet: then `vm rm` asks again, before it releases anything.
+    pub(super) async fn complete_orphan(&self, vm: &mut VmRecord) {
+        if !vm.image.name.is_empty() && !vm.kernel.name.is_empty() && vm.lease.is_some() {
+            return;
+        }
+        match self.inner.peers.holds_of(&vm.id).await {
+            Ok(holds) => {
+                if vm.image.name.is_empty() {
+                    vm.image.name = holds.image.unwrap_or_default();
+                }
+                if vm.kernel.name.is_empty() {
+                    vm.kernel.name = holds.kernel.unwrap_or_default();
+                }
+                if vm.lease.is_none() {
+                    vm.nat = holds.lease.as_ref().is_some_and(|l| l.nat);
+                    vm.lease = holds.lease;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(vm = %vm.name, "cannot ask the peers what an orphan holds (yet): {e}");
+            }
+        }
     }
 }
 
@@ -341,11 +361,24 @@ mod tests {
         std::fs::remove_dir_all(state.join("wiped")).unwrap();
         assert_eq!(t.mgr.list().unwrap().len(), 0);
 
+        // The vmm starts before imagestore answers (`banger up` starts
+        // them together): the orphans are recorded without their holds.
+        t.peers
+            .imagestore_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let restarted = t.restarted();
         restarted.reconcile().await.unwrap();
+        t.peers
+            .imagestore_down
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         let listed = restarted.list().unwrap();
         let names: Vec<&str> = listed.iter().map(|v| v.vm.name.as_str()).collect();
         assert_eq!(names, ["corrupt", "lost", "wiped"]);
+        assert!(
+            listed
+                .iter()
+                .all(|v| v.vm.image.name.is_empty() && v.vm.lease.is_none())
+        );
         for (view, created) in listed.iter().zip([&vms[1], &vms[0], &vms[2]]) {
             let vm = &view.vm;
             assert_eq!(vm.state, VmState::Orphaned, "{vm:?}");
@@ -357,19 +390,15 @@ mod tests {
                 "{why}"
             );
             assert!(hypervisor::pid_alive(created.pid.unwrap()));
-            // Put back together from what the peers hold for its id.
-            assert_eq!(vm.image.name, "img");
-            assert_eq!(vm.kernel.name, created.kernel.name);
-            assert_eq!(vm.lease, created.lease);
         }
         assert!(state.join("corrupt/vm.json.corrupt").is_file());
 
-        // Not without --force; with it: process gone, lease freed, dir gone.
+        // Not without --force; with it: process gone, dir gone, and what the
+        // peers (up by now) hold for its id given back.
         assert!(matches!(
             restarted.delete("lost", false).await,
             Err(crate::error::Error::WrongState { .. })
         ));
-        t.peers.clear_calls();
         for (name, vm) in [("lost", &vms[0]), ("corrupt", &vms[1]), ("wiped", &vms[2])] {
             restarted.delete(name, true).await.unwrap();
             assert!(!hypervisor::pid_alive(vm.pid.unwrap()), "{name} still runs");
