@@ -157,7 +157,7 @@ pub fn available(path: &Path) -> io::Result<u64> {
     let mut probe = path;
     loop {
         match nix::sys::statvfs::statvfs(probe) {
-            Ok(st) => return Ok(st.blocks_available() as u64 * st.fragment_size() as u64),
+            Ok(st) => return Ok(st.blocks_available() * st.fragment_size()),
             Err(nix::errno::Errno::ENOENT) => match probe.parent() {
                 Some(p) if !p.as_os_str().is_empty() => probe = p,
                 _ => return Err(io::Error::from(io::ErrorKind::NotFound)),

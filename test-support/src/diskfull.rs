@@ -52,7 +52,7 @@ pub fn mount_tmpfs(dir: &Path, bytes: u64) {
 /// Bytes free on the filesystem holding `dir`.
 pub fn free(dir: &Path) -> u64 {
     let st = nix::sys::statvfs::statvfs(dir).expect("statvfs");
-    st.blocks_available() as u64 * st.fragment_size() as u64
+    st.blocks_available() * st.fragment_size()
 }
 
 /// Writes `dir/.filler` until at most `leave` bytes stay free; returns

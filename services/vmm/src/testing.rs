@@ -193,8 +193,7 @@ impl Peers for RecordingPeers {
                     (w.next() == Some(take) && c.ends_with(&format!(" {holder}")))
                         .then(|| w.next().unwrap_or_default().to_owned())
                 })
-                .filter(|n| !calls.contains(&format!("{give} {n} {holder}")))
-                .next_back()
+                .rfind(|n| !calls.contains(&format!("{give} {n} {holder}")))
         };
         let nat = calls
             .iter()
