@@ -11,6 +11,10 @@
 //!    fully gone.
 //! 3. `banger down` and `up` with 3 VMs running: 3/3 adopted, reachable,
 //!    no nft rule twice.
+//! 4. `banger down`, then one running VM's record corrupted and another's
+//!    VM dir deleted whole, `up`: `vm list` shows both as `orphaned` (the
+//!    same hypervisor pids), and `vm rm --force` ends them and their
+//!    leases and taps.
 //!
 //! After each case [`banger_test_support::leaks::leaks`] must find nothing.
 //! Sizes come from the environment (scripts/chaos/soak.sh raises them):
@@ -226,6 +230,11 @@ fn chaos_tier() {
         restart_with_running_vms(&env, 3);
         env.assert_no_leaks("restart with running VMs");
         eprintln!("FIGURES restart with 3 VMs: {:.1?}", t.elapsed());
+
+        let t = Instant::now();
+        orphans_after_lost_records(&env);
+        env.assert_no_leaks("orphans after lost records");
+        eprintln!("FIGURES orphans after lost records: {:.1?}", t.elapsed());
 
         drop(registry);
     });
@@ -511,6 +520,56 @@ fn restart_with_running_vms(env: &Env, count: usize) {
     for name in &names {
         env.ok(&["vm", "rm", "--force", name]);
     }
+}
+
+/// Case 4: VMs whose records are lost while the vmm is down (one record
+/// corrupt, one VM dir deleted whole, as `rm -rf` of a home's state does)
+/// are still found at the next `up`, by the run dir their hypervisor's
+/// command line names, and can be ended with `vm rm --force`.
+fn orphans_after_lost_records(env: &Env) {
+    let names = ["lost-corrupt", "lost-wiped"];
+    for name in names {
+        env.ok(&Env::create_args(name, false, false));
+    }
+    let pids: BTreeMap<&str, Value> = names
+        .iter()
+        .map(|n| (*n, env.vm(n).unwrap()["pid"].clone()))
+        .collect();
+    assert!(env.run(&["down"]).status.success());
+    let vms = env.home.join("state/vms");
+    std::fs::write(vms.join("lost-corrupt/vm.json"), b"{ truncated").unwrap();
+    std::fs::remove_dir_all(vms.join("lost-wiped")).unwrap();
+    env.ok(&["up"]);
+    for name in names {
+        let vm = env
+            .vm(name)
+            .unwrap_or_else(|| panic!("{name} lost after up"));
+        assert_eq!(vm["state"], "orphaned", "{vm:#}");
+        assert_eq!(vm["pid"], pids[name], "the same hypervisor: {vm:#}");
+        let why = vm["error"].as_str().unwrap_or_default();
+        assert!(
+            why.contains(&format!("banger vm rm --force {name}")),
+            "{why}"
+        );
+    }
+    let listed = env.ok(&["vm", "list"]);
+    assert!(
+        listed.contains("orphaned") && listed.contains("vm rm --force lost-wiped"),
+        "{listed}"
+    );
+    // Known again, so nothing counts as leaked while they run…
+    env.assert_no_leaks("orphans listed");
+    for name in names {
+        env.ok(&["vm", "rm", "--force", name]);
+        let pid = pids[name].as_u64().unwrap();
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "{name}'s hypervisor {pid} survived vm rm --force"
+        );
+    }
+    // …and after the rm, every tap and lease is gone (checked by the caller).
 }
 
 /// banger's nft rules (chain and expression, handles dropped), sorted.

@@ -1,5 +1,6 @@
-//! The one atomic-write helper: records and manifests are replaced whole or
-//! not at all, so a crash never leaves a half-written file behind.
+//! The one atomic-write helper (records and manifests are replaced whole or
+//! not at all, so a crash never leaves a half-written file behind) and the
+//! one home of "is there room": [`NoSpace`], [`available`], [`ensure_room`].
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -109,4 +110,85 @@ mod tests {
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "temporary files left behind: {names:?}");
     }
+}
+
+/// Not enough room on the filesystem that holds `path`: the one shape of
+/// "disk full" every service's error enum wraps (and maps to
+/// RESOURCE_EXHAUSTED at its edge).
+#[cfg(feature = "host")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoSpace {
+    /// What we were writing (or about to write).
+    pub path: std::path::PathBuf,
+    /// Bytes the operation needs there; 0 when only the kernel's ENOSPC
+    /// told us (the size of what was being written is unknown).
+    pub needed: u64,
+    /// Bytes free there for us, measured when it failed.
+    pub available: u64,
+}
+
+#[cfg(feature = "host")]
+impl std::fmt::Display for NoSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no space left for {}: ", self.path.display(),)?;
+        if self.needed > 0 {
+            write!(f, "{} MiB needed, ", self.needed.div_ceil(1 << 20))?;
+        }
+        write!(f, "{} MiB free on its filesystem", self.available >> 20)
+    }
+}
+
+#[cfg(feature = "host")]
+impl NoSpace {
+    /// The fact for `path`, with what is free there now.
+    pub fn at(path: &Path, needed: u64) -> NoSpace {
+        NoSpace {
+            path: path.to_path_buf(),
+            needed,
+            available: available(path).unwrap_or(0),
+        }
+    }
+}
+
+/// Bytes an unprivileged writer may still use on the filesystem holding
+/// `path` (or its nearest existing ancestor: `path` may not exist yet).
+#[cfg(feature = "host")]
+pub fn available(path: &Path) -> io::Result<u64> {
+    let mut probe = path;
+    loop {
+        match nix::sys::statvfs::statvfs(probe) {
+            Ok(st) => return Ok(st.blocks_available() * st.fragment_size()),
+            Err(nix::errno::Errno::ENOENT) => match probe.parent() {
+                Some(p) if !p.as_os_str().is_empty() => probe = p,
+                _ => return Err(io::Error::from(io::ErrorKind::NotFound)),
+            },
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Refuses up front when the filesystem holding `path` has less than
+/// `needed` bytes free; an unmeasurable filesystem is let through (the
+/// write itself will say).
+#[cfg(feature = "host")]
+pub fn ensure_room(path: &Path, needed: u64) -> Result<(), NoSpace> {
+    match available(path) {
+        Ok(free) if free < needed => Err(NoSpace {
+            path: path.to_path_buf(),
+            needed,
+            available: free,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// True for the kernel's "disk full" (ENOSPC) and "quota exceeded"
+/// (EDQUOT), also when wrapped (tempfile adds the path and keeps only the
+/// kind).
+#[cfg(feature = "host")]
+pub fn is_no_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(c) if c == nix::libc::ENOSPC || c == nix::libc::EDQUOT)
 }

@@ -76,9 +76,11 @@ pub fn leaks(home: &Path, banger_json: &dyn Fn(&[&str]) -> Value) -> Vec<String>
         }
     }
 
+    // An orphaned VM (its record was lost, its hypervisor found and
+    // listed again) is known: its process is not a leak while it runs.
     let running_pids: BTreeSet<i64> = vms
         .iter()
-        .filter(|v| v["state"] == "running")
+        .filter(|v| v["state"] == "running" || v["state"] == "orphaned")
         .filter_map(|v| v["pid"].as_i64())
         .collect();
     let (hypervisors, helpers) = processes_naming(home);

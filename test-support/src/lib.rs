@@ -1,7 +1,7 @@
 //! Real components for banger's tests, shared by every crate's test tier:
-//! private network namespaces, a Debian `docker-registry` bound to
-//! 127.0.0.1, an OTLP trace receiver, the fixtures in `../shared/fixtures`
-//! and the cached ones under `target/test-cache` (debootstrapped trees, the
+//! private network namespaces, small filesystems for disk-full tests, a
+//! Debian `docker-registry` bound to 127.0.0.1, an OTLP trace receiver,
+//! the fixtures in `../shared/fixtures` and the cached ones under `target/test-cache` (debootstrapped trees, the
 //! official-like minbase `debian:bookworm`, Debian archives and a guest
 //! mirror built from Debian's signed files), and the file and DNS servers a
 //! test runs in its namespace to serve them.
@@ -14,6 +14,7 @@
 pub mod cli;
 pub mod debian_archive;
 pub mod debian_mirror;
+pub mod diskfull;
 pub mod fixtures;
 pub mod inproc;
 pub mod leaks;

@@ -40,6 +40,7 @@ pub const REASONS: &[&str] = &[
     "VM_NO_AGENT",
     "FIRST_BOOT_FAILED",
     "IMAGE_PREPARATION_FAILED",
+    "NO_SPACE",
 ];
 
 /// The banger reason `status` carries, if any: how a service passes on the

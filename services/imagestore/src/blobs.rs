@@ -88,6 +88,11 @@ impl BlobCache {
         })
     }
 
+    /// Refuses when the cache's filesystem has less than `bytes` free.
+    pub fn ensure_room(&self, bytes: u64) -> Result<(), Error> {
+        banger_proto::fsutil::ensure_room(&self.tmp, bytes).map_err(Error::NoSpace)
+    }
+
     /// Every cached blob: digest and size.
     pub fn list(&self) -> Result<Vec<(String, u64)>, Error> {
         let mut out = Vec::new();

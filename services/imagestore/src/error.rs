@@ -53,6 +53,11 @@ pub enum Error {
     /// An image index has no manifest for the requested platform.
     #[error("{reference} has no image for platform {platform}; pick another with --platform")]
     NoPlatform { reference: String, platform: String },
+    /// A manifest or index larger than any real one.
+    #[error(
+        "the registry's manifest for {reference} is larger than {limit} bytes; refusing it (real manifests are a few KiB)"
+    )]
+    ManifestTooLarge { reference: String, limit: u64 },
     /// A manifest or layer type we cannot unpack.
     #[error("{reference}: unsupported {what}")]
     Unsupported { reference: String, what: String },
@@ -111,6 +116,12 @@ pub enum Error {
     /// The guest bundle could not be placed in the image.
     #[error("cannot inject the guest bundle: {0}")]
     Inject(String),
+    /// The state dir's filesystem is full (or would be): nothing of the
+    /// pull or import is kept but verified blobs.
+    #[error(
+        "{0}; free space there (`banger image prune` drops blobs no image uses, `banger image rm` images) and retry"
+    )]
+    NoSpace(banger_proto::fsutil::NoSpace),
     /// A local filesystem operation failed.
     #[error("{context} {path}: {source}")]
     Io {
@@ -127,16 +138,22 @@ pub enum Error {
 }
 
 impl Error {
-    /// Wraps an I/O error with what we were doing and where.
+    /// Wraps an I/O error with what we were doing and where; a full disk
+    /// becomes [`Error::NoSpace`].
     pub fn io(
         context: &'static str,
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io {
-            context,
-            path,
-            source,
+        move |source| {
+            if banger_proto::fsutil::is_no_space(&source) {
+                return Error::NoSpace(banger_proto::fsutil::NoSpace::at(&path, 0));
+            }
+            Error::Io {
+                context,
+                path,
+                source,
+            }
         }
     }
 }
@@ -159,7 +176,9 @@ impl GrpcError for Error {
             Error::TooLarge { .. }
             | Error::TooManyEntries { .. }
             | Error::DirectoriesTooLarge { .. }
-            | Error::ImageTooLarge { .. } => Code::ResourceExhausted,
+            | Error::ImageTooLarge { .. }
+            | Error::ManifestTooLarge { .. }
+            | Error::NoSpace(_) => Code::ResourceExhausted,
             Error::Cancelled => Code::Cancelled,
             Error::MkfsCannotReadTar(_) => Code::FailedPrecondition,
             Error::Ext4Write { source, .. } => match source {
@@ -181,6 +200,7 @@ impl GrpcError for Error {
             Error::InUse { .. } => "IMAGE_IN_USE",
             Error::Unauthorized { .. } => "REGISTRY_UNAUTHORIZED",
             Error::DigestMismatch { .. } => "DOWNLOAD_CORRUPT",
+            Error::NoSpace(_) => "NO_SPACE",
             _ => return None,
         })
     }

@@ -116,6 +116,26 @@ pub fn build_builtin<T>(
     ))
 }
 
+/// What building the ext4 for `stats` writes to the host's disk (the file
+/// is sparse: the headroom costs nothing until a VM's copy uses it): the
+/// content, its metadata and a margin for the journal and inode tables.
+pub fn host_bytes(stats: Stats) -> u64 {
+    stats.bytes + stats.bytes / 32 + stats.inodes * 256 + (4 << 20)
+}
+
+/// The host's disk ran out under mke2fs (not the image's own room, which
+/// the caller retries): told by the kernel's ENOSPC text in mke2fs's
+/// errors, or by a filesystem with (almost) nothing left. Asked before the
+/// partial file is removed; what is free is reported after.
+fn host_full(out: &Path, stderr: &str) -> bool {
+    let free = banger_proto::fsutil::available(out).unwrap_or(u64::MAX);
+    stderr.contains("No space left on device") || free < 1 << 20
+}
+
+fn no_space(out: &Path, needed: u64) -> Error {
+    Error::NoSpace(banger_proto::fsutil::NoSpace::at(out, needed))
+}
+
 /// A command whose process is killed when imagestore dies.
 fn command(program: &str) -> Command {
     use std::os::unix::process::CommandExt;
@@ -264,6 +284,7 @@ pub fn build<T>(
 ) -> Result<(u64, T), Error> {
     let (mut size, inodes) = image_size(stats, headroom_percent, min_headroom_mib);
     let label: String = label.chars().take(16).collect();
+    let needed = host_bytes(stats);
     for attempt in 0..2 {
         if size > max_bytes {
             return Err(Error::ImageTooLarge {
@@ -272,6 +293,8 @@ pub fn build<T>(
             });
         }
         let _ = std::fs::remove_file(out);
+        // Refused before mke2fs writes a byte when it cannot fit.
+        banger_proto::fsutil::ensure_room(out, needed).map_err(Error::NoSpace)?;
         let file = std::fs::File::create(out).map_err(Error::io("cannot create", out))?;
         file.set_len(size).map_err(Error::io("cannot size", out))?;
         drop(file);
@@ -295,8 +318,12 @@ pub fn build<T>(
             Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                let _ = std::fs::remove_file(out);
                 let err = stderr.join().unwrap_or_default();
+                let full = host_full(out, &err);
+                let _ = std::fs::remove_file(out);
+                if full {
+                    return Err(no_space(out, needed));
+                }
                 return Err(match e {
                     Error::Mkfs(m) if !err.trim().is_empty() => {
                         Error::Mkfs(format!("{m}: mke2fs: {}", err.trim()))
@@ -312,7 +339,11 @@ pub fn build<T>(
         if status.success() {
             return Ok((size, fed));
         }
+        let full = host_full(out, &err);
         let _ = std::fs::remove_file(out);
+        if full {
+            return Err(no_space(out, needed));
+        }
         let space = ["space", "allocate", "inode"]
             .iter()
             .any(|w| err.to_lowercase().contains(w));

@@ -3,13 +3,10 @@
 //! per-request credentials (through banger's own token flow, [`crate::token`]), platform resolution of indexes and manifest
 //! lists, and streaming a blob into the cache while verifying it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use futures::StreamExt;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
-use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageManifest};
+use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
@@ -102,7 +99,6 @@ pub struct Remote {
     /// For banger's own token flow (see [`crate::token`]).
     http: reqwest::Client,
     scheme: &'static str,
-    no_platform: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Remote {
@@ -128,7 +124,6 @@ pub struct Resolved {
 pub fn remotes(
     config: &ImageStoreConfig,
     image: &ImageRef,
-    platform: &Platform,
     credentials: &[Credentials],
 ) -> Result<Vec<Remote>, Error> {
     // Every remote gets its own oci-client, which needs the provider.
@@ -161,9 +156,6 @@ pub fn remotes(
         .into_iter()
         .map(|Endpoint { host, plain_http }| {
             let reference = image.on_host(&host);
-            let no_platform = Arc::new(AtomicBool::new(false));
-            let flag = no_platform.clone();
-            let wanted = platform.clone();
             let protocol = if plain_http {
                 ClientProtocol::HttpsExcept(vec![reference.resolve_registry().to_owned()])
             } else {
@@ -172,14 +164,6 @@ pub fn remotes(
             let client = Client::new(ClientConfig {
                 protocol,
                 extra_root_certificates: ca.clone(),
-                platform_resolver: Some(Box::new(move |entries: &[ImageIndexEntry]| {
-                    let found = entries
-                        .iter()
-                        .find(|e| wanted.matches(e))
-                        .map(|e| e.digest.clone());
-                    flag.store(found.is_none(), Ordering::Relaxed);
-                    found
-                })),
                 connect_timeout: Some(std::time::Duration::from_secs(10)),
                 read_timeout: Some(std::time::Duration::from_secs(60)),
                 ..ClientConfig::default()
@@ -192,7 +176,6 @@ pub fn remotes(
                 credentials,
                 http: http.clone(),
                 scheme: if plain_http { "http" } else { "https" },
-                no_platform,
             }
         })
         .collect())
@@ -212,11 +195,7 @@ pub async fn resolve(
             last = Some(e);
             continue;
         }
-        match remote
-            .client
-            .pull_image_manifest_and_list_digest(&remote.reference, &remote.auth)
-            .await
-        {
+        match remote.image_manifest(image, platform).await {
             Ok((manifest, digest, index_digest)) => {
                 return Ok(Resolved {
                     remote,
@@ -225,15 +204,7 @@ pub async fn resolve(
                     index_digest,
                 });
             }
-            Err(e) => {
-                let err = if remote.no_platform.load(Ordering::Relaxed) {
-                    Error::NoPlatform {
-                        reference: image.to_string(),
-                        platform: platform.to_string(),
-                    }
-                } else {
-                    classify(&image.to_string(), e)
-                };
+            Err(err) => {
                 tracing::warn!(endpoint = %remote.reference.registry(), error = %err, "endpoint failed");
                 // Auth and "no such platform" answers are final for the
                 // endpoint that gave them, but a later one may still serve.
@@ -283,6 +254,155 @@ impl Remote {
         )
         .await?;
         Ok(())
+    }
+
+    /// The platform's image manifest of this endpoint's reference: the
+    /// manifest itself, or the entry of an index / manifest list that
+    /// matches `platform`; with its digest and the index's.
+    async fn image_manifest(
+        &self,
+        image: &ImageRef,
+        platform: &Platform,
+    ) -> Result<(OciImageManifest, String, Option<String>), Error> {
+        let (manifest, digest) = self.manifest(&self.reference).await?;
+        let index = match manifest {
+            OciManifest::Image(m) => return Ok((m, digest, None)),
+            OciManifest::ImageIndex(index) => index,
+        };
+        let entry = index
+            .manifests
+            .iter()
+            .find(|e| platform.matches(e))
+            .ok_or_else(|| Error::NoPlatform {
+                reference: image.to_string(),
+                platform: platform.to_string(),
+            })?;
+        let by_digest = self.reference.clone_with_digest(entry.digest.clone());
+        match self.manifest(&by_digest).await? {
+            (OciManifest::Image(m), d) => Ok((m, d, Some(digest))),
+            (OciManifest::ImageIndex(_), _) => Err(Error::Unsupported {
+                reference: image.to_string(),
+                what: "index whose platform entry is another index".into(),
+            }),
+        }
+    }
+
+    /// GETs one manifest (or index) ourselves, with oci-client's token for
+    /// this endpoint (or the Basic credentials the token flow chose),
+    /// reading at most [`MAX_MANIFEST_BYTES`] (oci-client reads a body
+    /// whole, whatever its size); verified against the reference's digest
+    /// and the registry's `Docker-Content-Digest`.
+    async fn manifest(&self, reference: &Reference) -> Result<(OciManifest, String), Error> {
+        use oci_client::manifest::{
+            IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
+            OCI_IMAGE_MEDIA_TYPE,
+        };
+        let whole = reference.whole();
+        let token = self
+            .client
+            .auth(reference, &self.auth, oci_client::RegistryOperation::Pull)
+            .await
+            .map_err(|e| classify(&whole, e))?;
+        let registry = reference.resolve_registry();
+        let url = format!(
+            "{scheme}://{registry}/v2/{repository}/manifests/{tag}{ns}",
+            scheme = self.scheme,
+            repository = reference.repository(),
+            tag = reference
+                .digest()
+                .unwrap_or_else(|| reference.tag().unwrap_or("latest")),
+            ns = reference
+                .namespace()
+                .map(|ns| format!("?ns={ns}"))
+                .unwrap_or_default(),
+        );
+        let mut request = self.http.get(&url).header(
+            reqwest::header::ACCEPT,
+            [
+                OCI_IMAGE_MEDIA_TYPE,
+                OCI_IMAGE_INDEX_MEDIA_TYPE,
+                IMAGE_MANIFEST_MEDIA_TYPE,
+                IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+            ]
+            .join(", "),
+        );
+        request = match (&token, &self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        let unreachable = |message: String| Error::Unreachable {
+            reference: whole.clone(),
+            message,
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| unreachable(format!("GET {url}: {e}")))?;
+        let status = response.status();
+        let message = || format!("GET {url}: {status}");
+        match status.as_u16() {
+            200 => {}
+            401 | 403 => {
+                return Err(Error::Unauthorized {
+                    reference: whole.clone(),
+                    message: message(),
+                });
+            }
+            404 => {
+                return Err(Error::RemoteNotFound {
+                    reference: whole.clone(),
+                    message: message(),
+                });
+            }
+            _ => return Err(unreachable(message())),
+        }
+        let too_large = || Error::ManifestTooLarge {
+            reference: whole.clone(),
+            limit: MAX_MANIFEST_BYTES,
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_MANIFEST_BYTES)
+        {
+            return Err(too_large());
+        }
+        let header_digest = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| unreachable(format!("GET {url}: {e}")))?;
+            if (body.len() + chunk.len()) as u64 > MAX_MANIFEST_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let expected = reference.digest().map(str::to_owned).or(header_digest);
+        let actual = match expected.as_deref().and_then(|d| d.split_once(':')) {
+            Some(("sha512", _)) => {
+                use sha2::Digest;
+                format!("sha512:{}", hex::encode(sha2::Sha512::digest(&body)))
+            }
+            _ => format!("sha256:{}", hex_sha256(&body)),
+        };
+        if let Some(expected) = expected
+            && expected != actual
+        {
+            return Err(Error::DigestMismatch {
+                digest: expected,
+                actual,
+            });
+        }
+        let manifest =
+            serde_json::from_slice::<OciManifest>(&body).map_err(|e| Error::Unsupported {
+                reference: whole.clone(),
+                what: format!("manifest ({e})"),
+            })?;
+        Ok((manifest, actual))
     }
 
     /// Fetches a small blob (the config) into memory, verified, reading no
@@ -361,7 +481,13 @@ impl Remote {
                     }
                     // Chunks are small and land in the page cache; the
                     // fsync happens once, off the async threads, in commit.
-                    writer.write(&bytes)?;
+                    writer.write(&bytes).map_err(|e| match e {
+                        Error::NoSpace(mut full) => {
+                            full.needed = declared;
+                            Error::NoSpace(full)
+                        }
+                        e => e,
+                    })?;
                     if writer.written() - last_report >= 256 << 10 {
                         last_report = writer.written();
                         progress(last_report);
@@ -390,6 +516,9 @@ impl Remote {
     }
 }
 
+/// The largest manifest or index accepted (real ones are a few KiB; the
+/// kernel catalog has the same cap).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 /// The largest image config accepted (real ones are a few KiB).
 pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
 /// The largest single layer accepted, whatever its descriptor says.

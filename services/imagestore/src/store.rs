@@ -345,7 +345,7 @@ impl Store {
         {
             return self.reuse(r, &req.kernel_ref).await;
         }
-        let remotes = registry::remotes(&self.config, &image, &platform, &req.credentials)?;
+        let remotes = registry::remotes(&self.config, &image, &req.credentials)?;
         if !req.force
             && let Some(r) = &existing
             && r.reference == image.to_string()
@@ -363,6 +363,15 @@ impl Store {
         }
         let remote = Arc::new(resolved.remote.clone());
         let manifest = &resolved.manifest;
+
+        // Room for what is not cached yet, checked before a byte arrives:
+        // a full disk is refused now, not half-way through a layer.
+        let missing: u64 = std::iter::once(&manifest.config)
+            .chain(&manifest.layers)
+            .filter(|d| !self.blobs.has(&d.digest))
+            .map(|d| u64::try_from(d.size).unwrap_or(0))
+            .sum();
+        self.blobs.ensure_room(missing)?;
 
         // The config blob, kept in the cache like the layers.
         if !self.blobs.has(&manifest.config.digest) {

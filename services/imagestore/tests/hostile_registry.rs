@@ -1,7 +1,8 @@
 //! A registry that lies, on 127.0.0.1 (a small HTTP server of this test:
 //! no real registry sends these answers): a layer far larger than its
-//! descriptor says, an oversized config, and a foreign-layer descriptor
-//! whose `urls` point at another local service while the registry errors.
+//! descriptor says, an oversized config, a 96 MiB manifest (with its size
+//! declared, and without), and a foreign-layer descriptor whose `urls`
+//! point at another local service while the registry errors.
 //! The pull must be refused early and never reach the other service.
 
 mod common;
@@ -17,6 +18,11 @@ use common::*;
 /// What the lying registry serves.
 struct Lies {
     manifest: Vec<u8>,
+    /// The manifest is sent without a Content-Length (until the connection
+    /// closes), so only a cap while reading can stop it.
+    manifest_unsized: bool,
+    /// Bytes of manifest sent so far.
+    manifest_sent: AtomicU64,
     config: (String, Vec<u8>),
     /// Layer digest → how the blob request is answered.
     layer_digest: String,
@@ -75,12 +81,29 @@ fn answer(mut conn: TcpStream, lies: &Lies) {
         if path == "/v2/" {
             reply(&mut conn, "200 OK", "application/json", b"{}");
         } else if path.contains("/manifests/") {
-            reply(
-                &mut conn,
-                "200 OK",
-                "application/vnd.oci.image.manifest.v1+json",
-                &lies.manifest,
+            let body = &lies.manifest;
+            let length = if lies.manifest_unsized {
+                "Connection: close".to_owned()
+            } else {
+                format!("Content-Length: {}", body.len())
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n{length}\r\nDocker-Content-Digest: {}\r\n\r\n",
+                digest(body)
             );
+            if !head {
+                for chunk in body.chunks(64 << 10) {
+                    if conn.write_all(chunk).is_err() {
+                        return;
+                    }
+                    lies.manifest_sent
+                        .fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                }
+            }
+            if lies.manifest_unsized {
+                return;
+            }
         } else if path.ends_with(&lies.config.0) {
             reply(
                 &mut conn,
@@ -208,6 +231,8 @@ async fn a_layer_larger_than_its_descriptor_is_cut_off_at_the_declared_size() {
     let config = config_blob(0);
     let layer_digest = digest(b"the real layer is 101 bytes");
     let lies = Arc::new(Lies {
+        manifest_unsized: false,
+        manifest_sent: AtomicU64::new(0),
         manifest: manifest(&config, config.len(), &layer_digest, 101, &[]),
         config: (digest(&config), config.clone()),
         layer_digest: layer_digest.clone(),
@@ -242,6 +267,8 @@ async fn a_layer_larger_than_its_descriptor_is_cut_off_at_the_declared_size() {
 async fn an_oversized_config_is_refused_by_its_descriptor() {
     let config = config_blob(9 << 20);
     let lies = Arc::new(Lies {
+        manifest_unsized: false,
+        manifest_sent: AtomicU64::new(0),
         manifest: manifest(&config, config.len(), &digest(b"l"), 10, &[]),
         config: (digest(&config), config.clone()),
         layer_digest: digest(b"l"),
@@ -259,6 +286,8 @@ async fn a_config_that_lies_about_its_size_is_cut_off() {
     // Declares 64 bytes, sends 4 MiB.
     let config = config_blob(4 << 20);
     let lies = Arc::new(Lies {
+        manifest_unsized: false,
+        manifest_sent: AtomicU64::new(0),
         manifest: manifest(&config, 64, &digest(b"l"), 10, &[]),
         config: (digest(&config), config.clone()),
         layer_digest: digest(b"l"),
@@ -277,6 +306,8 @@ async fn foreign_layer_urls_are_never_followed() {
     let config = config_blob(0);
     let layer_digest = digest(b"SECRET-CANARY");
     let lies = Arc::new(Lies {
+        manifest_unsized: false,
+        manifest_sent: AtomicU64::new(0),
         manifest: manifest(
             &config,
             config.len(),
@@ -298,4 +329,50 @@ async fn foreign_layer_urls_are_never_followed() {
         0,
         "imagestore called the URL a descriptor named"
     );
+}
+
+/// A valid manifest padded with a 96 MiB annotation.
+fn huge_manifest() -> Vec<u8> {
+    let config = config_blob(0);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&manifest(&config, config.len(), &digest(b"l"), 10, &[])).unwrap();
+    m["annotations"] = serde_json::json!({ "pad": "p".repeat(96 << 20) });
+    serde_json::to_vec(&m).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_larger_than_4_mib_is_refused_while_it_is_read() {
+    for unsized_body in [false, true] {
+        let config = config_blob(0);
+        let lies = Arc::new(Lies {
+            manifest_unsized: unsized_body,
+            manifest_sent: AtomicU64::new(0),
+            manifest: huge_manifest(),
+            config: (digest(&config), config.clone()),
+            layer_digest: digest(b"l"),
+            layer: LayerAnswer::Error,
+            sent: AtomicU64::new(0),
+        });
+        let addr = serve_registry(lies.clone());
+        let (result, ts) = pull_from(&addr).await;
+        let err = result.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(
+            err.message().contains("manifest")
+                && err.message().contains("larger than 4194304 bytes"),
+            "{err:?}"
+        );
+        // Cut off near the cap (socket buffers let a few MiB more through),
+        // not after the registry's 96 MiB.
+        let sent = lies.manifest_sent.load(Ordering::SeqCst);
+        assert!(
+            sent < 48 << 20,
+            "{sent} bytes of manifest were read (unsized: {unsized_body})"
+        );
+        assert_eq!(
+            cached_bytes(&ts),
+            0,
+            "nothing is fetched after a refused manifest"
+        );
+    }
 }

@@ -22,6 +22,7 @@ impl GrpcError for Error {
             }
             Error::Peer { code, .. } => *code,
             Error::Io { .. } => Code::Internal,
+            Error::NoSpace(_) => Code::ResourceExhausted,
             Error::UnusableStateDir { .. } => Code::FailedPrecondition,
             Error::Tool { .. }
             | Error::ProgramMissing { .. }
@@ -51,6 +52,7 @@ impl GrpcError for Error {
             Error::Peer { reason, .. } => *reason,
             Error::FirstBootFailed { .. } => Some("FIRST_BOOT_FAILED"),
             Error::PreparationFailed { .. } => Some("IMAGE_PREPARATION_FAILED"),
+            Error::NoSpace(_) => Some("NO_SPACE"),
             Error::EvidenceKept { source, .. } => source.reason(),
             _ => None,
         }

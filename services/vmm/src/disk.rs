@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
 
@@ -37,6 +37,14 @@ impl std::fmt::Display for CopyMethod {
 /// sparse copy. On failure `dst` is removed (a full disk leaves nothing).
 pub fn copy_image(src: &Path, dst: &Path) -> Result<CopyMethod> {
     let input = File::open(src).map_err(Error::io("cannot open image", src))?;
+    // What a sparse copy writes at most: the image's allocated blocks. A
+    // reflink needs none of it, so on a filesystem that can share extents
+    // this is only checked once the clone is refused.
+    let needed = input
+        .metadata()
+        .map_err(Error::io("cannot stat image", src))?
+        .blocks()
+        * 512;
     let output = File::options()
         .write(true)
         .create_new(true)
@@ -50,10 +58,19 @@ pub fn copy_image(src: &Path, dst: &Path) -> Result<CopyMethod> {
     // the copy durable together with the identity, in one sync instead of
     // two; a host crash before then leaves a `creating` record, which
     // reconcile rolls back.
+    if let Err(full) = banger_proto::fsutil::ensure_room(dst, needed) {
+        let _ = std::fs::remove_file(dst);
+        return Err(Error::NoSpace(full));
+    }
     if let Err(e) = sparse_copy(&input, &output) {
         // Ours since create_new: a full disk leaves no partial copy behind.
+        let err = Error::io("cannot copy image to", dst)(e);
         let _ = std::fs::remove_file(dst);
-        return Err(Error::io("cannot copy image to", dst)(e));
+        return Err(match err {
+            // Measured once the partial copy is gone: what is really free.
+            Error::NoSpace(_) => Error::NoSpace(banger_proto::fsutil::NoSpace::at(dst, needed)),
+            e => e,
+        });
     }
     Ok(CopyMethod::Sparse)
 }

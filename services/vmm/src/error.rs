@@ -66,6 +66,12 @@ pub enum Error {
     },
 
     // ---- the host ----
+    /// The state dir's filesystem is full (or would be): what was written
+    /// of the VM (or preparation) is removed.
+    #[error(
+        "{0}; free space there (`banger vm rm` VMs you no longer need, `banger image prune`) and retry"
+    )]
+    NoSpace(banger_proto::fsutil::NoSpace),
     /// A file operation on the VM's own state failed.
     #[error("{context} {path}: {source}")]
     Io {
@@ -187,16 +193,21 @@ impl Want {
 }
 
 impl Error {
-    /// An [`Error::Io`] for `path`.
+    /// An [`Error::Io`] for `path`; a full disk becomes [`Error::NoSpace`].
     pub fn io(
         context: &'static str,
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io {
-            context,
-            path,
-            source,
+        move |source| {
+            if banger_proto::fsutil::is_no_space(&source) {
+                return Error::NoSpace(banger_proto::fsutil::NoSpace::at(&path, 0));
+            }
+            Error::Io {
+                context,
+                path,
+                source,
+            }
         }
     }
 

@@ -54,6 +54,18 @@ pub trait Peers: Send + Sync + std::fmt::Debug {
     async fn allocate(&self, vm_id: &str, nat: bool) -> Result<Lease>;
     /// Releases the lease. Idempotent.
     async fn release_lease(&self, vm_id: &str) -> Result<()>;
+    /// What the peers hold for `holder` (a VM id): the image and kernel it
+    /// holds and its lease. How a VM whose record was lost is put back
+    /// together (see [`crate::manager::Manager::reconcile`]).
+    async fn holds_of(&self, holder: &str) -> Result<Holds>;
+}
+
+/// What kernelcat, imagestore and netd hold for one VM id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holds {
+    pub image: Option<String>,
+    pub kernel: Option<String>,
+    pub lease: Option<Lease>,
 }
 
 /// The real peers, over their unix sockets (dialed lazily, so a peer that
@@ -179,5 +191,49 @@ impl Peers for GrpcPeers {
             .await
             .map_err(|s| peer_error("netd", s))?;
         Ok(())
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn holds_of(&self, holder: &str) -> Result<Holds> {
+        let image = ImageStoreClient::new(self.imagestore.clone())
+            .list_images(img::ListImagesRequest {})
+            .await
+            .map_err(|s| peer_error("imagestore", s))?
+            .into_inner()
+            .images
+            .into_iter()
+            .find(|i| i.holders.iter().any(|h| h == holder))
+            .map(|i| i.name);
+        let kernel = KernelCatClient::new(self.kernelcat.clone())
+            .list_kernels(kc::ListKernelsRequest {})
+            .await
+            .map_err(|s| peer_error("kernelcat", s))?
+            .into_inner()
+            .kernels
+            .into_iter()
+            .find(|k| k.holders.iter().any(|h| h == holder))
+            .map(|k| k.name);
+        let lease = NetdClient::new(self.netd.clone())
+            .list_leases(net::ListLeasesRequest {})
+            .await
+            .map_err(|s| peer_error("netd", s))?
+            .into_inner()
+            .leases
+            .into_iter()
+            .find(|l| l.vm_id == holder)
+            .map(|l| Lease {
+                tap: l.tap,
+                ip: l.ip,
+                prefix_len: l.prefix_len,
+                gateway: l.gateway,
+                mac: l.mac,
+                dns: l.dns,
+                nat: l.nat,
+            });
+        Ok(Holds {
+            image,
+            kernel,
+            lease,
+        })
     }
 }

@@ -25,6 +25,10 @@ pub enum VmState {
     Error,
     /// Being deleted; reconcile finishes the job.
     Deleting,
+    /// A hypervisor of this vmm's run dir that has no (readable) record:
+    /// found at reconcile and recorded from what its process shows, so it
+    /// is listed and `vm rm --force` can stop it and free its lease.
+    Orphaned,
 }
 
 /// The state rules: which operation may act on a VM in which state. Each
@@ -47,9 +51,9 @@ impl VmState {
         self == VmState::Running
     }
 
-    /// `delete` may go ahead; a running VM only with `force`.
+    /// `delete` may go ahead; a running (or orphaned) VM only with `force`.
     pub fn can_delete(self, force: bool) -> bool {
-        force || self != VmState::Running
+        force || !matches!(self, VmState::Running | VmState::Orphaned)
     }
 
     /// The guest can be reached (exec, wait-ready).
@@ -71,6 +75,7 @@ impl std::fmt::Display for VmState {
             VmState::Stopped => "stopped",
             VmState::Error => "in error",
             VmState::Deleting => "deleting",
+            VmState::Orphaned => "orphaned",
         })
     }
 }

@@ -124,6 +124,7 @@ fn to_pb(v: VmView) -> pb::Vm {
             VmState::Stopped => pb::VmState::Stopped,
             VmState::Error => pb::VmState::Error,
             VmState::Deleting => pb::VmState::Deleting,
+            VmState::Orphaned => pb::VmState::Orphaned,
         } as i32,
         image: vm.image.name,
         kernel: vm.kernel.name,

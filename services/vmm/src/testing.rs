@@ -171,6 +171,44 @@ impl Peers for RecordingPeers {
         self.log(format!("release_lease {vm_id}"));
         Ok(())
     }
+    async fn holds_of(&self, holder: &str) -> Result<crate::peers::Holds> {
+        if self
+            .imagestore_down
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(Error::Peer {
+                service: "imagestore",
+                code: tonic::Code::Unavailable,
+                reason: None,
+                message: "connection refused".into(),
+            });
+        }
+        // What was resolved or allocated for `holder` and not released yet.
+        let calls = self.calls();
+        let open = |take: &str, give: &str| {
+            calls
+                .iter()
+                .filter_map(|c| {
+                    let mut w = c.split(' ');
+                    (w.next() == Some(take) && c.ends_with(&format!(" {holder}")))
+                        .then(|| w.next().unwrap_or_default().to_owned())
+                })
+                .rfind(|n| !calls.contains(&format!("{give} {n} {holder}")))
+        };
+        let nat = calls
+            .iter()
+            .rev()
+            .find_map(|c| c.strip_prefix(&format!("allocate {holder} ")))
+            .filter(|_| !calls.contains(&format!("release_lease {holder}")));
+        Ok(crate::peers::Holds {
+            image: open("resolve_image", "release_image"),
+            kernel: open("resolve_kernel", "release_kernel"),
+            lease: nat.map(|nat| Lease {
+                nat: nat == "true",
+                ..self.lease.clone()
+            }),
+        })
+    }
 }
 
 /// Guest double: an agent that answers ping at once (or never, with

@@ -2,7 +2,11 @@
 //! for the test (root; loop devices): a reflink on XFS (which shares
 //! extents: the copy takes no space), a sparse copy on tmpfs (no reflink:
 //! holes stay holes, zero blocks are not written), and a full disk during
-//! the copy (a clear error, and no partial copy left).
+//! the copy (a clear error, and no partial copy left); and the manager on
+//! a full state dir (a small tmpfs in a private mount namespace): a create
+//! whose disk copy, and a preparation whose copy of the image, does not
+//! fit ends in [`banger_vmm::Error::NoSpace`] (RESOURCE_EXHAUSTED), rolled
+//! back to nothing, and the next create works once there is room.
 
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -133,10 +137,129 @@ fn a_full_disk_during_the_copy_leaves_nothing() {
     // Room for the file's metadata but not its 1 MiB of data.
     let small = Mount::new(&["-t", "tmpfs", "-o", "size=512k", "tmpfs"]);
     let dst = small.path().join("rootfs.ext4");
-    let err = disk::copy_image(&src, &dst).unwrap_err().to_string();
+    let err = disk::copy_image(&src, &dst).unwrap_err();
+    assert!(matches!(err, banger_vmm::Error::NoSpace(_)), "{err:?}");
+    let status = tonic::Status::from(err);
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    let msg = status.message();
     assert!(
-        err.contains("cannot copy image to") && err.contains("No space left"),
-        "{err}"
+        msg.contains(&format!("no space left for {}", dst.display()))
+            && msg.contains("MiB needed")
+            && msg.contains("banger vm rm"),
+        "{msg}"
     );
     assert!(!dst.exists(), "partial copy left behind");
+}
+
+/// Runs `f` with a manager (test doubles: the hypervisor is a `sh`) whose
+/// `$STATE/vms` is a 256 MiB tmpfs, in a private mount namespace.
+fn on_small_state<F>(unprepared: bool, f: F)
+where
+    F: AsyncFnOnce(banger_vmm::testing::Doubles, PathBuf) + Send + 'static,
+{
+    use banger_test_support::diskfull::{in_private_mounts, mount_tmpfs};
+    in_private_mounts(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let t = if unprepared {
+                banger_vmm::testing::Doubles::unprepared(false)
+            } else {
+                banger_vmm::testing::Doubles::new(false)
+            };
+            let vms = t.dir.path().join("state/vms");
+            mount_tmpfs(&vms, 256 << 20);
+            f(t, vms).await;
+        })
+    });
+}
+
+fn assert_no_space(err: banger_vmm::Error, under: &Path) {
+    assert!(matches!(err, banger_vmm::Error::NoSpace(_)), "{err:?}");
+    let status = tonic::Status::from(err);
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert_eq!(
+        banger_proto::rpc::status::reason_of(&status),
+        Some("NO_SPACE")
+    );
+    assert!(
+        status
+            .message()
+            .contains(&format!("no space left for {}", under.display())),
+        "{status:?}"
+    );
+}
+
+#[test]
+fn a_create_whose_disk_does_not_fit_rolls_back_and_the_next_one_works() {
+    use banger_test_support::diskfull::{files_under, fill, free};
+    on_small_state(false, async |t, vms| {
+        let filler = fill(&vms, 256 << 10);
+        let before = free(&vms);
+        let err = t
+            .mgr
+            .create(
+                banger_vmm::testing::spec("a", "img"),
+                &banger_vmm::manager::NoProgress,
+            )
+            .await
+            .unwrap_err();
+        assert_no_space(err, &vms);
+        assert!(t.mgr.list().unwrap().is_empty(), "the record stays");
+        assert!(files_under(&vms).is_empty(), "{:?}", files_under(&vms));
+        assert!(free(&vms) + (64 << 10) >= before, "space not given back");
+        assert!(t.peers.unreleased().is_empty(), "{:?}", t.peers.calls());
+
+        std::fs::remove_file(filler).unwrap();
+        let vm = t
+            .mgr
+            .create(
+                banger_vmm::testing::spec("a", "img"),
+                &banger_vmm::manager::NoProgress,
+            )
+            .await
+            .expect("a create once there is room");
+        assert_eq!(vm.vm.name, "a");
+        t.mgr.delete("a", true).await.unwrap();
+        assert!(files_under(&vms).is_empty(), "{:?}", files_under(&vms));
+    });
+}
+
+#[test]
+fn a_preparation_whose_copy_does_not_fit_leaves_no_work_dir_and_the_next_one_works() {
+    use banger_test_support::diskfull::{files_under, fill};
+    on_small_state(true, async |t, vms| {
+        let filler = fill(&vms, 256 << 10);
+        let err = t
+            .mgr
+            .create(
+                banger_vmm::testing::spec("a", "img"),
+                &banger_vmm::manager::NoProgress,
+            )
+            .await
+            .unwrap_err();
+        assert_no_space(err, &vms.join(".prepared"));
+        assert!(t.mgr.list().unwrap().is_empty());
+        let (done, _failed) = t.mgr.prepared_images();
+        assert!(done.is_empty());
+        // No work dir, no disk: at most the failure's small record.
+        let left: Vec<_> = files_under(&vms)
+            .into_iter()
+            .filter(|p| !p.to_string_lossy().contains(".failed/"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+
+        std::fs::remove_file(filler).unwrap();
+        t.mgr
+            .create(
+                banger_vmm::testing::spec("a", "img"),
+                &banger_vmm::manager::NoProgress,
+            )
+            .await
+            .expect("a create (and its preparation) once there is room");
+        let (done, _) = t.mgr.prepared_images();
+        assert_eq!(done.len(), 1);
+    });
 }

@@ -95,6 +95,13 @@ pub(super) fn print_vms(ctx: &Context, vms: &[pb::Vm]) -> Result<()> {
         return output::print_json(&views);
     }
     println!("{}", vms_table(&views));
+    // An orphan's line says which process it is and how to end it.
+    for vm in vms
+        .iter()
+        .filter(|v| v.state == pb::VmState::Orphaned as i32)
+    {
+        println!("{}: {}", vm.name, vm.error);
+    }
     Ok(())
 }
 
@@ -124,6 +131,7 @@ pub(super) fn state_name(state: i32) -> &'static str {
         Ok(pb::VmState::Stopped) => "stopped",
         Ok(pb::VmState::Error) => "error",
         Ok(pb::VmState::Deleting) => "deleting",
+        Ok(pb::VmState::Orphaned) => "orphaned",
         _ => "unknown",
     }
 }

@@ -213,20 +213,93 @@ pub fn is_ours(pid: u32, paths: &VmPaths) -> bool {
 
 /// Live processes (other than this one) whose command line names `dir`.
 fn processes_naming(dir: &Path) -> Vec<u32> {
+    processes_with(dir)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// Live processes (other than this one) whose command line names `dir`
+/// (as a directory: with the separator, so `<id>` never matches a longer
+/// id), with that command line.
+fn processes_with(dir: &Path) -> Vec<(u32, Vec<u8>)> {
     let me = std::process::id();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let needle = dir.join("");
+    let needle = needle.as_os_str().as_encoded_bytes();
+    if needle.len() <= 1 {
+        return Vec::new();
+    }
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me && pid_alive(pid))
-        .filter(|&pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                // With the separator, so `<id>` never matches a longer id.
-                let needle = dir.join("");
-                let needle = needle.as_os_str().as_encoded_bytes();
-                needle.len() > 1 && c.windows(needle.len()).any(|w| w == needle)
+        .filter_map(|pid| {
+            let c = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            c.windows(needle.len())
+                .any(|w| w == needle)
+                .then_some((pid, c))
+        })
+        .collect()
+}
+
+/// A live process of some VM: its command line names a run dir under
+/// the vmm's `$RUN/vmm` (every hypervisor and helper of ours does). How
+/// a VM whose record is gone is still found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmProcess {
+    pub pid: u32,
+    /// The run dir's name: the VM's id.
+    pub id: String,
+    /// `/proc/<pid>/comm`: which program it is.
+    pub comm: String,
+    /// NUL-separated, as in `/proc/<pid>/cmdline`.
+    pub cmdline: Vec<u8>,
+}
+
+impl VmProcess {
+    /// A hypervisor (not a helper such as vhost-device-vsock).
+    pub fn is_hypervisor(&self) -> bool {
+        self.comm == "firecracker" || self.comm.starts_with("qemu-system")
+    }
+
+    /// The first path component after `dir/` in the command line (e.g. the
+    /// VM name after `$STATE/vms/`), if any.
+    pub fn component_after(&self, dir: &Path) -> Option<String> {
+        component_after(&self.cmdline, dir)
+    }
+}
+
+fn component_after(cmdline: &[u8], dir: &Path) -> Option<String> {
+    let needle = dir.join("");
+    let needle = needle.as_os_str().as_encoded_bytes();
+    let at = cmdline.windows(needle.len()).position(|w| w == needle)? + needle.len();
+    let rest = &cmdline[at..];
+    let end = rest
+        .iter()
+        .position(|&b| b == b'/' || b == 0 || b == b',' || b == b' ')
+        .unwrap_or(rest.len());
+    let part = std::str::from_utf8(&rest[..end]).ok()?;
+    (!part.is_empty()).then(|| part.to_owned())
+}
+
+/// Every live process naming a run dir under `run_root`.
+pub fn vm_processes(run_root: &Path) -> Vec<VmProcess> {
+    processes_with(run_root)
+        .into_iter()
+        .filter_map(|(pid, cmdline)| {
+            let id = component_after(&cmdline, run_root)?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .trim()
+                .to_owned();
+            Some(VmProcess {
+                pid,
+                id,
+                comm,
+                cmdline,
             })
         })
         .collect()

@@ -149,7 +149,10 @@ impl Manager {
             tracing::warn!(vm = %vm.name, "cannot release kernel hold: {e}");
             first.get_or_insert(e);
         }
-        if let Err(e) = peers.release_image(&vm.image.name, &vm.id).await {
+        // An orphaned VM's record (see reconcile) knows no image or kernel.
+        if !vm.image.name.is_empty()
+            && let Err(e) = peers.release_image(&vm.image.name, &vm.id).await
+        {
             tracing::warn!(vm = %vm.name, "cannot release image hold: {e}");
             first.get_or_insert(e);
         }
@@ -258,6 +261,10 @@ impl Manager {
             r => r?,
         };
         let mut vm = Self::require(vm, |s| s.can_delete(force), Want::NotRunning)?;
+        if vm.state == VmState::Orphaned {
+            // What it holds, if reconcile could not ask the peers yet.
+            self.complete_orphan(&mut vm).await;
+        }
         vm.state = VmState::Deleting;
         self.inner.store.save(&vm)?;
         self.finish_delete(&mut vm).await

@@ -67,7 +67,17 @@ pub struct FailedPreparation {
 }
 
 /// A preparation's outcome as every waiter sees it.
-type Outcome = std::result::Result<Prepared, (String, PathBuf)>;
+type Outcome = std::result::Result<Prepared, Failure>;
+
+/// Why a preparation failed, shared by its waiters: the reason, the kept
+/// console log, and the disk-full fact when that was the cause (every
+/// waiter then gets [`Error::NoSpace`], not a failed preparation).
+#[derive(Debug, Clone)]
+struct Failure {
+    why: String,
+    log: PathBuf,
+    no_space: Option<banger_proto::fsutil::NoSpace>,
+}
 
 /// One preparation under way: its result when done, and its progress.
 #[derive(Debug, Clone)]
@@ -347,10 +357,11 @@ impl Manager {
                 r = done => {
                     break match r {
                         Ok(v) => v.expect("waited for Some"),
-                        Err(_) => Err((
-                            "the preparation task ended without a result".into(),
-                            store.failed(&PreparedStore::key(&image.digest)?),
-                        )),
+                        Err(_) => Err(Failure {
+                            why: "the preparation task ended without a result".into(),
+                            log: store.failed(&PreparedStore::key(&image.digest)?),
+                            no_space: None,
+                        }),
                     };
                 }
                 ev = events.recv() => {
@@ -363,10 +374,13 @@ impl Manager {
                 e = phase.gone() => return Err(e),
             }
         };
-        outcome.map_err(|(why, log)| Error::PreparationFailed {
-            image: image.name.clone(),
-            why,
-            log,
+        outcome.map_err(|f| match f.no_space {
+            Some(full) => Error::NoSpace(full),
+            None => Error::PreparationFailed {
+                image: image.name.clone(),
+                why: f.why,
+                log: f.log,
+            },
         })
     }
 
@@ -378,7 +392,11 @@ impl Manager {
         events: &broadcast::Sender<(String, u64, u64)>,
     ) -> Outcome {
         let store = self.prepared_store();
-        let key = PreparedStore::key(&image.digest).map_err(|e| (e.to_string(), PathBuf::new()))?;
+        let key = PreparedStore::key(&image.digest).map_err(|e| Failure {
+            why: e.to_string(),
+            log: PathBuf::new(),
+            no_space: None,
+        })?;
         let work = store.work(&key);
         let hex = key.split_once('-').map_or(key.as_str(), |(_, h)| h);
         let id = format!("prep-{}", &hex[..12.min(hex.len())]);
@@ -438,7 +456,14 @@ impl Manager {
                 tracing::warn!(image = %image.name, "preparation failed: {why}");
                 let log = keep_failure(&store, &key, &work, image, &why);
                 let _ = record::remove_dir_all(&work);
-                Err((why, log))
+                Err(Failure {
+                    why,
+                    log,
+                    no_space: match e {
+                        Error::NoSpace(full) => Some(full),
+                        _ => None,
+                    },
+                })
             }
         }
     }

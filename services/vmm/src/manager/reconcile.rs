@@ -2,10 +2,13 @@
 //! processes that really run, and operations a crash cut short are
 //! finished or undone.
 
+use std::collections::{BTreeMap, HashSet};
+
 use super::{Manager, console_tail};
+use crate::config::Backend;
 use crate::error::Result;
-use crate::hypervisor;
-use crate::record::{self, VmState};
+use crate::hypervisor::{self, VmProcess};
+use crate::record::{self, VmRecord, VmState};
 
 impl Manager {
     /// Reconciles records with reality after a (re)start: adopts live
@@ -13,6 +16,7 @@ impl Manager {
     /// finishes half-done deletes, removes dirs without a record.
     pub async fn reconcile(&self) -> Result<()> {
         self.reconcile_preparations().await;
+        self.record_orphans().await?;
         let (vms, orphans) = self.inner.store.list()?;
         for dir in orphans {
             tracing::warn!(dir = %dir.display(), "removing VM dir without a record");
@@ -58,6 +62,22 @@ impl Manager {
                     vm.helper_pid = None;
                     self.inner.store.save(&vm)?;
                 }
+                VmState::Orphaned if alive => {
+                    tracing::warn!(vm = %vm.name, pid = ?vm.pid, "an orphaned hypervisor still runs");
+                    self.complete_orphan(&mut vm).await;
+                    self.inner.store.save(&vm)?;
+                }
+                VmState::Orphaned => {
+                    hypervisor::cleanup_after_exit(&paths, vm.helper_pid);
+                    vm.state = VmState::Error;
+                    vm.error = Some(format!(
+                        "this VM had lost its record; its {} process has exited since. `banger vm rm {}` frees its lease",
+                        vm.backend, vm.name
+                    ));
+                    vm.pid = None;
+                    vm.helper_pid = None;
+                    self.inner.store.save(&vm)?;
+                }
                 VmState::Stopped | VmState::Error => {
                     if alive {
                         // A stop that was cut short: finish it.
@@ -72,6 +92,123 @@ impl Manager {
             }
         }
         Ok(())
+    }
+}
+
+impl Manager {
+    /// Finds hypervisors of this vmm (their command line names a run dir
+    /// under `$RUN/vmm`) that no readable record knows — the record was
+    /// deleted or is corrupt, the home was removed under them — and records
+    /// each as [`VmState::Orphaned`], so `vm list` shows it and
+    /// `vm rm --force` stops it and frees its tap and lease (netd keys
+    /// both by the VM id, which the run dir's name is). The name is the
+    /// one the process names under `$STATE/vms/` when that is free, else
+    /// `orphan-<id>`; a corrupt record is kept beside as `vm.json.corrupt`.
+    /// The peers say which image and kernel the id holds and its lease
+    /// ([`Manager::complete_orphan`]), so the rm gives those back too.
+    /// Preparation VMs (`prep-…`) are reconcile_preparations' own.
+    async fn record_orphans(&self) -> Result<()> {
+        let store = &self.inner.store;
+        let mut by_id: BTreeMap<String, Vec<VmProcess>> = BTreeMap::new();
+        for p in hypervisor::vm_processes(store.run_root()) {
+            if !p.id.starts_with("prep-") {
+                by_id.entry(p.id.clone()).or_default().push(p);
+            }
+        }
+        if by_id.is_empty() {
+            return Ok(());
+        }
+        let (vms, _) = store.list()?;
+        let known: HashSet<&str> = vms.iter().map(|v| v.id.as_str()).collect();
+        let mut taken: HashSet<String> = vms.iter().map(|v| v.name.clone()).collect();
+        for (id, procs) in by_id {
+            if known.contains(id.as_str()) {
+                continue;
+            }
+            let main = procs
+                .iter()
+                .find(|p| p.is_hypervisor())
+                .unwrap_or(&procs[0]);
+            let helper = procs.iter().find(|p| p.pid != main.pid).map(|p| p.pid);
+            let named = main
+                .component_after(store.root())
+                .filter(|n| banger_proto::names::validate("vm", n).is_ok() && !taken.contains(n));
+            let name = named.unwrap_or_else(|| format!("orphan-{}", &id[..id.len().min(12)]));
+            let record = store.paths(&name, &id).record();
+            if record.exists() {
+                // Unreadable (it is not in `vms`): keep it for a person.
+                let aside = record.with_extension("json.corrupt");
+                let _ = std::fs::rename(&record, &aside);
+            }
+            let backend = if main.comm == "firecracker" {
+                Backend::Firecracker
+            } else {
+                Backend::Qemu
+            };
+            let mut vm = VmRecord {
+                id: id.clone(),
+                name: name.clone(),
+                state: VmState::Orphaned,
+                image: Default::default(),
+                kernel: Default::default(),
+                vcpus: 0,
+                memory_mib: 0,
+                disk_bytes: 0,
+                backend,
+                ssh_authorized_keys: vec![],
+                ssh_host_key: None,
+                nat: false,
+                lease: None,
+                pid: Some(main.pid),
+                helper_pid: helper,
+                cmdline: String::new(),
+                accel: None,
+                backend_why: None,
+                accel_why: None,
+                systemd_boot: None,
+                created_unix: record::now_unix(),
+                started_unix: None,
+                error: Some(format!(
+                    "a {backend} process of this home (pid {}, run dir {}) runs without a readable record; `banger vm rm --force {name}` stops it and frees its tap and lease",
+                    main.pid,
+                    store.run_root().join(&id).display()
+                )),
+                stop_requested: false,
+            };
+            tracing::warn!(vm = %name, id, pid = main.pid, "recording an orphaned hypervisor");
+            self.complete_orphan(&mut vm).await;
+            store.save(&vm)?;
+            taken.insert(name);
+        }
+        Ok(())
+    }
+}
+
+impl Manager {
+    /// Fills in what an orphan's record lacks (image, kernel, lease) from
+    /// what the peers hold for its id. At the vmm's start they may not be
+    /// up yet: then `vm rm` asks again, before it releases anything.
+    pub(super) async fn complete_orphan(&self, vm: &mut VmRecord) {
+        if !vm.image.name.is_empty() && !vm.kernel.name.is_empty() && vm.lease.is_some() {
+            return;
+        }
+        match self.inner.peers.holds_of(&vm.id).await {
+            Ok(holds) => {
+                if vm.image.name.is_empty() {
+                    vm.image.name = holds.image.unwrap_or_default();
+                }
+                if vm.kernel.name.is_empty() {
+                    vm.kernel.name = holds.kernel.unwrap_or_default();
+                }
+                if vm.lease.is_none() {
+                    vm.nat = holds.lease.as_ref().is_some_and(|l| l.nat);
+                    vm.lease = holds.lease;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(vm = %vm.name, "cannot ask the peers what an orphan holds (yet): {e}");
+            }
+        }
     }
 }
 
@@ -201,6 +338,85 @@ mod tests {
         assert!(calls.contains(&format!("release_lease {}", gone.id)));
         restarted.delete("live", true).await.unwrap();
         assert!(!hypervisor::pid_alive(live.pid.unwrap()));
+    }
+
+    #[tokio::test]
+    async fn hypervisors_without_a_record_are_listed_as_orphans_and_rm_force_ends_them() {
+        let t = Doubles::new(false);
+        let mut vms = Vec::new();
+        for name in ["lost", "corrupt", "wiped"] {
+            vms.push(
+                t.mgr
+                    .create(testing::spec(name, "img"), &NoProgress)
+                    .await
+                    .unwrap()
+                    .vm,
+            );
+        }
+        let state = t.dir.path().join("state/vms");
+        // One record deleted, one corrupt, one VM dir removed whole (as
+        // when the home's state is deleted under running VMs).
+        std::fs::remove_file(state.join("lost/vm.json")).unwrap();
+        std::fs::write(state.join("corrupt/vm.json"), b"{ not json").unwrap();
+        std::fs::remove_dir_all(state.join("wiped")).unwrap();
+        assert_eq!(t.mgr.list().unwrap().len(), 0);
+
+        // The vmm starts before imagestore answers (`banger up` starts
+        // them together): the orphans are recorded without their holds.
+        t.peers
+            .imagestore_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let restarted = t.restarted();
+        restarted.reconcile().await.unwrap();
+        t.peers
+            .imagestore_down
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let listed = restarted.list().unwrap();
+        let names: Vec<&str> = listed.iter().map(|v| v.vm.name.as_str()).collect();
+        assert_eq!(names, ["corrupt", "lost", "wiped"]);
+        assert!(
+            listed
+                .iter()
+                .all(|v| v.vm.image.name.is_empty() && v.vm.lease.is_none())
+        );
+        for (view, created) in listed.iter().zip([&vms[1], &vms[0], &vms[2]]) {
+            let vm = &view.vm;
+            assert_eq!(vm.state, VmState::Orphaned, "{vm:?}");
+            assert_eq!((vm.pid, &vm.id), (created.pid, &created.id));
+            let why = vm.error.clone().unwrap();
+            assert!(
+                why.contains(&format!("pid {}", created.pid.unwrap()))
+                    && why.contains(&format!("banger vm rm --force {}", vm.name)),
+                "{why}"
+            );
+            assert!(hypervisor::pid_alive(created.pid.unwrap()));
+        }
+        assert!(state.join("corrupt/vm.json.corrupt").is_file());
+
+        // Not without --force; with it: process gone, dir gone, and what the
+        // peers (up by now) hold for its id given back.
+        assert!(matches!(
+            restarted.delete("lost", false).await,
+            Err(crate::error::Error::WrongState { .. })
+        ));
+        for (name, vm) in [("lost", &vms[0]), ("corrupt", &vms[1]), ("wiped", &vms[2])] {
+            restarted.delete(name, true).await.unwrap();
+            assert!(!hypervisor::pid_alive(vm.pid.unwrap()), "{name} still runs");
+            assert!(!state.join(name).exists(), "{name}'s dir is left");
+            let calls = t.peers.calls();
+            for call in [
+                format!("release_lease {}", vm.id),
+                format!("release_image img {}", vm.id),
+                format!("release_kernel {} {}", vm.kernel.name, vm.id),
+            ] {
+                assert!(calls.contains(&call), "no {call}: {calls:?}");
+            }
+        }
+        assert!(restarted.list().unwrap().is_empty());
+        // A second restart finds nothing left to adopt.
+        let again = t.restarted();
+        again.reconcile().await.unwrap();
+        assert!(again.list().unwrap().is_empty());
     }
 
     #[tokio::test]
