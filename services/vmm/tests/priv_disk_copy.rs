@@ -194,6 +194,7 @@ fn assert_no_space(err: banger_vmm::Error, under: &Path) {
 
 #[test]
 fn a_create_whose_disk_does_not_fit_rolls_back_and_the_next_one_works() {
+    banger_test_support::gate!(Priv, ROOT);
     use banger_test_support::diskfull::{files_under, fill, free};
     on_small_state(false, async |t, vms| {
         let filler = fill(&vms, 256 << 10);
@@ -229,6 +230,7 @@ fn a_create_whose_disk_does_not_fit_rolls_back_and_the_next_one_works() {
 
 #[test]
 fn a_preparation_whose_copy_does_not_fit_leaves_no_work_dir_and_the_next_one_works() {
+    banger_test_support::gate!(Priv, ROOT);
     use banger_test_support::diskfull::{files_under, fill};
     on_small_state(true, async |t, vms| {
         let filler = fill(&vms, 256 << 10);

@@ -91,6 +91,7 @@ fn only_blobs(state: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn disk_full_during_download_and_build_leaves_nothing_and_the_store_recovers() {
+    banger_test_support::gate!(Priv, ROOT);
     in_private_mounts(|| {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
