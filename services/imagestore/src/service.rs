@@ -95,19 +95,28 @@ fn progress_pb(p: crate::store::Progress) -> Progress {
 
 /// Runs a store operation (`work`, reporting to the sender whose receiver
 /// is `rx`) and passes its updates on to `reporter`, to the last one.
-/// Pulls and imports are shared work (proto/README.md, "Long operations
-/// and cancellation"): the build goes on when the client goes away, so the
-/// next caller of that name finds the image.
+/// The image build is its caller's work (proto/README.md, "Long operations
+/// and cancellation"; an inode bomb must not keep building after its
+/// client left): when the client goes away `cancel` is set, the build
+/// stops and kills its mke2fs, and its staging is removed. The blob
+/// downloads are shared and run on (the store leaves them running for a
+/// retry or another image with the same layers).
 async fn forward(
     work: impl std::future::Future<Output = Result<Record, Error>>,
     mut rx: mpsc::UnboundedReceiver<crate::store::Progress>,
     reporter: Reporter<pb::PullImageEvent>,
+    cancel: Cancel,
 ) -> Result<pb::Image, Error> {
     tokio::pin!(work);
+    let mut gone = false;
     let result = loop {
         tokio::select! {
             r = &mut work => break r,
             Some(p) = rx.recv() => reporter.report(progress_pb(p)),
+            _ = reporter.cancelled(), if !gone => {
+                gone = true;
+                cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     };
     // Downloads left running (for a retry) may still hold a sender: take
@@ -149,9 +158,10 @@ impl ImageStore for ImageStoreService {
         };
         let (tx, rx) = mpsc::unbounded_channel();
         let store = self.store.clone();
+        let cancel = req.cancel.clone();
         Ok(Response::new(progress::stream(
-            Work::Shared,
-            |reporter| async move { forward(store.pull(req, tx), rx, reporter).await },
+            Work::CallerOnly,
+            |reporter| async move { forward(store.pull(req, tx), rx, reporter, cancel).await },
         )))
     }
 
@@ -198,10 +208,12 @@ impl ImageStore for ImageStoreService {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let store = self.store.clone();
+        let cancel = req.cancel.clone();
         Ok(Response::new(progress::stream(
-            Work::Shared,
+            Work::CallerOnly,
             |reporter| async move {
-                let imported = forward(store.import(req, file.path(), tx), rx, reporter).await;
+                let imported =
+                    forward(store.import(req, file.path(), tx), rx, reporter, cancel).await;
                 drop(file);
                 imported
             },

@@ -64,10 +64,10 @@ pub struct PullRequest {
     pub if_missing: bool,
     pub credentials: Vec<Credentials>,
     /// Once set, the build stops and its child processes are killed
-    /// (downloads go on for the next pull). The service never sets it: a
-    /// pull is shared work that outlives its client (proto/README.md, "Long
-    /// operations and cancellation"); shutdown stops every build
-    /// ([`crate::flatten::stop_all`]). For embedders of the store.
+    /// (downloads go on for the next pull). The service sets it when the
+    /// client goes away (proto/README.md, "Long operations and
+    /// cancellation"); shutdown stops every build
+    /// ([`crate::flatten::stop_all`]).
     pub cancel: Cancel,
 }
 
