@@ -66,6 +66,7 @@ pub fn build_builtin<T>(
         xattrs: &root.xattrs,
     };
     let mut inodes = inodes;
+    let needed = host_bytes(stats);
     for attempt in 0..2 {
         let real = crate::ext4w::image_bytes(size, inodes);
         if real > max_bytes {
@@ -75,6 +76,8 @@ pub fn build_builtin<T>(
             });
         }
         let _ = std::fs::remove_file(out);
+        // Refused before a byte is written when it cannot fit, as for mke2fs.
+        banger_proto::fsutil::ensure_room(out, needed).map_err(Error::NoSpace)?;
         let file = std::fs::File::create(out).map_err(Error::io("cannot create", out))?;
         let result =
             crate::ext4w::Writer::new(file, size, inodes, journal_bytes(size), label, root)
@@ -103,6 +106,15 @@ pub fn build_builtin<T>(
                 );
                 size = size.saturating_mul(3) / 2;
                 inodes = inodes.saturating_mul(3) / 2;
+            }
+            // The host's disk ran out under the writer (not the image's
+            // own room): the same NoSpace as everywhere else.
+            Err(Error::Ext4Write {
+                source: crate::ext4w::Error::Write(e),
+                ..
+            }) if banger_proto::fsutil::is_no_space(&e) => {
+                let _ = std::fs::remove_file(out);
+                return Err(no_space(out, needed));
             }
             Err(e) => {
                 let _ = std::fs::remove_file(out);
