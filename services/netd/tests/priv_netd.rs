@@ -379,18 +379,43 @@ impl Daemon {
         self.child.wait().unwrap();
     }
 
-    /// The `CapEff` and `CapBnd` lines of the daemon's /proc status.
+    /// The `CapEff` and `CapBnd` lines of the daemon's /proc status, the
+    /// same in every one of its threads (capabilities are per thread: a
+    /// drop on the main thread alone leaves the runtime's workers with
+    /// all of them); when threads differ, every thread's lines.
     fn caps(&self) -> (String, String) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .unwrap()
-                .trim()
-                .to_owned()
+        let mut seen = std::collections::BTreeMap::new();
+        let tasks = format!("/proc/{}/task", self.child.id());
+        for task in std::fs::read_dir(&tasks).unwrap() {
+            let task = task.unwrap();
+            let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+                continue; // the thread ended meanwhile
+            };
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .unwrap()
+                    .trim()
+                    .to_owned()
+            };
+            seen.insert(
+                task.file_name().to_string_lossy().into_owned(),
+                (field("CapEff:"), field("CapBnd:")),
+            );
+        }
+        let distinct: std::collections::BTreeSet<_> = seen.values().cloned().collect();
+        assert!(seen.len() > 1, "the daemon runs more than its main thread");
+        if distinct.len() == 1 {
+            return distinct.into_iter().next().unwrap();
+        }
+        let all = |pick: fn(&(String, String)) -> &String| {
+            seen.iter()
+                .map(|(tid, c)| format!("{tid}:{}", pick(c)))
+                .collect::<Vec<_>>()
+                .join(" ")
         };
-        (field("CapEff:"), field("CapBnd:"))
+        (all(|c| &c.0), all(|c| &c.1))
     }
 }
 
