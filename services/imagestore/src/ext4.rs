@@ -481,7 +481,9 @@ pub fn fix_up(
     Ok(())
 }
 
-/// `e2fsck -fn`: the new filesystem must be clean.
+/// `e2fsck -fn`: the new filesystem must be clean; then it is made
+/// durable, before imagestore records it (a crash must not leave a record
+/// of an image whose blocks never reached the disk).
 pub fn check(img: &Path, cancel: &AtomicBool) -> Result<(), Error> {
     let mut child = command("e2fsck")
         .args(["-f", "-n"])
@@ -499,7 +501,9 @@ pub fn check(img: &Path, cancel: &AtomicBool) -> Result<(), Error> {
             out.trim()
         )));
     }
-    Ok(())
+    std::fs::File::open(img)
+        .and_then(|f| f.sync_data())
+        .map_err(Error::io("cannot sync", img))
 }
 
 #[cfg(test)]

@@ -228,6 +228,84 @@ pub struct Writer {
     journal_blocks: u64,
     /// Copy buffer for file data.
     buf: Vec<u8>,
+    /// File data before this byte was handed to the host's writeback.
+    kicked: u64,
+    flusher: Option<Flusher>,
+}
+
+/// Writes the content of placed files ([`Writer::place`]); one per
+/// writer thread, all sharing the image file.
+pub struct Placed<'a> {
+    file: &'a File,
+    flusher: Option<&'a Flusher>,
+}
+
+impl Placed<'_> {
+    /// Writes `data` (exactly the placed file's size) into `runs`; returns
+    /// the span of the image's bytes it covers.
+    pub fn write(&self, runs: &[(u64, u64)], data: &[u8]) -> Result<(u64, u64)> {
+        let blocks: u64 = runs.iter().map(|r| r.1).sum();
+        if (data.len() as u64).div_ceil(BS) != blocks {
+            return Err(Error::Short);
+        }
+        let mut off = 0usize;
+        for &(start, len) in runs {
+            let n = usize::try_from(len * BS)
+                .unwrap_or(usize::MAX)
+                .min(data.len() - off);
+            write_sparse(self.file, &data[off..off + n], start * BS)?;
+            off += n;
+        }
+        Ok(match (runs.first(), runs.last()) {
+            (Some(first), Some(last)) => (first.0 * BS, (last.0 + last.1) * BS),
+            _ => (0, 0),
+        })
+    }
+
+    /// Starts the host's writeback of bytes `from..to` of the image (see
+    /// `Writer::kick_writeback`).
+    pub fn kick(&self, from: u64, to: u64) {
+        if let Some(f) = self.flusher {
+            f.kick(from, to);
+        }
+    }
+}
+
+/// A thread that asks the host to start writing ranges of the image
+/// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`) on its own copy of the fd.
+/// Dropping it lets the thread finish the ranges it was given and end.
+struct Flusher {
+    ranges: std::sync::mpsc::Sender<(u64, u64)>,
+}
+
+impl Flusher {
+    fn start(file: &File) -> Option<Flusher> {
+        let file = file.try_clone().ok()?;
+        let (ranges, rx) = std::sync::mpsc::channel::<(u64, u64)>();
+        std::thread::Builder::new()
+            .name("ext4-writeback".into())
+            .spawn(move || {
+                use std::os::fd::AsRawFd;
+                for (from, to) in rx {
+                    // SAFETY: sync_file_range only reads its integer
+                    // arguments; the fd is this thread's own open copy.
+                    unsafe {
+                        libc::sync_file_range(
+                            file.as_raw_fd(),
+                            from as libc::off64_t,
+                            (to - from) as libc::off64_t,
+                            libc::SYNC_FILE_RANGE_WRITE,
+                        );
+                    }
+                }
+            })
+            .ok()?;
+        Some(Flusher { ranges })
+    }
+
+    fn kick(&self, from: u64, to: u64) {
+        let _ = self.ranges.send((from, to));
+    }
 }
 
 fn io_err(e: io::Error) -> Error {
@@ -318,6 +396,8 @@ impl Writer {
             cursor: geo.data_start(0),
             journal_blocks: journal_bytes / BS,
             buf: vec![0; 1 << 20],
+            kicked: 0,
+            flusher: None,
         };
         w.uuid[6] = (w.uuid[6] & 0x0f) | 0x40;
         w.uuid[8] = (w.uuid[8] & 0x3f) | 0x80;
@@ -576,6 +656,30 @@ impl Writer {
         Ok(())
     }
 
+    /// Places file `ino`'s content (its announced size) in contiguous
+    /// blocks at the cursor without writing it: [`Placed::write`] writes
+    /// the bytes later, from any thread.
+    pub fn place(&mut self, ino: u32) -> Result<Vec<(u64, u64)>> {
+        let size = self.inodes[ino as usize - 1].as_ref().expect("inode").size;
+        let runs = self.alloc(size.div_ceil(BS))?;
+        let mut inode = self.inodes[ino as usize - 1].take().expect("inode");
+        inode.body = Body::Extents(runs.clone());
+        let r = self.tree(&mut inode);
+        self.inodes[ino as usize - 1] = Some(inode);
+        r.map(|()| runs)
+    }
+
+    /// Writes data [`Writer::place`]d, shareable between threads.
+    pub fn placed(&mut self) -> Placed<'_> {
+        if self.flusher.is_none() {
+            self.flusher = Flusher::start(&self.file);
+        }
+        Placed {
+            file: &self.file,
+            flusher: self.flusher.as_ref(),
+        }
+    }
+
     /// Writes the content of file `ino` (its announced size, no more)
     /// from `data`, into contiguous blocks at the cursor.
     pub fn write_data(&mut self, ino: u32, data: &mut dyn Read) -> Result<()> {
@@ -608,11 +712,35 @@ impl Writer {
         })();
         self.buf = buf;
         result?;
+        self.kick_writeback();
         let mut inode = self.inodes[ino as usize - 1].take().expect("inode");
         inode.body = Body::Extents(runs);
         let r = self.tree(&mut inode);
         self.inodes[ino as usize - 1] = Some(inode);
         r
+    }
+
+    /// Starts the host's writeback of the file data written since the
+    /// last kick, once there is enough of it: the image is made durable
+    /// once written ([`crate::ext4::check`]), and the disk then writes
+    /// while the rest of the data is copied instead of all of it after
+    /// (bookworm: that sync waited ~150 ms for 200 MB). The kick runs on
+    /// a thread of its own ([`Flusher`]) because `sync_file_range` blocks
+    /// while the device's queue is full. Advisory: a filesystem that
+    /// cannot do it just syncs it all at the end.
+    fn kick_writeback(&mut self) {
+        const EVERY: u64 = 16 << 20;
+        let end = self.cursor * BS;
+        if end < self.kicked + EVERY && self.cursor < self.geo.blocks {
+            return;
+        }
+        if self.flusher.is_none() {
+            self.flusher = Flusher::start(&self.file);
+        }
+        if let Some(f) = &self.flusher {
+            f.kick(self.kicked, end);
+        }
+        self.kicked = end;
     }
 
     fn alloc1(&mut self) -> Result<u64> {
@@ -712,6 +840,11 @@ impl Writer {
         }
         self.write_inodes()?;
         self.write_groups()?;
+        // The rest goes to the disk while e2fsck reads the image; the sync
+        // that makes it durable comes after ([`crate::ext4::check`]).
+        self.kicked = 0;
+        self.cursor = self.geo.blocks;
+        self.kick_writeback();
         Ok(self.geo.blocks * BS)
     }
 

@@ -222,7 +222,7 @@ mod tests {
     /// The emitted stream and the facts.
     fn build(l: Vec<u8>, bundle: Option<&Path>) -> (Tree, GuestFacts) {
         let mut f = Flattener::new(Limits::default());
-        f.add_layer(&l[..], "l").unwrap();
+        f.add_layer(std::io::Cursor::new(l.clone()), "l").unwrap();
         let facts = super::facts(&mut f);
         let has_agent = bundle.map(|b| inject(&mut f, b).unwrap());
         let mut out = Vec::new();

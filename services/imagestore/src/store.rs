@@ -306,6 +306,7 @@ impl Store {
     /// Pulls and builds an image; see the module docs.
     #[tracing::instrument(skip_all, fields(reference = %req.reference))]
     pub async fn pull(&self, req: PullRequest, tx: ProgressTx) -> Result<Record, Error> {
+        let asked = std::time::Instant::now();
         let image = ImageRef::parse(&req.reference)?;
         let platform = Platform::parse(&req.platform)?;
         validate_kernel_ref(&req.kernel_ref)?;
@@ -373,6 +374,7 @@ impl Store {
             .sum();
         self.blobs.ensure_room(missing)?;
 
+        let resolved_at = asked.elapsed();
         // The config blob, kept in the cache like the layers.
         if !self.blobs.has(&manifest.config.digest) {
             let bytes = remote.fetch_small(&manifest.config).await?;
@@ -381,6 +383,11 @@ impl Store {
             w.commit()?;
         }
 
+        tracing::info!(
+            resolve_ms = resolved_at.as_millis() as u64,
+            config_ms = (asked.elapsed() - resolved_at).as_millis() as u64,
+            "manifest resolved"
+        );
         // Downloads, bounded, all started now; unpacking follows in order.
         let sem = Arc::new(Semaphore::new(self.config.max_parallel_layers.max(1)));
         let mut downloads = Vec::new();
