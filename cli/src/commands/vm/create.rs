@@ -10,12 +10,16 @@ use banger_proto::kernelcat::v1::kernel_cat_client::KernelCatClient;
 use banger_proto::rpc::progress::{LongEvent, Step};
 use banger_proto::vmm::v1 as pb;
 
-use super::{CreateArgs, HypervisorArg, parse_size, render, vmm};
+use super::{CreateArgs, HypervisorArg, parse_size, vmm};
 use crate::context::Context;
 use crate::progress::Progress;
 use crate::ssh;
 
-pub(super) async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
+/// Creates the VM; returns it and the phases its create went through.
+pub(super) async fn create(
+    ctx: &Context,
+    args: &CreateArgs,
+) -> Result<(pb::Vm, Vec<crate::progress::Timing>)> {
     let key = ssh::ensure_ssh_key()?;
     if let Some(kernel) = chosen_kernel(ctx, args).await? {
         ensure_kernel(ctx, &kernel).await?;
@@ -57,21 +61,9 @@ pub(super) async fn create(ctx: &Context, args: &CreateArgs) -> Result<pb::Vm> {
         Err(_) => progress.abandon("failed"),
     }
     result?;
-    if args.timings {
-        render::print_timings(ctx, &render::TimingsView::new(progress.timings()))?;
-    }
     let vm = done.context("the vmm ended the create without a result")?;
-    if args.timings && !ctx.json && !vm.accelerator.is_empty() {
-        eprintln!(
-            "hypervisor {} ({}): {}; {}",
-            render::hypervisor_name(vm.hypervisor),
-            vm.accelerator,
-            vm.hypervisor_reason,
-            vm.accelerator_reason
-        );
-    }
     ssh::record_host_key(&vm)?;
-    Ok(vm)
+    Ok((vm, progress.timings().to_vec()))
 }
 
 /// The kernel vmm will boot for this create, chosen as vmm chooses it:

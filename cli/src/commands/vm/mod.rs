@@ -172,8 +172,8 @@ async fn vmm(ctx: &Context) -> Result<Vmm> {
 pub async fn run(ctx: &Context, command: VmCommand) -> Result<ExitCode> {
     match command {
         VmCommand::Create(args) => {
-            let vm = create::create(ctx, &args).await?;
-            render::print_vm(ctx, &vm)?;
+            let (vm, timings) = create::create(ctx, &args).await?;
+            render::print_created(ctx, &vm, args.timings.then_some(&timings[..]))?;
             Ok(ExitCode::SUCCESS)
         }
         VmCommand::Start { name, timeout } => {

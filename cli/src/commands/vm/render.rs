@@ -230,12 +230,42 @@ impl<'a> TimingsView<'a> {
     }
 }
 
-/// Prints the timings: JSON on stdout under `--json`, else a table on
-/// stderr (stdout keeps the VM).
-pub(super) fn print_timings(ctx: &Context, view: &TimingsView) -> Result<()> {
+/// `vm create` with `--timings` or not: one JSON document under `--json`
+/// (the VM's fields, and `timings` when asked for), else the phases as a
+/// table and the backend's reasons on stderr, and the VM on stdout.
+pub(super) fn print_created(ctx: &Context, vm: &pb::Vm, timings: Option<&[Timing]>) -> Result<()> {
     if ctx.json {
-        return output::print_json(view);
+        return output::print_json(&CreatedView {
+            vm: VmView::from(vm),
+            timings: timings.map(TimingsView::new),
+        });
     }
+    if let Some(timings) = timings {
+        print_timings(&TimingsView::new(timings));
+        if !vm.accelerator.is_empty() {
+            eprintln!(
+                "hypervisor {} ({}): {}; {}",
+                hypervisor_name(vm.hypervisor),
+                vm.accelerator,
+                vm.hypervisor_reason,
+                vm.accelerator_reason
+            );
+        }
+    }
+    print_vm(ctx, vm)
+}
+
+/// What `vm create --json` prints: the VM, plus its timings when asked.
+#[derive(Debug, Serialize)]
+struct CreatedView<'a> {
+    #[serde(flatten)]
+    vm: VmView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timings: Option<TimingsView<'a>>,
+}
+
+/// The timings as a table on stderr (stdout keeps the VM).
+fn print_timings(view: &TimingsView) {
     let mut t = output::table(["PHASE", "SECONDS", "DETAIL"]);
     for p in view.timings {
         t.add_row([
@@ -250,7 +280,6 @@ pub(super) fn print_timings(ctx: &Context, view: &TimingsView) -> Result<()> {
         String::new(),
     ]);
     eprintln!("{t}");
-    Ok(())
 }
 
 #[cfg(test)]
@@ -323,5 +352,26 @@ mod tests {
         let json = serde_json::to_value(TimingsView::new(&t)).unwrap();
         assert_eq!(json["total_seconds"], 1.25);
         assert_eq!(json["timings"][0]["detail"], "reflink");
+
+        // `vm create --timings --json` is one document: the VM and its timings.
+        let created = CreatedView {
+            vm: VmView::from(&vm()),
+            timings: Some(TimingsView::new(&t)),
+        };
+        let json = serde_json::to_value(&created).unwrap();
+        assert_eq!(
+            json["name"],
+            serde_json::to_value(VmView::from(&vm())).unwrap()["name"]
+        );
+        assert_eq!(json["timings"]["total_seconds"], 1.25);
+        let plain = CreatedView {
+            vm: VmView::from(&vm()),
+            timings: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&plain).unwrap(),
+            serde_json::to_value(VmView::from(&vm())).unwrap(),
+            "without --timings the document is the VM's, as before"
+        );
     }
 }

@@ -37,7 +37,7 @@ pub(super) async fn run(ctx: &Context, args: RunArgs) -> Result<ExitCode> {
         base.truncate(57);
         format!("{}-{suffix}", base.trim_end_matches('-'))
     });
-    let vm = create(
+    let (vm, _) = create(
         ctx,
         &CreateArgs {
             name: name.clone(),
