@@ -233,6 +233,9 @@ pub struct Writer {
     flusher: Option<Flusher>,
 }
 
+/// How much file data is written between two writeback kicks.
+pub const WRITEBACK_EVERY: u64 = 16 << 20;
+
 /// Writes the content of placed files ([`Writer::place`]); one per
 /// writer thread, all sharing the image file.
 pub struct Placed<'a> {
@@ -399,6 +402,7 @@ impl Writer {
             kicked: 0,
             flusher: None,
         };
+        w.flusher = Flusher::start(&w.file);
         w.uuid[6] = (w.uuid[6] & 0x0f) | 0x40;
         w.uuid[8] = (w.uuid[8] & 0x3f) | 0x80;
         let root_inode = w.inode(0o040000, root)?;
@@ -670,10 +674,7 @@ impl Writer {
     }
 
     /// Writes data [`Writer::place`]d, shareable between threads.
-    pub fn placed(&mut self) -> Placed<'_> {
-        if self.flusher.is_none() {
-            self.flusher = Flusher::start(&self.file);
-        }
+    pub fn placed(&self) -> Placed<'_> {
         Placed {
             file: &self.file,
             flusher: self.flusher.as_ref(),
@@ -729,18 +730,11 @@ impl Writer {
     /// while the device's queue is full. Advisory: a filesystem that
     /// cannot do it just syncs it all at the end.
     fn kick_writeback(&mut self) {
-        const EVERY: u64 = 16 << 20;
         let end = self.cursor * BS;
-        if end < self.kicked + EVERY && self.cursor < self.geo.blocks {
-            return;
+        if end >= self.kicked + WRITEBACK_EVERY {
+            self.placed().kick(self.kicked, end);
+            self.kicked = end;
         }
-        if self.flusher.is_none() {
-            self.flusher = Flusher::start(&self.file);
-        }
-        if let Some(f) = &self.flusher {
-            f.kick(self.kicked, end);
-        }
-        self.kicked = end;
     }
 
     fn alloc1(&mut self) -> Result<u64> {
@@ -840,11 +834,9 @@ impl Writer {
         }
         self.write_inodes()?;
         self.write_groups()?;
-        // The rest goes to the disk while e2fsck reads the image; the sync
+        // All of it goes to the disk while e2fsck reads the image; the sync
         // that makes it durable comes after ([`crate::ext4::check`]).
-        self.kicked = 0;
-        self.cursor = self.geo.blocks;
-        self.kick_writeback();
+        self.placed().kick(0, self.geo.blocks * BS);
         Ok(self.geo.blocks * BS)
     }
 

@@ -1180,7 +1180,6 @@ fn write_in_memory(
         .map_or(files.len(), |p| p + 1);
     let (low, high) = files.split_at(split);
     let run = |files: &[InMemory<'_>]| -> Result<(), Error> {
-        const EVERY: u64 = 16 << 20;
         let mut pending: Option<(u64, u64)> = None;
         for (runs, data, path) in files {
             if cancelled(cancel) {
@@ -1193,7 +1192,7 @@ fn write_in_memory(
             let from = pending.map_or(start, |p| p.0);
             let to = end;
             pending = Some((from, to));
-            if to - from >= EVERY {
+            if to - from >= crate::ext4w::WRITEBACK_EVERY {
                 placed.kick(from, to);
                 pending = None;
             }
@@ -1418,18 +1417,36 @@ pub fn cancelled(cancel: &AtomicBool) -> bool {
 /// Wraps `source` in the decompressor its magic bytes name (gzip, zstd,
 /// else plain tar), whatever the media type says.
 pub fn decompress<'a>(source: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> {
+    let (reader, kind) = sniff(source)?;
+    decoder(reader, kind)
+}
+
+/// What a layer's first bytes say it is compressed with.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Compression {
+    Gzip,
+    Zstd,
+    Plain,
+}
+
+fn sniff<R: Read>(source: R) -> io::Result<(BufReader<R>, Compression)> {
     let mut reader = BufReader::with_capacity(1 << 20, source);
-    let magic = reader
-        .fill_buf()?
-        .get(..4)
-        .map(<[u8]>::to_vec)
-        .unwrap_or_default();
-    Ok(if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(reader))
-    } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
-        Box::new(zstd::stream::read::Decoder::with_buffer(reader)?)
+    let magic = reader.fill_buf()?;
+    let kind = if magic.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
     } else {
-        Box::new(reader)
+        Compression::Plain
+    };
+    Ok((reader, kind))
+}
+
+fn decoder<'a, R: BufRead + 'a>(reader: R, kind: Compression) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match kind {
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
+        Compression::Plain => Box::new(reader),
     })
 }
 
@@ -1440,24 +1457,24 @@ pub fn decompress<'a>(source: impl Read + 'a) -> io::Result<Box<dyn Read + 'a>> 
 /// [`AHEAD`] chunks are decompressed beyond what the reader took, so a
 /// decompression bomb is still stopped by the reader's limits, and a
 /// reader that stops early (error, limit, cancellation) ends the thread at
-/// its next chunk; it does not wait for it, as a live download may keep
-/// that thread in a read until more bytes come.
+/// its next chunk; dropping the reader waits for that (see [`Ahead`]'s
+/// `Drop`), boundedly, as a live download may keep the thread in a read
+/// until more bytes come.
 pub fn decompress_ahead(source: impl Read + Send + 'static) -> io::Result<Box<dyn Read + Send>> {
-    let mut reader = BufReader::with_capacity(1 << 20, source);
-    let magic = reader
-        .fill_buf()?
-        .get(..4)
-        .map(<[u8]>::to_vec)
-        .unwrap_or_default();
-    if !(magic.starts_with(&[0x1f, 0x8b]) || magic == [0x28, 0xb5, 0x2f, 0xfd]) {
+    let (reader, kind) = sniff(source)?;
+    if kind == Compression::Plain {
         return Ok(Box::new(reader));
     }
     let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(AHEAD);
     let (back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (ended, done) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("decompress".into())
         .spawn(move || {
-            let mut stream = match decompress(reader) {
+            // Declared first, dropped last: once the reader sees it gone,
+            // the source (an open blob) is closed.
+            let _ended = ended;
+            let mut stream = match decoder(reader, kind) {
                 Ok(s) => s,
                 Err(e) => {
                     let _ = tx.send(Chunk::Failed(e));
@@ -1508,7 +1525,8 @@ pub fn decompress_ahead(source: impl Read + Send + 'static) -> io::Result<Box<dy
         })
         .map_err(io::Error::other)?;
     Ok(Box::new(Ahead {
-        rx,
+        rx: Some(rx),
+        done,
         back,
         chunk: Vec::new(),
         pos: 0,
@@ -1528,7 +1546,9 @@ enum Chunk {
 
 /// The reading end of [`decompress_ahead`].
 struct Ahead {
-    rx: std::sync::mpsc::Receiver<Chunk>,
+    rx: Option<std::sync::mpsc::Receiver<Chunk>>,
+    /// Disconnected once the thread ended.
+    done: std::sync::mpsc::Receiver<()>,
     back: std::sync::mpsc::Sender<Vec<u8>>,
     chunk: Vec<u8>,
     pos: usize,
@@ -1541,7 +1561,10 @@ impl Read for Ahead {
             if self.ended {
                 return Ok(0);
             }
-            match self.rx.recv() {
+            let Some(rx) = &self.rx else {
+                return Ok(0);
+            };
+            match rx.recv() {
                 Ok(Chunk::Data(next)) => {
                     let used = std::mem::replace(&mut self.chunk, next);
                     let _ = self.back.send(used);
@@ -1557,6 +1580,18 @@ impl Read for Ahead {
         buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+impl Drop for Ahead {
+    /// Ends the thread (its next send fails) and waits for it, so whoever
+    /// dropped the reader knows the source is closed (a failed pull gives
+    /// its partial blob's space back before it answers). Only a source
+    /// stuck in a read longer than the wait (a stalled download) is left
+    /// to end by itself.
+    fn drop(&mut self) {
+        self.rx = None;
+        let _ = self.done.recv_timeout(std::time::Duration::from_secs(2));
     }
 }
 
