@@ -362,8 +362,14 @@ impl Daemon {
             if let Some(status) = self.child.try_wait().unwrap() {
                 panic!("banger-netd exited with {status}:\n{}", self.log());
             }
+            // A connect alone succeeds as soon as the socket listens, which
+            // is before netd restricts its capabilities; an answer comes
+            // only after (daemon::main_with serves after `after_bind`).
             if let Ok(ch) = banger_proto::rpc::connect(&socket).await {
-                return NetdClient::new(ch);
+                let mut client = NetdClient::new(ch);
+                if client.list_leases(pb::ListLeasesRequest {}).await.is_ok() {
+                    return client;
+                }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
