@@ -7,7 +7,9 @@
 #
 #   scripts/bench/image-build.sh [bookworm|busybox]
 #
-# BENCH_WRITERS="builtin mke2fs" (the default) names the writers to measure.
+# BENCH_WRITERS="builtin mke2fs" (the default) names the writers to measure;
+# BENCH_ROUNDS (3) how many alternating rounds of baseline and writers run
+# (medians are printed, and each round's ratio).
 # BENCH_PROFILE=release builds banger with the release profile (slow to
 # compile); the default is the dev profile. Needs root, docker-registry,
 # skopeo, umoci, e2fsprogs (and debootstrap on a cold cache).
@@ -23,7 +25,7 @@ scripts/make-test-image.sh "$kind" - "x:y" >/dev/null
 
 work=$(mktemp -d /tmp/banger-bench.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -n "${BENCH_KEEP:-}" ] && cp "$work"/imagestore-*.log /tmp/; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; [ -n "${BENCH_KEEP:-}" ] && cp "$work"/home-*.log /tmp/; rm -rf "$work"; }
 trap cleanup EXIT
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -45,58 +47,82 @@ scripts/make-test-image.sh "$kind" "$addr" "bench/$kind:latest" >/dev/null
 ref=$addr/bench/$kind:latest
 
 writers=${BENCH_WRITERS:-builtin mke2fs}
+rounds=${BENCH_ROUNDS:-3}
 now() { date +%s.%N; }
-# One imagestore per writer. max_dir_work is lifted so the 40k-files line
-# measures mke2fs's build instead of imagestore's refusal (by default such
-# a directory is refused up front with ext4_writer = "mke2fs").
-for w in $writers; do
-    home=$work/home-$w
-    mkdir -p "$home"
+# One imagestore per writer and round, each with an empty home: every timed
+# pull downloads and builds (no blob cached), like the baseline's copy.
+# max_dir_work is lifted so the 40k-files line measures mke2fs's build
+# instead of imagestore's refusal (by default such a directory is refused
+# up front with ext4_writer = "mke2fs").
+start_store() { # HOME_DIR WRITER
+    mkdir -p "$1"
     printf '[imagestore]\ninsecure_registries = ["%s"]\nmax_dir_work = 100000000000\next4_writer = "%s"\n' \
-        "$addr" "$w" >"$home/banger.toml"
-    "$bindir/banger-imagestore" --home "$home" >"$work/imagestore-$w.log" 2>&1 &
+        "$addr" "$2" >"$1/banger.toml"
+    "$bindir/banger-imagestore" --home "$1" >"$1.log" 2>&1 &
     pids+=($!)
-    for _ in $(seq 200); do [ -S "$home/run/imagestore.sock" ] && break; sleep 0.05; done
-done
+    for _ in $(seq 200); do [ -S "$1/run/imagestore.sock" ] && break; sleep 0.05; done
+}
+stop_store() { kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
 
+# Rounds alternate the baseline and each writer, caches dropped before each
+# timed step, so drift on a busy machine hits all of them alike; medians
+# are reported.
 results=()
-for w in $writers; do
-    home=$work/home-$w
+baseline=()
+for r in $(seq "$rounds"); do
+    for w in $writers; do
+        home=$work/home-$w-$r
+        start_store "$home" "$w"
+        sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
+        t0=$(now)
+        "$bindir/banger" --home "$home" --json image pull "$ref" --name bench >"$work/image-$w.json"
+        t1=$(now)
+        "$bindir/banger" --home "$home" --json image pull "$ref" --name bench >/dev/null
+        t2=$(now)
+        results+=("$w:$t0:$t1:$t2")
+        stop_store
+        [ "$r" = "$rounds" ] || rm -rf "$home"
+    done
+    first=${writers%% *}
+    size=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["size_bytes"])' "$work/image-$first.json")
+    rm -rf "$work/oci" "$work/bundle" "$work/baseline.ext4"
     sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-    t0=$(now)
-    "$bindir/banger" --home "$home" --json image pull "$ref" --name bench >"$work/image-$w.json"
-    t1=$(now)
-    "$bindir/banger" --home "$home" --json image pull "$ref" --name bench >/dev/null
-    t2=$(now)
-    results+=("$w:$t0:$t1:$t2")
+    t3=$(now)
+    skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/oci:latest"
+    t4=$(now)
+    umoci unpack --image "$work/oci:latest" "$work/bundle" >/dev/null
+    t5=$(now)
+    truncate -s "$size" "$work/baseline.ext4"
+    mkfs.ext4 -q -F -t ext4 -b 4096 -m 0 -E root_owner=0:0 -d "$work/bundle/rootfs" "$work/baseline.ext4"
+    t6=$(now)
+    baseline+=("$t3:$t4:$t5:$t6")
 done
-first=${writers%% *}
-size=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["size_bytes"])' "$work/image-$first.json")
 
-sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-t3=$(now)
-skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/oci:latest"
-t4=$(now)
-umoci unpack --image "$work/oci:latest" "$work/bundle" >/dev/null
-t5=$(now)
-truncate -s "$size" "$work/baseline.ext4"
-mkfs.ext4 -q -F -t ext4 -b 4096 -m 0 -E root_owner=0:0 -d "$work/bundle/rootfs" "$work/baseline.ext4"
-t6=$(now)
-
-python3 - "$t3" "$t4" "$t5" "$t6" "$kind" "$profile" "${results[@]}" <<'PY'
-import sys
-t3, t4, t5, t6 = map(float, sys.argv[1:5])
-base = t6 - t3
-print(f"image {sys.argv[5]} (banger built with the {sys.argv[6]} profile)")
-print(f"baseline skopeo copy:                            {t4 - t3:7.2f} s")
-print(f"baseline umoci unpack:                           {t5 - t4:7.2f} s")
-print(f"baseline mkfs.ext4 -d:                           {t6 - t5:7.2f} s")
-print(f"baseline total:                                  {base:7.2f} s")
-for r in sys.argv[7:]:
+python3 - "$kind" "$profile" "${baseline[*]}" "${results[@]}" <<'PY'
+import statistics, sys
+kind, profile, base_runs = sys.argv[1], sys.argv[2], sys.argv[3].split()
+med = statistics.median
+steps = [[float(x) for x in b.split(":")] for b in base_runs]
+copy = med(t[1] - t[0] for t in steps)
+unpack = med(t[2] - t[1] for t in steps)
+mkfs = med(t[3] - t[2] for t in steps)
+totals = [t[3] - t[0] for t in steps]
+base = med(totals)
+print(f"image {kind} (banger built with the {profile} profile), median of {len(steps)} alternating rounds")
+print(f"baseline skopeo copy:                            {copy:7.2f} s")
+print(f"baseline umoci unpack:                           {unpack:7.2f} s")
+print(f"baseline mkfs.ext4 -d:                           {mkfs:7.2f} s")
+print(f"baseline total:                                  {base:7.2f} s  (rounds: {' '.join(f'{t:.2f}' for t in totals)})")
+by = {}
+for r in sys.argv[4:]:
     w, t0, t1, t2 = r.split(":")
-    ours, repull = float(t1) - float(t0), float(t2) - float(t1)
+    by.setdefault(w, []).append((float(t1) - float(t0), float(t2) - float(t1)))
+for w, runs in by.items():
+    ours = med(o for o, _ in runs)
+    repull = med(p for _, p in runs)
+    each = " ".join(f"{o / b:.2f}" for (o, _), b in zip(runs, totals))
     print(f"banger image pull, ext4_writer={w:8} {ours:7.2f} s  ratio {ours / base:5.2f}  "
-          f"(re-pull {repull * 1000:4.0f} ms)")
+          f"(re-pull {repull * 1000:4.0f} ms; per round {each})")
 PY
 
 # Second line: one layer of 40k empty files in one directory (an inode
@@ -129,11 +155,13 @@ PY
 skopeo copy --quiet --dest-tls-verify=false "oci:$work/flat:latest" "docker://$addr/bench/flat:latest"
 flat=()
 for w in $writers; do
+    start_store "$work/home-flat-$w" "$w"
     t0=$(now)
-    "$bindir/banger" --home "$work/home-$w" --json image pull "$addr/bench/flat:latest" --name flat \
+    "$bindir/banger" --home "$work/home-flat-$w" --json image pull "$addr/bench/flat:latest" --name flat \
         >"$work/flat-$w.json"
     t1=$(now)
     flat+=("$w:$t0:$t1")
+    stop_store
 done
 size=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["size_bytes"])' "$work/flat-$first.json")
 t1=$(now)
