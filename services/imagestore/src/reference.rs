@@ -21,6 +21,9 @@ pub struct ImageRef {
     pub digest: Option<String>,
 }
 
+/// The registry of a reference that names none (`debian:bookworm`).
+pub const DOCKER_HUB: &str = "docker.io";
+
 impl ImageRef {
     /// Parses `text` with the Docker reference grammar.
     pub fn parse(text: &str) -> Result<ImageRef, Error> {
@@ -115,7 +118,7 @@ mod tests {
     #[test]
     fn docker_hub_short_names() {
         let r = ImageRef::parse("debian:bookworm").unwrap();
-        assert_eq!(r.registry, "docker.io");
+        assert_eq!(r.registry, DOCKER_HUB);
         assert_eq!(r.repository, "library/debian");
         assert_eq!(r.tag.as_deref(), Some("bookworm"));
         assert_eq!(r.to_string(), "docker.io/library/debian:bookworm");

@@ -120,65 +120,143 @@ pub struct Resolved {
     pub index_digest: Option<String>,
 }
 
-/// The remotes to try for `image`: mirrors first, then upstream.
-pub fn remotes(
-    config: &ImageStoreConfig,
-    image: &ImageRef,
-    credentials: &[Credentials],
-) -> Result<Vec<Remote>, Error> {
-    // Every remote gets its own oci-client, which needs the provider.
-    banger_proto::tls::install_crypto_provider();
-    let ca = match &config.ca_file {
-        Some(path) => vec![Certificate {
-            encoding: CertificateEncoding::Pem,
-            data: std::fs::read(path).map_err(Error::io("cannot read ca_file", path))?,
-        }],
-        None => Vec::new(),
-    };
-    let mut http = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .timeout(std::time::Duration::from_secs(60));
-    for cert in &ca {
-        let cert = reqwest::Certificate::from_pem(&cert.data).map_err(|e| {
+/// The HTTP clients of one imagestore, built once: building a client loads
+/// and parses the host's CA bundle (~13 ms each, several times that on a
+/// cold page cache, and oci-client builds two per client), which no pull
+/// should pay again. Connections to a registry are kept alive across pulls.
+pub struct Clients {
+    /// For banger's own requests (token flow, manifests); holds no secret.
+    http: reqwest::Client,
+    /// The `ca_file` certificates, for oci-client's clients.
+    ca: Vec<Certificate>,
+    /// oci-client clients of anonymous pulls, by registry and plain HTTP.
+    /// Only anonymous ones are shared: an oci-client keeps the tokens it
+    /// obtained, and a token got with one caller's credentials must never
+    /// serve another caller, so a pull with credentials gets its own.
+    anonymous: std::sync::Mutex<std::collections::HashMap<(String, bool), Client>>,
+}
+
+impl std::fmt::Debug for Clients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clients").finish_non_exhaustive()
+    }
+}
+
+impl Clients {
+    /// Builds the shared clients for `config` (its `ca_file` included).
+    pub fn new(config: &ImageStoreConfig) -> Result<Clients, Error> {
+        banger_proto::tls::install_crypto_provider();
+        let ca_error = |e: &dyn std::fmt::Display| {
             Error::io(
                 "cannot use ca_file",
                 config.ca_file.clone().unwrap_or_default(),
-            )(std::io::Error::other(e))
-        })?;
-        http = http.add_root_certificate(cert);
+            )(std::io::Error::other(e.to_string()))
+        };
+        let ca = match &config.ca_file {
+            Some(path) => vec![Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: std::fs::read(path).map_err(Error::io("cannot read ca_file", path))?,
+            }],
+            None => Vec::new(),
+        };
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(60));
+        for cert in &ca {
+            http = http.add_root_certificate(
+                reqwest::Certificate::from_pem(&cert.data).map_err(|e| ca_error(&e))?,
+            );
+        }
+        let http = http.build().map_err(|e| ca_error(&e))?;
+        Ok(Clients {
+            http,
+            ca,
+            anonymous: Default::default(),
+        })
     }
-    let http = http.build().map_err(|e| Error::Unreachable {
-        reference: image.to_string(),
-        message: format!("cannot build an HTTP client: {e}"),
-    })?;
-    Ok(config
+
+    /// Builds now what the first pull from a configured registry (the
+    /// insecure ones, the mirrors) would build, and compiles the reference
+    /// grammar oci-client parses every reference with. A few ms each, at
+    /// start-up; Docker Hub's clients are built by [`Clients::warm_upstream`].
+    pub fn warm_configured(&self, config: &ImageStoreConfig) {
+        let hosts = config
+            .insecure_registries
+            .iter()
+            .chain(config.mirrors.keys());
+        self.warm(config, hosts.map(String::as_str));
+    }
+
+    /// Builds Docker Hub's clients (its mirrors included), off the start-up path.
+    pub fn warm_upstream(&self, config: &ImageStoreConfig) {
+        self.warm(config, std::iter::once(crate::reference::DOCKER_HUB));
+    }
+
+    fn warm<'a>(&self, config: &ImageStoreConfig, hosts: impl Iterator<Item = &'a str>) {
+        for host in hosts {
+            for Endpoint { host, plain_http } in config.endpoints(host) {
+                if let Ok(reference) = Reference::try_from(format!("{host}/banger/warm:latest")) {
+                    self.oci(&reference, plain_http, false);
+                }
+            }
+        }
+    }
+
+    /// The oci-client client for `reference`'s registry; shared unless the
+    /// pull carries credentials.
+    fn oci(&self, reference: &Reference, plain_http: bool, with_credentials: bool) -> Client {
+        let registry = reference.resolve_registry().to_owned();
+        let build = || {
+            let protocol = if plain_http {
+                ClientProtocol::HttpsExcept(vec![registry.clone()])
+            } else {
+                ClientProtocol::Https
+            };
+            Client::new(ClientConfig {
+                protocol,
+                extra_root_certificates: self.ca.clone(),
+                connect_timeout: Some(std::time::Duration::from_secs(10)),
+                read_timeout: Some(std::time::Duration::from_secs(60)),
+                ..ClientConfig::default()
+            })
+        };
+        if with_credentials {
+            return build();
+        }
+        let key = (registry.clone(), plain_http);
+        let shared = || self.anonymous.lock().expect("client table poisoned");
+        if let Some(client) = shared().get(&key) {
+            return client.clone();
+        }
+        // Built unlocked: a pull does not wait behind another endpoint's.
+        let client = build();
+        shared().entry(key).or_insert(client).clone()
+    }
+}
+
+/// The remotes to try for `image`: mirrors first, then upstream.
+pub fn remotes(
+    clients: &Clients,
+    config: &ImageStoreConfig,
+    image: &ImageRef,
+    credentials: &[Credentials],
+) -> Vec<Remote> {
+    config
         .endpoints(&image.registry)
         .into_iter()
         .map(|Endpoint { host, plain_http }| {
             let reference = image.on_host(&host);
-            let protocol = if plain_http {
-                ClientProtocol::HttpsExcept(vec![reference.resolve_registry().to_owned()])
-            } else {
-                ClientProtocol::Https
-            };
-            let client = Client::new(ClientConfig {
-                protocol,
-                extra_root_certificates: ca.clone(),
-                connect_timeout: Some(std::time::Duration::from_secs(10)),
-                read_timeout: Some(std::time::Duration::from_secs(60)),
-                ..ClientConfig::default()
-            });
             let credentials = credentials.iter().find(|c| c.registry == host).cloned();
             Remote {
-                client,
+                client: clients.oci(&reference, plain_http, credentials.is_some()),
                 reference,
                 auth: RegistryAuth::Anonymous,
                 credentials,
-                http: http.clone(),
+                http: clients.http.clone(),
                 scheme: if plain_http { "http" } else { "https" },
             }
         })
-        .collect())
+        .collect()
 }
 
 /// Resolves `image` for `platform` on the first endpoint that answers.
@@ -287,45 +365,42 @@ impl Remote {
         }
     }
 
-    /// GETs one manifest (or index) ourselves, with oci-client's token for
-    /// this endpoint (or the Basic credentials the token flow chose),
-    /// reading at most [`MAX_MANIFEST_BYTES`] (oci-client reads a body
-    /// whole, whatever its size); verified against the reference's digest
-    /// and the registry's `Docker-Content-Digest`.
-    async fn manifest(&self, reference: &Reference) -> Result<(OciManifest, String), Error> {
-        use oci_client::manifest::{
-            IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
-            OCI_IMAGE_MEDIA_TYPE,
-        };
+    /// GETs `/v2/<repository>/<path>` of this endpoint with oci-client's
+    /// token for it (or the Basic credentials the token flow chose); a
+    /// status other than 200 becomes the error saying what to do. `small`
+    /// bounds the whole request (manifests, configs); a layer is bounded
+    /// per read only. Redirects (to a CDN) drop the credentials when they
+    /// leave the host. Returns the response and its URL.
+    async fn get(
+        &self,
+        reference: &Reference,
+        path: &str,
+        accept: Option<&str>,
+        small: bool,
+    ) -> Result<(reqwest::Response, String), Error> {
         let whole = reference.whole();
         let token = self
             .client
             .auth(reference, &self.auth, oci_client::RegistryOperation::Pull)
             .await
             .map_err(|e| classify(&whole, e))?;
-        let registry = reference.resolve_registry();
         let url = format!(
-            "{scheme}://{registry}/v2/{repository}/manifests/{tag}{ns}",
+            "{scheme}://{registry}/v2/{repository}/{path}{ns}",
             scheme = self.scheme,
+            registry = reference.resolve_registry(),
             repository = reference.repository(),
-            tag = reference
-                .digest()
-                .unwrap_or_else(|| reference.tag().unwrap_or("latest")),
             ns = reference
                 .namespace()
                 .map(|ns| format!("?ns={ns}"))
                 .unwrap_or_default(),
         );
-        let mut request = self.http.get(&url).header(
-            reqwest::header::ACCEPT,
-            [
-                OCI_IMAGE_MEDIA_TYPE,
-                OCI_IMAGE_INDEX_MEDIA_TYPE,
-                IMAGE_MANIFEST_MEDIA_TYPE,
-                IMAGE_MANIFEST_LIST_MEDIA_TYPE,
-            ]
-            .join(", "),
-        );
+        let mut request = self.http.get(&url);
+        if let Some(accept) = accept {
+            request = request.header(reqwest::header::ACCEPT, accept);
+        }
+        if small {
+            request = request.timeout(SMALL_REQUEST_TIMEOUT);
+        }
         request = match (&token, &self.auth) {
             (Some(token), _) => request.bearer_auth(token),
             (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
@@ -342,21 +417,46 @@ impl Remote {
         let status = response.status();
         let message = || format!("GET {url}: {status}");
         match status.as_u16() {
-            200 => {}
-            401 | 403 => {
-                return Err(Error::Unauthorized {
-                    reference: whole.clone(),
-                    message: message(),
-                });
-            }
-            404 => {
-                return Err(Error::RemoteNotFound {
-                    reference: whole.clone(),
-                    message: message(),
-                });
-            }
-            _ => return Err(unreachable(message())),
+            200 => Ok((response, url)),
+            401 | 403 => Err(Error::Unauthorized {
+                reference: whole.clone(),
+                message: message(),
+            }),
+            404 => Err(Error::RemoteNotFound {
+                reference: whole.clone(),
+                message: message(),
+            }),
+            _ => Err(unreachable(message())),
         }
+    }
+
+    /// GETs one manifest (or index) ourselves ([`Remote::get`]), reading
+    /// at most [`MAX_MANIFEST_BYTES`] (oci-client reads a body
+    /// whole, whatever its size); verified against the reference's digest
+    /// and the registry's `Docker-Content-Digest`.
+    async fn manifest(&self, reference: &Reference) -> Result<(OciManifest, String), Error> {
+        use oci_client::manifest::{
+            IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
+            OCI_IMAGE_MEDIA_TYPE,
+        };
+        let whole = reference.whole();
+        let tag = reference
+            .digest()
+            .unwrap_or_else(|| reference.tag().unwrap_or("latest"));
+        let accept = [
+            OCI_IMAGE_MEDIA_TYPE,
+            OCI_IMAGE_INDEX_MEDIA_TYPE,
+            IMAGE_MANIFEST_MEDIA_TYPE,
+            IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+        ]
+        .join(", ");
+        let (response, url) = self
+            .get(reference, &format!("manifests/{tag}"), Some(&accept), true)
+            .await?;
+        let unreachable = |message: String| Error::Unreachable {
+            reference: whole.clone(),
+            message,
+        };
         let too_large = || Error::ManifestTooLarge {
             reference: whole.clone(),
             limit: MAX_MANIFEST_BYTES,
@@ -405,16 +505,22 @@ impl Remote {
         Ok((manifest, actual))
     }
 
+    /// The body of blob `desc`, from this endpoint only: a descriptor's
+    /// foreign-layer `urls` are never followed (any URL an image names,
+    /// local services included: SSRF). Unverified: the caller hashes it.
+    async fn blob(&self, desc: &OciDescriptor, small: bool) -> Result<reqwest::Response, Error> {
+        let hex = crate::blobs::sha256_hex(&desc.digest)?;
+        let (response, _) = self
+            .get(&self.reference, &format!("blobs/sha256:{hex}"), None, small)
+            .await?;
+        Ok(response)
+    }
+
     /// Fetches a small blob (the config) into memory, verified, reading no
     /// more than its descriptor declares (at most [`MAX_CONFIG_BYTES`]).
     pub async fn fetch_small(&self, desc: &OciDescriptor) -> Result<Vec<u8>, Error> {
         let declared = declared_size(desc, MAX_CONFIG_BYTES)?;
-        let desc = &direct_only(desc);
-        let mut stream = self
-            .client
-            .pull_blob_stream(&self.reference, desc)
-            .await
-            .map_err(|e| classify(&self.reference.whole(), e))?;
+        let mut stream = self.blob(desc, true).await?.bytes_stream();
         let mut out = Vec::new();
         while let Some(chunk) = stream.next().await {
             let bytes = chunk.map_err(|e| Error::Download {
@@ -426,13 +532,7 @@ impl Remote {
             }
             out.extend_from_slice(&bytes);
         }
-        let actual = match desc.digest.split_once(':') {
-            Some(("sha512", _)) => {
-                use sha2::Digest;
-                format!("sha512:{}", hex::encode(sha2::Sha512::digest(&out)))
-            }
-            _ => format!("sha256:{}", hex_sha256(&out)),
-        };
+        let actual = format!("sha256:{}", hex_sha256(&out));
         if actual != desc.digest {
             return Err(Error::DigestMismatch {
                 digest: desc.digest.clone(),
@@ -461,15 +561,10 @@ impl Remote {
             return Ok(());
         }
         let declared = declared_size(desc, MAX_LAYER_BYTES)?;
-        let desc = &direct_only(desc);
         let mut writer = cache.writer(&desc.digest)?;
         on_start(Started::Live(writer.live()?));
-        // oci-client verifies too; we hash ourselves to name the actual digest.
-        let mut stream = self
-            .client
-            .pull_blob_stream(&self.reference, desc)
-            .await
-            .map_err(|e| classify(&self.reference.whole(), e))?;
+        // Hashed once, by the writer, which names the actual digest.
+        let mut stream = self.blob(desc, false).await?.bytes_stream();
         let mut last_report = 0;
         while let Some(chunk) = stream.next().await {
             match chunk {
@@ -516,6 +611,10 @@ impl Remote {
     }
 }
 
+/// How long a manifest, config or token request may take in all (a layer
+/// is bounded per read: it may take long, but never stall for a minute).
+pub const SMALL_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The largest manifest or index accepted (real ones are a few KiB; the
 /// kernel catalog has the same cap).
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
@@ -545,16 +644,6 @@ fn oversize(desc: &OciDescriptor, declared: u64) -> Error {
             "the registry sent more than the {declared} bytes its descriptor declares; refusing it"
         ),
     }
-}
-
-/// `desc` without its foreign-layer `urls`: oci-client would fetch them
-/// when the registry errors — any URL an image names, including local
-/// services (SSRF). Blobs come from the registry (or its configured
-/// mirrors) only.
-fn direct_only(desc: &OciDescriptor) -> OciDescriptor {
-    let mut d = desc.clone();
-    d.urls = None;
-    d
 }
 
 fn hex_sha256(data: &[u8]) -> String {

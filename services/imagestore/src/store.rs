@@ -132,6 +132,7 @@ pub struct Store {
     /// running pull just fetched.
     gate: RwLock<()>,
     guest_candidates: Vec<PathBuf>,
+    clients: Arc<registry::Clients>,
 }
 
 impl Store {
@@ -164,7 +165,15 @@ impl Store {
         }
         let blobs = Arc::new(BlobCache::open(blobs_dir)?);
         let guest_candidates = guest::candidates(config.guest_dir.as_deref());
+        let clients = Arc::new(registry::Clients::new(&config)?);
+        clients.warm_configured(&config);
+        {
+            // Off the start-up path: `banger up` does not wait for it.
+            let (clients, config) = (clients.clone(), config.clone());
+            std::thread::spawn(move || clients.warm_upstream(&config));
+        }
         Ok(Store {
+            clients,
             config,
             images,
             tmp,
@@ -346,7 +355,8 @@ impl Store {
         {
             return self.reuse(r, &req.kernel_ref).await;
         }
-        let remotes = registry::remotes(&self.config, &image, &req.credentials)?;
+        let remotes = registry::remotes(&self.clients, &self.config, &image, &req.credentials);
+        let clients_at = asked.elapsed();
         if !req.force
             && let Some(r) = &existing
             && r.reference == image.to_string()
@@ -384,6 +394,7 @@ impl Store {
         }
 
         tracing::info!(
+            clients_ms = clients_at.as_millis() as u64,
             resolve_ms = resolved_at.as_millis() as u64,
             config_ms = (asked.elapsed() - resolved_at).as_millis() as u64,
             "manifest resolved"

@@ -322,4 +322,14 @@ async fn bearer_token_flow_with_basic_credentials() {
     assert_eq!(anonymous.unwrap_err().code(), tonic::Code::Unauthenticated);
     let (_, ok) = pull(&mut client, request(&s.registry.addr, "s3cret", "")).await;
     assert_eq!(ok.unwrap().name, "busybox-latest");
+    // imagestore keeps its registry clients across pulls (and oci-client
+    // keeps tokens in them): what the credentials earned must not serve a
+    // later caller who has none.
+    let again = pb::PullImageRequest {
+        name: "anonymous-again".into(),
+        force: true,
+        ..request(&s.registry.addr, "", "")
+    };
+    let (_, anonymous) = pull(&mut client, again).await;
+    assert_eq!(anonymous.unwrap_err().code(), tonic::Code::Unauthenticated);
 }
