@@ -1429,9 +1429,26 @@ enum Compression {
     Plain,
 }
 
-fn sniff<R: Read>(source: R) -> io::Result<(BufReader<R>, Compression)> {
-    let mut reader = BufReader::with_capacity(1 << 20, source);
-    let magic = reader.fill_buf()?;
+/// A layer after [`sniff`]: its first bytes, then the rest of it.
+type Sniffed<R> = BufReader<io::Chain<io::Cursor<Vec<u8>>, R>>;
+
+/// The longest magic number [`sniff`] looks for (zstd's).
+const MAGIC_LEN: usize = 4;
+
+/// Reads the first [`MAGIC_LEN`] bytes (fewer only at EOF: a live
+/// download may hand them over one at a time) and names the compression;
+/// the returned reader yields the whole stream, those bytes included.
+fn sniff<R: Read>(mut source: R) -> io::Result<(Sniffed<R>, Compression)> {
+    let mut magic = Vec::with_capacity(MAGIC_LEN);
+    while magic.len() < MAGIC_LEN {
+        let mut byte = [0u8; MAGIC_LEN];
+        match source.read(&mut byte[..MAGIC_LEN - magic.len()]) {
+            Ok(0) => break,
+            Ok(n) => magic.extend_from_slice(&byte[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     let kind = if magic.starts_with(&[0x1f, 0x8b]) {
         Compression::Gzip
     } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -1439,6 +1456,7 @@ fn sniff<R: Read>(source: R) -> io::Result<(BufReader<R>, Compression)> {
     } else {
         Compression::Plain
     };
+    let reader = BufReader::with_capacity(1 << 20, io::Cursor::new(magic).chain(source));
     Ok((reader, kind))
 }
 
@@ -1701,6 +1719,44 @@ fn now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hands out one byte per read, as a download that just started may.
+    struct Trickle(io::Cursor<Vec<u8>>);
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(1);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    #[test]
+    fn compression_is_named_by_four_bytes_even_when_they_trickle_in() {
+        let tar = layer(|b| file(b, "etc/hostname", b"trickle\n"));
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let gz = gz.finish().unwrap();
+        let zst = zstd::stream::encode_all(&tar[..], 1).unwrap();
+        for (what, bytes) in [("plain", tar.clone()), ("gzip", gz), ("zstd", zst)] {
+            for ahead in [false, true] {
+                let source = Trickle(io::Cursor::new(bytes.clone()));
+                let mut out = Vec::new();
+                if ahead {
+                    decompress_ahead(source)
+                        .unwrap()
+                        .read_to_end(&mut out)
+                        .unwrap();
+                } else {
+                    decompress(source).unwrap().read_to_end(&mut out).unwrap();
+                }
+                assert!(
+                    out == tar,
+                    "{what} (ahead: {ahead}) came out as {} other bytes",
+                    out.len()
+                );
+            }
+        }
+    }
 
     fn layer(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
