@@ -228,13 +228,13 @@ pub struct Writer {
     journal_blocks: u64,
     /// Copy buffer for file data.
     buf: Vec<u8>,
-    /// File data before this byte was handed to the host's writeback.
-    kicked: u64,
+    /// File data written by [`Writer::write_data`], not yet kicked.
+    pending: Pending,
     flusher: Option<Flusher>,
 }
 
 /// How much file data is written between two writeback kicks.
-pub const WRITEBACK_EVERY: u64 = 16 << 20;
+const WRITEBACK_EVERY: u64 = 16 << 20;
 
 /// Writes the content of placed files ([`Writer::place`]); one per
 /// writer thread, all sharing the image file.
@@ -266,10 +266,42 @@ impl Placed<'_> {
     }
 
     /// Starts the host's writeback of bytes `from..to` of the image (see
-    /// `Writer::kick_writeback`).
+    /// [`Pending`]).
     pub fn kick(&self, from: u64, to: u64) {
         if let Some(f) = self.flusher {
             f.kick(from, to);
+        }
+    }
+}
+
+/// The span of file data one thread wrote and has not yet handed to the
+/// host's writeback, kicked once it covers [`WRITEBACK_EVERY`]: the image
+/// is made durable once written ([`crate::ext4::check`]), and the disk
+/// then writes while the rest of the data is copied instead of all of it
+/// after (bookworm: that sync waited ~150 ms for 200 MB). The kick runs on
+/// a thread of its own ([`Flusher`]) because `sync_file_range` blocks
+/// while the device's queue is full. Advisory: a filesystem that cannot do
+/// it just syncs it all at the end. One thread's writes go forward in the
+/// image (its files were placed in order), so one span covers them.
+#[derive(Debug, Default)]
+pub struct Pending(Option<(u64, u64)>);
+
+impl Pending {
+    /// Notes bytes `start..end` written (what [`Placed::write`] returns).
+    pub fn wrote(&mut self, placed: &Placed<'_>, (start, end): (u64, u64)) {
+        let from = self.0.map_or(start, |p| p.0.min(start));
+        if end.saturating_sub(from) >= WRITEBACK_EVERY {
+            placed.kick(from, end);
+            self.0 = None;
+        } else {
+            self.0 = Some((from, end));
+        }
+    }
+
+    /// Kicks what is left.
+    pub fn kick_rest(&mut self, placed: &Placed<'_>) {
+        if let Some((from, to)) = self.0.take() {
+            placed.kick(from, to);
         }
     }
 }
@@ -399,7 +431,7 @@ impl Writer {
             cursor: geo.data_start(0),
             journal_blocks: journal_bytes / BS,
             buf: vec![0; 1 << 20],
-            kicked: 0,
+            pending: Pending::default(),
             flusher: None,
         };
         w.flusher = Flusher::start(&w.file);
@@ -713,28 +745,19 @@ impl Writer {
         })();
         self.buf = buf;
         result?;
-        self.kick_writeback();
+        if let (Some(first), Some(last)) = (runs.first(), runs.last()) {
+            let placed = Placed {
+                file: &self.file,
+                flusher: self.flusher.as_ref(),
+            };
+            self.pending
+                .wrote(&placed, (first.0 * BS, (last.0 + last.1) * BS));
+        }
         let mut inode = self.inodes[ino as usize - 1].take().expect("inode");
         inode.body = Body::Extents(runs);
         let r = self.tree(&mut inode);
         self.inodes[ino as usize - 1] = Some(inode);
         r
-    }
-
-    /// Starts the host's writeback of the file data written since the
-    /// last kick, once there is enough of it: the image is made durable
-    /// once written ([`crate::ext4::check`]), and the disk then writes
-    /// while the rest of the data is copied instead of all of it after
-    /// (bookworm: that sync waited ~150 ms for 200 MB). The kick runs on
-    /// a thread of its own ([`Flusher`]) because `sync_file_range` blocks
-    /// while the device's queue is full. Advisory: a filesystem that
-    /// cannot do it just syncs it all at the end.
-    fn kick_writeback(&mut self) {
-        let end = self.cursor * BS;
-        if end >= self.kicked + WRITEBACK_EVERY {
-            self.placed().kick(self.kicked, end);
-            self.kicked = end;
-        }
     }
 
     fn alloc1(&mut self) -> Result<u64> {

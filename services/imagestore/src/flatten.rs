@@ -1180,26 +1180,18 @@ fn write_in_memory(
         .map_or(files.len(), |p| p + 1);
     let (low, high) = files.split_at(split);
     let run = |files: &[InMemory<'_>]| -> Result<(), Error> {
-        let mut pending: Option<(u64, u64)> = None;
+        let mut pending = crate::ext4w::Pending::default();
         for (runs, data, path) in files {
             if cancelled(cancel) {
                 return Err(Error::Cancelled);
             }
-            let (start, end) = placed.write(runs, data).map_err(|e| Error::Ext4Write {
+            let span = placed.write(runs, data).map_err(|e| Error::Ext4Write {
                 path: format!("/{}", path.display()),
                 source: e,
             })?;
-            let from = pending.map_or(start, |p| p.0);
-            let to = end;
-            pending = Some((from, to));
-            if to - from >= crate::ext4w::WRITEBACK_EVERY {
-                placed.kick(from, to);
-                pending = None;
-            }
+            pending.wrote(placed, span);
         }
-        if let Some((from, to)) = pending {
-            placed.kick(from, to);
-        }
+        pending.kick_rest(placed);
         Ok(())
     };
     std::thread::scope(|s| {
