@@ -306,6 +306,7 @@ fn parallel_create_rm(env: &Env, clients: usize, cycles: usize) {
                         outcomes.push(true);
                     } else {
                         // A clean failure: said why, and left nothing.
+                        env.print_failed_hypervisor_logs();
                         assert!(!created.stderr.is_empty(), "{name}: create failed silently");
                         assert!(env.vm(&name).is_none(), "{name}: failed create left a VM");
                         outcomes.push(false);

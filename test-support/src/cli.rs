@@ -100,9 +100,32 @@ impl Banger {
         out
     }
 
+    /// Prints the end of every hypervisor log vmm kept for a failed create
+    /// (`$STATE/vms/.failed/*/hypervisor.log`): QEMU's and
+    /// vhost-device-vsock's own words, gone with the home once the test ends.
+    pub fn print_failed_hypervisor_logs(&self) {
+        let failed = self.home.join("state/vms/.failed");
+        for dir in std::fs::read_dir(&failed).into_iter().flatten().flatten() {
+            let log = dir.path().join("hypervisor.log");
+            if let Ok(text) = std::fs::read(&log) {
+                let text = String::from_utf8_lossy(&text);
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!(
+                    "--- {} (last {} lines) ---\n{}",
+                    log.display(),
+                    lines.len().min(40),
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+        }
+    }
+
     /// Runs it, asserts success, returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
+        if !out.status.success() {
+            self.print_failed_hypervisor_logs();
+        }
         assert!(
             out.status.success(),
             "banger {args:?} failed ({}); logs under {}",

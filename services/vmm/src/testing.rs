@@ -339,8 +339,9 @@ impl Hypervisor for ShHypervisor {
             preparation_script(&spec.paths.console_log(), self.prepare_fails)
         } else {
             format!(
-                "echo booted >> {}; sleep 30; :",
-                spec.paths.console_log().display()
+                "echo booted >> {}; echo fake-hypervisor-started >> {}; sleep 30; :",
+                spec.paths.console_log().display(),
+                spec.paths.hypervisor_log().display()
             )
         };
         let mut cmd = hypervisor::detached("sh");

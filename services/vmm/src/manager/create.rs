@@ -402,6 +402,9 @@ mod tests {
             text.contains("did not answer") && text.contains("booted"),
             "{text}"
         );
+        // …and so is the hypervisor's own log beside it…
+        let hypervisor = std::fs::read_to_string(kept.with_file_name("hypervisor.log")).unwrap();
+        assert_eq!(hypervisor, "fake-hypervisor-started\n");
         assert!(t.mgr.list().unwrap().is_empty(), "evidence is not a VM");
         // …until `vm rm` of the name drops it.
         t.mgr.delete("quiet", false).await.unwrap();

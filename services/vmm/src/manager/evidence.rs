@@ -1,13 +1,19 @@
 //! Evidence of failed creates: a create that fails rolls everything back,
 //! but its console log (with the reason, in a header) is kept under
 //! `$STATE/vms/.failed/<name>/console.log`, so `banger vm logs NAME` still
-//! shows why. A later create or delete of that name drops it, and only the
-//! newest `[vmm] failed_creates_kept` are kept.
+//! shows why. The hypervisor's own log (QEMU's or Firecracker's output and
+//! vhost-device-vsock's, where a stuck vsock would say why) is kept beside
+//! it as `hypervisor.log`, its last [`HYPERVISOR_LOG_KEPT`] bytes. A later
+//! create or delete of that name drops both, and only the newest `[vmm]
+//! failed_creates_kept` are kept.
 
 use std::path::PathBuf;
 
 use super::Manager;
 use crate::record::{self, VmRecord};
+
+/// How much of the end of a failed create's hypervisor log is kept.
+pub const HYPERVISOR_LOG_KEPT: u64 = 256 << 10;
 
 impl Manager {
     fn evidence_root(&self) -> PathBuf {
@@ -49,6 +55,14 @@ impl Manager {
         text.extend_from_slice(&console);
         let kept = std::fs::create_dir_all(&dir).is_ok()
             && banger_proto::fsutil::write_atomic(&dir.join("console.log"), &text).is_ok();
+        if kept
+            && let Some(tail) = tail_of(
+                &self.inner.store.paths_of(vm).hypervisor_log(),
+                HYPERVISOR_LOG_KEPT,
+            )
+        {
+            let _ = banger_proto::fsutil::write_atomic(&dir.join("hypervisor.log"), &tail);
+        }
         if !kept {
             tracing::error!(dir = %dir.display(), "cannot keep the failed create's console log");
         }
@@ -78,4 +92,15 @@ impl Manager {
             let _ = record::remove_dir_all(&dir);
         }
     }
+}
+
+/// The last `max` bytes of the file at `path`, if it can be read.
+fn tail_of(path: &std::path::Path, max: u64) -> Option<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(max))).ok()?;
+    let mut tail = Vec::new();
+    file.take(max).read_to_end(&mut tail).ok()?;
+    Some(tail)
 }
