@@ -231,13 +231,21 @@ pub async fn wait_ready(
     let end = start + deadline;
     let mut backoff = Duration::from_millis(50);
     let mut last = String::from("no attempt made");
+    // How the attempts ended, for the error: a guest still booting closes
+    // them at once; a vsock path that takes requests and never answers
+    // (a wedged hypervisor or vhost-device-vsock) lets them time out.
+    let (mut closed, mut silent, mut other) = (0u32, 0u32, 0u32);
     loop {
         let now = tokio::time::Instant::now();
         if now >= end {
+            let attempts = closed + silent + other;
             return Err(HybridVsockError::NotReady {
                 path: uds.to_path_buf(),
                 deadline,
-                last,
+                last: format!(
+                    "{last}; of {attempts} attempts, {closed} were closed at once (nothing listening yet), \
+                     {silent} got no answer in time, {other} failed otherwise"
+                ),
             });
         }
         // Each attempt gets at most 5 s so a wedged connection cannot eat
@@ -248,8 +256,22 @@ pub async fn wait_ready(
                 tracing::debug!(elapsed = ?start.elapsed(), "guest agent ready");
                 return Ok(ready);
             }
-            Ok(Err(e)) => last = e,
-            Err(_) => last = format!("attempt timed out after {attempt:?}"),
+            Ok(Err(Attempt::Closed(e))) => {
+                closed += 1;
+                last = e;
+            }
+            Ok(Err(Attempt::Silent(e))) => {
+                silent += 1;
+                last = e;
+            }
+            Ok(Err(Attempt::Failed(e))) => {
+                other += 1;
+                last = e;
+            }
+            Err(_) => {
+                silent += 1;
+                last = format!("attempt timed out after {attempt:?}");
+            }
         }
         tokio::time::sleep(backoff.min(end.saturating_duration_since(tokio::time::Instant::now())))
             .await;
@@ -257,14 +279,25 @@ pub async fn wait_ready(
     }
 }
 
-async fn ping_once(uds: &Path, port: u32, timeout: Duration) -> Result<PingResponse, String> {
-    let channel = connect(uds, port, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+/// How one readiness attempt failed (its message inside).
+enum Attempt {
+    /// The hypervisor closed the socket: nothing listens yet.
+    Closed(String),
+    /// No answer before the attempt's timeout.
+    Silent(String),
+    Failed(String),
+}
+
+async fn ping_once(uds: &Path, port: u32, timeout: Duration) -> Result<PingResponse, Attempt> {
+    let channel = connect(uds, port, timeout).await.map_err(|e| match e {
+        HybridVsockError::NoListener { .. } => Attempt::Closed(e.to_string()),
+        HybridVsockError::Timeout { .. } => Attempt::Silent(e.to_string()),
+        e => Attempt::Failed(e.to_string()),
+    })?;
     let answer = AgentClient::new(channel)
         .ping(crate::agent::v1::PingRequest {})
         .await
-        .map_err(|s| format!("Ping failed: {}", s.message()))?;
+        .map_err(|s| Attempt::Failed(format!("Ping failed: {}", s.message())))?;
     Ok(answer.into_inner())
 }
 
@@ -425,6 +458,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_vsock_that_takes_requests_and_never_answers_is_named_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let uds = dir.path().join("vsock.sock");
+        let listener = UnixListener::bind(&uds).unwrap();
+        // Accepts every CONNECT and holds it, answering nothing.
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let err = wait_ready(&uds, AGENT_PORT, Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        held.abort();
+        match err {
+            HybridVsockError::NotReady { last, .. } => {
+                assert!(last.contains(" 0 were closed at once"), "{last}");
+                assert!(!last.contains(" 0 got no answer in time"), "{last}");
+            }
+            other => panic!("expected NotReady, got {other}"),
+        }
+    }
+
+    #[tokio::test]
     async fn wait_ready_gives_up_at_the_deadline() {
         let dir = tempfile::tempdir().unwrap();
         let (uds, _) = fake_hybrid(dir.path(), AGENT_PORT, usize::MAX, "OK 1\n").await;
@@ -433,7 +491,8 @@ mod tests {
             .unwrap_err();
         match err {
             HybridVsockError::NotReady { last, .. } => {
-                assert!(last.contains("nothing listens"), "{last}")
+                assert!(last.contains("nothing listens"), "{last}");
+                assert!(last.contains(" 0 got no answer in time"), "{last}");
             }
             other => panic!("expected NotReady, got {other}"),
         }
