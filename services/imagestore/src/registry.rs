@@ -1,14 +1,16 @@
-//! Registry access through oci-client: endpoint selection (mirrors, then
-//! upstream; plain HTTP only for insecure hosts and `http://` mirrors),
-//! per-request credentials (through banger's own token flow, [`crate::token`]), platform resolution of indexes and manifest
-//! lists, and streaming a blob into the cache while verifying it.
+//! Registry access (the distribution API over banger's own HTTP client;
+//! oci-client supplies the reference grammar and the manifest types):
+//! endpoint selection (mirrors, then upstream; plain HTTP only for insecure
+//! hosts and `http://` mirrors), per-request credentials (banger's own
+//! token flow, [`crate::token`]), platform resolution of indexes and
+//! manifest lists, and streaming a blob into the cache while verifying it.
 
 use futures::StreamExt;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use std::sync::Arc;
+
+use oci_client::Reference;
 use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 
 use crate::blobs::{BlobCache, Started};
 use crate::config::{Endpoint, ImageStoreConfig};
@@ -86,17 +88,16 @@ impl std::fmt::Display for Platform {
     }
 }
 
-/// One registry endpoint with a client configured for it.
+/// One registry endpoint: where to ask, with what.
 #[derive(Clone)]
 pub struct Remote {
-    client: Client,
     /// The image's reference on this endpoint.
     pub reference: Reference,
-    /// Anonymous until [`Remote::authorize`] ran the token flow.
-    auth: RegistryAuth,
+    /// Anonymous until [`Remote::authorize`] ran the token flow; shared by
+    /// the clones a pull's downloads hold, so a refreshed token serves all.
+    auth: Arc<std::sync::RwLock<RegistryAuth>>,
     /// The caller's credentials for this endpoint's host, if any.
     credentials: Option<Credentials>,
-    /// For banger's own token flow (see [`crate::token`]).
     http: reqwest::Client,
     scheme: &'static str,
 }
@@ -120,20 +121,12 @@ pub struct Resolved {
     pub index_digest: Option<String>,
 }
 
-/// The HTTP clients of one imagestore, built once: building a client loads
-/// and parses the host's CA bundle (~13 ms each, several times that on a
-/// cold page cache, and oci-client builds two per client), which no pull
-/// should pay again. Connections to a registry are kept alive across pulls.
+/// The HTTP client of one imagestore, built once (with `ca_file`'s roots):
+/// building one costs ~13 ms, more on a cold page cache, which no pull
+/// should pay again; connections to a registry are kept alive across
+/// pulls. It holds no secret: every request carries its own credentials.
 pub struct Clients {
-    /// For banger's own requests (token flow, manifests); holds no secret.
     http: reqwest::Client,
-    /// The `ca_file` certificates, for oci-client's clients.
-    ca: Vec<Certificate>,
-    /// oci-client clients of anonymous pulls, by registry and plain HTTP.
-    /// Only anonymous ones are shared: an oci-client keeps the tokens it
-    /// obtained, and a token got with one caller's credentials must never
-    /// serve another caller, so a pull with credentials gets its own.
-    anonymous: std::sync::Mutex<std::collections::HashMap<(String, bool), Client>>,
 }
 
 impl std::fmt::Debug for Clients {
@@ -143,7 +136,9 @@ impl std::fmt::Debug for Clients {
 }
 
 impl Clients {
-    /// Builds the shared clients for `config` (its `ca_file` included).
+    /// Builds the client for `config` (its `ca_file` included), and
+    /// compiles the reference grammar (oci-client compiles it on first
+    /// use, ~40 ms that would otherwise fall on the first pull).
     pub fn new(config: &ImageStoreConfig) -> Result<Clients, Error> {
         banger_proto::tls::install_crypto_provider();
         let ca_error = |e: &dyn std::fmt::Display| {
@@ -152,85 +147,18 @@ impl Clients {
                 config.ca_file.clone().unwrap_or_default(),
             )(std::io::Error::other(e.to_string()))
         };
-        let ca = match &config.ca_file {
-            Some(path) => vec![Certificate {
-                encoding: CertificateEncoding::Pem,
-                data: std::fs::read(path).map_err(Error::io("cannot read ca_file", path))?,
-            }],
-            None => Vec::new(),
-        };
         let mut http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .read_timeout(std::time::Duration::from_secs(60));
-        for cert in &ca {
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(Error::io("cannot read ca_file", path))?;
             http = http.add_root_certificate(
-                reqwest::Certificate::from_pem(&cert.data).map_err(|e| ca_error(&e))?,
+                reqwest::Certificate::from_pem(&pem).map_err(|e| ca_error(&e))?,
             );
         }
         let http = http.build().map_err(|e| ca_error(&e))?;
-        Ok(Clients {
-            http,
-            ca,
-            anonymous: Default::default(),
-        })
-    }
-
-    /// Builds now what the first pull from a configured registry (the
-    /// insecure ones, the mirrors) would build, and compiles the reference
-    /// grammar oci-client parses every reference with. A few ms each, at
-    /// start-up; Docker Hub's clients are built by [`Clients::warm_upstream`].
-    pub fn warm_configured(&self, config: &ImageStoreConfig) {
-        let hosts = config
-            .insecure_registries
-            .iter()
-            .chain(config.mirrors.keys());
-        self.warm(config, hosts.map(String::as_str));
-    }
-
-    /// Builds Docker Hub's clients (its mirrors included), off the start-up path.
-    pub fn warm_upstream(&self, config: &ImageStoreConfig) {
-        self.warm(config, std::iter::once(crate::reference::DOCKER_HUB));
-    }
-
-    fn warm<'a>(&self, config: &ImageStoreConfig, hosts: impl Iterator<Item = &'a str>) {
-        for host in hosts {
-            for Endpoint { host, plain_http } in config.endpoints(host) {
-                if let Ok(reference) = Reference::try_from(format!("{host}/banger/warm:latest")) {
-                    self.oci(&reference, plain_http, false);
-                }
-            }
-        }
-    }
-
-    /// The oci-client client for `reference`'s registry; shared unless the
-    /// pull carries credentials.
-    fn oci(&self, reference: &Reference, plain_http: bool, with_credentials: bool) -> Client {
-        let registry = reference.resolve_registry().to_owned();
-        let build = || {
-            let protocol = if plain_http {
-                ClientProtocol::HttpsExcept(vec![registry.clone()])
-            } else {
-                ClientProtocol::Https
-            };
-            Client::new(ClientConfig {
-                protocol,
-                extra_root_certificates: self.ca.clone(),
-                connect_timeout: Some(std::time::Duration::from_secs(10)),
-                read_timeout: Some(std::time::Duration::from_secs(60)),
-                ..ClientConfig::default()
-            })
-        };
-        if with_credentials {
-            return build();
-        }
-        let key = (registry.clone(), plain_http);
-        let shared = || self.anonymous.lock().expect("client table poisoned");
-        if let Some(client) = shared().get(&key) {
-            return client.clone();
-        }
-        // Built unlocked: a pull does not wait behind another endpoint's.
-        let client = build();
-        shared().entry(key).or_insert(client).clone()
+        let _ = Reference::try_from("docker.io/library/busybox:latest");
+        Ok(Clients { http })
     }
 }
 
@@ -248,9 +176,8 @@ pub fn remotes(
             let reference = image.on_host(&host);
             let credentials = credentials.iter().find(|c| c.registry == host).cloned();
             Remote {
-                client: clients.oci(&reference, plain_http, credentials.is_some()),
                 reference,
-                auth: RegistryAuth::Anonymous,
+                auth: Arc::new(std::sync::RwLock::new(RegistryAuth::Anonymous)),
                 credentials,
                 http: clients.http.clone(),
                 scheme: if plain_http { "http" } else { "https" },
@@ -267,7 +194,7 @@ pub async fn resolve(
     platform: &Platform,
 ) -> Result<Resolved, Error> {
     let mut last = None;
-    for mut remote in remotes {
+    for remote in remotes {
         if let Err(e) = remote.authorize().await {
             tracing::warn!(endpoint = %remote.reference.registry(), error = %e, "endpoint failed");
             last = Some(e);
@@ -299,19 +226,46 @@ pub async fn resolve(
 /// The digest the reference points to now (HEAD), on the first endpoint that answers.
 pub async fn head_digest(remotes: &[Remote]) -> Option<String> {
     for remote in remotes {
-        let mut remote = remote.clone();
         if remote.authorize().await.is_err() {
             continue;
         }
-        if let Ok(d) = remote
-            .client
-            .fetch_manifest_digest(&remote.reference, &remote.auth)
+        let tag = remote.reference.tag().unwrap_or("latest");
+        let Ok((response, _)) = remote
+            .send(
+                reqwest::Method::HEAD,
+                &remote.reference,
+                &format!("manifests/{tag}"),
+                Some(&manifest_accept()),
+                true,
+            )
             .await
+        else {
+            continue;
+        };
+        if let Some(digest) = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
         {
-            return Some(d);
+            return Some(digest.to_owned());
         }
     }
     None
+}
+
+/// The manifest media types banger reads, for `Accept`.
+fn manifest_accept() -> String {
+    use oci_client::manifest::{
+        IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
+        OCI_IMAGE_MEDIA_TYPE,
+    };
+    [
+        OCI_IMAGE_MEDIA_TYPE,
+        OCI_IMAGE_INDEX_MEDIA_TYPE,
+        IMAGE_MANIFEST_MEDIA_TYPE,
+        IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+    ]
+    .join(", ")
 }
 
 impl Remote {
@@ -320,10 +274,10 @@ impl Remote {
         format!("{}://{}", self.scheme, self.reference.resolve_registry())
     }
 
-    /// Runs the token flow for this endpoint's credentials (see
-    /// [`crate::token`]); without credentials it stays anonymous.
-    async fn authorize(&mut self) -> Result<(), Error> {
-        self.auth = crate::token::authorize(
+    /// Runs the token flow for this endpoint, with the caller's
+    /// credentials or anonymously (see [`crate::token`]).
+    async fn authorize(&self) -> Result<(), Error> {
+        let auth = crate::token::authorize(
             &self.http,
             self.scheme,
             self.reference.resolve_registry(),
@@ -331,6 +285,7 @@ impl Remote {
             self.credentials.as_ref(),
         )
         .await?;
+        *self.auth.write().expect("auth lock poisoned") = auth;
         Ok(())
     }
 
@@ -365,12 +320,7 @@ impl Remote {
         }
     }
 
-    /// GETs `/v2/<repository>/<path>` of this endpoint with oci-client's
-    /// token for it (or the Basic credentials the token flow chose); a
-    /// status other than 200 becomes the error saying what to do. `small`
-    /// bounds the whole request (manifests, configs); a layer is bounded
-    /// per read only. Redirects (to a CDN) drop the credentials when they
-    /// leave the host. Returns the response and its URL.
+    /// GETs `/v2/<repository>/<path>` of this endpoint ([`Remote::send`]).
     async fn get(
         &self,
         reference: &Reference,
@@ -378,12 +328,26 @@ impl Remote {
         accept: Option<&str>,
         small: bool,
     ) -> Result<(reqwest::Response, String), Error> {
-        let whole = reference.whole();
-        let token = self
-            .client
-            .auth(reference, &self.auth, oci_client::RegistryOperation::Pull)
+        self.send(reqwest::Method::GET, reference, path, accept, small)
             .await
-            .map_err(|e| classify(&whole, e))?;
+    }
+
+    /// Sends `method /v2/<repository>/<path>` to this endpoint with the
+    /// token the flow got (or the Basic credentials it chose); a status
+    /// other than 200 becomes the error saying what to do. A token that
+    /// expired during a long pull (401) is renewed once. `small` bounds
+    /// the whole request (manifests, configs); a layer is bounded per read
+    /// only. Redirects (to a CDN) drop the credentials when they leave the
+    /// host. Returns the response and its URL.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        reference: &Reference,
+        path: &str,
+        accept: Option<&str>,
+        small: bool,
+    ) -> Result<(reqwest::Response, String), Error> {
+        let whole = reference.whole();
         let url = format!(
             "{scheme}://{registry}/v2/{repository}/{path}{ns}",
             scheme = self.scheme,
@@ -394,62 +358,64 @@ impl Remote {
                 .map(|ns| format!("?ns={ns}"))
                 .unwrap_or_default(),
         );
-        let mut request = self.http.get(&url);
-        if let Some(accept) = accept {
-            request = request.header(reqwest::header::ACCEPT, accept);
-        }
-        if small {
-            request = request.timeout(SMALL_REQUEST_TIMEOUT);
-        }
-        request = match (&token, &self.auth) {
-            (Some(token), _) => request.bearer_auth(token),
-            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
-            (None, _) => request,
-        };
         let unreachable = |message: String| Error::Unreachable {
             reference: whole.clone(),
             message,
         };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| unreachable(format!("GET {url}: {e}")))?;
-        let status = response.status();
-        let message = || format!("GET {url}: {status}");
-        match status.as_u16() {
-            200 => Ok((response, url)),
-            401 | 403 => Err(Error::Unauthorized {
-                reference: whole.clone(),
-                message: message(),
-            }),
-            404 => Err(Error::RemoteNotFound {
-                reference: whole.clone(),
-                message: message(),
-            }),
-            _ => Err(unreachable(message())),
+        let mut renewed = false;
+        loop {
+            let auth = self.auth.read().expect("auth lock poisoned").clone();
+            let mut request = self.http.request(method.clone(), &url);
+            if let Some(accept) = accept {
+                request = request.header(reqwest::header::ACCEPT, accept);
+            }
+            if small {
+                request = request.timeout(SMALL_REQUEST_TIMEOUT);
+            }
+            request = match &auth {
+                RegistryAuth::Bearer(token) => request.bearer_auth(token),
+                RegistryAuth::Basic(user, password) => request.basic_auth(user, Some(password)),
+                RegistryAuth::Anonymous => request,
+            };
+            let response = request
+                .send()
+                .await
+                .map_err(|e| unreachable(format!("{method} {url}: {e}")))?;
+            let status = response.status();
+            let message = || format!("{method} {url}: {status}");
+            match status.as_u16() {
+                200 => return Ok((response, url)),
+                401 if !renewed && matches!(auth, RegistryAuth::Bearer(_)) => {
+                    renewed = true;
+                    self.authorize().await?;
+                }
+                401 | 403 => {
+                    return Err(Error::Unauthorized {
+                        reference: whole.clone(),
+                        message: message(),
+                    });
+                }
+                404 => {
+                    return Err(Error::RemoteNotFound {
+                        reference: whole.clone(),
+                        message: message(),
+                    });
+                }
+                _ => return Err(unreachable(message())),
+            }
         }
     }
 
     /// GETs one manifest (or index) ourselves ([`Remote::get`]), reading
-    /// at most [`MAX_MANIFEST_BYTES`] (oci-client reads a body
+    /// at most [`MAX_MANIFEST_BYTES`] (oci-client would read a body
     /// whole, whatever its size); verified against the reference's digest
     /// and the registry's `Docker-Content-Digest`.
     async fn manifest(&self, reference: &Reference) -> Result<(OciManifest, String), Error> {
-        use oci_client::manifest::{
-            IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE,
-            OCI_IMAGE_MEDIA_TYPE,
-        };
         let whole = reference.whole();
         let tag = reference
             .digest()
             .unwrap_or_else(|| reference.tag().unwrap_or("latest"));
-        let accept = [
-            OCI_IMAGE_MEDIA_TYPE,
-            OCI_IMAGE_INDEX_MEDIA_TYPE,
-            IMAGE_MANIFEST_MEDIA_TYPE,
-            IMAGE_MANIFEST_LIST_MEDIA_TYPE,
-        ]
-        .join(", ");
+        let accept = manifest_accept();
         let (response, url) = self
             .get(reference, &format!("manifests/{tag}"), Some(&accept), true)
             .await?;
@@ -649,59 +615,6 @@ fn oversize(desc: &OciDescriptor, declared: u64) -> Error {
 fn hex_sha256(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
-}
-
-/// Maps an oci-client error to ours by what the user must do.
-fn classify(reference: &str, e: OciDistributionError) -> Error {
-    let message = e.to_string();
-    let reference = reference.to_owned();
-    match &e {
-        OciDistributionError::AuthenticationFailure(_)
-        | OciDistributionError::UnauthorizedError { .. } => {
-            Error::Unauthorized { reference, message }
-        }
-        OciDistributionError::ImageManifestNotFoundError(_) => {
-            Error::RemoteNotFound { reference, message }
-        }
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes
-                .iter()
-                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-            {
-                Error::Unauthorized { reference, message }
-            } else if codes.iter().any(|c| {
-                matches!(
-                    c,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::NotFound
-                        | OciErrorCode::BlobUnknown
-                )
-            }) {
-                Error::RemoteNotFound { reference, message }
-            } else {
-                Error::Unreachable { reference, message }
-            }
-        }
-        OciDistributionError::ServerError {
-            code: 401 | 403, ..
-        } => Error::Unauthorized { reference, message },
-        OciDistributionError::ServerError { code: 404, .. } => {
-            Error::RemoteNotFound { reference, message }
-        }
-        OciDistributionError::UnsupportedMediaTypeError(_)
-        | OciDistributionError::UnsupportedSchemaVersionError(_)
-        | OciDistributionError::IncompatibleLayerMediaTypeError(_) => Error::Unsupported {
-            reference,
-            what: message,
-        },
-        OciDistributionError::DigestError(_) => Error::DigestMismatch {
-            digest: reference,
-            actual: message,
-        },
-        _ => Error::Unreachable { reference, message },
-    }
 }
 
 #[cfg(test)]

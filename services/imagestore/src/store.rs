@@ -166,12 +166,6 @@ impl Store {
         let blobs = Arc::new(BlobCache::open(blobs_dir)?);
         let guest_candidates = guest::candidates(config.guest_dir.as_deref());
         let clients = Arc::new(registry::Clients::new(&config)?);
-        clients.warm_configured(&config);
-        {
-            // Off the start-up path: `banger up` does not wait for it.
-            let (clients, config) = (clients.clone(), config.clone());
-            std::thread::spawn(move || clients.warm_upstream(&config));
-        }
         Ok(Store {
             clients,
             config,

@@ -1,21 +1,22 @@
-//! Registry credentials, the distribution spec's token flow done here
-//! rather than inside oci-client, which sends Basic credentials to whatever
-//! token realm a registry names (any host, any scheme) and sends Docker's
+//! Registry auth, the distribution spec's token flow, done here rather
+//! than inside oci-client, which sends Basic credentials to whatever token
+//! realm a registry names (any host, any scheme) and sends Docker's
 //! `identitytoken` (a refresh token) to the registry as a Bearer.
 //!
-//! With credentials, the registry's `/v2/` challenge decides:
+//! The registry's `/v2/` challenge decides, once per pull and endpoint:
 //! - none: anonymous (nothing is asked, nothing is sent);
-//! - `Basic`: the registry itself gets them (oci-client's Basic);
-//! - `Bearer realm=…`: the realm must be HTTPS, or on the registry's own
-//!   host; then a refresh token is exchanged with the OAuth2 POST form
-//!   (`grant_type=refresh_token`), a username/password with the token GET
-//!   (Basic to the realm), and oci-client only ever gets the access token.
+//! - `Basic`: the registry itself gets the credentials, if any;
+//! - `Bearer realm=…`: a pull token is fetched from the realm: without
+//!   credentials anonymously; with them, only from a realm that is HTTPS or
+//!   on the registry's own host, a refresh token exchanged with the OAuth2
+//!   POST form (`grant_type=refresh_token`), a username/password with the
+//!   token GET (Basic to the realm). The registry only ever gets the token.
 
 use oci_client::secrets::RegistryAuth;
 use reqwest::Url;
 
 use crate::error::Error;
-use crate::registry::Credentials;
+use crate::registry::{Credentials, SMALL_REQUEST_TIMEOUT};
 
 /// A parsed `WWW-Authenticate` challenge.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,8 +72,8 @@ pub fn realm_allowed(realm: &Url, registry: &str) -> bool {
     realm.scheme() == "http" && realm.host_str().map(str::to_owned) == registry_host
 }
 
-/// The auth to hand oci-client for `repository` on `registry`, reached
-/// over `scheme` (`http` for insecure registries).
+/// The auth of requests for `repository` on `registry`, reached over
+/// `scheme` (`http` for insecure registries).
 pub async fn authorize(
     http: &reqwest::Client,
     scheme: &str,
@@ -80,9 +81,7 @@ pub async fn authorize(
     repository: &str,
     cred: Option<&Credentials>,
 ) -> Result<RegistryAuth, Error> {
-    let Some(cred) = cred.filter(|c| !c.identity_token.is_empty() || !c.username.is_empty()) else {
-        return Ok(RegistryAuth::Anonymous);
-    };
+    let cred = cred.filter(|c| !c.identity_token.is_empty() || !c.username.is_empty());
     let reference = format!("{registry}/{repository}");
     let unreachable = |e: reqwest::Error| Error::Unreachable {
         reference: reference.clone(),
@@ -90,6 +89,7 @@ pub async fn authorize(
     };
     let probe = http
         .get(format!("{scheme}://{registry}/v2/"))
+        .timeout(SMALL_REQUEST_TIMEOUT)
         .send()
         .await
         .map_err(unreachable)?;
@@ -102,10 +102,11 @@ pub async fn authorize(
         return Ok(RegistryAuth::Anonymous);
     };
     if challenge.scheme == "basic" {
-        return Ok(if cred.username.is_empty() {
-            RegistryAuth::Anonymous
-        } else {
-            RegistryAuth::Basic(cred.username.clone(), cred.password.clone())
+        return Ok(match cred {
+            Some(cred) if !cred.username.is_empty() => {
+                RegistryAuth::Basic(cred.username.clone(), cred.password.clone())
+            }
+            _ => RegistryAuth::Anonymous,
         });
     }
     let refused = |message: String| Error::Unauthorized {
@@ -116,7 +117,7 @@ pub async fn authorize(
         .param("realm")
         .and_then(|r| Url::parse(r).ok())
         .ok_or_else(|| refused(format!("unusable token challenge {challenge:?}")))?;
-    if !realm_allowed(&realm, registry) {
+    if cred.is_some() && !realm_allowed(&realm, registry) {
         return Err(Error::UnsafeTokenRealm {
             registry: registry.to_owned(),
             realm: realm.to_string(),
@@ -124,7 +125,7 @@ pub async fn authorize(
     }
     let scope = format!("repository:{repository}:pull");
     let service = challenge.param("service").unwrap_or_default().to_owned();
-    let response = if !cred.identity_token.is_empty() {
+    let response = if let Some(cred) = cred.filter(|c| !c.identity_token.is_empty()) {
         let body = form(&[
             ("grant_type", "refresh_token"),
             ("service", &service),
@@ -133,6 +134,7 @@ pub async fn authorize(
             ("refresh_token", &cred.identity_token),
         ]);
         http.post(realm)
+            .timeout(SMALL_REQUEST_TIMEOUT)
             .header(
                 reqwest::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
@@ -145,10 +147,13 @@ pub async fn authorize(
         url.query_pairs_mut()
             .append_pair("scope", &scope)
             .append_pair("service", &service);
-        http.get(url)
-            .basic_auth(&cred.username, Some(&cred.password))
-            .send()
-            .await
+        let request = http.get(url).timeout(SMALL_REQUEST_TIMEOUT);
+        match cred {
+            Some(cred) => request.basic_auth(&cred.username, Some(&cred.password)),
+            None => request,
+        }
+        .send()
+        .await
     }
     .map_err(unreachable)?;
     let status = response.status();

@@ -80,7 +80,8 @@ type Seen = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// Serves `/token` on 127.0.0.1: full requested access for tester:s3cret
 /// (Basic, GET) or for the refresh token `REFRESH-123` (the OAuth2 POST
-/// form of the distribution spec), none for anyone else. Records what it saw.
+/// form of the distribution spec), pull of `public/*` for anyone, nothing
+/// else. Records what it saw.
 async fn token_server(signer: std::sync::Arc<Signer>) -> (String, Seen) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -152,9 +153,12 @@ async fn token_server(signer: std::sync::Arc<Signer>) -> (String, Seen) {
                 let authed = basic_ok || refresh_ok;
                 let mut access = Vec::new();
                 for (k, v) in &form {
-                    if k == "scope" && authed {
+                    if k == "scope" {
                         let parts: Vec<&str> = v.split(':').collect();
-                        if let [kind, name, actions] = parts[..] {
+                        // Like Docker Hub: anyone may pull `public/*`.
+                        if let [kind, name, actions] = parts[..]
+                            && (authed || (name.starts_with("public/") && actions == "pull"))
+                        {
                             access.push(serde_json::json!({
                                 "type": kind, "name": name,
                                 "actions": actions.split(',').collect::<Vec<_>>(),
@@ -183,7 +187,8 @@ async fn token_server(signer: std::sync::Arc<Signer>) -> (String, Seen) {
 }
 
 /// A token-auth registry on 127.0.0.1 whose realm is
-/// `http://<realm_host>:<token port>/token`, holding `private/busybox`.
+/// `http://<realm_host>:<token port>/token`, holding `private/busybox` and
+/// `public/busybox`.
 struct Setup {
     registry: Registry,
     seen: Seen,
@@ -236,9 +241,12 @@ async fn setup(realm_host: &str) -> Setup {
     )));
     let src = tempfile::tempdir().unwrap();
     let source = layout(src.path(), "latest", &[gzip_layer(busybox_layer())]);
-    let dest = format!("docker://{}/private/busybox:latest", registry.addr);
+    let addr = registry.addr.clone();
     tokio::task::spawn_blocking(move || {
-        push_with_skopeo(&source, &dest, &["--dest-creds", "tester:s3cret"])
+        for repo in ["private", "public"] {
+            let dest = format!("docker://{addr}/{repo}/busybox:latest");
+            push_with_skopeo(&source, &dest, &["--dest-creds", "tester:s3cret"]);
+        }
     })
     .await
     .unwrap();
@@ -322,9 +330,9 @@ async fn bearer_token_flow_with_basic_credentials() {
     assert_eq!(anonymous.unwrap_err().code(), tonic::Code::Unauthenticated);
     let (_, ok) = pull(&mut client, request(&s.registry.addr, "s3cret", "")).await;
     assert_eq!(ok.unwrap().name, "busybox-latest");
-    // imagestore keeps its registry clients across pulls (and oci-client
-    // keeps tokens in them): what the credentials earned must not serve a
-    // later caller who has none.
+    // imagestore keeps its HTTP client (and its connections) across pulls:
+    // the token the credentials earned must not serve a later caller who
+    // has none.
     let again = pb::PullImageRequest {
         name: "anonymous-again".into(),
         force: true,
@@ -332,4 +340,30 @@ async fn bearer_token_flow_with_basic_credentials() {
     };
     let (_, anonymous) = pull(&mut client, again).await;
     assert_eq!(anonymous.unwrap_err().code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn anonymous_pull_of_a_public_repository_fetches_its_own_token() {
+    let s = setup("127.0.0.1").await;
+    let ts = TestStore::new();
+    let sock = tempfile::tempdir().unwrap();
+    let mut client = serve(ts.open(config(&[&s.registry.addr])), sock.path()).await;
+    let req = pb::PullImageRequest {
+        reference: format!("{}/public/busybox:latest", s.registry.addr),
+        ..Default::default()
+    };
+    let (_, image) = pull(&mut client, req).await;
+    assert_eq!(image.unwrap().name, "busybox-latest");
+    let seen = s.seen.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "no token was asked for");
+    for request in &seen {
+        assert!(
+            !request.to_ascii_lowercase().contains("authorization:"),
+            "an anonymous pull sent credentials: {request}"
+        );
+        assert!(
+            request.contains("scope=repository%3Apublic%2Fbusybox%3Apull"),
+            "{request}"
+        );
+    }
 }
