@@ -121,12 +121,15 @@ pub struct Resolved {
     pub index_digest: Option<String>,
 }
 
-/// The HTTP client of one imagestore, built once (with `ca_file`'s roots):
-/// building one costs ~13 ms, more on a cold page cache, which no pull
-/// should pay again; connections to a registry are kept alive across
-/// pulls. It holds no secret: every request carries its own credentials.
+/// The HTTP client of one imagestore, built once, at the first pull (with
+/// `ca_file`'s roots, read and checked at start-up): building one costs
+/// ~13 ms, more on a cold page cache, which no later pull pays again, and
+/// ~1 MB that an idle imagestore does not hold. Connections to a registry
+/// are kept alive across pulls. It holds no secret: every request carries
+/// its own credentials.
 pub struct Clients {
-    http: reqwest::Client,
+    ca: Option<(std::path::PathBuf, reqwest::Certificate)>,
+    http: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl std::fmt::Debug for Clients {
@@ -136,29 +139,44 @@ impl std::fmt::Debug for Clients {
 }
 
 impl Clients {
-    /// Builds the client for `config` (its `ca_file` included). The
-    /// reference grammar oci-client parses with is left to compile on the
-    /// first pull (~40 ms): compiled, it holds ~12 MB, which an idle
-    /// imagestore should not.
+    /// Checks `config`'s `ca_file`. The reference grammar oci-client
+    /// parses with is left to compile on the first pull too (~40 ms):
+    /// compiled, it holds ~12 MB.
     pub fn new(config: &ImageStoreConfig) -> Result<Clients, Error> {
-        banger_proto::tls::install_crypto_provider();
-        let ca_error = |e: &dyn std::fmt::Display| {
-            Error::io(
-                "cannot use ca_file",
-                config.ca_file.clone().unwrap_or_default(),
-            )(std::io::Error::other(e.to_string()))
+        let ca = match &config.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(Error::io("cannot read ca_file", path))?;
+                let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| {
+                    Error::io("cannot use ca_file", path)(std::io::Error::other(e.to_string()))
+                })?;
+                Some((path.clone(), cert))
+            }
+            None => None,
         };
+        Ok(Clients {
+            ca,
+            http: std::sync::OnceLock::new(),
+        })
+    }
+
+    fn http(&self) -> Result<reqwest::Client, Error> {
+        if let Some(http) = self.http.get() {
+            return Ok(http.clone());
+        }
+        banger_proto::tls::install_crypto_provider();
         let mut http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .read_timeout(std::time::Duration::from_secs(60));
-        if let Some(path) = &config.ca_file {
-            let pem = std::fs::read(path).map_err(Error::io("cannot read ca_file", path))?;
-            http = http.add_root_certificate(
-                reqwest::Certificate::from_pem(&pem).map_err(|e| ca_error(&e))?,
-            );
+        if let Some((_, cert)) = &self.ca {
+            http = http.add_root_certificate(cert.clone());
         }
-        let http = http.build().map_err(|e| ca_error(&e))?;
-        Ok(Clients { http })
+        let http = http.build().map_err(|e| {
+            Error::io(
+                "cannot build the HTTP client with ca_file",
+                self.ca.as_ref().map(|c| c.0.clone()).unwrap_or_default(),
+            )(std::io::Error::other(e.to_string()))
+        })?;
+        Ok(self.http.get_or_init(|| http).clone())
     }
 }
 
@@ -168,8 +186,9 @@ pub fn remotes(
     config: &ImageStoreConfig,
     image: &ImageRef,
     credentials: &[Credentials],
-) -> Vec<Remote> {
-    config
+) -> Result<Vec<Remote>, Error> {
+    let http = clients.http()?;
+    Ok(config
         .endpoints(&image.registry)
         .into_iter()
         .map(|Endpoint { host, plain_http }| {
@@ -179,11 +198,11 @@ pub fn remotes(
                 reference,
                 auth: Arc::new(std::sync::RwLock::new(RegistryAuth::Anonymous)),
                 credentials,
-                http: clients.http.clone(),
+                http: http.clone(),
                 scheme: if plain_http { "http" } else { "https" },
             }
         })
-        .collect()
+        .collect())
 }
 
 /// Resolves `image` for `platform` on the first endpoint that answers.

@@ -349,7 +349,7 @@ impl Store {
         {
             return self.reuse(r, &req.kernel_ref).await;
         }
-        let remotes = registry::remotes(&self.clients, &self.config, &image, &req.credentials);
+        let remotes = registry::remotes(&self.clients, &self.config, &image, &req.credentials)?;
         let clients_at = asked.elapsed();
         if !req.force
             && let Some(r) = &existing
